@@ -1,0 +1,248 @@
+//! Argon2id password hashing on a bounded pool of worker threads.
+//!
+//! Hashing is deliberately expensive (m=19456 KiB, t=2, p=1 by default, the
+//! OWASP recommendation), so it never runs on the async runtime: a fixed set of
+//! threads takes jobs from a bounded queue. Concurrency is capped (memory is
+//! workers × m), and a full queue is answered at once with "overloaded" rather
+//! than letting a login flood pile up unbounded work.
+
+use std::{
+    sync::{Arc, Mutex, mpsc},
+    thread,
+};
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("the password hashing queue is full")]
+    Overloaded,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+/// The outcome of checking a password against a stored hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verification {
+    pub matches: bool,
+    /// The stored hash uses other parameters than the configured ones.
+    pub needs_rehash: bool,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A handle to the hashing pool; clones share the pool.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: mpsc::SyncSender<Job>,
+    params: Params,
+    /// Verified against when the user does not exist, so that an unknown user
+    /// costs the same time as a wrong password (no user enumeration by timing).
+    dummy_hash: String,
+}
+
+impl PasswordHasher {
+    /// Starts `workers` hashing threads with room for `queue` waiting jobs.
+    pub fn new(params: Params, workers: usize, queue: usize) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let rx = Arc::clone(&rx);
+            thread::Builder::new()
+                .name(format!("authgate-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // every sender is gone: the pool shuts down
+                        }
+                    }
+                })?;
+        }
+        let dummy_hash = hash_with(&params, "authgate dummy password for timing")
+            .map_err(|e| anyhow::anyhow!("cannot compute the dummy hash: {e}"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                jobs: tx,
+                params,
+                dummy_hash,
+            }),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Params) -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let (done, result) = oneshot::channel();
+        let params = self.inner.params.clone();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work(&params));
+        });
+        self.inner.jobs.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => HashError::Overloaded,
+            mpsc::TrySendError::Disconnected(_) => HashError::Failed("hashing pool stopped".into()),
+        })?;
+        result
+            .await
+            .map_err(|_| HashError::Failed("hashing worker dropped the job".into()))
+    }
+
+    /// Hashes a password into a PHC string with a fresh random salt.
+    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
+        self.run(move |params| hash_with(params, password.expose_secret()))
+            .await?
+            .map_err(HashError::Failed)
+    }
+
+    /// Checks `password` against `stored`, or against a dummy hash when there
+    /// is no stored hash (the result is then always a mismatch).
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        stored: Option<String>,
+    ) -> Result<Verification, HashError> {
+        let dummy = stored.is_none();
+        let stored = stored.unwrap_or_else(|| self.inner.dummy_hash.clone());
+        let v = self
+            .run(move |params| verify_with(params, password.expose_secret(), &stored))
+            .await?;
+        Ok(Verification {
+            matches: v.matches && !dummy,
+            ..v
+        })
+    }
+}
+
+fn argon2(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+fn hash_with(params: &Params, password: &str) -> Result<String, String> {
+    argon2(params)
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn verify_with(params: &Params, password: &str, stored: &str) -> Verification {
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return Verification {
+            matches: false,
+            needs_rehash: false,
+        };
+    };
+    // Verification uses the parameters recorded in the hash itself.
+    let matches = argon2(params)
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    let current = parsed.algorithm == argon2::ARGON2ID_IDENT
+        && parsed.version == Some(Version::V0x13.into())
+        && Params::try_from(&parsed).is_ok_and(|p| {
+            p.m_cost() == params.m_cost()
+                && p.t_cost() == params.t_cost()
+                && p.p_cost() == params.p_cost()
+        });
+    Verification {
+        matches,
+        needs_rehash: !current,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> Params {
+        Params::new(1024, 1, 1, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_password_and_no_other() {
+        let h = PasswordHasher::new(cheap(), 1, 4).unwrap();
+        let phc = h.hash("tr0ub4dor&3x".into()).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{phc}");
+        let ok = h
+            .verify("tr0ub4dor&3x".into(), Some(phc.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            ok,
+            Verification {
+                matches: true,
+                needs_rehash: false
+            }
+        );
+        let bad = h.verify("tr0ub4dor&3y".into(), Some(phc)).await.unwrap();
+        assert!(!bad.matches);
+    }
+
+    #[tokio::test]
+    async fn a_missing_user_never_verifies() {
+        let h = PasswordHasher::new(cheap(), 1, 4).unwrap();
+        let v = h
+            .verify("authgate dummy password for timing".into(), None)
+            .await
+            .unwrap();
+        assert!(!v.matches);
+    }
+
+    #[tokio::test]
+    async fn a_hash_with_old_parameters_asks_for_a_rehash() {
+        let old = PasswordHasher::new(cheap(), 1, 4).unwrap();
+        let phc = old.hash("a fine passphrase".into()).await.unwrap();
+        let new = PasswordHasher::new(Params::new(2048, 1, 1, None).unwrap(), 1, 4).unwrap();
+        let v = new
+            .verify("a fine passphrase".into(), Some(phc))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Verification {
+                matches: true,
+                needs_rehash: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_garbled_stored_hash_is_a_mismatch_not_an_error() {
+        let h = PasswordHasher::new(cheap(), 1, 4).unwrap();
+        let v = h
+            .verify("whatever".into(), Some("not a phc string".into()))
+            .await
+            .unwrap();
+        assert!(!v.matches);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once() {
+        // One slow worker, a queue of one: of many simultaneous jobs some must be refused.
+        let slow = Params::new(64 * 1024, 3, 1, None).unwrap();
+        let h = PasswordHasher::new(slow, 1, 1).unwrap();
+        let jobs = (0..8).map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.hash("some password".into()).await })
+        });
+        let results = futures::future::join_all(jobs).await;
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r.as_ref().unwrap(), Err(HashError::Overloaded)))
+            .count();
+        assert!(refused >= 1, "expected at least one refusal");
+        assert!(refused < 8, "expected some jobs to run");
+    }
+}

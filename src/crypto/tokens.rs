@@ -1,0 +1,295 @@
+//! Access tokens: short-lived JWTs (RFC 9068 profile), verified per RFC 8725.
+//!
+//! Keys are held by key id (`kid`) so that several can verify at once (key
+//! rotation, and asymmetric keys later); one of them signs.
+
+use std::{collections::HashMap, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::TokenRejection;
+
+/// RFC 9068 §2.1: access tokens are typed so that no other JWT (an ID token,
+/// say) can be passed off as one (RFC 8725 §3.11).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    /// The user id.
+    pub sub: Uuid,
+    /// The session id: revoking the session revokes the token.
+    pub sid: Uuid,
+    pub jti: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+    pub roles: Vec<String>,
+}
+
+/// A symmetric signing key and its id.
+#[derive(Clone)]
+pub struct KeyMaterial {
+    pub kid: String,
+    pub secret: Vec<u8>,
+}
+
+impl KeyMaterial {
+    /// A key given in configuration. Its id is derived from a hash of the key,
+    /// so every instance sharing the secret agrees on it without revealing it.
+    pub fn from_configured_secret(secret: &[u8]) -> Self {
+        let digest = Sha256::digest(secret);
+        Self {
+            kid: format!("cfg-{}", URL_SAFE_NO_PAD.encode(&digest[..9])),
+            secret: secret.to_vec(),
+        }
+    }
+
+    /// A fresh 256-bit key with a random id.
+    pub fn generate() -> Self {
+        let mut secret = vec![0u8; 32];
+        rand::fill(&mut secret[..]);
+        let mut id = [0u8; 9];
+        rand::fill(&mut id);
+        Self {
+            kid: format!("gen-{}", URL_SAFE_NO_PAD.encode(id)),
+            secret,
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A freshly signed access token.
+#[derive(Debug, Clone)]
+pub struct IssuedAccessToken {
+    pub token: String,
+    pub claims: AccessClaims,
+}
+
+/// Signs and verifies access tokens.
+pub struct TokenService {
+    signing_kid: String,
+    signing_key: EncodingKey,
+    verifying: HashMap<String, DecodingKey>,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+    ttl: Duration,
+}
+
+impl TokenService {
+    /// `signing` signs new tokens; it and every key in `others` verify.
+    pub fn new(
+        signing: &KeyMaterial,
+        others: &[KeyMaterial],
+        issuer: String,
+        audience: String,
+        ttl: Duration,
+    ) -> Self {
+        let mut verifying = HashMap::new();
+        for key in std::iter::once(signing).chain(others) {
+            verifying.insert(key.kid.clone(), DecodingKey::from_secret(&key.secret));
+        }
+        // RFC 8725 §3.1: the algorithm is pinned; the token's `alg` header is
+        // never trusted to choose it (this is what refuses `alg: none`).
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&[&audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        // This service both issues and verifies, on one clock: no skew to allow for.
+        validation.leeway = 0;
+        Self {
+            signing_kid: signing.kid.clone(),
+            signing_key: EncodingKey::from_secret(&signing.secret),
+            verifying,
+            validation,
+            issuer,
+            audience,
+            ttl,
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn issue(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        roles: Vec<String>,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<IssuedAccessToken> {
+        let iat = now.unix_timestamp();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user_id,
+            sid: session_id,
+            jti: Uuid::new_v4(),
+            iat,
+            exp: iat + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            roles,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = Some(ACCESS_TOKEN_TYP.into());
+        header.kid = Some(self.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.signing_key)?;
+        Ok(IssuedAccessToken { token, claims })
+    }
+
+    /// Verifies signature, algorithm, type, expiry, issuer and audience.
+    /// Revocation is checked by the caller, against the session.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+        if header.alg != Algorithm::HS256 {
+            return Err(TokenRejection::BadSignature);
+        }
+        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(TokenRejection::WrongType);
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.verifying.get(kid))
+            .ok_or(TokenRejection::UnknownKey)?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenRejection::Expired,
+                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                    TokenRejection::WrongIssuerOrAudience
+                }
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    TokenRejection::BadSignature
+                }
+                _ => TokenRejection::Malformed,
+            },
+        )?;
+        Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(key: &KeyMaterial) -> TokenService {
+        TokenService::new(
+            key,
+            &[],
+            "iss".into(),
+            "aud".into(),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn an_issued_token_verifies_and_carries_its_claims() {
+        let key = KeyMaterial::generate();
+        let svc = service(&key);
+        let (user, sid) = (Uuid::new_v4(), Uuid::new_v4());
+        let issued = svc
+            .issue(user, sid, vec!["user".into()], OffsetDateTime::now_utc())
+            .unwrap();
+        let claims = svc.verify(&issued.token).unwrap();
+        assert_eq!(claims, issued.claims);
+        assert_eq!(claims.sub, user);
+        assert_eq!(claims.sid, sid);
+        assert_eq!(claims.exp - claims.iat, 60);
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
+    }
+
+    #[test]
+    fn a_token_signed_with_another_key_is_refused() {
+        let svc = service(&KeyMaterial::generate());
+        let mut other = KeyMaterial::generate();
+        let forged = service(&other)
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        assert_eq!(
+            svc.verify(&forged.token).unwrap_err(),
+            TokenRejection::UnknownKey
+        );
+        // Same kid, other secret: the signature check must catch it.
+        let ours = KeyMaterial::generate();
+        other.kid = ours.kid.clone();
+        let forged = service(&other)
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        assert_eq!(
+            service(&ours).verify(&forged.token).unwrap_err(),
+            TokenRejection::BadSignature
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused() {
+        let svc = service(&KeyMaterial::generate());
+        let long_ago = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let issued = svc
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], long_ago)
+            .unwrap();
+        assert_eq!(
+            svc.verify(&issued.token).unwrap_err(),
+            TokenRejection::Expired
+        );
+    }
+
+    #[test]
+    fn another_issuers_or_audiences_token_is_refused() {
+        let key = KeyMaterial::generate();
+        let theirs = TokenService::new(
+            &key,
+            &[],
+            "other".into(),
+            "aud".into(),
+            Duration::from_secs(60),
+        );
+        let issued = theirs
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        assert_eq!(
+            service(&key).verify(&issued.token).unwrap_err(),
+            TokenRejection::WrongIssuerOrAudience
+        );
+    }
+
+    #[test]
+    fn configured_keys_get_a_stable_id_that_does_not_reveal_them() {
+        let a = KeyMaterial::from_configured_secret(b"0123456789abcdef0123456789abcdef");
+        let b = KeyMaterial::from_configured_secret(b"0123456789abcdef0123456789abcdef");
+        assert_eq!(a.kid, b.kid);
+        assert!(!a.kid.contains("0123"));
+        assert!(!format!("{a:?}").contains("0123"));
+    }
+}

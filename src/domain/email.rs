@@ -1,0 +1,91 @@
+use std::{fmt, str::FromStr};
+
+use email_address::EmailAddress;
+
+/// A syntactically valid email address (RFC 5321/5322 as checked by the
+/// `email_address` crate), at most 254 bytes, stored as the user typed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the brackets.
+    pub const MAX_LEN: usize = 254;
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.len() > Self::MAX_LEN {
+            return Err(format!("must be at most {} bytes", Self::MAX_LEN));
+        }
+        // Display names ("Alice <a@b.c>") are valid RFC 5322 but not an address.
+        if raw.contains(['<', '>']) || raw.trim() != raw {
+            return Err("is not a valid email address".into());
+        }
+        match EmailAddress::from_str(raw) {
+            Ok(_) => Ok(Self(raw.to_owned())),
+            Err(_) => Err("is not a valid email address".into()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key under which uniqueness is enforced: the whole address lowercased.
+    /// (Local parts are case-sensitive in theory, never in practice; treating
+    /// them as insensitive prevents look-alike duplicate accounts.)
+    pub fn normalized(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ordinary_addresses_parse_and_keep_their_case() {
+        let e = Email::parse("Alice.Smith+tag@Example.com").unwrap();
+        assert_eq!(e.as_str(), "Alice.Smith+tag@Example.com");
+        assert_eq!(e.normalized(), "alice.smith+tag@example.com");
+    }
+
+    #[test]
+    fn malformed_addresses_are_rejected() {
+        for bad in [
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a b@example.com",
+            "Alice <a@example.com>",
+            " a@example.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn overlong_addresses_are_rejected() {
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(Email::parse(&long).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn simple_addresses_parse(local in "[a-z0-9]{1,20}", domain in "[a-z]{1,20}\\.[a-z]{2,6}") {
+            let raw = format!("{local}@{domain}");
+            prop_assert!(Email::parse(&raw).is_ok());
+        }
+
+        #[test]
+        fn parse_never_panics(s in "\\PC*") {
+            let _ = Email::parse(&s);
+        }
+    }
+}

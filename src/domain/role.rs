@@ -1,0 +1,108 @@
+use std::fmt;
+
+/// A role name: 1–32 lowercase ASCII letters, digits, `_` or `-`, starting with
+/// a letter. `user` is every account's default; `admin` manages users.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Role(String);
+
+impl Role {
+    pub const USER: &'static str = "user";
+    pub const ADMIN: &'static str = "admin";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut bytes = raw.bytes();
+        let ok_first = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
+        let ok_rest =
+            bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok_first && ok_rest && raw.len() <= 32 {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!("{raw:?} is not a valid role name"))
+        }
+    }
+
+    pub fn user() -> Self {
+        Self(Self::USER.into())
+    }
+
+    pub fn admin() -> Self {
+        Self(Self::ADMIN.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A sorted, duplicate-free set of roles, stored as a comma-separated column.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Roles(Vec<Role>);
+
+impl Roles {
+    pub fn new(roles: impl IntoIterator<Item = Role>) -> Self {
+        let mut v: Vec<Role> = roles.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Self(v)
+    }
+
+    pub fn contains(&self, role: &str) -> bool {
+        self.0.iter().any(|r| r.as_str() == role)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|r| r.0.clone()).collect()
+    }
+
+    /// The storage form: `admin,user`.
+    pub fn to_column(&self) -> String {
+        self.names().join(",")
+    }
+
+    pub fn from_column(raw: &str) -> Result<Self, String> {
+        raw.split(',')
+            .filter(|s| !s.is_empty())
+            .map(Role::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn role_names_are_lowercase_identifiers() {
+        assert!(Role::parse("admin").is_ok());
+        assert!(Role::parse("billing-reader_2").is_ok());
+        assert!(Role::parse("Admin").is_err());
+        assert!(Role::parse("2fa").is_err());
+        assert!(Role::parse("").is_err());
+        assert!(Role::parse("a,b").is_err());
+    }
+
+    #[test]
+    fn roles_are_sorted_and_deduplicated() {
+        let roles = Roles::new([Role::user(), Role::admin(), Role::user()]);
+        assert_eq!(roles.to_column(), "admin,user");
+        assert!(roles.contains("admin"));
+        assert!(!roles.contains("root"));
+    }
+
+    proptest! {
+        #[test]
+        fn the_column_form_round_trips(names in proptest::collection::vec("[a-z][a-z0-9_-]{0,31}", 0..6)) {
+            let roles = Roles::new(names.iter().map(|n| Role::parse(n).unwrap()));
+            let back = Roles::from_column(&roles.to_column()).unwrap();
+            prop_assert_eq!(back, roles);
+        }
+    }
+}

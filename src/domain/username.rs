@@ -1,0 +1,91 @@
+use std::fmt;
+
+/// A username: 3–64 ASCII letters, digits, `.`, `_` or `-`.
+///
+/// Kept to ASCII so that case-insensitive uniqueness is exact (no Unicode case
+/// folding or confusable characters to reason about).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub const MIN_LEN: usize = 3;
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let len = raw.len();
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
+            return Err(format!(
+                "must be {} to {} characters long",
+                Self::MIN_LEN,
+                Self::MAX_LEN
+            ));
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err("may contain only ASCII letters, digits, '.', '_' and '-'".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key under which uniqueness is enforced.
+    pub fn normalized(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn short_long_and_odd_usernames_are_rejected() {
+        assert!(Username::parse("ab").is_err());
+        assert!(Username::parse(&"a".repeat(65)).is_err());
+        assert!(Username::parse("with space").is_err());
+        assert!(Username::parse("émile").is_err());
+        assert!(Username::parse("a@b").is_err());
+    }
+
+    #[test]
+    fn normalized_form_ignores_case() {
+        let a = Username::parse("Alice.Smith").unwrap();
+        let b = Username::parse("alice.SMITH").unwrap();
+        assert_eq!(a.normalized(), b.normalized());
+        assert_eq!(a.as_str(), "Alice.Smith");
+    }
+
+    proptest! {
+        #[test]
+        fn every_string_of_allowed_characters_and_length_parses(s in "[A-Za-z0-9._-]{3,64}") {
+            let u = Username::parse(&s).unwrap();
+            prop_assert_eq!(u.as_str(), s.as_str());
+        }
+
+        #[test]
+        fn a_string_with_any_other_character_is_rejected(
+            prefix in "[a-z]{3}",
+            bad in "[^A-Za-z0-9._-]",
+        ) {
+            let s = format!("{prefix}{bad}");
+            prop_assert!(Username::parse(&s).is_err());
+        }
+
+        #[test]
+        fn parse_never_panics(s in "\\PC*") {
+            let _ = Username::parse(&s);
+        }
+    }
+}

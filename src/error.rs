@@ -1,0 +1,235 @@
+//! The one error type of the HTTP API and its JSON rendering.
+//!
+//! Every failure leaves the service as an RFC 9457 problem document
+//! (`application/problem+json`) with a stable `code`, so clients can branch on
+//! it without parsing prose. Internal errors are logged with their cause chain
+//! and reach the client only as an opaque 500.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::StoreError;
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a bearer token was refused. Only logged: the client always sees the
+/// same `invalid_token` answer so it learns nothing about which check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    Malformed,
+    BadSignature,
+    Expired,
+    WrongType,
+    UnknownKey,
+    WrongIssuerOrAudience,
+    Revoked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("request validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("invalid token: {0:?}")]
+    InvalidToken(TokenRejection),
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    #[error("insufficient role")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0} already taken")]
+    Conflict(&'static str),
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    #[error("overloaded")]
+    Overloaded { retry_after: Duration },
+    #[error("service unavailable")]
+    Unavailable,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(field) => AppError::Conflict(field),
+            StoreError::Database(e) => AppError::Internal(e.into()),
+        }
+    }
+}
+
+/// The problem document sent to clients.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: `title` and `code` carry the meaning.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `validation_failed`.
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl AppError {
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        AppError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::InvalidCredentials
+            | AppError::MissingToken
+            | AppError::InvalidToken(_)
+            | AppError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Overloaded { .. } | AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code_and_detail(&self) -> (&'static str, String) {
+        match self {
+            AppError::Validation(_) => (
+                "validation_failed",
+                "One or more fields are invalid.".into(),
+            ),
+            AppError::BadRequest(why) => ("bad_request", why.clone()),
+            AppError::UnsupportedMediaType(why) => ("unsupported_media_type", why.clone()),
+            AppError::PayloadTooLarge => (
+                "payload_too_large",
+                "The request body exceeds the size limit.".into(),
+            ),
+            // Why one message: unknown user, wrong password and disabled account must
+            // be indistinguishable (ASVS V6.3.8), or the endpoint enumerates accounts.
+            AppError::InvalidCredentials => (
+                "invalid_credentials",
+                "Invalid username or password.".into(),
+            ),
+            AppError::MissingToken => ("missing_token", "A bearer token is required.".into()),
+            AppError::InvalidToken(_) => (
+                "invalid_token",
+                "The access token is invalid, expired or revoked.".into(),
+            ),
+            AppError::InvalidRefreshToken => (
+                "invalid_refresh_token",
+                "The refresh token is invalid, expired or revoked.".into(),
+            ),
+            AppError::Forbidden => (
+                "forbidden",
+                "The token does not grant the role this resource requires.".into(),
+            ),
+            AppError::NotFound => ("not_found", "No such resource.".into()),
+            AppError::Conflict(field) => ("conflict", format!("That {field} is already taken.")),
+            AppError::RateLimited { .. } => (
+                "rate_limited",
+                "Too many requests; retry after the time in Retry-After.".into(),
+            ),
+            AppError::Overloaded { .. } => (
+                "overloaded",
+                "The server is busy; retry after the time in Retry-After.".into(),
+            ),
+            AppError::Unavailable => ("unavailable", "The service is not ready.".into()),
+            AppError::Internal(_) => ("internal_error", "An internal error occurred.".into()),
+        }
+    }
+}
+
+/// Seconds for a `Retry-After` header, rounded up so clients never retry early.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            AppError::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
+            AppError::InvalidToken(why) => tracing::debug!(reason = ?why, "token refused"),
+            _ => tracing::debug!(error = %self, "request failed"),
+        }
+        let (code, detail) = self.code_and_detail();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            // RFC 6750 §3: no error code when the request simply lacked a token.
+            AppError::MissingToken | AppError::InvalidCredentials => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            AppError::InvalidToken(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                );
+            }
+            AppError::Forbidden => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="insufficient_scope""#),
+                );
+            }
+            AppError::RateLimited { retry_after } | AppError::Overloaded { retry_after } => {
+                headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
+            }
+            _ => {}
+        }
+        let errors = match self {
+            AppError::Validation(errors) => errors,
+            _ => Vec::new(),
+        };
+        let body = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            code,
+            errors,
+        };
+        (status, headers, Json(body)).into_response()
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

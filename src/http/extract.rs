@@ -1,0 +1,215 @@
+//! Extractors: JSON bodies with our error format, the client IP, and the
+//! authenticated user (with role checks).
+
+use std::{
+    marker::PhantomData,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Instant,
+};
+
+use axum::{
+    body::Bytes,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::{
+    client_ip::client_ip,
+    clock,
+    crypto::tokens::AccessClaims,
+    domain::Role,
+    error::{AppError, FieldError, TokenRejection},
+    state::AppState,
+};
+
+/// A JSON request body. Unlike `axum::Json`, every rejection is a problem
+/// document: 415 without a JSON content type, 413 past the body limit, 400 for
+/// malformed JSON, 422 naming the field for well-formed JSON of the wrong shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !has_content_type(req.headers(), "application/json") {
+            return Err(AppError::UnsupportedMediaType(
+                "Expected a body with Content-Type: application/json.".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn has_content_type(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(expected))
+}
+
+pub fn body_rejection(rejection: BytesRejection) -> AppError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::PayloadTooLarge
+    } else {
+        AppError::BadRequest(rejection.body_text())
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        json_error(err.into_inner(), path)
+    })?;
+    de.end().map_err(|e| json_error(e, ".".into()))?;
+    Ok(value)
+}
+
+fn json_error(inner: serde_json::Error, path: String) -> AppError {
+    if inner.classify() != serde_json::error::Category::Data {
+        return AppError::BadRequest(format!("The body is not valid JSON: {inner}"));
+    }
+    let message = inner.to_string();
+    // "missing field `password` at line 1 column 20" names its own field.
+    let field = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| if path == "." { "body".into() } else { path });
+    let message = match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message,
+    };
+    AppError::Validation(vec![FieldError::new(field, message)])
+}
+
+/// The client's IP address (see [`crate::client_ip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        Ok(ClientIp(client_ip(
+            peer,
+            &parts.headers,
+            &state.policy.trusted_proxies,
+        )))
+    }
+}
+
+/// The user behind a valid, unrevoked access token.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub claims: AccessClaims,
+}
+
+impl AuthUser {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.claims.roles.iter().any(|r| r == role)
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header (RFC 6750 §2.1).
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AppError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AppError::MissingToken)?;
+    let value = value
+        .to_str()
+        .map_err(|_| AppError::InvalidToken(TokenRejection::Malformed))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(AppError::InvalidToken(TokenRejection::Malformed)),
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers)?;
+        let claims = state.tokens.verify(token).map_err(AppError::InvalidToken)?;
+        if !session_is_live(state, claims.sid, claims.sub).await? {
+            return Err(AppError::InvalidToken(TokenRejection::Revoked));
+        }
+        Ok(AuthUser {
+            user_id: claims.sub,
+            session_id: claims.sid,
+            claims,
+        })
+    }
+}
+
+/// Cached for a bounded time (see [`crate::sessions`]), so most protected
+/// requests make no database round trip.
+async fn session_is_live(
+    state: &AppState,
+    session_id: Uuid,
+    user_id: Uuid,
+) -> Result<bool, AppError> {
+    let now = Instant::now();
+    if let Some(live) = state.sessions.get(session_id, now) {
+        return Ok(live);
+    }
+    let live = state
+        .store
+        .session_is_live(session_id, clock::now())
+        .await?;
+    state.sessions.put(session_id, user_id, live, now);
+    Ok(live)
+}
+
+/// A role name known at compile time, for [`RequireRole`].
+pub trait RoleName: Send + Sync + 'static {
+    const NAME: &'static str;
+}
+
+/// The `admin` role.
+pub struct Admin;
+
+impl RoleName for Admin {
+    const NAME: &'static str = Role::ADMIN;
+}
+
+/// An authenticated user holding role `R`; 403 for a valid token without it.
+pub struct RequireRole<R: RoleName>(pub AuthUser, PhantomData<R>);
+
+impl<R: RoleName> FromRequestParts<AppState> for RequireRole<R> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.has_role(R::NAME) {
+            Ok(RequireRole(user, PhantomData))
+        } else {
+            Err(AppError::Forbidden)
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `/users`: the current user.
+
+use axum::{Json, extract::State};
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::extract::AuthUser;
+use crate::{
+    error::{AppError, AppResult, Problem, TokenRejection},
+    state::AppState,
+    store::User,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(me))
+}
+
+/// A user as every endpoint shows it. Never carries a password hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserResponse {
+    pub id: Uuid,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    #[schema(example = json!(["user"]))]
+    pub roles: Vec<String>,
+    pub is_active: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<User> for UserResponse {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            username: u.username,
+            email: u.email,
+            email_verified: u.email_verified,
+            roles: u.roles.names(),
+            is_active: u.is_active,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// The user the access token belongs to.
+#[utoipa::path(
+    get, path = "/users/me", tag = "users",
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The current user", body = UserResponse),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem),
+    )
+)]
+async fn me(State(state): State<AppState>, user: AuthUser) -> AppResult<Json<UserResponse>> {
+    let found = state.store.get_user(user.user_id).await?;
+    // A token for a user that no longer exists is as good as revoked.
+    let found = found.ok_or(AppError::InvalidToken(TokenRejection::Revoked))?;
+    Ok(Json(found.into()))
+}

@@ -1,0 +1,225 @@
+use std::{collections::HashSet, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    common::Backend,
+    helpers::{PASSWORD, TestApp, problem},
+    on_both_databases,
+};
+
+on_both_databases!(
+    a_user_without_the_admin_role_gets_403,
+    the_configured_admin_lists_users_page_by_page,
+    bad_limits_and_cursors_are_422,
+    disabling_a_user_refuses_their_tokens_within_a_second_and_their_logins,
+    changing_roles_takes_effect_at_the_next_login,
+    the_configured_admin_is_created_once,
+);
+
+const ADMIN_EMAIL: &str = "root@example.com";
+const ADMIN_PASSWORD: &str = "a long admin passphrase";
+
+async fn spawn_with_admin(backend: Backend) -> TestApp {
+    TestApp::builder()
+        .arg("--admin-email", ADMIN_EMAIL)
+        .arg("--admin-password", ADMIN_PASSWORD)
+        .arg("--signup-per-minute", "1000")
+        .spawn(backend)
+        .await
+}
+
+async fn admin_token(app: &TestApp) -> String {
+    let res = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn patch(app: &TestApp, token: &str, id: &str, body: Value) -> reqwest::Response {
+    app.client
+        .patch(app.url(&format!("/admin/users/{id}")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn a_user_without_the_admin_role_gets_403(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    app.create_user("alice").await;
+    let access = app.tokens("alice").await.access;
+    let res = app.get("/admin/users", Some(&access)).await;
+    let body = problem(res, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "forbidden");
+    assert_eq!(
+        app.get("/admin/users", None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let admin = admin_token(&app).await;
+    assert_eq!(
+        app.get("/admin/users", Some(&admin)).await.status(),
+        StatusCode::OK
+    );
+}
+
+async fn the_configured_admin_lists_users_page_by_page(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    for i in 0..5 {
+        app.create_user(&format!("user{i}")).await;
+    }
+    let admin = admin_token(&app).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/admin/users?limit=2&cursor={c}"),
+            None => "/admin/users?limit=2".to_owned(),
+        };
+        let res = app.get(&path, Some(&admin)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let page: Value = res.json().await.unwrap();
+        let users = page["users"].as_array().unwrap();
+        assert!(users.len() <= 2);
+        seen.extend(users.iter().map(|u| u["id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 6, "five users and the admin");
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>().len(),
+        6,
+        "no user twice"
+    );
+    let first: Value = app
+        .get("/admin/users", Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["users"][0]["email"], ADMIN_EMAIL, "oldest first");
+    assert_eq!(first["users"][0]["roles"], json!(["admin", "user"]));
+}
+
+async fn bad_limits_and_cursors_are_422(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=%21%21", "cursor"),
+        ("cursor=AAAA", "cursor"),
+    ] {
+        let res = app
+            .get(&format!("/admin/users?{query}"), Some(&admin))
+            .await;
+        let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(body["errors"][0]["field"], field, "{query}");
+    }
+}
+
+async fn disabling_a_user_refuses_their_tokens_within_a_second_and_their_logins(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let user = app.create_user("bob").await;
+    let tokens = app.tokens("bob").await;
+    assert_eq!(app.me_status(&tokens.access).await, StatusCode::OK);
+    let admin = admin_token(&app).await;
+
+    let res = patch(
+        &app,
+        &admin,
+        user["id"].as_str().unwrap(),
+        json!({"is_active": false}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["is_active"], false);
+    app.assert_refused_within(&tokens.access, Duration::from_secs(1))
+        .await;
+    assert_eq!(
+        app.refresh(&tokens.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong = problem(
+        app.login("bob", "not the password!").await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let disabled = problem(app.login("bob", PASSWORD).await, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        wrong, disabled,
+        "a disabled account looks like a wrong password"
+    );
+
+    let res = patch(
+        &app,
+        &admin,
+        user["id"].as_str().unwrap(),
+        json!({"is_active": true}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.login("bob", PASSWORD).await.status(), StatusCode::OK);
+}
+
+async fn changing_roles_takes_effect_at_the_next_login(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let user = app.create_user("carol").await;
+    let before = app.tokens("carol").await;
+    let admin = admin_token(&app).await;
+    let id = user["id"].as_str().unwrap();
+
+    let res = patch(&app, &admin, id, json!({"roles": ["user", "Not A Role"]})).await;
+    problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let res = patch(
+        &app,
+        &admin,
+        &uuid::Uuid::now_v7().to_string(),
+        json!({"is_active": true}),
+    )
+    .await;
+    problem(res, StatusCode::NOT_FOUND).await;
+
+    let res = patch(&app, &admin, id, json!({"roles": ["admin", "user"]})).await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["roles"],
+        json!(["admin", "user"])
+    );
+    // Old tokens carry old roles, so they end with the change.
+    app.assert_refused_within(&before.access, Duration::from_secs(1))
+        .await;
+    let after = app.tokens("carol").await;
+    assert_eq!(
+        app.get("/admin/users", Some(&after.access)).await.status(),
+        StatusCode::OK
+    );
+}
+
+async fn the_configured_admin_is_created_once(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let app = app.restart().await;
+    let admin = admin_token(&app).await;
+    let page: Value = app
+        .get("/admin/users", Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let admins = page["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["email"] == ADMIN_EMAIL)
+        .count();
+    assert_eq!(admins, 1);
+}

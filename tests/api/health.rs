@@ -1,0 +1,165 @@
+use std::{io::Write, process::Stdio};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::{
+    common::{Backend, TestDb},
+    helpers::{TestApp, problem, spawn_app},
+    on_both_databases,
+};
+
+on_both_databases!(
+    healthz_and_readyz_answer_200,
+    an_unknown_route_is_a_404_problem,
+    the_openapi_document_lists_the_api_and_the_oauth2_password_flow,
+    swagger_ui_is_served_at_docs,
+    the_request_id_is_echoed,
+    create_admin_reads_the_password_from_stdin,
+    the_migrate_command_prepares_the_database,
+);
+
+async fn healthz_and_readyz_answer_200(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for path in ["/healthz", "/readyz"] {
+        let res = app.get(path, None).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        assert_eq!(res.json::<Value>().await.unwrap()["status"], "ok");
+    }
+}
+
+async fn an_unknown_route_is_a_404_problem(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let body = problem(app.get("/nope", None).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(body["code"], "not_found");
+}
+
+async fn the_openapi_document_lists_the_api_and_the_oauth2_password_flow(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let spec: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    for path in [
+        "/auth/signup",
+        "/auth/login",
+        "/auth/token",
+        "/auth/refresh",
+        "/auth/logout",
+        "/auth/logout-all",
+        "/users/me",
+        "/admin/users",
+        "/admin/users/{id}",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path} documented");
+    }
+    let oauth = &spec["components"]["securitySchemes"]["oauth2"];
+    assert_eq!(oauth["flows"]["password"]["tokenUrl"], "/auth/token");
+    let token_body = &spec["paths"]["/auth/token"]["post"]["requestBody"]["content"];
+    assert!(token_body["application/x-www-form-urlencoded"].is_object());
+}
+
+async fn swagger_ui_is_served_at_docs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let res = app.get("/docs/", None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("swagger"), "Swagger UI page");
+    let res = app.get("/docs/swagger-ui.css", None).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "assets are bundled, not fetched"
+    );
+}
+
+async fn the_request_id_is_echoed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    let res = app.get("/healthz", None).await;
+    assert!(!res.headers()["x-request-id"].is_empty());
+}
+
+fn authgate(db: &TestDb) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"));
+    cmd.env("DATABASE_URL", &db.url).env("RUST_LOG", "warn");
+    cmd
+}
+
+async fn create_admin_reads_the_password_from_stdin(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut child = authgate(&db)
+        .args([
+            "create-admin",
+            "--email",
+            "boss@example.com",
+            "--username",
+            "boss",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"boss passphrase 2026\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created admin"));
+
+    let app = TestApp::builder().spawn_on(db).await;
+    let res = app.login("boss", "boss passphrase 2026").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let access = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.get("/admin/users", Some(&access)).await.status(),
+        StatusCode::OK
+    );
+
+    // A weak password is refused, naming the problem, and creates nothing.
+    let mut child = authgate(app.db())
+        .args(["create-admin", "--email", "weak@example.com"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too common"));
+}
+
+async fn the_migrate_command_prepares_the_database(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let out = authgate(&db).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = authgate(&db).arg("migrate").output().unwrap();
+    assert!(again.status.success(), "migrations are idempotent");
+}

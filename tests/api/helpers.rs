@@ -1,0 +1,273 @@
+//! `TestApp`: the real server on a random port, on a database of its own.
+
+use std::time::Duration;
+
+use authgate::{config::Config, startup::Application, state::AppState};
+use clap::Parser;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub use crate::common::{Backend, TestDb};
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// A known signing key, so that tests can forge tokens with it.
+pub const TEST_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Settings for a test server; `spawn` starts it.
+pub struct TestAppBuilder {
+    args: Vec<String>,
+}
+
+impl TestAppBuilder {
+    /// Sets a flag, replacing an earlier value of the same flag.
+    pub fn arg(mut self, flag: &str, value: &str) -> Self {
+        if let Some(i) = self.args.iter().position(|a| a == flag) {
+            self.args[i + 1] = value.into();
+        } else {
+            self.args.push(flag.into());
+            self.args.push(value.into());
+        }
+        self
+    }
+
+    pub async fn spawn(self, backend: Backend) -> TestApp {
+        let db = TestDb::new(backend).await;
+        self.spawn_on(db).await
+    }
+
+    /// Starts a server on an existing database (another instance, or a restart).
+    pub async fn spawn_on(self, db: TestDb) -> TestApp {
+        let mut argv: Vec<String> = vec![
+            "authgate".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--database-url".into(),
+            db.url.clone(),
+        ];
+        argv.extend(self.args.iter().cloned());
+        let config = Args::try_parse_from(&argv)
+            .expect("valid test settings")
+            .config;
+        let app = Application::build(config)
+            .await
+            .expect("the application builds");
+        let address = format!("http://{}", app.local_addr());
+        let state = app.state().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            app.run_until(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the server runs");
+        });
+        TestApp {
+            address,
+            client: reqwest::Client::new(),
+            db: Some(db),
+            state,
+            stop: Some(stop),
+            server: Some(server),
+            args: self.args,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    db: Option<TestDb>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    args: Vec<String>,
+}
+
+/// A test server with the test signing key and otherwise default settings.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    TestApp::builder().spawn(backend).await
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        Self::builder_with_generated_key().arg("--jwt-secret", TEST_SECRET)
+    }
+
+    /// A builder without the fixed signing key: the server generates its own.
+    pub fn builder_with_generated_key() -> TestAppBuilder {
+        TestAppBuilder { args: Vec::new() }.arg("--hash-workers", "1")
+    }
+
+    pub fn db(&self) -> &TestDb {
+        self.db.as_ref().expect("the database is still attached")
+    }
+
+    /// Stops the server and hands back its database.
+    pub async fn stop(mut self) -> (TestDb, Vec<String>) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        (
+            self.db.take().expect("database"),
+            std::mem::take(&mut self.args),
+        )
+    }
+
+    /// Stops the server and starts a new one on the same database and settings.
+    pub async fn restart(self) -> TestApp {
+        let (db, args) = self.stop().await;
+        TestAppBuilder { args }.spawn_on(db).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Response {
+        self.client
+            .post(self.url(path))
+            .form(form)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn signup(&self, body: Value) -> Response {
+        self.post_json("/auth/signup", &body).await
+    }
+
+    /// Signs up `username` (with an email derived from it) and checks the 201.
+    pub async fn create_user(&self, username: &str) -> Value {
+        let res = self
+            .signup(json!({"username": username, "email": format!("{username}@example.com"), "password": PASSWORD}))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "signup of {username}");
+        res.json().await.unwrap()
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.post_json(
+            "/auth/login",
+            &json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    /// Logs in and returns the token response, checking the 200.
+    pub async fn tokens(&self, username: &str) -> Tokens {
+        let res = self.login(username, PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::OK, "login of {username}");
+        Tokens::from(res.json::<Value>().await.unwrap())
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_json("/auth/refresh", &json!({"refresh_token": refresh_token}))
+            .await
+    }
+
+    pub async fn me_status(&self, access_token: &str) -> StatusCode {
+        self.get("/users/me", Some(access_token)).await.status()
+    }
+
+    /// Polls `/users/me` until the token is refused; fails if that takes
+    /// longer than `within`.
+    pub async fn assert_refused_within(&self, access_token: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let status = self.me_status(access_token).await;
+            if status == StatusCode::UNAUTHORIZED {
+                return;
+            }
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "unexpected status while waiting for revocation"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "token still accepted after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A token response.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+    pub body: Value,
+}
+
+impl From<Value> for Tokens {
+    fn from(body: Value) -> Self {
+        Tokens {
+            access: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            refresh: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+            body,
+        }
+    }
+}
+
+/// The problem document of an error response, after checking its status and
+/// content type.
+pub async fn problem(res: Response, status: StatusCode) -> Value {
+    assert_eq!(res.status(), status);
+    let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    body
+}
+
+/// The fields a 422 problem names.
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,0 +1,246 @@
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    common::Backend,
+    helpers::{PASSWORD, TestApp, Tokens, problem, spawn_app},
+    on_both_databases,
+};
+
+on_both_databases!(
+    a_refresh_rotates_both_tokens,
+    reusing_a_refresh_token_revokes_the_whole_session,
+    of_racing_refreshes_with_one_token_exactly_one_wins,
+    refreshing_never_extends_past_the_session_maximum_age,
+    an_unused_refresh_token_expires_after_its_ttl,
+    logout_ends_the_session_and_its_access_tokens_within_a_second,
+    logout_answers_204_even_for_unknown_tokens,
+    logout_all_ends_every_session_of_the_user_only,
+    another_instance_on_the_same_database_refuses_a_revoked_token_within_a_second,
+    a_restart_keeps_users_keys_and_tokens,
+    refreshes_are_throttled_per_ip_with_retry_after,
+    garbage_refresh_tokens_are_401,
+);
+
+async fn logged_in(app: &TestApp, name: &str) -> Tokens {
+    app.create_user(name).await;
+    app.tokens(name).await
+}
+
+async fn refreshed(app: &TestApp, refresh_token: &str) -> Tokens {
+    let res = app.refresh(refresh_token).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    Tokens::from(res.json::<Value>().await.unwrap())
+}
+
+async fn a_refresh_rotates_both_tokens(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = logged_in(&app, "alice").await;
+    let second = refreshed(&app, &first.refresh).await;
+    assert_ne!(second.refresh, first.refresh);
+    assert_ne!(second.access, first.access);
+    assert_eq!(second.body["token_type"], "bearer");
+    assert_eq!(app.me_status(&second.access).await, StatusCode::OK);
+    // The new token chains on.
+    let third = refreshed(&app, &second.refresh).await;
+    assert_eq!(app.me_status(&third.access).await, StatusCode::OK);
+}
+
+async fn reusing_a_refresh_token_revokes_the_whole_session(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = logged_in(&app, "bob").await;
+    let second = refreshed(&app, &first.refresh).await;
+
+    let res = app.refresh(&first.refresh).await;
+    let body = problem(res, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(body["code"], "invalid_refresh_token");
+    // Every token of the session is dead: the rotated one and the access tokens.
+    assert_eq!(
+        app.refresh(&second.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.assert_refused_within(&second.access, Duration::from_secs(1))
+        .await;
+    app.assert_refused_within(&first.access, Duration::from_secs(1))
+        .await;
+    // Another login opens a fresh session.
+    assert_eq!(
+        app.me_status(&app.tokens("bob").await.access).await,
+        StatusCode::OK
+    );
+}
+
+async fn of_racing_refreshes_with_one_token_exactly_one_wins(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tokens = logged_in(&app, "carol").await;
+    let races = (0..10).map(|_| app.refresh(&tokens.refresh));
+    let results = futures::future::join_all(races).await;
+    let won = results
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .count();
+    let lost = results
+        .iter()
+        .filter(|r| r.status() == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(won, 1);
+    assert_eq!(lost, 9);
+}
+
+async fn refreshing_never_extends_past_the_session_maximum_age(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--session-max-age", "3s")
+        .arg("--refresh-token-ttl", "1h")
+        .spawn(backend)
+        .await;
+    let first = logged_in(&app, "dave").await;
+    assert!(first.body["refresh_expires_in"].as_u64().unwrap() <= 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = refreshed(&app, &first.refresh).await;
+    assert!(second.body["refresh_expires_in"].as_u64().unwrap() <= 2);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        app.refresh(&second.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.assert_refused_within(&second.access, Duration::from_secs(1))
+        .await;
+}
+
+async fn an_unused_refresh_token_expires_after_its_ttl(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--refresh-token-ttl", "1s")
+        .spawn(backend)
+        .await;
+    let tokens = logged_in(&app, "erin").await;
+    assert_eq!(tokens.body["refresh_expires_in"], 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        app.refresh(&tokens.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn logout_ends_the_session_and_its_access_tokens_within_a_second(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tokens = logged_in(&app, "frank").await;
+    let other = app.tokens("frank").await;
+    assert_eq!(app.me_status(&tokens.access).await, StatusCode::OK);
+    let res = app
+        .post_json("/auth/logout", &json!({"refresh_token": tokens.refresh}))
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    app.assert_refused_within(&tokens.access, Duration::from_secs(1))
+        .await;
+    assert_eq!(
+        app.refresh(&tokens.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // The user's other session is untouched.
+    assert_eq!(app.me_status(&other.access).await, StatusCode::OK);
+    assert_eq!(app.refresh(&other.refresh).await.status(), StatusCode::OK);
+}
+
+async fn logout_answers_204_even_for_unknown_tokens(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for token in ["nonsense", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        let res = app
+            .post_json("/auth/logout", &json!({"refresh_token": token}))
+            .await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+    let res = app.post_json("/auth/logout", &json!({})).await;
+    problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+async fn logout_all_ends_every_session_of_the_user_only(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let phone = logged_in(&app, "gina").await;
+    let laptop = app.tokens("gina").await;
+    let bystander = logged_in(&app, "hank").await;
+
+    let res = app
+        .client
+        .post(app.url("/auth/logout-all"))
+        .bearer_auth(&phone.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    app.assert_refused_within(&phone.access, Duration::from_secs(1))
+        .await;
+    app.assert_refused_within(&laptop.access, Duration::from_secs(1))
+        .await;
+    assert_eq!(
+        app.refresh(&laptop.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.me_status(&bystander.access).await, StatusCode::OK);
+
+    let res = app
+        .client
+        .post(app.url("/auth/logout-all"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn another_instance_on_the_same_database_refuses_a_revoked_token_within_a_second(
+    backend: Backend,
+) {
+    let a = spawn_app(backend).await;
+    let tokens = logged_in(&a, "ivan").await;
+    let b = TestApp::builder()
+        .spawn_on(crate::common::TestDb::attach(a.db()))
+        .await;
+    // Instance B has seen the session live (and cached that).
+    assert_eq!(b.me_status(&tokens.access).await, StatusCode::OK);
+    let res = a
+        .post_json("/auth/logout", &json!({"refresh_token": tokens.refresh}))
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    b.assert_refused_within(&tokens.access, Duration::from_secs(1))
+        .await;
+}
+
+async fn a_restart_keeps_users_keys_and_tokens(backend: Backend) {
+    // No configured secret: the generated key must survive the restart.
+    let app = TestApp::builder_with_generated_key().spawn(backend).await;
+    let tokens = logged_in(&app, "judy").await;
+    let app = app.restart().await;
+    assert_eq!(app.me_status(&tokens.access).await, StatusCode::OK);
+    let next = refreshed(&app, &tokens.refresh).await;
+    assert_eq!(app.me_status(&next.access).await, StatusCode::OK);
+    assert_eq!(app.login("judy", PASSWORD).await.status(), StatusCode::OK);
+}
+
+async fn refreshes_are_throttled_per_ip_with_retry_after(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--refresh-per-minute", "2")
+        .spawn(backend)
+        .await;
+    let t = logged_in(&app, "kate").await;
+    let t = refreshed(&app, &t.refresh).await;
+    let t = refreshed(&app, &t.refresh).await;
+    let res = app.refresh(&t.refresh).await;
+    assert!(res.headers().contains_key("retry-after"));
+    problem(res, StatusCode::TOO_MANY_REQUESTS).await;
+}
+
+async fn garbage_refresh_tokens_are_401(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for token in [
+        "",
+        "short",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "a.b.c",
+    ] {
+        let res = app.refresh(token).await;
+        let body = problem(res, StatusCode::UNAUTHORIZED).await;
+        assert_eq!(body["code"], "invalid_refresh_token");
+    }
+}

@@ -1,0 +1,326 @@
+//! One conformance suite for both storage implementations.
+
+mod common;
+
+use std::sync::Arc;
+
+use authgate::{
+    clock,
+    config::DatabaseUrl,
+    crypto::tokens::KeyMaterial,
+    domain::{Email, Role, Roles, Username},
+    store::{self, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, UserChanges},
+};
+use common::{Backend, TestDb};
+use time::Duration;
+use uuid::Uuid;
+
+async fn open(backend: Backend) -> (Arc<dyn Store>, TestDb) {
+    let db = TestDb::new(backend).await;
+    let store = store::connect(&db.url.parse::<DatabaseUrl>().unwrap())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (store, db)
+}
+
+fn new_user(name: &str) -> NewUser {
+    NewUser {
+        id: Uuid::now_v7(),
+        username: Some(Username::parse(name).unwrap()),
+        email: Some(Email::parse(&format!("{name}@Example.com")).unwrap()),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        roles: Roles::new([Role::user()]),
+        created_at: clock::now(),
+    }
+}
+
+fn session_for(user_id: Uuid, refresh: u8, lifetime: Duration) -> NewSession {
+    let now = clock::now();
+    NewSession {
+        id: Uuid::now_v7(),
+        user_id,
+        created_at: now,
+        expires_at: now + lifetime,
+        refresh_hash: [refresh; 32],
+        refresh_expires_at: now + lifetime,
+    }
+}
+
+on_both_databases!(
+    a_created_user_reads_back_identically_by_id_username_and_email,
+    a_duplicate_username_or_email_is_a_conflict_naming_the_field,
+    create_user_if_absent_creates_once,
+    users_are_listed_in_id_order_after_the_cursor,
+    a_refresh_token_rotates_once_and_its_reuse_revokes_the_session,
+    a_rotation_never_outlives_the_session,
+    an_expired_refresh_token_does_not_rotate,
+    updating_a_user_ends_their_sessions_in_the_same_change,
+    revoking_by_refresh_token_and_by_user_ends_sessions,
+    the_first_signing_key_wins,
+    purge_deletes_expired_sessions_and_tokens_only,
+);
+
+async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let created = store.create_user(&new_user("alice")).await.unwrap();
+    assert_eq!(store.get_user(created.id).await.unwrap().unwrap(), created);
+    let by_name = store.find_credentials("alice").await.unwrap().unwrap();
+    assert_eq!(by_name.user, created);
+    assert!(by_name.password_hash.starts_with("$argon2id$"));
+    let by_email = store
+        .find_credentials("alice@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_email.user, created);
+    assert!(
+        store.find_credentials("Alice").await.unwrap().is_none(),
+        "lookups take the normalized form"
+    );
+    assert!(store.get_user(Uuid::now_v7()).await.unwrap().is_none());
+}
+
+async fn a_duplicate_username_or_email_is_a_conflict_naming_the_field(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    store.create_user(&new_user("bob")).await.unwrap();
+    let mut same_name = new_user("bob");
+    same_name.username = Some(Username::parse("BOB").unwrap());
+    same_name.email = Some(Email::parse("other@example.com").unwrap());
+    assert!(matches!(
+        store.create_user(&same_name).await,
+        Err(StoreError::Conflict("username"))
+    ));
+    let mut same_email = new_user("bobby");
+    same_email.email = Some(Email::parse("BOB@example.com").unwrap());
+    assert!(matches!(
+        store.create_user(&same_email).await,
+        Err(StoreError::Conflict("email"))
+    ));
+}
+
+async fn create_user_if_absent_creates_once(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    assert!(
+        store
+            .create_user_if_absent(&new_user("carol"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_user_if_absent(&new_user("carol"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.list_users(10, None).await.unwrap().len(), 1);
+}
+
+async fn users_are_listed_in_id_order_after_the_cursor(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            store
+                .create_user(&new_user(&format!("user{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let first = store.list_users(2, None).await.unwrap();
+    assert_eq!(first.iter().map(|u| u.id).collect::<Vec<_>>(), ids[..2]);
+    let rest = store.list_users(10, Some(ids[1])).await.unwrap();
+    assert_eq!(rest.iter().map(|u| u.id).collect::<Vec<_>>(), ids[2..]);
+}
+
+async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("dave")).await.unwrap();
+    let session = session_for(user.id, 1, Duration::days(1));
+    store.create_session(&session).await.unwrap();
+    let now = clock::now();
+    assert!(store.session_is_live(session.id, now).await.unwrap());
+
+    let first = store
+        .rotate_refresh_token(&[1; 32], &[2; 32], Duration::hours(1), now)
+        .await
+        .unwrap();
+    match first {
+        Rotation::Rotated {
+            session_id,
+            user: u,
+            ..
+        } => {
+            assert_eq!(session_id, session.id);
+            assert_eq!(u, user);
+        }
+        other => panic!("expected a rotation, got {other:?}"),
+    }
+    let again = store
+        .rotate_refresh_token(&[1; 32], &[3; 32], Duration::hours(1), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Rotation::Reused {
+            session_id: session.id,
+            user_id: user.id
+        }
+    );
+    assert!(!store.session_is_live(session.id, now).await.unwrap());
+    let next = store
+        .rotate_refresh_token(&[2; 32], &[4; 32], Duration::hours(1), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        Rotation::Invalid,
+        "the rotated token died with its session"
+    );
+    let unknown = store
+        .rotate_refresh_token(&[9; 32], &[5; 32], Duration::hours(1), now)
+        .await
+        .unwrap();
+    assert_eq!(unknown, Rotation::Invalid);
+}
+
+async fn a_rotation_never_outlives_the_session(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("erin")).await.unwrap();
+    let session = session_for(user.id, 1, Duration::minutes(5));
+    store.create_session(&session).await.unwrap();
+    let rotated = store
+        .rotate_refresh_token(&[1; 32], &[2; 32], Duration::days(7), clock::now())
+        .await
+        .unwrap();
+    let Rotation::Rotated {
+        refresh_expires_at, ..
+    } = rotated
+    else {
+        panic!("expected a rotation, got {rotated:?}");
+    };
+    assert_eq!(refresh_expires_at, session.expires_at);
+}
+
+async fn an_expired_refresh_token_does_not_rotate(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("frank")).await.unwrap();
+    let session = session_for(user.id, 1, Duration::minutes(5));
+    store.create_session(&session).await.unwrap();
+    let later = clock::now() + Duration::minutes(6);
+    let result = store
+        .rotate_refresh_token(&[1; 32], &[2; 32], Duration::days(7), later)
+        .await
+        .unwrap();
+    assert_eq!(result, Rotation::Invalid);
+    assert!(!store.session_is_live(session.id, later).await.unwrap());
+}
+
+async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("gina")).await.unwrap();
+    let session = session_for(user.id, 1, Duration::days(1));
+    store.create_session(&session).await.unwrap();
+    let changes = UserChanges {
+        is_active: Some(false),
+        roles: Some(Roles::new([Role::user(), Role::admin()])),
+    };
+    let updated = store
+        .update_user(user.id, &changes, clock::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!updated.is_active);
+    assert!(updated.roles.contains("admin"));
+    assert!(
+        !store
+            .session_is_live(session.id, clock::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .update_user(Uuid::now_v7(), &changes, clock::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn revoking_by_refresh_token_and_by_user_ends_sessions(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("hank")).await.unwrap();
+    let a = session_for(user.id, 1, Duration::days(1));
+    let b = session_for(user.id, 2, Duration::days(1));
+    let c = session_for(user.id, 3, Duration::days(1));
+    for s in [&a, &b, &c] {
+        store.create_session(s).await.unwrap();
+    }
+    let now = clock::now();
+    assert_eq!(
+        store
+            .revoke_session_by_refresh(&[1; 32], now)
+            .await
+            .unwrap(),
+        Some(a.id)
+    );
+    assert_eq!(
+        store
+            .revoke_session_by_refresh(&[1; 32], now)
+            .await
+            .unwrap(),
+        None,
+        "already ended"
+    );
+    assert!(!store.session_is_live(a.id, now).await.unwrap());
+    assert!(store.session_is_live(b.id, now).await.unwrap());
+    assert_eq!(
+        store
+            .revoke_user_sessions(user.id, RevokeReason::LogoutAll, now)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(!store.session_is_live(c.id, now).await.unwrap());
+}
+
+async fn the_first_signing_key_wins(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    assert!(store.signing_keys().await.unwrap().is_empty());
+    let first = KeyMaterial::generate();
+    let keys = store
+        .insert_first_signing_key(&first, clock::now())
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].kid, first.kid);
+    assert_eq!(keys[0].secret, first.secret);
+    let keys = store
+        .insert_first_signing_key(&KeyMaterial::generate(), clock::now())
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].kid, first.kid);
+}
+
+async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("ivan")).await.unwrap();
+    let short = session_for(user.id, 1, Duration::minutes(1));
+    let long = session_for(user.id, 2, Duration::days(1));
+    store.create_session(&short).await.unwrap();
+    store.create_session(&long).await.unwrap();
+    let later = clock::now() + Duration::minutes(2);
+    let purged = store
+        .purge(later, later - Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(purged, 2, "one refresh token and one session");
+    assert!(store.session_is_live(long.id, later).await.unwrap());
+    let rotated = store
+        .rotate_refresh_token(&[2; 32], &[3; 32], Duration::hours(1), later)
+        .await
+        .unwrap();
+    assert!(matches!(rotated, Rotation::Rotated { .. }));
+}
