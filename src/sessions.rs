@@ -2,18 +2,20 @@
 //!
 //! An access token is only as good as its session: logout, reuse detection or
 //! an admin disabling the user revoke the session, and the token with it. To
-//! keep protected requests off the database, the answer "is this session
-//! live?" is cached per session for at most [`LIVENESS_TTL`]; every instance
-//! sharing the database therefore sees a revocation within that bound. The
-//! instance that revokes a session forgets it at once.
+//! keep protected requests off the database, the answer "is this session live,
+//! and whose is it?" is cached per session for at most [`LIVENESS_TTL`]; every
+//! instance sharing the database therefore sees a revocation within that
+//! bound. The instance that revokes a session forgets it at once.
 
 use std::{
     collections::HashMap,
-    sync::RwLock,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use uuid::Uuid;
+
+use crate::store::User;
 
 /// How long a "live" answer may be reused. Half a second leaves margin
 /// inside the promise that revocations take effect within one second.
@@ -22,10 +24,19 @@ pub const LIVENESS_TTL: Duration = Duration::from_millis(500);
 /// Above this many entries, inserting first drops the stale ones.
 const MAX_ENTRIES: usize = 200_000;
 
-#[derive(Debug, Clone, Copy)]
+/// What is known of a session.
+#[derive(Debug, Clone)]
+pub enum Liveness {
+    /// Live, with its (active) user as of the check.
+    Live(Arc<User>),
+    /// Revoked, expired, or its user disabled or gone. Final.
+    Dead,
+}
+
+#[derive(Debug, Clone)]
 struct Entry {
     user_id: Uuid,
-    live: bool,
+    liveness: Liveness,
     checked: Instant,
 }
 
@@ -39,19 +50,19 @@ impl SessionCache {
         Self::default()
     }
 
-    /// The cached answer, if fresh. A revoked session never comes back, so a
+    /// The cached answer, if fresh. A dead session never comes back, so a
     /// "dead" answer stays valid for good.
-    pub fn get(&self, session_id: Uuid, now: Instant) -> Option<bool> {
+    pub fn get(&self, session_id: Uuid, now: Instant) -> Option<Liveness> {
         let map = self.entries.read().expect("session cache lock poisoned");
         let e = map.get(&session_id)?;
-        if !e.live || now.saturating_duration_since(e.checked) < LIVENESS_TTL {
-            Some(e.live)
-        } else {
-            None
+        match &e.liveness {
+            Liveness::Dead => Some(Liveness::Dead),
+            live if now.saturating_duration_since(e.checked) < LIVENESS_TTL => Some(live.clone()),
+            _ => None,
         }
     }
 
-    pub fn put(&self, session_id: Uuid, user_id: Uuid, live: bool, now: Instant) {
+    pub fn put(&self, session_id: Uuid, user_id: Uuid, liveness: Liveness, now: Instant) {
         let mut map = self.entries.write().expect("session cache lock poisoned");
         if map.len() >= MAX_ENTRIES {
             map.retain(|_, e| now.saturating_duration_since(e.checked) < LIVENESS_TTL);
@@ -60,7 +71,7 @@ impl SessionCache {
             session_id,
             Entry {
                 user_id,
-                live,
+                liveness,
                 checked: now,
             },
         );
@@ -68,14 +79,14 @@ impl SessionCache {
 
     /// Marks one session dead (this instance revoked it).
     pub fn revoke(&self, session_id: Uuid, user_id: Uuid, now: Instant) {
-        self.put(session_id, user_id, false, now);
+        self.put(session_id, user_id, Liveness::Dead, now);
     }
 
     /// Marks every cached session of a user dead.
     pub fn revoke_user(&self, user_id: Uuid) {
         let mut map = self.entries.write().expect("session cache lock poisoned");
         for e in map.values_mut().filter(|e| e.user_id == user_id) {
-            e.live = false;
+            e.liveness = Liveness::Dead;
         }
     }
 
@@ -91,14 +102,31 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Role, Roles};
+
+    fn user(id: Uuid) -> Arc<User> {
+        Arc::new(User {
+            id,
+            username: Some("u".into()),
+            email: None,
+            email_verified: false,
+            roles: Roles::new([Role::user()]),
+            is_active: true,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        })
+    }
+
+    fn is_live(l: Option<Liveness>) -> Option<bool> {
+        l.map(|l| matches!(l, Liveness::Live(_)))
+    }
 
     #[test]
     fn a_live_answer_expires_after_the_ttl() {
         let c = SessionCache::new();
         let (s, u, t) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
-        c.put(s, u, true, t);
-        assert_eq!(c.get(s, t), Some(true));
-        assert_eq!(c.get(s, t + LIVENESS_TTL), None);
+        c.put(s, u, Liveness::Live(user(u)), t);
+        assert_eq!(is_live(c.get(s, t)), Some(true));
+        assert_eq!(is_live(c.get(s, t + LIVENESS_TTL)), None);
     }
 
     #[test]
@@ -106,7 +134,10 @@ mod tests {
         let c = SessionCache::new();
         let (s, u, t) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
         c.revoke(s, u, t);
-        assert_eq!(c.get(s, t + Duration::from_secs(3600)), Some(false));
+        assert_eq!(
+            is_live(c.get(s, t + Duration::from_secs(3600))),
+            Some(false)
+        );
     }
 
     #[test]
@@ -115,12 +146,12 @@ mod tests {
         let t = Instant::now();
         let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
         let (s1, s2, s3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        c.put(s1, alice, true, t);
-        c.put(s2, alice, true, t);
-        c.put(s3, bob, true, t);
+        c.put(s1, alice, Liveness::Live(user(alice)), t);
+        c.put(s2, alice, Liveness::Live(user(alice)), t);
+        c.put(s3, bob, Liveness::Live(user(bob)), t);
         c.revoke_user(alice);
-        assert_eq!(c.get(s1, t), Some(false));
-        assert_eq!(c.get(s2, t), Some(false));
-        assert_eq!(c.get(s3, t), Some(true));
+        assert_eq!(is_live(c.get(s1, t)), Some(false));
+        assert_eq!(is_live(c.get(s2, t)), Some(false));
+        assert_eq!(is_live(c.get(s3, t)), Some(true));
     }
 }

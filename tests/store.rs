@@ -140,7 +140,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
     let session = session_for(user.id, 1, Duration::days(1));
     store.create_session(&session).await.unwrap();
     let now = clock::now();
-    assert!(store.session_is_live(session.id, now).await.unwrap());
+    assert!(store.session_user(session.id, now).await.unwrap().is_some());
 
     let first = store
         .rotate_refresh_token(&[1; 32], &[2; 32], Duration::hours(1), now)
@@ -168,7 +168,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
             user_id: user.id
         }
     );
-    assert!(!store.session_is_live(session.id, now).await.unwrap());
+    assert!(store.session_user(session.id, now).await.unwrap().is_none());
     let next = store
         .rotate_refresh_token(&[2; 32], &[4; 32], Duration::hours(1), now)
         .await
@@ -214,7 +214,13 @@ async fn an_expired_refresh_token_does_not_rotate(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(result, Rotation::Invalid);
-    assert!(!store.session_is_live(session.id, later).await.unwrap());
+    assert!(
+        store
+            .session_user(session.id, later)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend) {
@@ -234,10 +240,11 @@ async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend
     assert!(!updated.is_active);
     assert!(updated.roles.contains("admin"));
     assert!(
-        !store
-            .session_is_live(session.id, clock::now())
+        store
+            .session_user(session.id, clock::now())
             .await
             .unwrap()
+            .is_none()
     );
     assert!(
         store
@@ -273,8 +280,8 @@ async fn revoking_by_refresh_token_and_by_user_ends_sessions(backend: Backend) {
         None,
         "already ended"
     );
-    assert!(!store.session_is_live(a.id, now).await.unwrap());
-    assert!(store.session_is_live(b.id, now).await.unwrap());
+    assert!(store.session_user(a.id, now).await.unwrap().is_none());
+    assert!(store.session_user(b.id, now).await.unwrap().is_some());
     assert_eq!(
         store
             .revoke_user_sessions(user.id, RevokeReason::LogoutAll, now)
@@ -282,7 +289,7 @@ async fn revoking_by_refresh_token_and_by_user_ends_sessions(backend: Backend) {
             .unwrap(),
         2
     );
-    assert!(!store.session_is_live(c.id, now).await.unwrap());
+    assert!(store.session_user(c.id, now).await.unwrap().is_none());
 }
 
 async fn the_first_signing_key_wins(backend: Backend) {
@@ -317,7 +324,7 @@ async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(purged, 2, "one refresh token and one session");
-    assert!(store.session_is_live(long.id, later).await.unwrap());
+    assert!(store.session_user(long.id, later).await.unwrap().is_some());
     let rotated = store
         .rotate_refresh_token(&[2; 32], &[3; 32], Duration::hours(1), later)
         .await

@@ -4,6 +4,7 @@
 use std::{
     marker::PhantomData,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::Instant,
 };
 
@@ -21,7 +22,9 @@ use crate::{
     crypto::tokens::AccessClaims,
     domain::Role,
     error::{AppError, FieldError, TokenRejection},
+    sessions::Liveness,
     state::AppState,
+    store::User,
 };
 
 /// A JSON request body. Unlike `axum::Json`, every rejection is a problem
@@ -118,6 +121,8 @@ pub struct AuthUser {
     pub user_id: Uuid,
     pub session_id: Uuid,
     pub claims: AccessClaims,
+    /// The user's record, at most [`crate::sessions::LIVENESS_TTL`] old.
+    pub user: Arc<User>,
 }
 
 impl AuthUser {
@@ -153,34 +158,37 @@ impl FromRequestParts<AppState> for AuthUser {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)?;
         let claims = state.tokens.verify(token).map_err(AppError::InvalidToken)?;
-        if !session_is_live(state, claims.sid, claims.sub).await? {
-            return Err(AppError::InvalidToken(TokenRejection::Revoked));
+        match session_liveness(state, claims.sid, claims.sub).await? {
+            Liveness::Live(user) if user.id == claims.sub => Ok(AuthUser {
+                user_id: claims.sub,
+                session_id: claims.sid,
+                claims,
+                user,
+            }),
+            _ => Err(AppError::InvalidToken(TokenRejection::Revoked)),
         }
-        Ok(AuthUser {
-            user_id: claims.sub,
-            session_id: claims.sid,
-            claims,
-        })
     }
 }
 
 /// Cached for a bounded time (see [`crate::sessions`]), so most protected
 /// requests make no database round trip.
-async fn session_is_live(
+async fn session_liveness(
     state: &AppState,
     session_id: Uuid,
     user_id: Uuid,
-) -> Result<bool, AppError> {
+) -> Result<Liveness, AppError> {
     let now = Instant::now();
-    if let Some(live) = state.sessions.get(session_id, now) {
-        return Ok(live);
+    if let Some(known) = state.sessions.get(session_id, now) {
+        return Ok(known);
     }
-    let live = state
-        .store
-        .session_is_live(session_id, clock::now())
-        .await?;
-    state.sessions.put(session_id, user_id, live, now);
-    Ok(live)
+    let liveness = match state.store.session_user(session_id, clock::now()).await? {
+        Some(user) => Liveness::Live(Arc::new(user)),
+        None => Liveness::Dead,
+    };
+    state
+        .sessions
+        .put(session_id, user_id, liveness.clone(), now);
+    Ok(liveness)
 }
 
 /// A role name known at compile time, for [`RequireRole`].

@@ -177,8 +177,13 @@ pub trait Store: Send + Sync + 'static {
         reason: RevokeReason,
         now: OffsetDateTime,
     ) -> StoreResult<u64>;
-    /// Whether the session is neither revoked nor expired and its user active.
-    async fn session_is_live(&self, session_id: Uuid, now: OffsetDateTime) -> StoreResult<bool>;
+    /// The user of the session if the session is neither revoked nor expired
+    /// and the user is active; `None` otherwise.
+    async fn session_user(
+        &self,
+        session_id: Uuid,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<User>>;
 
     async fn signing_keys(&self) -> StoreResult<Vec<KeyMaterial>>;
     /// Inserts the key unless one already exists (another instance may have

@@ -338,16 +338,21 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn session_is_live(&self, session_id: Uuid, now: OffsetDateTime) -> StoreResult<bool> {
-        let live: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
+    async fn session_user(
+        &self,
+        session_id: Uuid,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<User>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
         )
         .bind(session_id)
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(live.is_some())
+        Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<KeyMaterial>> {
