@@ -59,6 +59,7 @@ impl PasswordHasher {
             thread::Builder::new()
                 .name(format!("authgate-hash-{i}"))
                 .spawn(move || {
+                    lower_thread_priority();
                     loop {
                         // The lock is held only while waiting for the next job.
                         let job = match rx.lock() {
@@ -126,6 +127,27 @@ impl PasswordHasher {
         })
     }
 }
+
+/// Niceness of the hashing threads. Hashing is the one CPU-bound job here;
+/// at a lower priority it uses every idle cycle, yet the scheduler runs the
+/// async runtime first, so a login flood cannot starve token checks and
+/// health probes.
+#[cfg(target_os = "linux")]
+const HASHING_NICENESS: libc::c_int = 10;
+
+#[cfg(target_os = "linux")]
+fn lower_thread_priority() {
+    // SAFETY: plain system calls on the calling thread's own id; no memory is
+    // shared with the kernel. On Linux, PRIO_PROCESS with a thread id sets
+    // that thread's niceness alone. Failure only leaves the default priority.
+    unsafe {
+        let tid = libc::gettid();
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HASHING_NICENESS);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority() {}
 
 fn argon2(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
