@@ -50,6 +50,14 @@ pub enum Command {
         #[arg(long)]
         username: Option<String>,
     },
+    /// Measure this machine's password hashing rate with the configured
+    /// argon2id parameters on every hashing worker, and print it as JSON.
+    /// Useful to size AUTHGATE_HASH_WORKERS and to compare login throughput with.
+    HashBenchmark {
+        /// How long to measure.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
 }
 
 /// Runs the command line; errors print as one line.
@@ -73,6 +81,7 @@ pub fn run() -> ExitCode {
         match cli.command.clone().unwrap_or(Command::Serve) {
             Command::Serve => serve(cli.config).await,
             Command::Migrate => migrate(cli.config).await,
+            Command::HashBenchmark { duration } => hash_benchmark(cli.config, duration).await,
             Command::CreateAdmin { email, username } => {
                 create_admin(cli.config, &email, username.as_deref()).await
             }
@@ -190,6 +199,45 @@ async fn create_admin(config: Config, email: &str, username: Option<&str>) -> an
         }
         Err(e) => Err(e.into()),
     }
+}
+
+async fn hash_benchmark(config: Config, duration: std::time::Duration) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let workers = config.hash_workers();
+    let hasher = PasswordHasher::new(argon2_params(&config)?, workers, workers * 2)?;
+    let started = std::time::Instant::now();
+    let deadline = started + duration;
+    // One client per worker keeps every worker busy without queueing.
+    let clients = (0..workers).map(|_| {
+        let hasher = hasher.clone();
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            while std::time::Instant::now() < deadline {
+                hasher
+                    .hash(SecretString::from("benchmark password"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        })
+    });
+    let mut total = 0;
+    for client in clients {
+        total += client.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let report = serde_json::json!({
+        "hashes": total,
+        "seconds": elapsed,
+        "hashes_per_second": total as f64 / elapsed,
+        "workers": workers,
+        "memory_kib": config.argon2_memory_kib,
+        "iterations": config.argon2_iterations,
+        "parallelism": config.argon2_parallelism,
+    });
+    println!("{report}");
+    Ok(())
 }
 
 async fn shutdown_signal() {
