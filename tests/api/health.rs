@@ -1,5 +1,7 @@
 use std::{io::Write, process::Stdio};
 
+use sqlx::Connection;
+
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -18,6 +20,38 @@ on_both_databases!(
     create_admin_reads_the_password_from_stdin,
     the_migrate_command_prepares_the_database,
 );
+
+/// Only PostgreSQL can lose its database under a running server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_when_the_database_is_gone() {
+    if !crate::common::postgres_available().await {
+        return;
+    }
+    let app = spawn_app(Backend::Postgres).await;
+    assert_eq!(app.get("/readyz", None).await.status(), StatusCode::OK);
+    let name = url::Url::parse(&app.db().url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    let mut admin = sqlx::PgConnection::connect(&crate::common::postgres_admin_url())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"DROP DATABASE "{name}" WITH (FORCE)"#
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let res = app.get("/readyz", None).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.json::<Value>().await.unwrap()["status"], "unavailable");
+    assert_eq!(
+        app.get("/healthz", None).await.status(),
+        StatusCode::OK,
+        "the process itself is alive"
+    );
+}
 
 async fn healthz_and_readyz_answer_200(backend: Backend) {
     let app = spawn_app(backend).await;

@@ -16,6 +16,7 @@ on_both_databases!(
     a_login_without_username_or_email_is_422,
     repeated_failures_back_off_per_account_and_ip_with_retry_after,
     back_off_for_one_account_does_not_lock_out_another,
+    many_failures_from_one_ip_back_off_that_ip_across_accounts,
     the_oauth2_token_endpoint_issues_tokens_for_the_password_grant,
     the_oauth2_token_endpoint_answers_errors_in_rfc6749_form,
     a_stored_hash_with_old_parameters_is_upgraded_on_login,
@@ -126,6 +127,21 @@ async fn back_off_for_one_account_does_not_lock_out_another(backend: Backend) {
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(app.login("frank", PASSWORD).await.status(), StatusCode::OK);
+}
+
+async fn many_failures_from_one_ip_back_off_that_ip_across_accounts(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--login-free-failures", "100")
+        .arg("--login-ip-free-failures", "3")
+        .spawn(backend)
+        .await;
+    app.create_user("kate").await;
+    for name in ["x1", "x2", "x3", "x4"] {
+        app.login(name, "wrong password!").await;
+    }
+    let res = app.login("kate", PASSWORD).await;
+    assert!(res.headers().contains_key("retry-after"));
+    problem(res, StatusCode::TOO_MANY_REQUESTS).await;
 }
 
 async fn the_oauth2_token_endpoint_issues_tokens_for_the_password_grant(backend: Backend) {

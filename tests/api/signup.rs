@@ -20,6 +20,7 @@ on_both_databases!(
     a_body_over_64_kib_is_413,
     fifty_concurrent_signups_of_one_name_create_exactly_one_account,
     signups_are_throttled_per_ip_with_retry_after,
+    forwarded_addresses_count_only_behind_a_trusted_proxy,
 );
 
 async fn signup_with_username_and_email_returns_201_and_the_user(backend: Backend) {
@@ -229,4 +230,49 @@ async fn signups_are_throttled_per_ip_with_retry_after(backend: Backend) {
     assert!((1..=30).contains(&retry), "{retry}");
     let body = problem(res, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(body["code"], "rate_limited");
+}
+
+async fn signup_from(app: &TestApp, name: &str, forwarded_for: &str) -> StatusCode {
+    app.client
+        .post(app.url("/auth/signup"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": name, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn forwarded_addresses_count_only_behind_a_trusted_proxy(backend: Backend) {
+    let behind_proxy = TestApp::builder()
+        .arg("--signup-per-minute", "1")
+        .arg("--trusted-proxies", "127.0.0.0/8,::1/128")
+        .spawn(backend)
+        .await;
+    assert_eq!(
+        signup_from(&behind_proxy, "jack1", "198.51.100.1").await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        signup_from(&behind_proxy, "jack2", "198.51.100.2").await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        signup_from(&behind_proxy, "jack3", "198.51.100.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Without a trusted proxy the header is the client's own claim: ignored.
+    let direct = TestApp::builder()
+        .arg("--signup-per-minute", "1")
+        .spawn(backend)
+        .await;
+    assert_eq!(
+        signup_from(&direct, "kim1", "198.51.100.1").await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        signup_from(&direct, "kim2", "198.51.100.2").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
