@@ -49,7 +49,8 @@ impl Password {
         if raw.chars().count() < Self::MIN_CHARS {
             return Err(PasswordError::TooShort);
         }
-        let lower = raw.to_lowercase();
+        // Surrounding spaces do not make a common password uncommon.
+        let lower = raw.trim().to_lowercase();
         if is_common(&lower) {
             return Err(PasswordError::Common);
         }

@@ -46,6 +46,10 @@ pub struct UserPage {
     pub next_cursor: Option<String>,
 }
 
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
 fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {
     let Some(raw) = raw else {
         return Ok(DEFAULT_LIMIT);
@@ -91,8 +95,9 @@ async fn list_users(
     _admin: RequireRole<Admin>,
     Query(params): Query<ListParams>,
 ) -> AppResult<Json<UserPage>> {
-    let limit = parse_limit(params.limit.as_deref());
-    let cursor = parse_cursor(params.cursor.as_deref());
+    // An empty value (`?limit=&cursor=`) means the parameter is absent.
+    let limit = parse_limit(non_empty(&params.limit));
+    let cursor = parse_cursor(non_empty(&params.cursor));
     let (limit, cursor) = match (limit, cursor) {
         (Ok(l), Ok(c)) => (l, c),
         (l, c) => {
