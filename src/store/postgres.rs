@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     Credentials, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, StoreResult, User,
-    UserChanges, map_unique, refresh_expiry,
+    UserChanges, map_unique,
 };
 use crate::{crypto::tokens::KeyMaterial, domain::Roles};
 
@@ -229,75 +229,62 @@ impl Store for PgStore {
         refresh_ttl: time::Duration,
         now: OffsetDateTime,
     ) -> StoreResult<Rotation> {
-        let mut tx = self.pool.begin().await?;
-        // The conditional UPDATE is the atomic step: of two racing refreshes
-        // with one token, the row lock lets exactly one see `used_at IS NULL`.
-        let used: Option<Uuid> = sqlx::query_scalar(
-            "UPDATE refresh_tokens SET used_at = $2 \
-             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
-             RETURNING session_id",
+        // One statement, so one round trip and one commit. The conditional
+        // UPDATE is the atomic step: of two racing refreshes with one token,
+        // the row lock lets exactly one see `used_at IS NULL`. Only a token of
+        // a live session is used up, and its successor never outlives the session.
+        let row = sqlx::query(
+            "WITH live AS ( \
+                 SELECT s.id AS session_id, LEAST($4, s.expires_at) AS refresh_expires_at, \
+                        u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
+                 FROM refresh_tokens t \
+                 JOIN sessions s ON s.id = t.session_id \
+                 JOIN users u ON u.id = s.user_id \
+                 WHERE t.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active \
+             ), used AS ( \
+                 UPDATE refresh_tokens SET used_at = $2 \
+                 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+                   AND session_id IN (SELECT session_id FROM live) \
+                 RETURNING session_id \
+             ), inserted AS ( \
+                 INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
+                 SELECT $3, live.session_id, $2, live.refresh_expires_at FROM live JOIN used USING (session_id) \
+             ) \
+             SELECT live.* FROM live JOIN used USING (session_id)",
         )
         .bind(&presented[..])
         .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(session_id) = used else {
-            // RFC 9700 §4.14.2: a used token presented again means it leaked;
-            // end the whole session (every token of it, refresh and access).
-            let reused = sqlx::query(
-                "UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, $2), \
-                 revoked_reason = COALESCE(s.revoked_reason, $3) \
-                 FROM refresh_tokens t \
-                 WHERE t.token_hash = $1 AND t.used_at IS NOT NULL AND s.id = t.session_id \
-                 RETURNING s.id, s.user_id",
-            )
-            .bind(&presented[..])
-            .bind(now)
-            .bind(RevokeReason::RefreshTokenReuse.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(match reused {
-                Some(row) => Rotation::Reused {
-                    session_id: row.try_get("id")?,
-                    user_id: row.try_get("user_id")?,
-                },
-                None => Rotation::Invalid,
-            });
-        };
-        let row = sqlx::query(
-            "SELECT s.expires_at AS session_expires_at, u.id, u.username, u.email, \
-             u.email_verified, u.roles, u.is_active, u.created_at \
-             FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
-        )
-        .bind(session_id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            // The session has ended: the token stays unused, and is refused.
-            tx.rollback().await?;
-            return Ok(Rotation::Invalid);
-        };
-        let user = user_from_row(&row)?;
-        let refresh_expires_at =
-            refresh_expiry(now, refresh_ttl, row.try_get("session_expires_at")?);
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4)",
-        )
         .bind(&new_hash[..])
-        .bind(session_id)
-        .bind(now)
-        .bind(refresh_expires_at)
-        .execute(&mut *tx)
+        .bind(now + refresh_ttl)
+        .fetch_optional(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(Rotation::Rotated {
-            session_id,
-            user,
-            refresh_expires_at,
+        if let Some(row) = row {
+            return Ok(Rotation::Rotated {
+                session_id: row.try_get("session_id")?,
+                user: user_from_row(&row)?,
+                refresh_expires_at: row.try_get("refresh_expires_at")?,
+            });
+        }
+        // Not rotated. RFC 9700 §4.14.2: a used token presented again means it
+        // leaked; end the whole session (every token of it, refresh and access).
+        let reused = sqlx::query(
+            "UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, $2), \
+             revoked_reason = COALESCE(s.revoked_reason, $3) \
+             FROM refresh_tokens t \
+             WHERE t.token_hash = $1 AND t.used_at IS NOT NULL AND s.id = t.session_id \
+             RETURNING s.id, s.user_id",
+        )
+        .bind(&presented[..])
+        .bind(now)
+        .bind(RevokeReason::RefreshTokenReuse.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match reused {
+            Some(row) => Rotation::Reused {
+                session_id: row.try_get("id")?,
+                user_id: row.try_get("user_id")?,
+            },
+            None => Rotation::Invalid,
         })
     }
 
