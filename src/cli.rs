@@ -5,7 +5,6 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::Context;
 use clap::{
     CommandFactory, Parser, Subcommand,
     error::{ContextKind, ContextValue, ErrorKind},
@@ -135,13 +134,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let store = store::connect(&config.database_url)
-        .await
-        .with_context(|| format!("cannot connect to DATABASE_URL {}", config.database_url))?;
-    store
-        .migrate()
-        .await
-        .context("cannot apply database migrations")?;
+    store::open(&config.database_url).await?;
     println!("migrations applied");
     Ok(())
 }
@@ -169,13 +162,7 @@ async fn create_admin(config: Config, email: &str, username: Option<&str>) -> an
     let raw = read_password()?;
     let password = Password::parse(&raw, username.as_ref(), Some(&email))
         .map_err(|e| anyhow::anyhow!("password {e}"))?;
-    let store = store::connect(&config.database_url)
-        .await
-        .with_context(|| format!("cannot connect to DATABASE_URL {}", config.database_url))?;
-    store
-        .migrate()
-        .await
-        .context("cannot apply database migrations")?;
+    let store = store::open(&config.database_url).await?;
     let hasher = PasswordHasher::new(argon2_params(&config)?, 1, 1)?;
     let hash = hasher
         .hash(SecretString::from(password.expose()))

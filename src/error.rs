@@ -105,6 +105,10 @@ pub struct Problem {
 }
 
 impl AppError {
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        AppError::RateLimited { retry_after }
+    }
+
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
         AppError::Validation(vec![FieldError::new(field, message)])
     }

@@ -34,13 +34,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let store = store::connect(&config.database_url)
-            .await
-            .with_context(|| format!("cannot connect to DATABASE_URL {}", config.database_url))?;
-        store
-            .migrate()
-            .await
-            .context("cannot apply database migrations")?;
+        let store = store::open(&config.database_url).await?;
         let state = build_state(&config, store).await?;
         ensure_configured_admin(&config, &state).await?;
         let listener = TcpListener::bind(config.listen)

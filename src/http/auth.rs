@@ -74,7 +74,7 @@ async fn signup(
             state.policy.signup_per_minute,
             Instant::now(),
         )
-        .map_err(|retry_after| AppError::RateLimited { retry_after })?;
+        .map_err(AppError::rate_limited)?;
 
     let mut errors = Vec::new();
     let username = parse_field(
@@ -221,7 +221,7 @@ async fn password_grant(
         state
             .limiter
             .check_backoff(key, now)
-            .map_err(|retry_after| AppError::RateLimited { retry_after })?;
+            .map_err(AppError::rate_limited)?;
     }
 
     let found = state.store.find_credentials(&login).await?;
@@ -343,7 +343,7 @@ async fn refresh_grant(
             state.policy.refresh_per_minute,
             Instant::now(),
         )
-        .map_err(|retry_after| AppError::RateLimited { retry_after })?;
+        .map_err(AppError::rate_limited)?;
     if !refresh::looks_valid(presented) {
         return Err(AppError::InvalidRefreshToken);
     }

@@ -207,6 +207,19 @@ pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// Connects and applies pending migrations; errors name the setting.
+pub async fn open(url: &DatabaseUrl) -> anyhow::Result<Arc<dyn Store>> {
+    use anyhow::Context;
+    let store = connect(url)
+        .await
+        .with_context(|| format!("cannot connect to DATABASE_URL {url}"))?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
+    Ok(store)
+}
+
 /// Maps a unique violation to the field it concerns.
 fn map_unique(err: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &err
