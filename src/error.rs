@@ -68,6 +68,8 @@ pub enum AppError {
     Forbidden,
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("conflict: {0} already taken")]
     Conflict(&'static str),
     #[error("rate limited")]
@@ -125,6 +127,7 @@ impl AppError {
             | AppError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
             AppError::Forbidden => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Overloaded { .. } | AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -164,6 +167,10 @@ impl AppError {
                 "The token does not grant the role this resource requires.".into(),
             ),
             AppError::NotFound => ("not_found", "No such resource.".into()),
+            AppError::MethodNotAllowed => (
+                "method_not_allowed",
+                "This resource does not support that method.".into(),
+            ),
             AppError::Conflict(field) => ("conflict", format!("That {field} is already taken.")),
             AppError::RateLimited { .. } => (
                 "rate_limited",

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
@@ -93,8 +93,9 @@ fn encode_cursor(id: Uuid) -> String {
 async fn list_users(
     State(state): State<AppState>,
     _admin: RequireRole<Admin>,
-    Query(params): Query<ListParams>,
+    params: Result<Query<ListParams>, QueryRejection>,
 ) -> AppResult<Json<UserPage>> {
+    let Query(params) = params.map_err(|e| AppError::BadRequest(e.body_text()))?;
     // An empty value (`?limit=&cursor=`) means the parameter is absent.
     let limit = parse_limit(non_empty(&params.limit));
     let cursor = parse_cursor(non_empty(&params.cursor));

@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
     api.with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -13,7 +13,7 @@ use crate::{
 
 on_both_databases!(
     healthz_and_readyz_answer_200,
-    an_unknown_route_is_a_404_problem,
+    an_unknown_route_is_a_404_and_a_wrong_method_a_405_problem,
     the_openapi_document_lists_the_api_and_the_oauth2_password_flow,
     swagger_ui_is_served_at_docs,
     the_request_id_is_echoed,
@@ -62,10 +62,16 @@ async fn healthz_and_readyz_answer_200(backend: Backend) {
     }
 }
 
-async fn an_unknown_route_is_a_404_problem(backend: Backend) {
+async fn an_unknown_route_is_a_404_and_a_wrong_method_a_405_problem(backend: Backend) {
     let app = spawn_app(backend).await;
     let body = problem(app.get("/nope", None).await, StatusCode::NOT_FOUND).await;
     assert_eq!(body["code"], "not_found");
+    let body = problem(
+        app.get("/auth/login", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+    assert_eq!(body["code"], "method_not_allowed");
 }
 
 async fn the_openapi_document_lists_the_api_and_the_oauth2_password_flow(backend: Backend) {
