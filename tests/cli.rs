@@ -56,3 +56,50 @@ fn an_unreachable_database_is_one_line_without_the_password() {
     assert!(err.contains("DATABASE_URL"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_never_show_secrets() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = std::env::temp_dir().join(format!("authgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = "json-log-test-secret-0123456789abcdef";
+    let admin_password = "json log admin passphrase";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .current_dir(&dir)
+        .env("RUST_LOG", "debug")
+        .env("AUTHGATE_LOG_FORMAT", "json")
+        .env("AUTHGATE_LISTEN", "127.0.0.1:0")
+        .env("AUTHGATE_JWT_SECRET", secret)
+        .env("AUTHGATE_ADMIN_EMAIL", "ops@example.com")
+        .env("AUTHGATE_ADMIN_PASSWORD", admin_password)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(lines.iter().any(|l| l.contains("listening")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("created the configured admin account")),
+        "{lines:?}"
+    );
+    for line in &lines {
+        let parsed: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+        assert!(parsed.is_object());
+        assert!(!line.contains(secret), "{line}");
+        assert!(!line.contains(admin_password), "{line}");
+    }
+}
