@@ -2,9 +2,13 @@
 //!
 //! Hashing is deliberately expensive (m=19456 KiB, t=2, p=1 by default, the
 //! OWASP recommendation), so it never runs on the async runtime: a fixed set of
-//! threads takes jobs from a bounded queue. Concurrency is capped (memory is
-//! workers × m), and a full queue is answered at once with "overloaded" rather
-//! than letting a login flood pile up unbounded work.
+//! threads takes jobs from a bounded queue. Concurrency is capped, and a full
+//! queue is answered at once with "overloaded" rather than letting a login
+//! flood pile up unbounded work.
+//!
+//! Each worker keeps one argon2 memory buffer for its whole life, so memory is
+//! exactly workers × m: allocating 19 MiB per hash instead leaves the
+//! allocator holding several heaps of freed buffers, and costs page faults.
 
 use std::{
     sync::{Arc, Mutex, mpsc},
@@ -12,7 +16,8 @@ use std::{
 };
 
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
+    Algorithm, Argon2, Block, Params, PasswordHash, PasswordVerifier as _, Version,
+    password_hash::phc::{Output, ParamsString, Salt},
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
@@ -33,7 +38,8 @@ pub struct Verification {
     pub needs_rehash: bool,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A job gets the worker's argon2 memory (empty until the first hash).
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
 /// A handle to the hashing pool; clones share the pool.
 #[derive(Clone)]
@@ -60,6 +66,7 @@ impl PasswordHasher {
                 .name(format!("authgate-hash-{i}"))
                 .spawn(move || {
                     lower_thread_priority();
+                    let mut memory = Vec::new();
                     loop {
                         // The lock is held only while waiting for the next job.
                         let job = match rx.lock() {
@@ -67,14 +74,18 @@ impl PasswordHasher {
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => job(),
+                            Ok(job) => job(&mut memory),
                             Err(_) => return, // every sender is gone: the pool shuts down
                         }
                     }
                 })?;
         }
-        let dummy_hash = hash_with(&params, "authgate dummy password for timing")
-            .map_err(|e| anyhow::anyhow!("cannot compute the dummy hash: {e}"))?;
+        let dummy_hash = hash_with(
+            &params,
+            "authgate dummy password for timing",
+            &mut Vec::new(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot compute the dummy hash: {e}"))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: tx,
@@ -86,12 +97,12 @@ impl PasswordHasher {
 
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Params) -> T + Send + 'static,
+        work: impl FnOnce(&Params, &mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
         let params = self.inner.params.clone();
-        let job: Job = Box::new(move || {
-            let _ = done.send(work(&params));
+        let job: Job = Box::new(move |memory| {
+            let _ = done.send(work(&params, memory));
         });
         self.inner.jobs.try_send(job).map_err(|e| match e {
             mpsc::TrySendError::Full(_) => HashError::Overloaded,
@@ -104,7 +115,7 @@ impl PasswordHasher {
 
     /// Hashes a password into a PHC string with a fresh random salt.
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        self.run(move |params| hash_with(params, password.expose_secret()))
+        self.run(move |params, memory| hash_with(params, password.expose_secret(), memory))
             .await?
             .map_err(HashError::Failed)
     }
@@ -119,7 +130,9 @@ impl PasswordHasher {
         let dummy = stored.is_none();
         let stored = stored.unwrap_or_else(|| self.inner.dummy_hash.clone());
         let v = self
-            .run(move |params| verify_with(params, password.expose_secret(), &stored))
+            .run(move |params, memory| {
+                verify_with(params, password.expose_secret(), &stored, memory)
+            })
             .await?;
         Ok(Verification {
             matches: v.matches && !dummy,
@@ -153,24 +166,49 @@ fn argon2(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
 }
 
-fn hash_with(params: &Params, password: &str) -> Result<String, String> {
-    argon2(params)
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+/// The first `params.block_count()` blocks of `memory`, growing it if needed.
+fn blocks<'m>(memory: &'m mut Vec<Block>, params: &Params) -> &'m mut [Block] {
+    let needed = params.block_count();
+    if memory.len() < needed {
+        memory.resize(needed, Block::new());
+    }
+    &mut memory[..needed]
 }
 
-fn verify_with(params: &Params, password: &str, stored: &str) -> Verification {
+fn hash_with(params: &Params, password: &str, memory: &mut Vec<Block>) -> Result<String, String> {
+    let mut salt = [0u8; Salt::RECOMMENDED_LENGTH];
+    rand::fill(&mut salt);
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    argon2(params)
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            &salt,
+            &mut out,
+            blocks(memory, params),
+        )
+        .map_err(|e| e.to_string())?;
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|e| e.to_string())?,
+        salt: Some(Salt::new(&salt).map_err(|e| e.to_string())?),
+        hash: Some(Output::new(&out).map_err(|e| e.to_string())?),
+    };
+    Ok(phc.to_string())
+}
+
+fn verify_with(
+    params: &Params,
+    password: &str,
+    stored: &str,
+    memory: &mut Vec<Block>,
+) -> Verification {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return Verification {
             matches: false,
             needs_rehash: false,
         };
     };
-    // Verification uses the parameters recorded in the hash itself.
-    let matches = argon2(params)
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
     let current = parsed.algorithm == argon2::ARGON2ID_IDENT
         && parsed.version == Some(Version::V0x13.into())
         && Params::try_from(&parsed).is_ok_and(|p| {
@@ -178,10 +216,39 @@ fn verify_with(params: &Params, password: &str, stored: &str) -> Verification {
                 && p.t_cost() == params.t_cost()
                 && p.p_cost() == params.p_cost()
         });
+    // Hashes in the current form are checked in the worker's own memory;
+    // anything older goes through the crate's general (allocating) path.
+    let matches = if current {
+        verify_in_memory(password, &parsed, memory).unwrap_or(false)
+    } else {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    };
     Verification {
         matches,
         needs_rehash: !current,
     }
+}
+
+fn verify_in_memory(
+    password: &str,
+    parsed: &PasswordHash,
+    memory: &mut Vec<Block>,
+) -> Option<bool> {
+    let params = Params::try_from(parsed).ok()?;
+    let (salt, expected) = (parsed.salt.as_ref()?, parsed.hash.as_ref()?);
+    let mut out = vec![0u8; expected.len()];
+    argon2(&params)
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            salt.as_ref(),
+            &mut out,
+            blocks(memory, &params),
+        )
+        .ok()?;
+    // Output's equality is constant-time.
+    Some(Output::new(&out).ok()? == *expected)
 }
 
 #[cfg(test)]
@@ -210,6 +277,46 @@ mod tests {
         );
         let bad = h.verify("tr0ub4dor&3y".into(), Some(phc)).await.unwrap();
         assert!(!bad.matches);
+    }
+
+    #[tokio::test]
+    async fn our_phc_strings_and_the_argon2_crates_verify_each_other() {
+        use argon2::PasswordHasher as _;
+        let h = PasswordHasher::new(cheap(), 1, 4).unwrap();
+        let ours = h.hash("interoperable".into()).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            argon2(&cheap())
+                .verify_password(b"interoperable", &parsed)
+                .is_ok()
+        );
+        assert!(
+            argon2(&cheap())
+                .verify_password(b"interoperablE", &parsed)
+                .is_err()
+        );
+
+        let theirs = argon2(&cheap())
+            .hash_password(b"the other way")
+            .unwrap()
+            .to_string();
+        let v = h
+            .verify("the other way".into(), Some(theirs.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Verification {
+                matches: true,
+                needs_rehash: false
+            }
+        );
+        assert!(
+            !h.verify("the other wax".into(), Some(theirs))
+                .await
+                .unwrap()
+                .matches
+        );
     }
 
     #[tokio::test]
