@@ -195,20 +195,22 @@ async fn hash_benchmark(config: Config, duration: std::time::Duration) -> anyhow
     let started = std::time::Instant::now();
     let deadline = started + duration;
     // One client per worker keeps every worker busy without queueing.
-    let clients = (0..workers).map(|_| {
-        let hasher = hasher.clone();
-        tokio::spawn(async move {
-            let mut done = 0u64;
-            while std::time::Instant::now() < deadline {
-                hasher
-                    .hash(SecretString::from("benchmark password"))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                done += 1;
-            }
-            anyhow::Ok(done)
+    let clients: Vec<_> = (0..workers)
+        .map(|_| {
+            let hasher = hasher.clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while std::time::Instant::now() < deadline {
+                    hasher
+                        .hash(SecretString::from("benchmark password"))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            })
         })
-    });
+        .collect();
     let mut total = 0;
     for client in clients {
         total += client.await??;
