@@ -115,7 +115,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AUTHGATE_HASH_QUEUE",
-        default_value_t = 128,
+        default_value_t = 256,
         global = true
     )]
     pub hash_queue: usize,
