@@ -16,8 +16,9 @@ use axum::{
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
-    trace::TraceLayer,
+    trace::{DefaultOnFailure, TraceLayer},
 };
+use tracing::Level;
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{
@@ -90,6 +91,21 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(health::router())
 }
 
+/// Each request's span carries the method, the matched route (not the raw
+/// path) and the request id.
+fn request_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(req.uri().path(), MatchedPath::as_str);
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %req.method(), route, request_id = id)
+}
+
 /// The whole application: API routes, docs, and the layers around them.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api_router().split_for_parts();
@@ -104,17 +120,12 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(30),
         ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or(req.uri().path(), MatchedPath::as_str);
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), route, request_id = id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                // Internal errors log themselves with their cause; a deliberate
+                // 503 under overload is not worth an error line per request.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
