@@ -3,13 +3,23 @@
 //! An access token is only as good as its session: logout, reuse detection or
 //! an admin disabling the user revoke the session, and the token with it. To
 //! keep protected requests off the database, the answer "is this session live,
-//! and whose is it?" is cached per session for at most [`LIVENESS_TTL`]; every
-//! instance sharing the database therefore sees a revocation within that
-//! bound. The instance that revokes a session forgets it at once.
+//! and whose is it?" is cached per session:
+//! - younger than [`LIVENESS_TTL`], it is used as it is;
+//! - up to [`MAX_STALENESS`], it is still used, but the first request to see it
+//!   that old re-checks the session in the background (so a busy session never
+//!   waits for the database);
+//! - older, the request waits for a fresh check.
+//!
+//! Every instance sharing the database therefore refuses a revoked session's
+//! tokens within [`MAX_STALENESS`] plus one query. The instance that revokes
+//! a session forgets it at once.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,9 +27,13 @@ use uuid::Uuid;
 
 use crate::store::User;
 
-/// How long a "live" answer may be reused. Half a second leaves margin
+/// How long a "live" answer is used without a second thought.
+pub const LIVENESS_TTL: Duration = Duration::from_millis(400);
+
+/// How long a "live" answer may be used at all; past [`LIVENESS_TTL`] a
+/// background re-check is under way. 800 ms leaves margin for that check
 /// inside the promise that revocations take effect within one second.
-pub const LIVENESS_TTL: Duration = Duration::from_millis(500);
+pub const MAX_STALENESS: Duration = Duration::from_millis(800);
 
 /// Above this many entries, inserting first drops the stale ones.
 const MAX_ENTRIES: usize = 200_000;
@@ -33,11 +47,25 @@ pub enum Liveness {
     Dead,
 }
 
+/// A cache answer.
 #[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Use this.
+    Fresh(Liveness),
+    /// Use this, and re-check the session in the background: this caller is
+    /// the one chosen to do it.
+    Revalidate(Liveness),
+    /// Nothing usable: check the session now.
+    Miss,
+}
+
+#[derive(Debug)]
 struct Entry {
     user_id: Uuid,
     liveness: Liveness,
     checked: Instant,
+    /// Set by the caller chosen to re-check, so only one does.
+    revalidating: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -50,22 +78,37 @@ impl SessionCache {
         Self::default()
     }
 
-    /// The cached answer, if fresh. A dead session never comes back, so a
-    /// "dead" answer stays valid for good.
-    pub fn get(&self, session_id: Uuid, now: Instant) -> Option<Liveness> {
+    /// What the cache knows of a session. A dead session never comes back,
+    /// so a "dead" answer stays valid for good.
+    pub fn get(&self, session_id: Uuid, now: Instant) -> Lookup {
         let map = self.entries.read().expect("session cache lock poisoned");
-        let e = map.get(&session_id)?;
+        let Some(e) = map.get(&session_id) else {
+            return Lookup::Miss;
+        };
+        let age = now.saturating_duration_since(e.checked);
         match &e.liveness {
-            Liveness::Dead => Some(Liveness::Dead),
-            live if now.saturating_duration_since(e.checked) < LIVENESS_TTL => Some(live.clone()),
-            _ => None,
+            Liveness::Dead => Lookup::Fresh(Liveness::Dead),
+            live if age < LIVENESS_TTL => Lookup::Fresh(live.clone()),
+            live if age < MAX_STALENESS => {
+                if e.revalidating.swap(true, Ordering::AcqRel) {
+                    Lookup::Fresh(live.clone())
+                } else {
+                    Lookup::Revalidate(live.clone())
+                }
+            }
+            _ => Lookup::Miss,
         }
     }
 
     pub fn put(&self, session_id: Uuid, user_id: Uuid, liveness: Liveness, now: Instant) {
         let mut map = self.entries.write().expect("session cache lock poisoned");
         if map.len() >= MAX_ENTRIES {
-            map.retain(|_, e| now.saturating_duration_since(e.checked) < LIVENESS_TTL);
+            map.retain(|_, e| now.saturating_duration_since(e.checked) < MAX_STALENESS);
+        }
+        // A session revoked here stays dead, whatever a re-check that was
+        // already in flight read before the revocation.
+        if matches!(map.get(&session_id), Some(e) if matches!(e.liveness, Liveness::Dead)) {
+            return;
         }
         map.insert(
             session_id,
@@ -73,6 +116,7 @@ impl SessionCache {
                 user_id,
                 liveness,
                 checked: now,
+                revalidating: AtomicBool::new(false),
             },
         );
     }
@@ -116,8 +160,12 @@ mod tests {
         })
     }
 
-    fn is_live(l: Option<Liveness>) -> Option<bool> {
-        l.map(|l| matches!(l, Liveness::Live(_)))
+    /// Some(live?) for a usable answer, None for a miss.
+    fn is_live(l: Lookup) -> Option<bool> {
+        match l {
+            Lookup::Fresh(l) | Lookup::Revalidate(l) => Some(matches!(l, Liveness::Live(_))),
+            Lookup::Miss => None,
+        }
     }
 
     #[test]
@@ -126,7 +174,32 @@ mod tests {
         let (s, u, t) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
         c.put(s, u, Liveness::Live(user(u)), t);
         assert_eq!(is_live(c.get(s, t)), Some(true));
-        assert_eq!(is_live(c.get(s, t + LIVENESS_TTL)), None);
+        assert_eq!(is_live(c.get(s, t + MAX_STALENESS)), None);
+    }
+
+    #[test]
+    fn a_stale_live_answer_is_used_while_exactly_one_caller_rechecks() {
+        let c = SessionCache::new();
+        let (s, u, t) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
+        c.put(s, u, Liveness::Live(user(u)), t);
+        assert!(matches!(c.get(s, t), Lookup::Fresh(_)));
+        let stale = t + LIVENESS_TTL;
+        assert!(matches!(
+            c.get(s, stale),
+            Lookup::Revalidate(Liveness::Live(_))
+        ));
+        assert!(matches!(c.get(s, stale), Lookup::Fresh(Liveness::Live(_))));
+        c.put(s, u, Liveness::Live(user(u)), stale);
+        assert!(matches!(c.get(s, stale), Lookup::Fresh(_)));
+    }
+
+    #[test]
+    fn a_late_recheck_cannot_revive_a_session_revoked_here() {
+        let c = SessionCache::new();
+        let (s, u, t) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
+        c.revoke(s, u, t);
+        c.put(s, u, Liveness::Live(user(u)), t);
+        assert_eq!(is_live(c.get(s, t)), Some(false));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::{
     crypto::tokens::AccessClaims,
     domain::Role,
     error::{AppError, FieldError, TokenRejection},
-    sessions::Liveness,
+    sessions::{Liveness, Lookup},
     state::AppState,
     store::User,
 };
@@ -170,24 +170,41 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// Cached for a bounded time (see [`crate::sessions`]), so most protected
-/// requests make no database round trip.
+/// Cached for a bounded time (see [`crate::sessions`]), so protected requests
+/// rarely wait for the database.
 async fn session_liveness(
     state: &AppState,
     session_id: Uuid,
     user_id: Uuid,
 ) -> Result<Liveness, AppError> {
-    let now = Instant::now();
-    if let Some(known) = state.sessions.get(session_id, now) {
-        return Ok(known);
+    match state.sessions.get(session_id, Instant::now()) {
+        Lookup::Fresh(known) => Ok(known),
+        Lookup::Revalidate(known) => {
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = check_session(&state, session_id, user_id).await {
+                    tracing::warn!(error = %e, %session_id, "session re-check failed");
+                }
+            });
+            Ok(known)
+        }
+        Lookup::Miss => check_session(state, session_id, user_id).await,
     }
+}
+
+async fn check_session(
+    state: &AppState,
+    session_id: Uuid,
+    user_id: Uuid,
+) -> Result<Liveness, AppError> {
+    let checked = Instant::now();
     let liveness = match state.store.session_user(session_id, clock::now()).await? {
         Some(user) => Liveness::Live(Arc::new(user)),
         None => Liveness::Dead,
     };
     state
         .sessions
-        .put(session_id, user_id, liveness.clone(), now);
+        .put(session_id, user_id, liveness.clone(), checked);
     Ok(liveness)
 }
 
