@@ -18,6 +18,9 @@ use crate::{crypto::tokens::KeyMaterial, domain::Roles};
 
 pub struct PgStore {
     pool: PgPool,
+    /// Session checks only. Every protected request may depend on one, so they
+    /// must not queue behind writes waiting for their commits to reach disk.
+    checks: PgPool,
 }
 
 const USER_COLUMNS: &str = "id, username, email, email_verified, roles, is_active, created_at";
@@ -29,7 +32,12 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        let checks = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool, checks })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -337,7 +345,7 @@ impl Store for PgStore {
         )
         .bind(session_id)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.checks)
         .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
