@@ -17,12 +17,13 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc, OnceLock, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::store::User;
@@ -38,11 +39,33 @@ pub const MAX_STALENESS: Duration = Duration::from_millis(800);
 /// Above this many entries, inserting first drops the stale ones.
 const MAX_ENTRIES: usize = 200_000;
 
+/// A live session's user, as of the check, with its JSON rendering made at
+/// most once per check (a busy session's `/users/me` is then a copy).
+#[derive(Debug)]
+pub struct LiveUser {
+    pub user: User,
+    rendered: OnceLock<Bytes>,
+}
+
+impl LiveUser {
+    pub fn new(user: User) -> Self {
+        Self {
+            user,
+            rendered: OnceLock::new(),
+        }
+    }
+
+    /// The user rendered by `render`, which runs once per check.
+    pub fn rendered(&self, render: impl FnOnce(&User) -> Bytes) -> Bytes {
+        self.rendered.get_or_init(|| render(&self.user)).clone()
+    }
+}
+
 /// What is known of a session.
 #[derive(Debug, Clone)]
 pub enum Liveness {
     /// Live, with its (active) user as of the check.
-    Live(Arc<User>),
+    Live(Arc<LiveUser>),
     /// Revoked, expired, or its user disabled or gone. Final.
     Dead,
 }
@@ -148,8 +171,8 @@ mod tests {
     use super::*;
     use crate::domain::{Role, Roles};
 
-    fn user(id: Uuid) -> Arc<User> {
-        Arc::new(User {
+    fn user(id: Uuid) -> Arc<LiveUser> {
+        Arc::new(LiveUser::new(User {
             id,
             username: Some("u".into()),
             email: None,
@@ -157,7 +180,7 @@ mod tests {
             roles: Roles::new([Role::user()]),
             is_active: true,
             created_at: time::OffsetDateTime::UNIX_EPOCH,
-        })
+        }))
     }
 
     /// Some(live?) for a usable answer, None for a miss.

@@ -22,9 +22,8 @@ use crate::{
     crypto::tokens::AccessClaims,
     domain::Role,
     error::{AppError, FieldError, TokenRejection},
-    sessions::{Liveness, Lookup},
+    sessions::{LiveUser, Liveness, Lookup},
     state::AppState,
-    store::User,
 };
 
 /// A JSON request body. Unlike `axum::Json`, every rejection is a problem
@@ -121,8 +120,8 @@ pub struct AuthUser {
     pub user_id: Uuid,
     pub session_id: Uuid,
     pub claims: AccessClaims,
-    /// The user's record, at most [`crate::sessions::LIVENESS_TTL`] old.
-    pub user: Arc<User>,
+    /// The user's record, as of the last session check (see [`crate::sessions`]).
+    pub user: Arc<LiveUser>,
 }
 
 impl AuthUser {
@@ -159,7 +158,7 @@ impl FromRequestParts<AppState> for AuthUser {
         let token = bearer_token(&parts.headers)?;
         let claims = state.tokens.verify(token).map_err(AppError::InvalidToken)?;
         match session_liveness(state, claims.sid, claims.sub).await? {
-            Liveness::Live(user) if user.id == claims.sub => Ok(AuthUser {
+            Liveness::Live(user) if user.user.id == claims.sub => Ok(AuthUser {
                 user_id: claims.sub,
                 session_id: claims.sid,
                 claims,
@@ -199,7 +198,7 @@ async fn check_session(
 ) -> Result<Liveness, AppError> {
     let checked = Instant::now();
     let liveness = match state.store.session_user(session_id, clock::now()).await? {
-        Some(user) => Liveness::Live(Arc::new(user)),
+        Some(user) => Liveness::Live(Arc::new(LiveUser::new(user))),
         None => Liveness::Dead,
     };
     state

@@ -1,6 +1,9 @@
 //! `/users`: the current user.
 
-use axum::Json;
+use axum::{
+    http::header,
+    response::{IntoResponse, Response},
+};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -52,6 +55,11 @@ impl From<User> for UserResponse {
         (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem),
     )
 )]
-async fn me(user: AuthUser) -> Json<UserResponse> {
-    Json(User::clone(&user.user).into())
+async fn me(user: AuthUser) -> Response {
+    let body = user.user.rendered(|u| {
+        serde_json::to_vec(&UserResponse::from(u.clone()))
+            .expect("a user always serializes")
+            .into()
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
