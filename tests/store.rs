@@ -59,6 +59,7 @@ on_both_databases!(
     revoking_by_refresh_token_and_by_user_ends_sessions,
     the_first_signing_key_wins,
     purge_deletes_expired_sessions_and_tokens_only,
+    a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connections,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -330,4 +331,51 @@ async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
         .await
         .unwrap();
     assert!(matches!(rotated, Rotation::Rotated { .. }));
+}
+
+async fn a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connections(
+    backend: Backend,
+) {
+    let (store, db) = open(backend).await;
+    let user = store.create_user(&new_user("judy")).await.unwrap();
+    let sessions: Vec<_> = (0..40u8)
+        .map(|i| session_for(user.id, i, Duration::days(1)))
+        .collect();
+    // Callers that give up at every point of the transaction (a client hanging up).
+    for (i, session) in sessions.iter().enumerate() {
+        let patience = std::time::Duration::from_micros(25 * i as u64);
+        let _ = tokio::time::timeout(patience, store.create_session(session)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // A second pool sees only what was committed.
+    let observer = store::connect(&db.url.parse::<DatabaseUrl>().unwrap())
+        .await
+        .unwrap();
+    let now = clock::now();
+    for session in &sessions {
+        assert!(
+            observer
+                .session_user(session.id, now)
+                .await
+                .unwrap()
+                .is_some(),
+            "every session was created"
+        );
+    }
+    // Statements on the first pool's connections commit: none was left inside a transaction.
+    for (i, session) in sessions.iter().enumerate() {
+        let revoked = store
+            .revoke_session_by_refresh(&[i as u8; 32], now)
+            .await
+            .unwrap();
+        assert_eq!(revoked, Some(session.id));
+        assert!(
+            observer
+                .session_user(session.id, now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 }

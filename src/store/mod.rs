@@ -5,7 +5,7 @@
 mod postgres;
 mod sqlite;
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -218,6 +218,21 @@ pub async fn open(url: &DatabaseUrl) -> anyhow::Result<Arc<dyn Store>> {
         .await
         .context("cannot apply database migrations")?;
     Ok(store)
+}
+
+/// Runs a multi-statement change as a task of its own, so that it runs to its
+/// commit or rollback even if the request that started it goes away. A
+/// request future dropped in the middle of a transaction (the client hung
+/// up) could otherwise hand its connection back to the pool still inside the
+/// transaction, and later statements on it would silently never commit.
+async fn detached<T: Send + 'static>(
+    change: impl Future<Output = StoreResult<T>> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::spawn(change).await.map_err(|e| {
+        StoreError::Database(sqlx::Error::Protocol(format!(
+            "a database change did not finish: {e}"
+        )))
+    })?
 }
 
 /// Maps a unique violation to the field it concerns.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     Credentials, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, StoreResult, User,
-    UserChanges, map_unique,
+    UserChanges, detached, map_unique,
 };
 use crate::{crypto::tokens::KeyMaterial, domain::Roles};
 
@@ -177,57 +177,67 @@ impl Store for PgStore {
         changes: &UserChanges,
         now: OffsetDateTime,
     ) -> StoreResult<Option<User>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE users SET is_active = COALESCE($2, is_active), roles = COALESCE($3, roles), \
-             updated_at = $4 WHERE id = $1 RETURNING {USER_COLUMNS}"
-        )))
-        .bind(id)
-        .bind(changes.is_active)
-        .bind(changes.roles.as_ref().map(Roles::to_column))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let user = user_from_row(&row)?;
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-             WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(RevokeReason::UserChanged.as_str())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(user))
+        let pool = self.pool.clone();
+        let changes = changes.clone();
+        detached(async move {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE users SET is_active = COALESCE($2, is_active), roles = COALESCE($3, roles), \
+                 updated_at = $4 WHERE id = $1 RETURNING {USER_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(changes.is_active)
+            .bind(changes.roles.as_ref().map(Roles::to_column))
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let user = user_from_row(&row)?;
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+                 WHERE user_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(RevokeReason::UserChanged.as_str())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some(user))
+        })
+        .await
     }
 
     async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(s.id)
-        .bind(s.user_id)
-        .bind(s.created_at)
-        .bind(s.expires_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&s.refresh_hash[..])
-        .bind(s.id)
-        .bind(s.created_at)
-        .bind(s.refresh_expires_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let pool = self.pool.clone();
+        let s = s.clone();
+        detached(async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(s.id)
+            .bind(s.user_id)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&s.refresh_hash[..])
+            .bind(s.id)
+            .bind(s.created_at)
+            .bind(s.refresh_expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn rotate_refresh_token(
@@ -387,18 +397,22 @@ impl Store for PgStore {
     }
 
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await?;
-        let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let sessions =
-            sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR revoked_at < $2")
+        let pool = self.pool.clone();
+        detached(async move {
+            let mut tx = pool.begin().await?;
+            let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
                 .bind(now)
-                .bind(revoked_before)
                 .execute(&mut *tx)
                 .await?;
-        tx.commit().await?;
-        Ok(tokens.rows_affected() + sessions.rows_affected())
+            let sessions =
+                sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR revoked_at < $2")
+                    .bind(now)
+                    .bind(revoked_before)
+                    .execute(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            Ok(tokens.rows_affected() + sessions.rows_affected())
+        })
+        .await
     }
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::{
     Credentials, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, StoreResult, User,
-    UserChanges, map_unique, refresh_expiry,
+    UserChanges, detached, map_unique, refresh_expiry,
 };
 use crate::{crypto::tokens::KeyMaterial, domain::Roles};
 
@@ -199,57 +199,67 @@ impl Store for SqliteStore {
         changes: &UserChanges,
         now: OffsetDateTime,
     ) -> StoreResult<Option<User>> {
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE users SET is_active = COALESCE(?2, is_active), roles = COALESCE(?3, roles), \
-             updated_at = ?4 WHERE id = ?1 RETURNING {USER_COLUMNS}"
-        )))
-        .bind(id)
-        .bind(changes.is_active)
-        .bind(changes.roles.as_ref().map(Roles::to_column))
-        .bind(ms(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let user = user_from_row(&row)?;
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 \
-             WHERE user_id = ?1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .bind(ms(now))
-        .bind(RevokeReason::UserChanged.as_str())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(user))
+        let writer = self.writer.clone();
+        let changes = changes.clone();
+        detached(async move {
+            let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE users SET is_active = COALESCE(?2, is_active), roles = COALESCE(?3, roles), \
+                 updated_at = ?4 WHERE id = ?1 RETURNING {USER_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(changes.is_active)
+            .bind(changes.roles.as_ref().map(Roles::to_column))
+            .bind(ms(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let user = user_from_row(&row)?;
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 \
+                 WHERE user_id = ?1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(ms(now))
+            .bind(RevokeReason::UserChanged.as_str())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some(user))
+        })
+        .await
     }
 
     async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        sqlx::query(
-            "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(s.id)
-        .bind(s.user_id)
-        .bind(ms(s.created_at))
-        .bind(ms(s.expires_at))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(&s.refresh_hash[..])
-        .bind(s.id)
-        .bind(ms(s.created_at))
-        .bind(ms(s.refresh_expires_at))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let writer = self.writer.clone();
+        let s = s.clone();
+        detached(async move {
+            let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+            sqlx::query(
+                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(s.id)
+            .bind(s.user_id)
+            .bind(ms(s.created_at))
+            .bind(ms(s.expires_at))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(&s.refresh_hash[..])
+            .bind(s.id)
+            .bind(ms(s.created_at))
+            .bind(ms(s.refresh_expires_at))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn rotate_refresh_token(
@@ -259,76 +269,81 @@ impl Store for SqliteStore {
         refresh_ttl: time::Duration,
         now: OffsetDateTime,
     ) -> StoreResult<Rotation> {
-        // BEGIN IMMEDIATE serialises writers, so of two racing refreshes with
-        // one token exactly one sees `used_at IS NULL`.
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let used: Option<Uuid> = sqlx::query_scalar(
-            "UPDATE refresh_tokens SET used_at = ?2 \
-             WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 \
-             RETURNING session_id",
-        )
-        .bind(&presented[..])
-        .bind(ms(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(session_id) = used else {
-            // RFC 9700 §4.14.2: a used token presented again means it leaked;
-            // end the whole session (every token of it, refresh and access).
-            let reused = sqlx::query(
-                "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2), \
-                 revoked_reason = COALESCE(revoked_reason, ?3) \
-                 WHERE id = (SELECT session_id FROM refresh_tokens \
-                             WHERE token_hash = ?1 AND used_at IS NOT NULL) \
-                 RETURNING id, user_id",
+        let writer = self.writer.clone();
+        let (presented, new_hash) = (*presented, *new_hash);
+        detached(async move {
+            // BEGIN IMMEDIATE serialises writers, so of two racing refreshes with
+            // one token exactly one sees `used_at IS NULL`.
+            let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+            let used: Option<Uuid> = sqlx::query_scalar(
+                "UPDATE refresh_tokens SET used_at = ?2 \
+                 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 \
+                 RETURNING session_id",
             )
             .bind(&presented[..])
             .bind(ms(now))
-            .bind(RevokeReason::RefreshTokenReuse.as_str())
             .fetch_optional(&mut *tx)
             .await?;
+            let Some(session_id) = used else {
+                // RFC 9700 §4.14.2: a used token presented again means it leaked;
+                // end the whole session (every token of it, refresh and access).
+                let reused = sqlx::query(
+                    "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2), \
+                     revoked_reason = COALESCE(revoked_reason, ?3) \
+                     WHERE id = (SELECT session_id FROM refresh_tokens \
+                                 WHERE token_hash = ?1 AND used_at IS NOT NULL) \
+                     RETURNING id, user_id",
+                )
+                .bind(&presented[..])
+                .bind(ms(now))
+                .bind(RevokeReason::RefreshTokenReuse.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(match reused {
+                    Some(row) => Rotation::Reused {
+                        session_id: row.try_get("id")?,
+                        user_id: row.try_get("user_id")?,
+                    },
+                    None => Rotation::Invalid,
+                });
+            };
+            let row = sqlx::query(
+                "SELECT s.expires_at AS session_expires_at, u.id, u.username, u.email, \
+                 u.email_verified, u.roles, u.is_active, u.created_at \
+                 FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active",
+            )
+            .bind(session_id)
+            .bind(ms(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                // The session has ended: the token stays unused, and is refused.
+                tx.rollback().await?;
+                return Ok(Rotation::Invalid);
+            };
+            let user = user_from_row(&row)?;
+            let session_end = from_ms(row.try_get("session_expires_at")?)?;
+            let refresh_expires_at = refresh_expiry(now, refresh_ttl, session_end);
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(&new_hash[..])
+            .bind(session_id)
+            .bind(ms(now))
+            .bind(ms(refresh_expires_at))
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
-            return Ok(match reused {
-                Some(row) => Rotation::Reused {
-                    session_id: row.try_get("id")?,
-                    user_id: row.try_get("user_id")?,
-                },
-                None => Rotation::Invalid,
-            });
-        };
-        let row = sqlx::query(
-            "SELECT s.expires_at AS session_expires_at, u.id, u.username, u.email, \
-             u.email_verified, u.roles, u.is_active, u.created_at \
-             FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active",
-        )
-        .bind(session_id)
-        .bind(ms(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            // The session has ended: the token stays unused, and is refused.
-            tx.rollback().await?;
-            return Ok(Rotation::Invalid);
-        };
-        let user = user_from_row(&row)?;
-        let session_end = from_ms(row.try_get("session_expires_at")?)?;
-        let refresh_expires_at = refresh_expiry(now, refresh_ttl, session_end);
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(&new_hash[..])
-        .bind(session_id)
-        .bind(ms(now))
-        .bind(ms(refresh_expires_at))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Rotation::Rotated {
-            session_id,
-            user,
-            refresh_expires_at,
+            Ok(Rotation::Rotated {
+                session_id,
+                user,
+                refresh_expires_at,
+            })
         })
+        .await
     }
 
     async fn revoke_session_by_refresh(
@@ -421,18 +436,22 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64> {
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= ?1")
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-        let sessions =
-            sqlx::query("DELETE FROM sessions WHERE expires_at <= ?1 OR revoked_at < ?2")
+        let writer = self.writer.clone();
+        detached(async move {
+            let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+            let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= ?1")
                 .bind(ms(now))
-                .bind(ms(revoked_before))
                 .execute(&mut *tx)
                 .await?;
-        tx.commit().await?;
-        Ok(tokens.rows_affected() + sessions.rows_affected())
+            let sessions =
+                sqlx::query("DELETE FROM sessions WHERE expires_at <= ?1 OR revoked_at < ?2")
+                    .bind(ms(now))
+                    .bind(ms(revoked_before))
+                    .execute(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            Ok(tokens.rows_affected() + sessions.rows_affected())
+        })
+        .await
     }
 }
