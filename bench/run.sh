@@ -6,7 +6,7 @@
 # Builds the release binary, starts it on a fresh database (a temporary SQLite
 # file, or with --postgres a new database authgate_bench_<random> on that
 # server, dropped at the end), measures start-up, idle memory and binary size,
-# seeds accounts, then drives each scenario with wrk for SECS seconds (8 by
+# seeds accounts, then drives each scenario with wrk for SECS seconds (6 by
 # default; --smoke: 2 s and a fraction of the users and connections):
 #
 #   healthz      GET /healthz, the HTTP floor
@@ -72,7 +72,7 @@ if $SMOKE; then
     C_HEALTHZ=8 C_ME=8 C_LOGIN=4 C_SIGNUP=4 C_REFRESH=4
     C_STORM=20 C_RSS=50 RSS_SECS=2
 else
-    DURATION=${DURATION:-8}
+    DURATION=${DURATION:-6}
     USERS=64
     C_HEALTHZ=64 C_ME=64 C_LOGIN=16 C_SIGNUP=16 C_REFRESH=16
     C_STORM=200 C_RSS=1000 RSS_SECS=5
