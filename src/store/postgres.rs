@@ -39,10 +39,6 @@ impl PgStore {
             .await?;
         Ok(Self { pool, checks })
     }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
