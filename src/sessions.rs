@@ -5,10 +5,11 @@
 //! keep protected requests off the database, the answer "is this session live,
 //! and whose is it?" is cached per session:
 //! - younger than [`LIVENESS_TTL`], it is used as it is;
-//! - up to [`MAX_STALENESS`], it is still used, but the first request to see it
-//!   that old re-checks the session in the background (so a busy session never
-//!   waits for the database);
-//! - older, the request waits for a fresh check.
+//! - up to [`MAX_STALENESS`], it is still used, and the session is marked for
+//!   the next batched re-check, which asks the database about every marked
+//!   session of this instance in one query each [`RECHECK_INTERVAL`] (so a busy
+//!   session never waits for the database, and many sessions cost one query);
+//! - older, the request waits for a check of its own.
 //!
 //! Every instance sharing the database therefore refuses a revoked session's
 //! tokens within [`MAX_STALENESS`] plus one query. The instance that revokes
@@ -32,9 +33,12 @@ use crate::store::User;
 pub const LIVENESS_TTL: Duration = Duration::from_millis(400);
 
 /// How long a "live" answer may be used at all; past [`LIVENESS_TTL`] a
-/// background re-check is under way. 800 ms leaves margin for that check
-/// inside the promise that revocations take effect within one second.
+/// re-check is under way. 800 ms leaves margin for that check inside the
+/// promise that revocations take effect within one second.
 pub const MAX_STALENESS: Duration = Duration::from_millis(800);
+
+/// How often the marked sessions are re-checked, all in one query.
+pub const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Above this many entries, inserting first drops the stale ones.
 const MAX_ENTRIES: usize = 200_000;
@@ -75,8 +79,7 @@ pub enum Liveness {
 pub enum Lookup {
     /// Use this.
     Fresh(Liveness),
-    /// Use this, and re-check the session in the background: this caller is
-    /// the one chosen to do it.
+    /// Use this; the session is now marked for the next batched re-check.
     Revalidate(Liveness),
     /// Nothing usable: check the session now.
     Miss,
@@ -87,7 +90,7 @@ struct Entry {
     user_id: Uuid,
     liveness: Liveness,
     checked: Instant,
-    /// Set by the caller chosen to re-check, so only one does.
+    /// Marked for the next batched re-check.
     revalidating: AtomicBool,
 }
 
@@ -142,6 +145,17 @@ impl SessionCache {
                 revalidating: AtomicBool::new(false),
             },
         );
+    }
+
+    /// The sessions marked for a re-check, with their users' ids.
+    pub fn marked(&self) -> Vec<(Uuid, Uuid)> {
+        let map = self.entries.read().expect("session cache lock poisoned");
+        map.iter()
+            .filter(|(_, e)| {
+                matches!(e.liveness, Liveness::Live(_)) && e.revalidating.load(Ordering::Acquire)
+            })
+            .map(|(session_id, e)| (*session_id, e.user_id))
+            .collect()
     }
 
     /// Marks one session dead (this instance revoked it).
@@ -201,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_live_answer_is_used_while_exactly_one_caller_rechecks() {
+    fn a_stale_live_answer_is_used_and_marked_once_for_a_recheck() {
         let c = SessionCache::new();
         let (s, u, t) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
         c.put(s, u, Liveness::Live(user(u)), t);
@@ -212,8 +226,10 @@ mod tests {
             Lookup::Revalidate(Liveness::Live(_))
         ));
         assert!(matches!(c.get(s, stale), Lookup::Fresh(Liveness::Live(_))));
+        assert_eq!(c.marked(), vec![(s, u)]);
         c.put(s, u, Liveness::Live(user(u)), stale);
         assert!(matches!(c.get(s, stale), Lookup::Fresh(_)));
+        assert!(c.marked().is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Building and running the application.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use argon2::Params;
@@ -18,7 +18,7 @@ use crate::{
     domain::{Email, Password, Role, Roles},
     http,
     ratelimit::{InMemoryRateLimiter, RateLimiter},
-    sessions::SessionCache,
+    sessions::{LiveUser, Liveness, RECHECK_INTERVAL, SessionCache},
     state::{AppState, Policy},
     store::{self, NewUser, Store},
 };
@@ -63,6 +63,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let purge = tokio::spawn(purge_periodically(self.state.clone(), self.purge_interval));
+        let recheck = tokio::spawn(recheck_sessions_periodically(self.state.clone()));
         tracing::info!(address = %self.local_addr(), "authgate listening");
         let app = http::router(self.state);
         let served = axum::serve(
@@ -72,6 +73,7 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await;
         purge.abort();
+        recheck.abort();
         served
     }
 }
@@ -182,6 +184,37 @@ async fn ensure_configured_admin(config: &Config, state: &AppState) -> anyhow::R
         tracing::info!(email = %email, "created the configured admin account");
     }
     Ok(())
+}
+
+/// Re-checks every session marked by recent requests, in one query per tick
+/// (see [`crate::sessions`]).
+async fn recheck_sessions_periodically(state: AppState) {
+    let mut ticker = tokio::time::interval(RECHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let marked = state.sessions.marked();
+        if marked.is_empty() {
+            continue;
+        }
+        let checked = Instant::now();
+        let ids: Vec<Uuid> = marked.iter().map(|(session_id, _)| *session_id).collect();
+        match state.store.live_sessions(&ids, clock::now()).await {
+            Ok(live) => {
+                let mut live: HashMap<Uuid, _> = live.into_iter().collect();
+                for (session_id, user_id) in marked {
+                    let liveness = match live.remove(&session_id) {
+                        Some(user) => Liveness::Live(Arc::new(LiveUser::new(user))),
+                        None => Liveness::Dead,
+                    };
+                    state.sessions.put(session_id, user_id, liveness, checked);
+                }
+            }
+            // The sessions stay marked; the next tick tries again, and past
+            // MAX_STALENESS requests check for themselves.
+            Err(e) => tracing::warn!(error = %e, sessions = ids.len(), "session re-check failed"),
+        }
+    }
 }
 
 /// Deletes expired sessions and tokens, and forgets stale throttling state.

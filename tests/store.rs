@@ -60,6 +60,7 @@ on_both_databases!(
     the_first_signing_key_wins,
     purge_deletes_expired_sessions_and_tokens_only,
     a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connections,
+    live_sessions_answers_for_many_sessions_in_one_call,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -378,4 +379,51 @@ async fn a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connecti
                 .is_none()
         );
     }
+}
+
+async fn live_sessions_answers_for_many_sessions_in_one_call(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = store.create_user(&new_user("kim")).await.unwrap();
+    let bob = store.create_user(&new_user("lee")).await.unwrap();
+    let sessions: Vec<_> = (0..6u8)
+        .map(|i| {
+            session_for(
+                if i % 2 == 0 { alice.id } else { bob.id },
+                i,
+                Duration::days(1),
+            )
+        })
+        .collect();
+    for s in &sessions {
+        store.create_session(s).await.unwrap();
+    }
+    let now = clock::now();
+    store
+        .revoke_session_by_refresh(&[0; 32], now)
+        .await
+        .unwrap();
+    let changes = UserChanges {
+        is_active: Some(false),
+        roles: None,
+    };
+    store.update_user(bob.id, &changes, now).await.unwrap();
+
+    let mut ids: Vec<Uuid> = sessions.iter().map(|s| s.id).collect();
+    ids.push(Uuid::now_v7()); // unknown
+    let live = store.live_sessions(&ids, clock::now()).await.unwrap();
+    let mut found: Vec<_> = live.iter().map(|(id, user)| (*id, user.id)).collect();
+    found.sort();
+    // Alice's sessions 2 and 4 are live; 0 was revoked; Bob is disabled.
+    assert_eq!(
+        found,
+        vec![(sessions[2].id, alice.id), (sessions[4].id, alice.id)]
+    );
+    assert_eq!(live[0].1, alice);
+    assert!(
+        store
+            .live_sessions(&[], clock::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

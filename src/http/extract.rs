@@ -177,16 +177,8 @@ async fn session_liveness(
     user_id: Uuid,
 ) -> Result<Liveness, AppError> {
     match state.sessions.get(session_id, Instant::now()) {
-        Lookup::Fresh(known) => Ok(known),
-        Lookup::Revalidate(known) => {
-            let state = state.clone();
-            tokio::spawn(async move {
-                if let Err(e) = check_session(&state, session_id, user_id).await {
-                    tracing::warn!(error = %e, %session_id, "session re-check failed");
-                }
-            });
-            Ok(known)
-        }
+        // A stale answer is now marked; the batched re-check picks it up.
+        Lookup::Fresh(known) | Lookup::Revalidate(known) => Ok(known),
         Lookup::Miss => check_session(state, session_id, user_id).await,
     }
 }

@@ -184,6 +184,14 @@ pub trait Store: Send + Sync + 'static {
         session_id: Uuid,
         now: OffsetDateTime,
     ) -> StoreResult<Option<User>>;
+    /// The live sessions among `session_ids`, each with its user: one query
+    /// for many sessions (absent ones are revoked, expired, gone, or their
+    /// user is disabled).
+    async fn live_sessions(
+        &self,
+        session_ids: &[Uuid],
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<(Uuid, User)>>;
 
     async fn signing_keys(&self) -> StoreResult<Vec<KeyMaterial>>;
     /// Inserts the key unless one already exists (another instance may have

@@ -356,6 +356,27 @@ impl Store for PgStore {
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
+    async fn live_sessions(
+        &self,
+        session_ids: &[Uuid],
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<(Uuid, User)>> {
+        let rows = sqlx::query(
+            "SELECT s.id AS session_id, u.id, u.username, u.email, u.email_verified, u.roles, \
+             u.is_active, u.created_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id = ANY($1) AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
+        )
+        .bind(session_ids)
+        .bind(now)
+        .fetch_all(&self.checks)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("session_id")?, user_from_row(r)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
     async fn signing_keys(&self) -> StoreResult<Vec<KeyMaterial>> {
         let rows = sqlx::query(
             "SELECT kid, secret FROM signing_keys WHERE algorithm = 'HS256' ORDER BY created_at, kid",

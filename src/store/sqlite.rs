@@ -399,6 +399,36 @@ impl Store for SqliteStore {
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
+    async fn live_sessions(
+        &self,
+        session_ids: &[Uuid],
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<(Uuid, User)>> {
+        let mut live = Vec::new();
+        // Bounded statements: SQLite limits the number of bound parameters.
+        for chunk in session_ids.chunks(500) {
+            let placeholders = (2..chunk.len() + 2)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT s.id AS session_id, u.id, u.username, u.email, u.email_verified, u.roles, \
+                 u.is_active, u.created_at \
+                 FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.id IN ({placeholders}) AND s.revoked_at IS NULL AND s.expires_at > ?1 \
+                 AND u.is_active"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                live.push((r.try_get("session_id")?, user_from_row(&r)?));
+            }
+        }
+        Ok(live)
+    }
+
     async fn signing_keys(&self) -> StoreResult<Vec<KeyMaterial>> {
         let rows = sqlx::query(
             "SELECT kid, secret FROM signing_keys WHERE algorithm = 'HS256' ORDER BY created_at, kid",
