@@ -183,7 +183,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         session_id: Uuid,
         now: OffsetDateTime,
-    ) -> StoreResult<Option<User>>;
+    ) -> StoreResult<Option<User>> {
+        let live = self.live_sessions(&[session_id], now).await?;
+        Ok(live.into_iter().next().map(|(_, user)| user))
+    }
     /// The live sessions among `session_ids`, each with its user: one query
     /// for many sessions (absent ones are revoked, expired, gone, or their
     /// user is disabled).

@@ -382,23 +382,6 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn session_user(
-        &self,
-        session_id: Uuid,
-        now: OffsetDateTime,
-    ) -> StoreResult<Option<User>> {
-        let row = sqlx::query(
-            "SELECT u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
-             FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active",
-        )
-        .bind(session_id)
-        .bind(ms(now))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(user_from_row).transpose()?)
-    }
-
     async fn live_sessions(
         &self,
         session_ids: &[Uuid],
