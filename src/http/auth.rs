@@ -293,12 +293,31 @@ async fn open_session(state: &AppState, user: &User) -> AppResult<TokenResponse>
         refresh_expires_at,
     };
     state.store.create_session(&session).await?;
+    token_pair(
+        state,
+        user,
+        session.id,
+        refresh.token,
+        refresh_expires_at,
+        now,
+    )
+}
+
+/// A new access token for the session, with the refresh token issued beside it.
+fn token_pair(
+    state: &AppState,
+    user: &User,
+    session_id: Uuid,
+    refresh_token: String,
+    refresh_expires_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> AppResult<TokenResponse> {
     let access = state
         .tokens
-        .issue(user.id, session.id, user.roles.names(), now)?;
+        .issue(user.id, session_id, user.roles.names(), now)?;
     Ok(TokenResponse {
         access_token: access.token,
-        refresh_token: refresh.token,
+        refresh_token,
         token_type: "bearer",
         expires_in: state.tokens.ttl().as_secs(),
         refresh_expires_in: secs_until(refresh_expires_at, now),
@@ -367,18 +386,14 @@ async fn refresh_grant(
             session_id,
             user,
             refresh_expires_at,
-        } => {
-            let access = state
-                .tokens
-                .issue(user.id, session_id, user.roles.names(), now)?;
-            Ok(TokenResponse {
-                access_token: access.token,
-                refresh_token: next.token,
-                token_type: "bearer",
-                expires_in: state.tokens.ttl().as_secs(),
-                refresh_expires_in: secs_until(refresh_expires_at, now),
-            })
-        }
+        } => token_pair(
+            state,
+            &user,
+            session_id,
+            next.token,
+            refresh_expires_at,
+            now,
+        ),
         Rotation::Reused {
             session_id,
             user_id,
