@@ -94,3 +94,13 @@ function read_lines(var)
   end
   return lines
 end
+
+-- Makes wrk send the prepared requests in turn. Threads start at different
+-- places so that they do not walk in step.
+function round_robin(prepared)
+  local next_index = (thread_id * 17) % #prepared
+  request = function()
+    next_index = next_index % #prepared + 1
+    return prepared[next_index]
+  end
+end
