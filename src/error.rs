@@ -72,6 +72,8 @@ pub enum AppError {
     MethodNotAllowed,
     #[error("conflict: {0} already taken")]
     Conflict(&'static str),
+    #[error("the last active admin cannot be demoted or disabled")]
+    LastAdmin,
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
     #[error("overloaded")]
@@ -86,6 +88,7 @@ impl From<StoreError> for AppError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(field) => AppError::Conflict(field),
+            StoreError::LastAdmin => AppError::LastAdmin,
             StoreError::Database(e) => AppError::Internal(e.into()),
         }
     }
@@ -128,7 +131,7 @@ impl AppError {
             AppError::Forbidden => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Conflict(_) | AppError::LastAdmin => StatusCode::CONFLICT,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Overloaded { .. } | AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -172,6 +175,10 @@ impl AppError {
                 "This resource does not support that method.".into(),
             ),
             AppError::Conflict(field) => ("conflict", format!("That {field} is already taken.")),
+            AppError::LastAdmin => (
+                "last_admin",
+                "This is the last active admin; make another user admin first.".into(),
+            ),
             AppError::RateLimited { .. } => (
                 "rate_limited",
                 "Too many requests; retry after the time in Retry-After.".into(),

@@ -27,7 +27,7 @@ use std::{
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::store::User;
+use crate::domain::User;
 
 /// How long a "live" answer is used without a second thought.
 pub const LIVENESS_TTL: Duration = Duration::from_millis(400);

@@ -20,7 +20,7 @@ use crate::{
     ratelimit::{InMemoryRateLimiter, RateLimiter},
     sessions::{LiveUser, Liveness, RECHECK_INTERVAL, SessionCache},
     state::{AppState, Policy},
-    store::{self, NewUser, Store},
+    store::{self, NewUser, Store, StoredKey},
 };
 
 /// A built application: connected, migrated, and bound to its port, but not
@@ -137,12 +137,26 @@ async fn signing_keys(
         .await
         .context("cannot load signing keys")?;
     if keys.is_empty() {
+        let key = KeyMaterial::generate();
         keys = store
-            .insert_first_signing_key(&KeyMaterial::generate(), clock::now())
+            .insert_first_signing_key(&StoredKey {
+                kid: key.kid,
+                algorithm: "HS256".into(),
+                secret: key.secret,
+                created_at: clock::now(),
+            })
             .await
             .context("cannot store a generated signing key")?;
         tracing::info!("generated a signing key and stored it in the database");
     }
+    let mut keys: Vec<KeyMaterial> = keys
+        .into_iter()
+        .filter(|k| k.algorithm == "HS256")
+        .map(|k| KeyMaterial {
+            kid: k.kid,
+            secret: k.secret,
+        })
+        .collect();
     // The newest key signs; older ones keep verifying tokens they signed.
     let signing = keys.pop().context("no signing key available")?;
     Ok((signing, keys))

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use authgate::{
     clock,
     config::DatabaseUrl,
-    crypto::tokens::KeyMaterial,
     domain::{Email, Role, Roles, Username},
-    store::{self, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, UserChanges},
+    store::{
+        self, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, StoredKey,
+        UserChanges,
+    },
 };
 use common::{Backend, TestDb};
 use time::Duration;
@@ -56,6 +58,8 @@ on_both_databases!(
     a_rotation_never_outlives_the_session,
     an_expired_refresh_token_does_not_rotate,
     updating_a_user_ends_their_sessions_in_the_same_change,
+    an_update_that_changes_nothing_ends_no_session,
+    the_last_active_admin_cannot_be_demoted_or_disabled,
     revoking_by_refresh_token_and_by_user_ends_sessions,
     the_first_signing_key_wins,
     purge_deletes_expired_sessions_and_tokens_only,
@@ -145,7 +149,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
     assert!(store.session_user(session.id, now).await.unwrap().is_some());
 
     let first = store
-        .rotate_refresh_token(&[1; 32], &[2; 32], Duration::hours(1), now)
+        .rotate_refresh_token(&[1; 32], &[2; 32], now + Duration::hours(1), now)
         .await
         .unwrap();
     match first {
@@ -160,7 +164,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
         other => panic!("expected a rotation, got {other:?}"),
     }
     let again = store
-        .rotate_refresh_token(&[1; 32], &[3; 32], Duration::hours(1), now)
+        .rotate_refresh_token(&[1; 32], &[3; 32], now + Duration::hours(1), now)
         .await
         .unwrap();
     assert_eq!(
@@ -172,7 +176,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
     );
     assert!(store.session_user(session.id, now).await.unwrap().is_none());
     let next = store
-        .rotate_refresh_token(&[2; 32], &[4; 32], Duration::hours(1), now)
+        .rotate_refresh_token(&[2; 32], &[4; 32], now + Duration::hours(1), now)
         .await
         .unwrap();
     assert_eq!(
@@ -181,7 +185,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
         "the rotated token died with its session"
     );
     let unknown = store
-        .rotate_refresh_token(&[9; 32], &[5; 32], Duration::hours(1), now)
+        .rotate_refresh_token(&[9; 32], &[5; 32], now + Duration::hours(1), now)
         .await
         .unwrap();
     assert_eq!(unknown, Rotation::Invalid);
@@ -192,17 +196,30 @@ async fn a_rotation_never_outlives_the_session(backend: Backend) {
     let user = store.create_user(&new_user("erin")).await.unwrap();
     let session = session_for(user.id, 1, Duration::minutes(5));
     store.create_session(&session).await.unwrap();
+    let now = clock::now();
     let rotated = store
-        .rotate_refresh_token(&[1; 32], &[2; 32], Duration::days(7), clock::now())
+        .rotate_refresh_token(&[1; 32], &[2; 32], now + Duration::days(7), now)
         .await
         .unwrap();
     let Rotation::Rotated {
-        refresh_expires_at, ..
+        session_expires_at, ..
     } = rotated
     else {
         panic!("expected a rotation, got {rotated:?}");
     };
-    assert_eq!(refresh_expires_at, session.expires_at);
+    assert_eq!(session_expires_at, session.expires_at);
+    // The new token's own lifetime is longer, but it dies with the session.
+    let after_the_session = session.expires_at + Duration::seconds(1);
+    let late = store
+        .rotate_refresh_token(
+            &[2; 32],
+            &[3; 32],
+            after_the_session + Duration::days(7),
+            after_the_session,
+        )
+        .await
+        .unwrap();
+    assert_eq!(late, Rotation::Invalid);
 }
 
 async fn an_expired_refresh_token_does_not_rotate(backend: Backend) {
@@ -212,7 +229,7 @@ async fn an_expired_refresh_token_does_not_rotate(backend: Backend) {
     store.create_session(&session).await.unwrap();
     let later = clock::now() + Duration::minutes(6);
     let result = store
-        .rotate_refresh_token(&[1; 32], &[2; 32], Duration::days(7), later)
+        .rotate_refresh_token(&[1; 32], &[2; 32], later + Duration::days(7), later)
         .await
         .unwrap();
     assert_eq!(result, Rotation::Invalid);
@@ -239,8 +256,9 @@ async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend
         .await
         .unwrap()
         .unwrap();
-    assert!(!updated.is_active);
-    assert!(updated.roles.contains("admin"));
+    assert!(updated.changed);
+    assert!(!updated.user.is_active);
+    assert!(updated.user.roles.contains("admin"));
     assert!(
         store
             .session_user(session.id, clock::now())
@@ -255,6 +273,70 @@ async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend
             .unwrap()
             .is_none()
     );
+}
+
+async fn an_update_that_changes_nothing_ends_no_session(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("hugo")).await.unwrap();
+    let session = session_for(user.id, 1, Duration::days(1));
+    store.create_session(&session).await.unwrap();
+    for changes in [
+        UserChanges::default(),
+        UserChanges {
+            is_active: Some(true),
+            roles: Some(Roles::new([Role::user()])),
+        },
+    ] {
+        let updated = store
+            .update_user(user.id, &changes, clock::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!updated.changed);
+        assert_eq!(updated.user, user);
+    }
+    assert!(
+        store
+            .session_user(session.id, clock::now())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn the_last_active_admin_cannot_be_demoted_or_disabled(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let mut first = new_user("root1");
+    first.roles = Roles::new([Role::user(), Role::admin()]);
+    let mut second = new_user("root2");
+    second.roles = first.roles.clone();
+    let first = store.create_user(&first).await.unwrap();
+    let second = store.create_user(&second).await.unwrap();
+    let demote = UserChanges {
+        is_active: None,
+        roles: Some(Roles::new([Role::user()])),
+    };
+    let disable = UserChanges {
+        is_active: Some(false),
+        roles: None,
+    };
+    // Two admins demoting each other at once: one of the changes must fail.
+    let (a, b) = tokio::join!(
+        store.update_user(first.id, &demote, clock::now()),
+        store.update_user(second.id, &demote, clock::now()),
+    );
+    let refused = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::LastAdmin)))
+        .count();
+    assert_eq!(refused, 1, "{a:?} {b:?}");
+    let last = if a.is_ok() { second.id } else { first.id };
+    assert!(matches!(
+        store.update_user(last, &disable, clock::now()).await,
+        Err(StoreError::LastAdmin)
+    ));
+    let admin = store.get_user(last).await.unwrap().unwrap();
+    assert!(admin.is_active_admin(), "a refused change leaves no trace");
 }
 
 async fn revoking_by_refresh_token_and_by_user_ends_sessions(backend: Backend) {
@@ -294,23 +376,26 @@ async fn revoking_by_refresh_token_and_by_user_ends_sessions(backend: Backend) {
     assert!(store.session_user(c.id, now).await.unwrap().is_none());
 }
 
+fn key(kid: &str) -> StoredKey {
+    StoredKey {
+        kid: kid.into(),
+        algorithm: "HS256".into(),
+        secret: kid.as_bytes().repeat(8),
+        created_at: clock::now(),
+    }
+}
+
 async fn the_first_signing_key_wins(backend: Backend) {
     let (store, _db) = open(backend).await;
     assert!(store.signing_keys().await.unwrap().is_empty());
-    let first = KeyMaterial::generate();
+    let first = key("first");
+    let keys = store.insert_first_signing_key(&first).await.unwrap();
+    assert_eq!(keys, vec![first.clone()]);
     let keys = store
-        .insert_first_signing_key(&first, clock::now())
+        .insert_first_signing_key(&key("second"))
         .await
         .unwrap();
-    assert_eq!(keys.len(), 1);
-    assert_eq!(keys[0].kid, first.kid);
-    assert_eq!(keys[0].secret, first.secret);
-    let keys = store
-        .insert_first_signing_key(&KeyMaterial::generate(), clock::now())
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1);
-    assert_eq!(keys[0].kid, first.kid);
+    assert_eq!(keys, vec![first]);
 }
 
 async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
@@ -328,7 +413,7 @@ async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
     assert_eq!(purged, 2, "one refresh token and one session");
     assert!(store.session_user(long.id, later).await.unwrap().is_some());
     let rotated = store
-        .rotate_refresh_token(&[2; 32], &[3; 32], Duration::hours(1), later)
+        .rotate_refresh_token(&[2; 32], &[3; 32], later + Duration::hours(1), later)
         .await
         .unwrap();
     assert!(matches!(rotated, Rotation::Rotated { .. }));

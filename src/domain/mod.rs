@@ -4,9 +4,11 @@
 mod email;
 mod password;
 mod role;
+mod user;
 mod username;
 
 pub use email::Email;
 pub use password::{Password, PasswordError};
 pub use role::{Role, Roles};
+pub use user::User;
 pub use username::Username;

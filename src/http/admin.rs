@@ -165,12 +165,14 @@ async fn update_user(
         is_active: req.is_active,
         roles,
     };
-    let user = state
+    let updated = state
         .store
         .update_user(id, &changes, clock::now())
         .await?
         .ok_or(AppError::NotFound)?;
-    state.sessions.revoke_user(id);
-    tracing::info!(user_id = %id, ?changes, "user updated by admin");
-    Ok(Json(user.into()))
+    if updated.changed {
+        state.sessions.revoke_user(id);
+        tracing::info!(user_id = %id, ?changes, "user updated by admin");
+    }
+    Ok(Json(updated.user.into()))
 }

@@ -23,10 +23,10 @@ use super::{
 use crate::{
     clock,
     crypto::{passwords::HashError, refresh},
-    domain::{Email, Password, Role, Roles, Username},
+    domain::{Email, Password, Role, Roles, User, Username},
     error::{AppError, AppResult, FieldError, Problem, retry_after_secs},
     state::AppState,
-    store::{NewSession, NewUser, RevokeReason, Rotation, User},
+    store::{NewSession, NewUser, RevokeReason, Rotation},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -373,11 +373,7 @@ async fn refresh_grant(
         .rotate_refresh_token(
             &refresh::hash(presented),
             &next.hash,
-            state
-                .policy
-                .refresh_token_ttl
-                .try_into()
-                .unwrap_or(time::Duration::MAX),
+            now + state.policy.refresh_token_ttl,
             now,
         )
         .await?;
@@ -385,13 +381,13 @@ async fn refresh_grant(
         Rotation::Rotated {
             session_id,
             user,
-            refresh_expires_at,
+            session_expires_at,
         } => token_pair(
             state,
             &user,
             session_id,
             next.token,
-            refresh_expires_at,
+            (now + state.policy.refresh_token_ttl).min(session_expires_at),
             now,
         ),
         Rotation::Reused {

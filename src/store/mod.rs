@@ -13,8 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     config::{Backend, DatabaseUrl},
-    crypto::tokens::KeyMaterial,
-    domain::{Email, Roles, Username},
+    domain::{Email, Role, Roles, User, Username},
 };
 
 pub use postgres::PgStore;
@@ -25,23 +24,14 @@ pub enum StoreError {
     /// A unique constraint refused the change; names the field.
     #[error("{0} already taken")]
     Conflict(&'static str),
+    /// The change would leave no active admin.
+    #[error("the last active admin cannot be demoted or disabled")]
+    LastAdmin,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// A user as the API shows it: never with its password hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub id: Uuid,
-    pub username: Option<String>,
-    pub email: Option<String>,
-    pub email_verified: bool,
-    pub roles: Roles,
-    pub is_active: bool,
-    pub created_at: OffsetDateTime,
-}
 
 /// A user with the password hash, for login only.
 #[derive(Debug, Clone)]
@@ -81,7 +71,7 @@ pub struct NewSession {
     pub id: Uuid,
     pub user_id: Uuid,
     pub created_at: OffsetDateTime,
-    /// Absolute end of the session: no refresh goes past it.
+    /// Absolute end of the session: no refresh token of it works past it.
     pub expires_at: OffsetDateTime,
     pub refresh_hash: [u8; 32],
     pub refresh_expires_at: OffsetDateTime,
@@ -90,11 +80,12 @@ pub struct NewSession {
 /// What presenting a refresh token led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    /// The token was live: it is now used, and `new_hash` replaces it.
+    /// The token was live: it is now used, and the new hash replaces it.
     Rotated {
         session_id: Uuid,
         user: User,
-        refresh_expires_at: OffsetDateTime,
+        /// The absolute end of the session.
+        session_expires_at: OffsetDateTime,
     },
     /// The token had been used before: the session is now revoked.
     Reused { session_id: Uuid, user_id: Uuid },
@@ -107,6 +98,15 @@ pub enum Rotation {
 pub struct UserChanges {
     pub is_active: Option<bool>,
     pub roles: Option<Roles>,
+}
+
+/// A user after [`UserStore::update_user`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatedUser {
+    pub user: User,
+    /// Whether the roles or the active flag really changed (and the user's
+    /// sessions were therefore ended).
+    pub changed: bool,
 }
 
 /// Why a session ended; stored for audit.
@@ -129,13 +129,27 @@ impl RevokeReason {
     }
 }
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Applies pending migrations.
-    async fn migrate(&self) -> StoreResult<()>;
-    /// A trivial round trip, for readiness.
-    async fn ping(&self) -> StoreResult<()>;
+/// A signing key as stored: plain bytes, interpreted by the key ring.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub kid: String,
+    pub algorithm: String,
+    pub secret: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
 
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accounts.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
     async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
     /// Creates the user unless its username or email is taken; `true` if created.
     async fn create_user_if_absent(&self, user: &NewUser) -> StoreResult<bool>;
@@ -146,23 +160,31 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<()>;
     /// Users ordered by id (time-ordered UUIDv7), after `after`.
     async fn list_users(&self, limit: u32, after: Option<Uuid>) -> StoreResult<Vec<User>>;
-    /// Applies `changes` and, in the same transaction, ends the user's sessions
-    /// so that no token carries stale roles or outlives a disabled account.
+    /// Applies `changes`. When the roles or the active flag really change, it
+    /// ends the user's sessions in the same transaction, so that no token
+    /// carries stale roles or outlives a disabled account; a change to nothing
+    /// ends nothing. Refuses ([`StoreError::LastAdmin`]) to leave no active
+    /// admin, also against concurrent changes. `None` if there is no such user.
     async fn update_user(
         &self,
         id: Uuid,
         changes: &UserChanges,
         now: OffsetDateTime,
-    ) -> StoreResult<Option<User>>;
+    ) -> StoreResult<Option<UpdatedUser>>;
+}
 
+/// Sessions and their refresh tokens.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
     async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
-    /// Atomically uses the refresh token with hash `presented` and stores
-    /// `new_hash` in its place, expiring at `min(now + ttl, session end)`.
+    /// Atomically uses the live refresh token with hash `presented` and stores
+    /// `next` in its place, expiring at `next_expires_at`. Of racing calls with
+    /// one token exactly one rotates; presenting a used token revokes its session.
     async fn rotate_refresh_token(
         &self,
         presented: &[u8; 32],
-        new_hash: &[u8; 32],
-        refresh_ttl: time::Duration,
+        next: &[u8; 32],
+        next_expires_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Rotation>;
     /// Ends the session the refresh token belongs to; its id if one was live.
@@ -195,19 +217,28 @@ pub trait Store: Send + Sync + 'static {
         session_ids: &[Uuid],
         now: OffsetDateTime,
     ) -> StoreResult<Vec<(Uuid, User)>>;
-
-    async fn signing_keys(&self) -> StoreResult<Vec<KeyMaterial>>;
-    /// Inserts the key unless one already exists (another instance may have
-    /// won the race); then returns all keys, oldest first.
-    async fn insert_first_signing_key(
-        &self,
-        key: &KeyMaterial,
-        now: OffsetDateTime,
-    ) -> StoreResult<Vec<KeyMaterial>>;
-
     /// Deletes expired refresh tokens and sessions, and sessions revoked before
     /// `revoked_before` (their access tokens have all expired by then).
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64>;
+}
+
+/// Token signing keys.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Every stored key, oldest first.
+    async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>>;
+    /// Inserts the key unless one already exists (another instance may have
+    /// won the race); then returns all keys, oldest first.
+    async fn insert_first_signing_key(&self, key: &StoredKey) -> StoreResult<Vec<StoredKey>>;
+}
+
+/// The whole database: every aggregate's store, and its upkeep.
+#[async_trait]
+pub trait Store: UserStore + SessionStore + KeyStore {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// A trivial round trip, for readiness.
+    async fn ping(&self) -> StoreResult<()>;
 }
 
 /// Connects to the database the URL names.
@@ -261,11 +292,31 @@ fn map_unique(err: sqlx::Error) -> StoreError {
     StoreError::Database(err)
 }
 
-/// The smaller of the refresh token's own lifetime and the session's end.
-fn refresh_expiry(
-    now: OffsetDateTime,
-    ttl: time::Duration,
-    session_end: OffsetDateTime,
-) -> OffsetDateTime {
-    (now + ttl).min(session_end)
+/// What an admin's change does to a user, decided the same way by both backends.
+struct UpdatePlan {
+    is_active: bool,
+    roles: Roles,
+    /// Anything to write at all.
+    changed: bool,
+    /// The user is an active admin now and would not be after the change.
+    removes_admin: bool,
+}
+
+impl UpdatePlan {
+    fn new(current: &User, changes: &UserChanges) -> Self {
+        let is_active = changes.is_active.unwrap_or(current.is_active);
+        let roles = changes
+            .roles
+            .clone()
+            .unwrap_or_else(|| current.roles.clone());
+        let changed = is_active != current.is_active || roles != current.roles;
+        let removes_admin =
+            current.is_active_admin() && !(is_active && roles.contains(Role::ADMIN));
+        Self {
+            is_active,
+            roles,
+            changed,
+            removes_admin,
+        }
+    }
 }

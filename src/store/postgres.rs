@@ -11,10 +11,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Credentials, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, StoreResult, User,
-    UserChanges, detached, map_unique,
+    Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation, SessionStore, Store,
+    StoreError, StoreResult, StoredKey, UpdatePlan, UpdatedUser, User, UserChanges, UserStore,
+    detached, map_unique,
 };
-use crate::{crypto::tokens::KeyMaterial, domain::Roles};
+use crate::domain::Roles;
 
 pub struct PgStore {
     pool: PgPool,
@@ -95,7 +96,10 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl UserStore for PgStore {
     async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
         insert_user(&self.pool, user, "")
             .await
@@ -172,24 +176,57 @@ impl Store for PgStore {
         id: Uuid,
         changes: &UserChanges,
         now: OffsetDateTime,
-    ) -> StoreResult<Option<User>> {
+    ) -> StoreResult<Option<UpdatedUser>> {
         let pool = self.pool.clone();
         let changes = changes.clone();
         detached(async move {
             let mut tx = pool.begin().await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE users SET is_active = COALESCE($2, is_active), roles = COALESCE($3, roles), \
-                 updated_at = $4 WHERE id = $1 RETURNING {USER_COLUMNS}"
-            )))
-            .bind(id)
-            .bind(changes.is_active)
-            .bind(changes.roles.as_ref().map(Roles::to_column))
-            .bind(now)
-            .fetch_optional(&mut *tx)
+            // Every active admin's row is locked first, so that concurrent
+            // changes to admins run one after the other and two admins cannot
+            // demote each other at once, leaving none.
+            sqlx::query(
+                "SELECT id FROM users WHERE is_active AND (',' || roles || ',') LIKE '%,admin,%' \
+                 ORDER BY id FOR UPDATE",
+            )
+            .fetch_all(&mut *tx)
             .await?;
+            let row = sqlx::query(user_query("WHERE id = $1 FOR UPDATE"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some(row) = row else {
                 return Ok(None);
             };
+            let current = user_from_row(&row)?;
+            let plan = UpdatePlan::new(&current, &changes);
+            if !plan.changed {
+                return Ok(Some(UpdatedUser {
+                    user: current,
+                    changed: false,
+                }));
+            }
+            if plan.removes_admin {
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM users WHERE id <> $1 AND is_active \
+                     AND (',' || roles || ',') LIKE '%,admin,%'",
+                )
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if others == 0 {
+                    return Err(StoreError::LastAdmin);
+                }
+            }
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE users SET is_active = $2, roles = $3, updated_at = $4 \
+                 WHERE id = $1 RETURNING {USER_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(plan.is_active)
+            .bind(plan.roles.to_column())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
             let user = user_from_row(&row)?;
             sqlx::query(
                 "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
@@ -201,11 +238,17 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Some(user))
+            Ok(Some(UpdatedUser {
+                user,
+                changed: true,
+            }))
         })
         .await
     }
+}
 
+#[async_trait]
+impl SessionStore for PgStore {
     async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
         let pool = self.pool.clone();
         let s = s.clone();
@@ -239,17 +282,17 @@ impl Store for PgStore {
     async fn rotate_refresh_token(
         &self,
         presented: &[u8; 32],
-        new_hash: &[u8; 32],
-        refresh_ttl: time::Duration,
+        next: &[u8; 32],
+        next_expires_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Rotation> {
         // One statement, so one round trip and one commit. The conditional
         // UPDATE is the atomic step: of two racing refreshes with one token,
         // the row lock lets exactly one see `used_at IS NULL`. Only a token of
-        // a live session is used up, and its successor never outlives the session.
+        // a live session is used up.
         let row = sqlx::query(
             "WITH live AS ( \
-                 SELECT s.id AS session_id, LEAST($4, s.expires_at) AS refresh_expires_at, \
+                 SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
                         u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
                  FROM refresh_tokens t \
                  JOIN sessions s ON s.id = t.session_id \
@@ -262,21 +305,21 @@ impl Store for PgStore {
                  RETURNING session_id \
              ), inserted AS ( \
                  INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
-                 SELECT $3, live.session_id, $2, live.refresh_expires_at FROM live JOIN used USING (session_id) \
+                 SELECT $3, live.session_id, $2, $4 FROM live JOIN used USING (session_id) \
              ) \
              SELECT live.* FROM live JOIN used USING (session_id)",
         )
         .bind(&presented[..])
         .bind(now)
-        .bind(&new_hash[..])
-        .bind(now + refresh_ttl)
+        .bind(&next[..])
+        .bind(next_expires_at)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
             return Ok(Rotation::Rotated {
                 session_id: row.try_get("session_id")?,
                 user: user_from_row(&row)?,
-                refresh_expires_at: row.try_get("refresh_expires_at")?,
+                session_expires_at: row.try_get("session_expires_at")?,
             });
         }
         // Not rotated. RFC 9700 §4.14.2: a used token presented again means it
@@ -360,42 +403,6 @@ impl Store for PgStore {
             .collect::<Result<_, sqlx::Error>>()?)
     }
 
-    async fn signing_keys(&self) -> StoreResult<Vec<KeyMaterial>> {
-        let rows = sqlx::query(
-            "SELECT kid, secret FROM signing_keys WHERE algorithm = 'HS256' ORDER BY created_at, kid",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(KeyMaterial {
-                    kid: r.try_get("kid")?,
-                    secret: r.try_get("secret")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?)
-    }
-
-    async fn insert_first_signing_key(
-        &self,
-        key: &KeyMaterial,
-        now: OffsetDateTime,
-    ) -> StoreResult<Vec<KeyMaterial>> {
-        // Only if the table is empty: two instances starting together on one
-        // database must end up with one key, not one each.
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
-             SELECT $1, 'HS256', $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
-        )
-        .bind(&key.kid)
-        .bind(&key.secret)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        self.signing_keys().await
-    }
-
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64> {
         let pool = self.pool.clone();
         detached(async move {
@@ -414,5 +421,43 @@ impl Store for PgStore {
             Ok(tokens.rows_affected() + sessions.rows_affected())
         })
         .await
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgStore {
+    async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
+        let rows = sqlx::query(
+            "SELECT kid, algorithm, secret, created_at FROM signing_keys ORDER BY created_at, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(StoredKey {
+                    kid: r.try_get("kid")?,
+                    algorithm: r.try_get("algorithm")?,
+                    secret: r.try_get("secret")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn insert_first_signing_key(&self, key: &StoredKey) -> StoreResult<Vec<StoredKey>> {
+        // Only if the table is empty: two instances starting together on one
+        // database must end up with one key, not one each.
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.secret)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await?;
+        self.signing_keys().await
     }
 }

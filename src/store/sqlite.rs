@@ -21,10 +21,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Credentials, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, StoreResult, User,
-    UserChanges, detached, map_unique, refresh_expiry,
+    Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation, SessionStore, Store,
+    StoreError, StoreResult, StoredKey, UpdatePlan, UpdatedUser, User, UserChanges, UserStore,
+    detached, map_unique,
 };
-use crate::{crypto::tokens::KeyMaterial, domain::Roles};
+use crate::domain::Roles;
 
 pub struct SqliteStore {
     /// Readers.
@@ -121,7 +122,10 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl UserStore for SqliteStore {
     async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
         insert_user(&self.writer, user, "")
             .await
@@ -198,24 +202,50 @@ impl Store for SqliteStore {
         id: Uuid,
         changes: &UserChanges,
         now: OffsetDateTime,
-    ) -> StoreResult<Option<User>> {
+    ) -> StoreResult<Option<UpdatedUser>> {
         let writer = self.writer.clone();
         let changes = changes.clone();
         detached(async move {
+            // BEGIN IMMEDIATE serialises writers: the count of other admins
+            // below cannot change before this change commits.
             let mut tx = writer.begin_with(BEGIN_WRITE).await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE users SET is_active = COALESCE(?2, is_active), roles = COALESCE(?3, roles), \
-                 updated_at = ?4 WHERE id = ?1 RETURNING {USER_COLUMNS}"
-            )))
-            .bind(id)
-            .bind(changes.is_active)
-            .bind(changes.roles.as_ref().map(Roles::to_column))
-            .bind(ms(now))
-            .fetch_optional(&mut *tx)
-            .await?;
+            let row = sqlx::query(user_query("WHERE id = ?1"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some(row) = row else {
                 return Ok(None);
             };
+            let current = user_from_row(&row)?;
+            let plan = UpdatePlan::new(&current, &changes);
+            if !plan.changed {
+                return Ok(Some(UpdatedUser {
+                    user: current,
+                    changed: false,
+                }));
+            }
+            if plan.removes_admin {
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM users WHERE id <> ?1 AND is_active \
+                     AND (',' || roles || ',') LIKE '%,admin,%'",
+                )
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if others == 0 {
+                    return Err(StoreError::LastAdmin);
+                }
+            }
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE users SET is_active = ?2, roles = ?3, updated_at = ?4 \
+                 WHERE id = ?1 RETURNING {USER_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(plan.is_active)
+            .bind(plan.roles.to_column())
+            .bind(ms(now))
+            .fetch_one(&mut *tx)
+            .await?;
             let user = user_from_row(&row)?;
             sqlx::query(
                 "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 \
@@ -227,11 +257,17 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Some(user))
+            Ok(Some(UpdatedUser {
+                user,
+                changed: true,
+            }))
         })
         .await
     }
+}
 
+#[async_trait]
+impl SessionStore for SqliteStore {
     async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
         let writer = self.writer.clone();
         let s = s.clone();
@@ -265,12 +301,12 @@ impl Store for SqliteStore {
     async fn rotate_refresh_token(
         &self,
         presented: &[u8; 32],
-        new_hash: &[u8; 32],
-        refresh_ttl: time::Duration,
+        next: &[u8; 32],
+        next_expires_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Rotation> {
         let writer = self.writer.clone();
-        let (presented, new_hash) = (*presented, *new_hash);
+        let (presented, next) = (*presented, *next);
         detached(async move {
             // BEGIN IMMEDIATE serialises writers, so of two racing refreshes with
             // one token exactly one sees `used_at IS NULL`.
@@ -324,23 +360,22 @@ impl Store for SqliteStore {
                 return Ok(Rotation::Invalid);
             };
             let user = user_from_row(&row)?;
-            let session_end = from_ms(row.try_get("session_expires_at")?)?;
-            let refresh_expires_at = refresh_expiry(now, refresh_ttl, session_end);
+            let session_expires_at = from_ms(row.try_get("session_expires_at")?)?;
             sqlx::query(
                 "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4)",
             )
-            .bind(&new_hash[..])
+            .bind(&next[..])
             .bind(session_id)
             .bind(ms(now))
-            .bind(ms(refresh_expires_at))
+            .bind(ms(next_expires_at))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
             Ok(Rotation::Rotated {
                 session_id,
                 user,
-                refresh_expires_at,
+                session_expires_at,
             })
         })
         .await
@@ -412,42 +447,6 @@ impl Store for SqliteStore {
         Ok(live)
     }
 
-    async fn signing_keys(&self) -> StoreResult<Vec<KeyMaterial>> {
-        let rows = sqlx::query(
-            "SELECT kid, secret FROM signing_keys WHERE algorithm = 'HS256' ORDER BY created_at, kid",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(KeyMaterial {
-                    kid: r.try_get("kid")?,
-                    secret: r.try_get("secret")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?)
-    }
-
-    async fn insert_first_signing_key(
-        &self,
-        key: &KeyMaterial,
-        now: OffsetDateTime,
-    ) -> StoreResult<Vec<KeyMaterial>> {
-        // Only if the table is empty: two instances starting together on one
-        // database must end up with one key, not one each.
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
-             SELECT ?1, 'HS256', ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
-        )
-        .bind(&key.kid)
-        .bind(&key.secret)
-        .bind(ms(now))
-        .execute(&self.writer)
-        .await?;
-        self.signing_keys().await
-    }
-
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64> {
         let writer = self.writer.clone();
         detached(async move {
@@ -466,5 +465,43 @@ impl Store for SqliteStore {
             Ok(tokens.rows_affected() + sessions.rows_affected())
         })
         .await
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
+        let rows = sqlx::query(
+            "SELECT kid, algorithm, secret, created_at FROM signing_keys ORDER BY created_at, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(StoredKey {
+                    kid: r.try_get("kid")?,
+                    algorithm: r.try_get("algorithm")?,
+                    secret: r.try_get("secret")?,
+                    created_at: from_ms(r.try_get("created_at")?)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn insert_first_signing_key(&self, key: &StoredKey) -> StoreResult<Vec<StoredKey>> {
+        // Only if the table is empty: two instances starting together on one
+        // database must end up with one key, not one each.
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
+             SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.secret)
+        .bind(ms(key.created_at))
+        .execute(&self.writer)
+        .await?;
+        self.signing_keys().await
     }
 }
