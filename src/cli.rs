@@ -1,7 +1,9 @@
 //! The command line: `serve` (default), `migrate`, `create-admin`.
 
 use std::{
+    ffi::OsString,
     io::{BufRead, IsTerminal},
+    num::NonZeroUsize,
     process::ExitCode,
 };
 
@@ -10,16 +12,14 @@ use clap::{
     error::{ContextKind, ContextValue, ErrorKind},
 };
 use secrecy::SecretString;
-use uuid::Uuid;
 
 use crate::{
-    clock,
-    config::Config,
+    app::{Application, command_accounts},
+    auth::accounts::{AdminOutcome, IfExists},
+    config::{self, Argon2Args, Config, DatabaseArgs, LogFormat},
     crypto::passwords::PasswordHasher,
-    domain::{Email, Password, Role, Roles, Username},
-    startup::{Application, argon2_params},
-    store::{self, NewUser, StoreError},
-    telemetry,
+    domain::{Email, Password, Username},
+    store, telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -30,17 +30,24 @@ use crate::{
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub config: Config,
+    pub command: Command,
+    /// Log output format.
+    #[arg(
+        long,
+        env = "AUTHGATE_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the HTTP service (the default).
-    Serve,
+    Serve(Box<Config>),
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate(DatabaseArgs),
     /// Create an admin account. The password is read from standard input
     /// (prompted for on a terminal), never from the command line.
     CreateAdmin {
@@ -48,6 +55,14 @@ pub enum Command {
         email: String,
         #[arg(long)]
         username: Option<String>,
+        /// If a user with that email exists, make them an admin (and enable
+        /// them) instead of failing; no password is asked for then.
+        #[arg(long)]
+        promote: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        argon2: Argon2Args,
     },
     /// Measure this machine's password hashing rate with the configured
     /// argon2id parameters on every hashing worker, and print it as JSON.
@@ -56,12 +71,50 @@ pub enum Command {
         /// How long to measure.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
+        /// Hashing workers (default: the number of CPU cores).
+        #[arg(long, env = "AUTHGATE_HASH_WORKERS")]
+        hash_workers: Option<NonZeroUsize>,
+        #[command(flatten)]
+        argon2: Argon2Args,
     },
+}
+
+const COMMANDS: [&str; 5] = ["serve", "migrate", "create-admin", "hash-benchmark", "help"];
+
+/// `authgate [FLAGS]` means `authgate serve [FLAGS]`: without a command
+/// name, `serve` is put in front, so that its flags and environment belong
+/// to `serve` alone and no other command accepts (and ignores) them.
+fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
+    let named = args.iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        COMMANDS.contains(&a.as_ref()) || ["-h", "--help", "-V", "--version"].contains(&a.as_ref())
+    });
+    if named {
+        return args;
+    }
+    let mut with = args;
+    with.insert(1.min(with.len()), "serve".into());
+    with
+}
+
+/// Parses the command line and checks the settings that only make sense
+/// together; every error comes back as a clap error.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let cli = Cli::try_parse_from(with_default_command(args))?;
+    let argon2 = match &cli.command {
+        Command::Serve(config) => Some(&config.argon2),
+        Command::CreateAdmin { argon2, .. } | Command::HashBenchmark { argon2, .. } => Some(argon2),
+        Command::Migrate(_) => None,
+    };
+    if let Some(Err(why)) = argon2.map(Argon2Args::try_params) {
+        return Err(Cli::command().error(ErrorKind::ValueValidation, why));
+    }
+    Ok(cli)
 }
 
 /// Runs the command line; errors print as one line.
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
@@ -71,19 +124,27 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(cli.config.log_format);
+    telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
     let result = runtime.block_on(async move {
-        match cli.command.clone().unwrap_or(Command::Serve) {
-            Command::Serve => serve(cli.config).await,
-            Command::Migrate => migrate(cli.config).await,
-            Command::HashBenchmark { duration } => hash_benchmark(cli.config, duration).await,
-            Command::CreateAdmin { email, username } => {
-                create_admin(cli.config, &email, username.as_deref()).await
-            }
+        match cli.command {
+            Command::Serve(config) => serve(*config).await,
+            Command::Migrate(database) => migrate(&database).await,
+            Command::HashBenchmark {
+                duration,
+                hash_workers,
+                argon2,
+            } => hash_benchmark(&argon2, config::hash_workers(hash_workers), duration).await,
+            Command::CreateAdmin {
+                email,
+                username,
+                promote,
+                database,
+                argon2,
+            } => create_admin(&database, &argon2, &email, username.as_deref(), promote).await,
         }
     });
     match result {
@@ -96,25 +157,41 @@ pub fn run() -> ExitCode {
 /// too, since that is how most deployments set it.
 fn one_line(e: &clap::Error) -> String {
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let env = match e.get(ContextKind::InvalidArg) {
+    let mut first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .to_owned();
+    let arg = match e.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(arg)) => {
             let long = arg
                 .trim_start_matches("--")
                 .split([' ', '='])
                 .next()
-                .unwrap_or("");
-            Cli::command()
+                .unwrap_or("")
+                .to_owned();
+            let command = Cli::command();
+            let all: Vec<clap::Arg> = command
                 .get_arguments()
-                .find(|a| a.get_long() == Some(long))
-                .and_then(|a| a.get_env())
-                .map(|env| env.to_string_lossy().into_owned())
+                .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+                .cloned()
+                .collect();
+            all.into_iter()
+                .find(|a| a.get_long() == Some(long.as_str()))
         }
         _ => None,
     };
-    match env {
-        Some(env) => format!("{first} (environment variable {env})"),
-        None => first.to_owned(),
+    let Some(arg) = arg else { return first };
+    // A refused secret is not echoed back into a terminal or a log.
+    if arg.is_hide_env_values_set()
+        && let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue)
+        && !value.is_empty()
+    {
+        first = first.replace(value.as_str(), "[REDACTED]");
+    }
+    match arg.get_env() {
+        Some(env) => format!("{first} (environment variable {})", env.to_string_lossy()),
+        None => first,
     }
 }
 
@@ -132,9 +209,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn migrate(config: Config) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    store::open(&config.database_url).await?;
+async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
+    store::open(&database.url).await?;
     println!("migrations applied");
     Ok(())
 }
@@ -152,46 +228,47 @@ fn read_password() -> anyhow::Result<String> {
     }
 }
 
-async fn create_admin(config: Config, email: &str, username: Option<&str>) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
+async fn create_admin(
+    database: &DatabaseArgs,
+    argon2: &Argon2Args,
+    email: &str,
+    username: Option<&str>,
+    promote: bool,
+) -> anyhow::Result<()> {
     let email = Email::parse(email).map_err(|e| anyhow::anyhow!("--email {e}"))?;
     let username = username
         .map(Username::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--username {e}"))?;
-    let raw = read_password()?;
-    let password = Password::parse(&raw, username.as_ref(), Some(&email))
-        .map_err(|e| anyhow::anyhow!("password {e}"))?;
-    let store = store::open(&config.database_url).await?;
-    let hasher = PasswordHasher::new(argon2_params(&config)?, 1, 1)?;
-    let hash = hasher
-        .hash(SecretString::from(password.expose()))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
-    let user = NewUser {
-        id: Uuid::now_v7(),
-        username,
-        email: Some(email),
-        password_hash: hash,
-        roles: Roles::new([Role::admin(), Role::user()]),
-        created_at: clock::now(),
+    let store = store::open(&database.url).await?;
+    let accounts = command_accounts(store, argon2)?;
+    let password = || {
+        let raw = read_password()?;
+        Password::parse(&raw, username.as_ref(), Some(&email))
+            .map_err(|e| anyhow::anyhow!("password {e}"))
     };
-    match store.create_user(&user).await {
-        Ok(user) => {
-            println!("created admin {}", user.id);
-            Ok(())
-        }
-        Err(StoreError::Conflict(field)) => {
-            anyhow::bail!("a user with that {field} already exists")
-        }
-        Err(e) => Err(e.into()),
+    let if_exists = if promote {
+        IfExists::Promote
+    } else {
+        IfExists::Refuse
+    };
+    match accounts
+        .create_admin(email.clone(), username.clone(), password, if_exists)
+        .await?
+    {
+        AdminOutcome::Created(user) => println!("created admin {}", user.id),
+        AdminOutcome::Promoted(user) => println!("promoted {} to admin", user.id),
+        AdminOutcome::Kept(user) => println!("{} is already an admin", user.id),
     }
+    Ok(())
 }
 
-async fn hash_benchmark(config: Config, duration: std::time::Duration) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let workers = config.hash_workers();
-    let hasher = PasswordHasher::new(argon2_params(&config)?, workers, workers * 2)?;
+async fn hash_benchmark(
+    argon2: &Argon2Args,
+    workers: usize,
+    duration: std::time::Duration,
+) -> anyhow::Result<()> {
+    let hasher = PasswordHasher::new(argon2.params()?, workers, workers * 2)?;
     let started = std::time::Instant::now();
     let deadline = started + duration;
     // One client per worker keeps every worker busy without queueing.
@@ -221,9 +298,9 @@ async fn hash_benchmark(config: Config, duration: std::time::Duration) -> anyhow
         "seconds": elapsed,
         "hashes_per_second": total as f64 / elapsed,
         "workers": workers,
-        "memory_kib": config.argon2_memory_kib,
-        "iterations": config.argon2_iterations,
-        "parallelism": config.argon2_parallelism,
+        "memory_kib": argon2.memory_kib,
+        "iterations": argon2.iterations,
+        "parallelism": argon2.parallelism,
     });
     println!("{report}");
     Ok(())

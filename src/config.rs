@@ -1,81 +1,99 @@
 //! Typed configuration. Every setting has a command-line flag and an
 //! environment variable; flags win over the environment, which wins over the
-//! defaults. Secrets are wrapped so they never reach logs or `Debug` output.
+//! defaults. Each command takes only the settings it uses, and every value is
+//! checked while it is parsed (here, in one place), so a bad one stops the
+//! command with a message naming it. Secrets are wrapped so they never reach
+//! logs or `Debug` output.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroUsize, str::FromStr, time::Duration};
 
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
-/// All settings of the service.
+/// Where the data lives; every command that touches the database takes it.
 #[derive(Debug, Clone, Args)]
-pub struct Config {
+pub struct DatabaseArgs {
     /// Database to use: `sqlite://FILE?mode=rwc` or `postgres://USER:PASS@HOST/DB`.
     #[arg(
-        long,
+        long = "database-url",
         env = "DATABASE_URL",
-        default_value = "sqlite://authgate.db?mode=rwc",
-        global = true
+        default_value = "sqlite://authgate.db?mode=rwc"
     )]
-    pub database_url: DatabaseUrl,
+    pub url: DatabaseUrl,
+}
+
+/// Argon2id parameters (OWASP's recommendation by default). Each is checked
+/// as it is parsed; [`Argon2Args::params`] checks them together.
+#[derive(Debug, Clone, Args)]
+pub struct Argon2Args {
+    /// Argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(long = "argon2-memory-kib", env = "AUTHGATE_ARGON2_MEMORY_KIB", default_value_t = 19_456,
+          value_parser = clap::value_parser!(u32).range(8..))]
+    pub memory_kib: u32,
+
+    /// Argon2id iterations (OWASP: 2).
+    #[arg(long = "argon2-iterations", env = "AUTHGATE_ARGON2_ITERATIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: u32,
+
+    /// Argon2id parallelism (OWASP: 1).
+    #[arg(long = "argon2-parallelism", env = "AUTHGATE_ARGON2_PARALLELISM", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=0xFF_FFFF))]
+    pub parallelism: u32,
+}
+
+impl Argon2Args {
+    /// The parameters, or why they do not go together.
+    pub fn try_params(&self) -> Result<argon2::Params, String> {
+        argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| format!("AUTHGATE_ARGON2_* parameters are invalid: {e}"))
+    }
+
+    /// The parameters; parsing the command line has checked them (see `cli`).
+    pub fn params(&self) -> anyhow::Result<argon2::Params> {
+        self.try_params().map_err(anyhow::Error::msg)
+    }
+}
+
+/// The settings of the service (`authgate serve`). Every value is checked as
+/// it is parsed, so a `Config` that exists is valid.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     /// Address and port to listen on.
-    #[arg(
-        long,
-        env = "AUTHGATE_LISTEN",
-        default_value = "127.0.0.1:8010",
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_LISTEN", default_value = "127.0.0.1:8010")]
     pub listen: SocketAddr,
 
     /// HS256 signing key, at least 32 bytes. If unset, a 256-bit key is
     /// generated once and stored in the database.
-    #[arg(
-        long,
-        env = "AUTHGATE_JWT_SECRET",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_JWT_SECRET", hide_env_values = true, value_parser = parse_jwt_secret)]
     pub jwt_secret: Option<Secret>,
 
     /// `iss` claim of issued access tokens, and the only issuer accepted.
-    #[arg(
-        long,
-        env = "AUTHGATE_ISSUER",
-        default_value = "authgate",
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_ISSUER", default_value = "authgate")]
     pub issuer: String,
 
     /// `aud` claim of issued access tokens, and the only audience accepted.
-    #[arg(
-        long,
-        env = "AUTHGATE_AUDIENCE",
-        default_value = "authgate",
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_AUDIENCE", default_value = "authgate")]
     pub audience: String,
 
     /// Lifetime of access tokens (e.g. `15m`).
-    #[arg(long, env = "AUTHGATE_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "AUTHGATE_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
     pub access_token_ttl: Duration,
 
     /// Lifetime of a refresh token: a session unused for this long ends.
-    #[arg(long, env = "AUTHGATE_REFRESH_TOKEN_TTL", default_value = "7d", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "AUTHGATE_REFRESH_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
     pub refresh_token_ttl: Duration,
 
     /// Absolute lifetime of a session: refreshing never extends it past this.
-    #[arg(long, env = "AUTHGATE_SESSION_MAX_AGE", default_value = "30d", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "AUTHGATE_SESSION_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
     pub session_max_age: Duration,
 
     /// Email of an admin account to create at start-up if it does not exist.
-    #[arg(
-        long,
-        env = "AUTHGATE_ADMIN_EMAIL",
-        requires = "admin_password",
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_ADMIN_EMAIL", requires = "admin_password")]
     pub admin_email: Option<String>,
 
     /// Password of that admin account.
@@ -83,156 +101,77 @@ pub struct Config {
         long,
         env = "AUTHGATE_ADMIN_PASSWORD",
         hide_env_values = true,
-        requires = "admin_email",
-        global = true
+        requires = "admin_email"
     )]
     pub admin_password: Option<Secret>,
 
-    /// Log output format.
-    #[arg(
-        long,
-        env = "AUTHGATE_LOG_FORMAT",
-        value_enum,
-        default_value = "pretty",
-        global = true
-    )]
-    pub log_format: LogFormat,
-
     /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is trusted.
-    #[arg(
-        long,
-        env = "AUTHGATE_TRUSTED_PROXIES",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
 
     /// Password hashes computed at once (default: the number of CPU cores).
-    #[arg(long, env = "AUTHGATE_HASH_WORKERS", global = true)]
-    pub hash_workers: Option<usize>,
+    #[arg(long, env = "AUTHGATE_HASH_WORKERS")]
+    pub hash_workers: Option<NonZeroUsize>,
 
     /// Password hashes allowed to wait for a worker before requests get 503.
-    #[arg(
-        long,
-        env = "AUTHGATE_HASH_QUEUE",
-        default_value_t = 256,
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_HASH_QUEUE", default_value_t = 256)]
     pub hash_queue: usize,
 
-    /// Argon2id memory cost in KiB (OWASP: 19456).
-    #[arg(
-        long,
-        env = "AUTHGATE_ARGON2_MEMORY_KIB",
-        default_value_t = 19_456,
-        global = true
-    )]
-    pub argon2_memory_kib: u32,
-
-    /// Argon2id iterations (OWASP: 2).
-    #[arg(
-        long,
-        env = "AUTHGATE_ARGON2_ITERATIONS",
-        default_value_t = 2,
-        global = true
-    )]
-    pub argon2_iterations: u32,
-
-    /// Argon2id parallelism (OWASP: 1).
-    #[arg(
-        long,
-        env = "AUTHGATE_ARGON2_PARALLELISM",
-        default_value_t = 1,
-        global = true
-    )]
-    pub argon2_parallelism: u32,
+    #[command(flatten)]
+    pub argon2: Argon2Args,
 
     /// Failed logins per account and client IP before back-off starts.
-    #[arg(
-        long,
-        env = "AUTHGATE_LOGIN_FREE_FAILURES",
-        default_value_t = 5,
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_LOGIN_FREE_FAILURES", default_value_t = 5)]
     pub login_free_failures: u32,
 
     /// Failed logins per client IP (any account) before back-off starts.
-    #[arg(
-        long,
-        env = "AUTHGATE_LOGIN_IP_FREE_FAILURES",
-        default_value_t = 50,
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_LOGIN_IP_FREE_FAILURES", default_value_t = 50)]
     pub login_ip_free_failures: u32,
 
     /// Signups allowed per client IP per minute.
-    #[arg(
-        long,
-        env = "AUTHGATE_SIGNUP_PER_MINUTE",
-        default_value_t = 20,
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_SIGNUP_PER_MINUTE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub signup_per_minute: u32,
 
     /// Token refreshes allowed per client IP per minute.
-    #[arg(
-        long,
-        env = "AUTHGATE_REFRESH_PER_MINUTE",
-        default_value_t = 600,
-        global = true
-    )]
+    #[arg(long, env = "AUTHGATE_REFRESH_PER_MINUTE", default_value_t = 600,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub refresh_per_minute: u32,
 
     /// How often expired sessions and tokens are deleted.
-    #[arg(long, env = "AUTHGATE_PURGE_INTERVAL", default_value = "10m", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "AUTHGATE_PURGE_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub purge_interval: Duration,
 }
 
 impl Config {
-    /// Checks the settings that clap cannot check alone. The error names the setting.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(secret) = &self.jwt_secret
-            && secret.expose().len() < 32
-        {
-            return Err("AUTHGATE_JWT_SECRET must be at least 32 bytes".into());
-        }
-        for (name, d) in [
-            ("AUTHGATE_ACCESS_TOKEN_TTL", self.access_token_ttl),
-            ("AUTHGATE_REFRESH_TOKEN_TTL", self.refresh_token_ttl),
-            ("AUTHGATE_SESSION_MAX_AGE", self.session_max_age),
-            ("AUTHGATE_PURGE_INTERVAL", self.purge_interval),
-        ] {
-            if d.is_zero() {
-                return Err(format!("{name} must be greater than zero"));
-            }
-        }
-        if self.hash_workers == Some(0) {
-            return Err("AUTHGATE_HASH_WORKERS must be at least 1".into());
-        }
-        if self.signup_per_minute == 0 || self.refresh_per_minute == 0 {
-            return Err(
-                "AUTHGATE_SIGNUP_PER_MINUTE and AUTHGATE_REFRESH_PER_MINUTE must be at least 1"
-                    .into(),
-            );
-        }
-        argon2::Params::new(
-            self.argon2_memory_kib,
-            self.argon2_iterations,
-            self.argon2_parallelism,
-            None,
-        )
-        .map_err(|e| format!("AUTHGATE_ARGON2_* parameters are invalid: {e}"))?;
-        Ok(())
-    }
-
     pub fn hash_workers(&self) -> usize {
-        self.hash_workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        hash_workers(self.hash_workers)
     }
 }
 
+/// The configured number of hashing workers, or one per CPU core.
+pub fn hash_workers(configured: Option<NonZeroUsize>) -> usize {
+    configured.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        NonZeroUsize::get,
+    )
+}
+
+/// A duration greater than zero, written `30s`, `15m`, `7d`.
 fn parse_duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw).map_err(|e| format!("{e} (expected e.g. 30s, 15m, 7d)"))
+    match humantime::parse_duration(raw) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (expected e.g. 30s, 15m, 7d)")),
+    }
+}
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+fn parse_jwt_secret(raw: &str) -> Result<Secret, String> {
+    if raw.len() < 32 {
+        return Err("must be at least 32 bytes".into());
+    }
+    Ok(Secret::from(raw.to_owned()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -349,22 +288,47 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8010");
         assert_eq!(c.access_token_ttl, Duration::from_secs(15 * 60));
         assert_eq!(c.refresh_token_ttl, Duration::from_secs(7 * 24 * 3600));
-        assert_eq!(c.database_url.backend(), Backend::Sqlite);
-        c.validate().unwrap();
+        assert_eq!(c.database.url.backend(), Backend::Sqlite);
+        c.argon2.params().unwrap();
     }
 
     #[test]
-    fn a_short_jwt_secret_is_refused_by_name() {
-        let c = parse(&["--jwt-secret", "too-short"]).unwrap();
-        assert!(c.validate().unwrap_err().contains("AUTHGATE_JWT_SECRET"));
-    }
-
-    #[test]
-    fn a_bad_duration_is_refused() {
-        let err = parse(&["--access-token-ttl", "soon"])
+    fn a_short_jwt_secret_is_refused_while_parsing() {
+        let err = parse(&["--jwt-secret", "too-short"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--access-token-ttl"), "{err}");
+        assert!(err.contains("--jwt-secret"), "{err}");
+        assert!(err.contains("at least 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_or_zero_duration_is_refused() {
+        for bad in ["soon", "0s"] {
+            let err = parse(&["--access-token-ttl", bad]).unwrap_err().to_string();
+            assert!(err.contains("--access-token-ttl"), "{err}");
+        }
+    }
+
+    #[test]
+    fn zero_workers_and_zero_quotas_are_refused() {
+        for flag in [
+            "--hash-workers",
+            "--signup-per-minute",
+            "--refresh-per-minute",
+        ] {
+            assert!(parse(&[flag, "0"]).is_err(), "{flag} 0");
+        }
+    }
+
+    #[test]
+    fn argon2_parameters_are_checked_together() {
+        let c = parse(&["--argon2-memory-kib", "8", "--argon2-parallelism", "2"]).unwrap();
+        assert!(
+            c.argon2
+                .try_params()
+                .unwrap_err()
+                .contains("AUTHGATE_ARGON2_")
+        );
     }
 
     #[test]

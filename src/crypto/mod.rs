@@ -1,5 +1,4 @@
-//! Password hashing, access-token signing and refresh-token generation.
+//! Primitives: password hashing on a bounded pool, and random refresh tokens.
 
 pub mod passwords;
 pub mod refresh;
-pub mod tokens;

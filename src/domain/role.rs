@@ -52,6 +52,11 @@ impl Roles {
         Self(v)
     }
 
+    /// These roles and `role`.
+    pub fn with(&self, role: Role) -> Self {
+        Self::new(self.0.iter().cloned().chain([role]))
+    }
+
     pub fn contains(&self, role: &str) -> bool {
         self.0.iter().any(|r| r.as_str() == role)
     }

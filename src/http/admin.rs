@@ -11,15 +11,14 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{
+    AppState,
+    error::{AppError, AppResult, FieldError, Problem},
     extract::{Admin, ApiJson, RequireRole},
     users::UserResponse,
 };
 use crate::{
-    clock,
+    auth::accounts::AccountChange,
     domain::{Role, Roles},
-    error::{AppError, AppResult, FieldError, Problem},
-    state::AppState,
-    store::UserChanges,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,6 +31,7 @@ const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1–200 (default 50).
     pub limit: Option<String>,
@@ -107,17 +107,10 @@ async fn list_users(
             ));
         }
     };
-    // One extra row tells whether there is a next page.
-    let mut users = state.store.list_users(limit + 1, cursor).await?;
-    let next_cursor = if users.len() > limit as usize {
-        users.truncate(limit as usize);
-        users.last().map(|u| encode_cursor(u.id))
-    } else {
-        None
-    };
+    let page = state.services.accounts.list(limit, cursor).await?;
     Ok(Json(UserPage {
-        users: users.into_iter().map(UserResponse::from).collect(),
-        next_cursor,
+        users: page.users.into_iter().map(UserResponse::from).collect(),
+        next_cursor: page.next_after.map(encode_cursor),
     }))
 }
 
@@ -130,8 +123,10 @@ pub struct UpdateUserRequest {
     pub roles: Option<Vec<String>>,
 }
 
-/// Enable or disable a user, or set its roles. Either change ends the user's
-/// sessions, so no token outlives a disabled account or carries stale roles.
+/// Enable or disable a user, or set its roles. A real change ends the user's
+/// sessions, so no token outlives a disabled account or carries stale roles;
+/// a change to nothing ends nothing. The last active admin cannot be demoted
+/// or disabled (409, `code: last_admin`).
 #[utoipa::path(
     patch, path = "/admin/users/{id}", tag = "admin",
     params(("id" = Uuid, Path, description = "User id")),
@@ -139,8 +134,10 @@ pub struct UpdateUserRequest {
     security(("bearer" = []), ("oauth2" = [])),
     responses(
         (status = 200, description = "The updated user", body = UserResponse),
+        (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The token lacks the admin role", body = Problem),
         (status = 404, description = "No such user", body = Problem),
+        (status = 409, description = "The last active admin would be demoted or disabled", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     )
 )]
@@ -161,18 +158,10 @@ async fn update_user(
                 .map_err(|e| AppError::validation("roles", e))?,
         )),
     };
-    let changes = UserChanges {
+    let change = AccountChange {
         is_active: req.is_active,
         roles,
     };
-    let updated = state
-        .store
-        .update_user(id, &changes, clock::now())
-        .await?
-        .ok_or(AppError::NotFound)?;
-    if updated.changed {
-        state.sessions.revoke_user(id);
-        tracing::info!(user_id = %id, ?changes, "user updated by admin");
-    }
-    Ok(Json(updated.user.into()))
+    let user = state.services.accounts.update(id, change).await?;
+    Ok(Json(user.into()))
 }

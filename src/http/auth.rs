@@ -1,7 +1,5 @@
 //! `/auth`: signup, login, the OAuth2 token endpoint, refresh and logout.
 
-use std::time::Instant;
-
 use axum::{
     Json,
     body::Bytes,
@@ -9,24 +7,19 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
 
 use super::{
+    AppState,
+    error::{AppError, AppResult, FieldError, Problem, retry_after_secs},
     extract::{ApiJson, AuthUser, ClientIp, body_rejection, has_content_type},
     users::UserResponse,
 };
 use crate::{
-    clock,
-    crypto::{passwords::HashError, refresh},
-    domain::{Email, Password, Role, Roles, User, Username},
-    error::{AppError, AppResult, FieldError, Problem, retry_after_secs},
-    state::AppState,
-    store::{NewSession, NewUser, RevokeReason, Rotation},
+    auth::{AuthError, accounts::NewAccount, sessions::TokenPair},
+    domain::{Email, Password, Username},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -67,15 +60,6 @@ async fn signup(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> AppResult<(StatusCode, Json<UserResponse>)> {
-    state
-        .limiter
-        .take(
-            &format!("signup:{ip}"),
-            state.policy.signup_per_minute,
-            Instant::now(),
-        )
-        .map_err(AppError::rate_limited)?;
-
     let mut errors = Vec::new();
     let username = parse_field(
         &mut errors,
@@ -93,24 +77,12 @@ async fn signup(
     let Some(password) = password.filter(|_| errors.is_empty()) else {
         return Err(AppError::Validation(errors));
     };
-
-    let password_hash = state
-        .hasher
-        .hash(SecretString::from(password.expose()))
-        .await
-        .map_err(hash_error)?;
-    let user = state
-        .store
-        .create_user(&NewUser {
-            id: Uuid::now_v7(),
-            username,
-            email,
-            password_hash,
-            roles: Roles::new([Role::user()]),
-            created_at: clock::now(),
-        })
-        .await?;
-    tracing::info!(user_id = %user.id, "account created");
+    let account = NewAccount {
+        username,
+        email,
+        password,
+    };
+    let user = state.services.accounts.signup(ip, account).await?;
     Ok((StatusCode::CREATED, Json(UserResponse::from(user))))
 }
 
@@ -126,15 +98,6 @@ fn parse_field<T>(
             errors.push(FieldError::new(field, message));
             None
         }
-    }
-}
-
-pub fn hash_error(e: HashError) -> AppError {
-    match e {
-        HashError::Overloaded => AppError::Overloaded {
-            retry_after: std::time::Duration::from_secs(1),
-        },
-        HashError::Failed(why) => AppError::Internal(anyhow::anyhow!(why)),
     }
 }
 
@@ -163,8 +126,21 @@ pub struct TokenResponse {
     pub refresh_expires_in: u64,
 }
 
+impl From<TokenPair> for TokenResponse {
+    fn from(pair: TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: "bearer",
+            expires_in: pair.expires_in,
+            refresh_expires_in: pair.refresh_expires_in,
+        }
+    }
+}
+
 /// Token responses must not be stored by any cache (RFC 6749 §5.1).
-fn no_store(body: TokenResponse) -> Response {
+fn no_store(pair: TokenPair) -> Response {
+    let body = TokenResponse::from(pair);
     (
         [
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
@@ -198,130 +174,12 @@ async fn login(
             "username or email is required",
         ));
     };
-    let tokens = password_grant(&state, ip, &login, req.password).await?;
-    Ok(no_store(tokens))
-}
-
-/// Checks a password login, with throttling, and opens a session.
-async fn password_grant(
-    state: &AppState,
-    ip: std::net::IpAddr,
-    login: &str,
-    password: String,
-) -> AppResult<TokenResponse> {
-    if password.len() > Password::MAX_BYTES {
-        // No account has such a password; refuse without hashing a huge input.
-        return Err(AppError::InvalidCredentials);
-    }
-    let login = login.to_lowercase();
-    let account_key = format!("login:{ip}:{login}");
-    let ip_key = format!("login:{ip}");
-    let now = Instant::now();
-    for key in [&account_key, &ip_key] {
-        state
-            .limiter
-            .check_backoff(key, now)
-            .map_err(AppError::rate_limited)?;
-    }
-
-    let found = state.store.find_credentials(&login).await?;
-    let (stored_hash, user) = match found {
-        Some(c) => (Some(c.password_hash), Some(c.user)),
-        None => (None, None),
-    };
-    // An unknown user is checked against a dummy hash: same work, same time.
-    let check = state
-        .hasher
-        .verify(SecretString::from(password.clone()), stored_hash)
-        .await
-        .map_err(hash_error)?;
-    let user = match user {
-        Some(user) if check.matches && user.is_active => user,
-        _ => {
-            let now = Instant::now();
-            state
-                .limiter
-                .record_failure(&account_key, state.policy.login_free_failures, now);
-            state
-                .limiter
-                .record_failure(&ip_key, state.policy.login_ip_free_failures, now);
-            tracing::info!(%ip, "failed login");
-            return Err(AppError::InvalidCredentials);
-        }
-    };
-    state.limiter.clear(&account_key);
-    if check.needs_rehash {
-        upgrade_hash(state, user.id, password).await;
-    }
-    open_session(state, &user).await
-}
-
-/// Re-hashes with the configured parameters after a successful login. A
-/// failure here must not fail the login: the old hash still works.
-async fn upgrade_hash(state: &AppState, user_id: Uuid, password: String) {
-    let result = async {
-        let hash = state.hasher.hash(SecretString::from(password)).await?;
-        state
-            .store
-            .set_password_hash(user_id, &hash, clock::now())
-            .await?;
-        anyhow::Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => tracing::info!(%user_id, "password hash upgraded to current parameters"),
-        Err(e) => tracing::warn!(%user_id, error = %e, "password hash upgrade failed"),
-    }
-}
-
-fn secs_until(t: OffsetDateTime, now: OffsetDateTime) -> u64 {
-    u64::try_from((t - now).whole_seconds()).unwrap_or(0)
-}
-
-async fn open_session(state: &AppState, user: &User) -> AppResult<TokenResponse> {
-    let now = clock::now();
-    let policy = &state.policy;
-    let session_end = now + policy.session_max_age;
-    let refresh = refresh::generate();
-    let refresh_expires_at = (now + policy.refresh_token_ttl).min(session_end);
-    let session = NewSession {
-        id: Uuid::now_v7(),
-        user_id: user.id,
-        created_at: now,
-        expires_at: session_end,
-        refresh_hash: refresh.hash,
-        refresh_expires_at,
-    };
-    state.store.create_session(&session).await?;
-    token_pair(
-        state,
-        user,
-        session.id,
-        refresh.token,
-        refresh_expires_at,
-        now,
-    )
-}
-
-/// A new access token for the session, with the refresh token issued beside it.
-fn token_pair(
-    state: &AppState,
-    user: &User,
-    session_id: Uuid,
-    refresh_token: String,
-    refresh_expires_at: OffsetDateTime,
-    now: OffsetDateTime,
-) -> AppResult<TokenResponse> {
-    let access = state
-        .tokens
-        .issue(user.id, session_id, user.roles.names(), now)?;
-    Ok(TokenResponse {
-        access_token: access.token,
-        refresh_token,
-        token_type: "bearer",
-        expires_in: state.tokens.ttl().as_secs(),
-        refresh_expires_in: secs_until(refresh_expires_at, now),
-    })
+    let pair = state
+        .services
+        .login
+        .with_password(ip, &login, &req.password)
+        .await?;
+    Ok(no_store(pair))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -345,61 +203,12 @@ async fn refresh_tokens(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> AppResult<Response> {
-    refresh_grant(&state, ip, &req.refresh_token)
-        .await
-        .map(no_store)
-}
-
-async fn refresh_grant(
-    state: &AppState,
-    ip: std::net::IpAddr,
-    presented: &str,
-) -> AppResult<TokenResponse> {
-    state
-        .limiter
-        .take(
-            &format!("refresh:{ip}"),
-            state.policy.refresh_per_minute,
-            Instant::now(),
-        )
-        .map_err(AppError::rate_limited)?;
-    if !refresh::looks_valid(presented) {
-        return Err(AppError::InvalidRefreshToken);
-    }
-    let now = clock::now();
-    let next = refresh::generate();
-    let rotation = state
-        .store
-        .rotate_refresh_token(
-            &refresh::hash(presented),
-            &next.hash,
-            now + state.policy.refresh_token_ttl,
-            now,
-        )
+    let pair = state
+        .services
+        .sessions
+        .refresh(ip, &req.refresh_token)
         .await?;
-    match rotation {
-        Rotation::Rotated {
-            session_id,
-            user,
-            session_expires_at,
-        } => token_pair(
-            state,
-            &user,
-            session_id,
-            next.token,
-            (now + state.policy.refresh_token_ttl).min(session_expires_at),
-            now,
-        ),
-        Rotation::Reused {
-            session_id,
-            user_id,
-        } => {
-            state.sessions.revoke(session_id, user_id, Instant::now());
-            tracing::warn!(%session_id, %user_id, %ip, "refresh token reuse: session revoked");
-            Err(AppError::InvalidRefreshToken)
-        }
-        Rotation::Invalid => Err(AppError::InvalidRefreshToken),
-    }
+    Ok(no_store(pair))
 }
 
 /// The form fields of the token endpoint (RFC 6749 §4.3 and §6). Other
@@ -434,6 +243,71 @@ fn oauth_error(
         }),
     )
         .into_response()
+}
+
+/// Why a token request was refused, before it is rendered as RFC 6749 §5.2
+/// requires.
+enum TokenRefusal {
+    UnsupportedGrantType,
+    Refused(AppError),
+}
+
+impl From<AppError> for TokenRefusal {
+    fn from(err: AppError) -> Self {
+        TokenRefusal::Refused(err)
+    }
+}
+
+impl From<AuthError> for TokenRefusal {
+    fn from(err: AuthError) -> Self {
+        TokenRefusal::Refused(err.into())
+    }
+}
+
+impl IntoResponse for TokenRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            TokenRefusal::UnsupportedGrantType => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "Supported grant types: password, refresh_token.",
+            ),
+            TokenRefusal::Refused(err) => to_oauth(err),
+        }
+    }
+}
+
+/// A token request, parsed.
+enum Grant {
+    Password { username: String, password: String },
+    RefreshToken { refresh_token: String },
+}
+
+fn parse_grant(
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Grant, TokenRefusal> {
+    if !has_content_type(headers, "application/x-www-form-urlencoded") {
+        return Err(AppError::UnsupportedMediaType(
+            "Expected Content-Type: application/x-www-form-urlencoded.".into(),
+        )
+        .into());
+    }
+    let body = body.map_err(body_rejection)?;
+    let form: TokenForm = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| AppError::BadRequest(format!("Malformed form body: {e}")))?;
+    match form.grant_type.as_deref() {
+        Some("password") => match (form.username, form.password) {
+            (Some(username), Some(password)) => Ok(Grant::Password { username, password }),
+            _ => Err(AppError::validation("username", "username and password are required").into()),
+        },
+        Some("refresh_token") => match form.refresh_token {
+            Some(refresh_token) => Ok(Grant::RefreshToken { refresh_token }),
+            None => Err(AppError::validation("refresh_token", "refresh_token is required").into()),
+        },
+        Some(_) => Err(TokenRefusal::UnsupportedGrantType),
+        None => Err(AppError::validation("grant_type", "grant_type is required").into()),
+    }
 }
 
 /// Maps our errors onto RFC 6749 §5.2 codes, keeping throttling headers.
@@ -500,47 +374,25 @@ async fn token(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let result = async {
-        if !has_content_type(&headers, "application/x-www-form-urlencoded") {
-            return Err(AppError::UnsupportedMediaType(
-                "Expected Content-Type: application/x-www-form-urlencoded.".into(),
-            ));
-        }
-        let body = body.map_err(body_rejection)?;
-        let form: TokenForm = serde_urlencoded::from_bytes(&body)
-            .map_err(|e| AppError::BadRequest(format!("Malformed form body: {e}")))?;
-        match form.grant_type.as_deref() {
-            Some("password") => {
-                let (Some(username), Some(password)) = (form.username, form.password) else {
-                    return Err(AppError::validation(
-                        "username",
-                        "username and password are required",
-                    ));
-                };
-                password_grant(&state, ip, &username, password).await
+    let result: Result<TokenPair, TokenRefusal> = async {
+        let pair = match parse_grant(&headers, body)? {
+            Grant::Password { username, password } => {
+                state
+                    .services
+                    .login
+                    .with_password(ip, &username, &password)
+                    .await?
             }
-            Some("refresh_token") => {
-                let Some(token) = form.refresh_token else {
-                    return Err(AppError::validation(
-                        "refresh_token",
-                        "refresh_token is required",
-                    ));
-                };
-                refresh_grant(&state, ip, &token).await
+            Grant::RefreshToken { refresh_token } => {
+                state.services.sessions.refresh(ip, &refresh_token).await?
             }
-            Some(_) => Err(AppError::BadRequest("unsupported_grant_type".into())),
-            None => Err(AppError::validation("grant_type", "grant_type is required")),
-        }
+        };
+        Ok(pair)
     }
     .await;
     match result {
-        Ok(tokens) => no_store(tokens),
-        Err(AppError::BadRequest(why)) if why == "unsupported_grant_type" => oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "Supported grant types: password, refresh_token.",
-        ),
-        Err(e) => to_oauth(e),
+        Ok(pair) => no_store(pair),
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -555,19 +407,7 @@ async fn logout(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> AppResult<StatusCode> {
-    if refresh::looks_valid(&req.refresh_token) {
-        let hash = refresh::hash(&req.refresh_token);
-        if let Some(session_id) = state
-            .store
-            .revoke_session_by_refresh(&hash, clock::now())
-            .await?
-        {
-            state
-                .sessions
-                .revoke(session_id, Uuid::nil(), Instant::now());
-            tracing::info!(%session_id, "logged out");
-        }
-    }
+    state.services.sessions.logout(&req.refresh_token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -580,15 +420,10 @@ async fn logout(
         (status = 401, description = "Missing or invalid token", body = Problem),
     )
 )]
-async fn logout_all(State(state): State<AppState>, user: AuthUser) -> AppResult<StatusCode> {
-    let n = state
-        .store
-        .revoke_user_sessions(user.user_id, RevokeReason::LogoutAll, clock::now())
-        .await?;
-    state.sessions.revoke_user(user.user_id);
-    state
-        .sessions
-        .revoke(user.session_id, user.user_id, Instant::now());
-    tracing::info!(user_id = %user.user_id, sessions = n, "logged out everywhere");
+async fn logout_all(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> AppResult<StatusCode> {
+    state.services.sessions.logout_all(&user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,8 +4,6 @@
 use std::{
     marker::PhantomData,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
-    time::Instant,
 };
 
 use axum::{
@@ -14,16 +12,15 @@ use axum::{
     http::{HeaderMap, StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
-use uuid::Uuid;
 
-use crate::{
+use super::{
+    AppState,
     client_ip::client_ip,
-    clock,
-    crypto::tokens::AccessClaims,
+    error::{AppError, FieldError},
+};
+use crate::{
+    auth::{sessions::Authenticated, tokens::TokenRejection},
     domain::Role,
-    error::{AppError, FieldError, TokenRejection},
-    sessions::{LiveUser, Liveness, Lookup},
-    state::AppState,
 };
 
 /// A JSON request body. Unlike `axum::Json`, every rejection is a problem
@@ -109,26 +106,14 @@ impl FromRequestParts<AppState> for ClientIp {
         Ok(ClientIp(client_ip(
             peer,
             &parts.headers,
-            &state.policy.trusted_proxies,
+            &state.trusted_proxies,
         )))
     }
 }
 
-/// The user behind a valid, unrevoked access token.
+/// The caller behind a valid access token of a live session.
 #[derive(Debug, Clone)]
-pub struct AuthUser {
-    pub user_id: Uuid,
-    pub session_id: Uuid,
-    pub claims: AccessClaims,
-    /// The user's record, as of the last session check (see [`crate::sessions`]).
-    pub user: Arc<LiveUser>,
-}
-
-impl AuthUser {
-    pub fn has_role(&self, role: &str) -> bool {
-        self.claims.roles.iter().any(|r| r == role)
-    }
-}
+pub struct AuthUser(pub Authenticated);
 
 /// The token of an `Authorization: Bearer …` header (RFC 6750 §2.1).
 fn bearer_token(headers: &HeaderMap) -> Result<&str, AppError> {
@@ -156,47 +141,9 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)?;
-        let claims = state.tokens.verify(token).map_err(AppError::InvalidToken)?;
-        match session_liveness(state, claims.sid, claims.sub).await? {
-            Liveness::Live(user) if user.user.id == claims.sub => Ok(AuthUser {
-                user_id: claims.sub,
-                session_id: claims.sid,
-                claims,
-                user,
-            }),
-            _ => Err(AppError::InvalidToken(TokenRejection::Revoked)),
-        }
+        let caller = state.services.sessions.authenticate(token).await?;
+        Ok(AuthUser(caller))
     }
-}
-
-/// Cached for a bounded time (see [`crate::sessions`]), so protected requests
-/// rarely wait for the database.
-async fn session_liveness(
-    state: &AppState,
-    session_id: Uuid,
-    user_id: Uuid,
-) -> Result<Liveness, AppError> {
-    match state.sessions.get(session_id, Instant::now()) {
-        // A stale answer is now marked; the batched re-check picks it up.
-        Lookup::Fresh(known) | Lookup::Revalidate(known) => Ok(known),
-        Lookup::Miss => check_session(state, session_id, user_id).await,
-    }
-}
-
-async fn check_session(
-    state: &AppState,
-    session_id: Uuid,
-    user_id: Uuid,
-) -> Result<Liveness, AppError> {
-    let checked = Instant::now();
-    let liveness = match state.store.session_user(session_id, clock::now()).await? {
-        Some(user) => Liveness::Live(Arc::new(LiveUser::new(user))),
-        None => Liveness::Dead,
-    };
-    state
-        .sessions
-        .put(session_id, user_id, liveness.clone(), checked);
-    Ok(liveness)
 }
 
 /// A role name known at compile time, for [`RequireRole`].
@@ -222,7 +169,7 @@ impl<R: RoleName> FromRequestParts<AppState> for RequireRole<R> {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        if user.has_role(R::NAME) {
+        if user.0.has_role(R::NAME) {
             Ok(RequireRole(user, PhantomData))
         } else {
             Err(AppError::Forbidden)

@@ -2,17 +2,20 @@
 
 mod admin;
 mod auth;
+mod client_ip;
+pub mod error;
 pub mod extract;
 mod health;
 mod users;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderName, StatusCode},
 };
+use ipnet::IpNet;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
@@ -31,7 +34,16 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use auth::{OAuthError, TokenResponse};
 pub use users::UserResponse;
 
-use crate::{error::AppError, state::AppState};
+use crate::auth::Services;
+use error::AppError;
+
+/// What every handler shares: the services, and whose `X-Forwarded-For` to
+/// believe. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Services,
+    pub trusted_proxies: Arc<[IpNet]>,
+}
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::extract::AuthUser;
-use crate::{domain::User, error::Problem, state::AppState};
+use super::{AppState, error::Problem, extract::AuthUser};
+use crate::domain::User;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(me))
@@ -55,8 +55,8 @@ impl From<User> for UserResponse {
         (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem),
     )
 )]
-async fn me(user: AuthUser) -> Response {
-    let body = user.user.rendered(|u| {
+async fn me(AuthUser(caller): AuthUser) -> Response {
+    let body = caller.user.rendered(|u| {
         serde_json::to_vec(&UserResponse::from(u.clone()))
             .expect("a user always serializes")
             .into()

@@ -1,8 +1,14 @@
 //! `TestApp`: the real server on a random port, on a database of its own.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use authgate::{config::Config, startup::Application, state::AppState};
+use authgate::{
+    app::Application,
+    clock::ManualClock,
+    config::Config,
+    http::AppState,
+    store::{self, Store},
+};
 use clap::Parser;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -55,7 +61,8 @@ impl TestAppBuilder {
         let config = Args::try_parse_from(&argv)
             .expect("valid test settings")
             .config;
-        let app = Application::build(config)
+        let clock = Arc::new(ManualClock::new());
+        let app = Application::build_with_clock(config, clock.clone())
             .await
             .expect("the application builds");
         let address = format!("http://{}", app.local_addr());
@@ -73,6 +80,7 @@ impl TestAppBuilder {
             client: reqwest::Client::new(),
             db: Some(db),
             state,
+            clock,
             stop: Some(stop),
             server: Some(server),
             args: self.args,
@@ -84,6 +92,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: AppState,
+    /// The server's clock: tests move it forward instead of sleeping.
+    pub clock: Arc<ManualClock>,
     db: Option<TestDb>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -127,6 +137,17 @@ impl TestApp {
     pub async fn restart(self) -> TestApp {
         let (db, args) = self.stop().await;
         TestAppBuilder { args }.spawn_on(db).await
+    }
+
+    /// A store of its own on the server's database, to look at what it wrote.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        let url = self.db().url.parse().expect("a database URL");
+        store::connect(&url).await.expect("the test database opens")
+    }
+
+    /// Moves the server's clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
     }
 
     pub fn url(&self, path: &str) -> String {

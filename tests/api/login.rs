@@ -108,7 +108,7 @@ async fn repeated_failures_back_off_per_account_and_ip_with_retry_after(backend:
         .unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     // The back-off is temporary, not a lock-out.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.advance(Duration::from_secs(retry));
     assert_eq!(app.login("dave", PASSWORD).await.status(), StatusCode::OK);
 }
 
@@ -220,8 +220,8 @@ async fn a_stored_hash_with_old_parameters_is_upgraded_on_login(backend: Backend
         .await;
     old.create_user("ivan").await;
     let before = old
-        .state
-        .store
+        .store()
+        .await
         .find_credentials("ivan")
         .await
         .unwrap()
@@ -233,8 +233,8 @@ async fn a_stored_hash_with_old_parameters_is_upgraded_on_login(backend: Backend
     let new = TestApp::builder().spawn_on(db).await;
     assert_eq!(new.login("ivan", PASSWORD).await.status(), StatusCode::OK);
     let after = new
-        .state
-        .store
+        .store()
+        .await
         .find_credentials("ivan")
         .await
         .unwrap()

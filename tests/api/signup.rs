@@ -208,7 +208,14 @@ async fn fifty_concurrent_signups_of_one_name_create_exactly_one_account(backend
         .count();
     assert_eq!(created, 1);
     assert_eq!(conflicts, 49);
-    let page = app.state.store.list_users(100, None).await.unwrap();
+    let page = app
+        .state
+        .services
+        .accounts
+        .list(100, None)
+        .await
+        .unwrap()
+        .users;
     assert_eq!(page.len(), 1);
 }
 

@@ -10,9 +10,10 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
     time::{Duration, Instant},
 };
+
+use parking_lot::Mutex;
 
 /// Shared limiter state.
 pub trait RateLimiter: Send + Sync + 'static {
@@ -33,8 +34,6 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(15 * 60);
 /// Failures are forgotten this long after the last one.
 const FAILURE_MEMORY: Duration = Duration::from_secs(60 * 60);
-/// Above this many keys, a failure or quota request prunes first, bounding memory.
-const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -59,7 +58,9 @@ impl Bucket {
     }
 }
 
-/// Per-process limiter state.
+/// Per-process limiter state. Requests never sweep the maps: stale entries
+/// are dropped by [`RateLimiter::prune`], which the service runs on a timer,
+/// so no request pays for a scan of every key.
 #[derive(Debug, Default)]
 pub struct InMemoryRateLimiter {
     failures: Mutex<HashMap<String, Failures>>,
@@ -80,7 +81,7 @@ fn backoff_for(over: u32) -> Duration {
 
 impl RateLimiter for InMemoryRateLimiter {
     fn check_backoff(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let map = self.failures.lock().expect("limiter lock poisoned");
+        let map = self.failures.lock();
         match map.get(key).and_then(|f| f.blocked_until) {
             Some(until) if until > now => Err(until - now),
             _ => Ok(()),
@@ -88,10 +89,7 @@ impl RateLimiter for InMemoryRateLimiter {
     }
 
     fn record_failure(&self, key: &str, free: u32, now: Instant) {
-        let mut map = self.failures.lock().expect("limiter lock poisoned");
-        if map.len() >= MAX_KEYS {
-            map.retain(|_, f| now.saturating_duration_since(f.last) < FAILURE_MEMORY);
-        }
+        let mut map = self.failures.lock();
         let entry = map.entry(key.to_owned()).or_insert(Failures {
             count: 0,
             blocked_until: None,
@@ -108,17 +106,11 @@ impl RateLimiter for InMemoryRateLimiter {
     }
 
     fn clear(&self, key: &str) {
-        self.failures
-            .lock()
-            .expect("limiter lock poisoned")
-            .remove(key);
+        self.failures.lock().remove(key);
     }
 
     fn take(&self, key: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
-        let mut map = self.buckets.lock().expect("limiter lock poisoned");
-        if map.len() >= MAX_KEYS {
-            prune_buckets(&mut map, now);
-        }
+        let mut map = self.buckets.lock();
         let bucket = map.entry(key.to_owned()).or_insert(Bucket {
             tokens: f64::from(per_minute),
             refilled: now,
@@ -138,12 +130,8 @@ impl RateLimiter for InMemoryRateLimiter {
     fn prune(&self, now: Instant) {
         self.failures
             .lock()
-            .expect("limiter lock poisoned")
             .retain(|_, f| now.saturating_duration_since(f.last) < FAILURE_MEMORY);
-        prune_buckets(
-            &mut self.buckets.lock().expect("limiter lock poisoned"),
-            now,
-        );
+        prune_buckets(&mut self.buckets.lock(), now);
     }
 }
 
@@ -229,7 +217,7 @@ mod tests {
         l.take("full", 6, t).unwrap();
         l.record_failure("old", 0, t);
         l.prune(t + FAILURE_MEMORY);
-        assert!(l.buckets.lock().unwrap().is_empty());
-        assert!(l.failures.lock().unwrap().is_empty());
+        assert!(l.buckets.lock().is_empty());
+        assert!(l.failures.lock().is_empty());
     }
 }

@@ -15,7 +15,7 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use crate::auth::{AuthError, tokens::TokenRejection};
 
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -31,19 +31,6 @@ impl FieldError {
             message: message.into(),
         }
     }
-}
-
-/// Why a bearer token was refused. Only logged: the client always sees the
-/// same `invalid_token` answer so it learns nothing about which check failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenRejection {
-    Malformed,
-    BadSignature,
-    Expired,
-    WrongType,
-    UnknownKey,
-    WrongIssuerOrAudience,
-    Revoked,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,12 +71,18 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
-impl From<StoreError> for AppError {
-    fn from(err: StoreError) -> Self {
+impl From<AuthError> for AppError {
+    fn from(err: AuthError) -> Self {
         match err {
-            StoreError::Conflict(field) => AppError::Conflict(field),
-            StoreError::LastAdmin => AppError::LastAdmin,
-            StoreError::Database(e) => AppError::Internal(e.into()),
+            AuthError::InvalidCredentials => AppError::InvalidCredentials,
+            AuthError::InvalidRefreshToken => AppError::InvalidRefreshToken,
+            AuthError::InvalidToken(why) => AppError::InvalidToken(why),
+            AuthError::Throttled(retry_after) => AppError::RateLimited { retry_after },
+            AuthError::Overloaded(retry_after) => AppError::Overloaded { retry_after },
+            AuthError::Conflict(field) => AppError::Conflict(field),
+            AuthError::LastAdmin => AppError::LastAdmin,
+            AuthError::NotFound => AppError::NotFound,
+            AuthError::Internal(e) => AppError::Internal(e),
         }
     }
 }
@@ -110,10 +103,6 @@ pub struct Problem {
 }
 
 impl AppError {
-    pub fn rate_limited(retry_after: Duration) -> Self {
-        AppError::RateLimited { retry_after }
-    }
-
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
         AppError::Validation(vec![FieldError::new(field, message)])
     }

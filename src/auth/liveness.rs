@@ -18,13 +18,14 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, OnceLock, RwLock,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 use uuid::Uuid;
 
 use crate::domain::User;
@@ -40,7 +41,8 @@ pub const MAX_STALENESS: Duration = Duration::from_millis(800);
 /// How often the marked sessions are re-checked, all in one query.
 pub const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Above this many entries, inserting first drops the stale ones.
+/// Above this many entries, new live sessions are not cached (they are
+/// checked against the database instead) until the next prune makes room.
 const MAX_ENTRIES: usize = 200_000;
 
 /// A live session's user, as of the check, with its JSON rendering made at
@@ -94,6 +96,8 @@ struct Entry {
     revalidating: AtomicBool,
 }
 
+/// Requests never sweep the map: [`SessionCache::prune`] runs on a timer, so
+/// no request pays for a scan of every entry under the lock.
 #[derive(Debug, Default)]
 pub struct SessionCache {
     entries: RwLock<HashMap<Uuid, Entry>>,
@@ -107,7 +111,7 @@ impl SessionCache {
     /// What the cache knows of a session. A dead session never comes back,
     /// so a "dead" answer stays valid for good.
     pub fn get(&self, session_id: Uuid, now: Instant) -> Lookup {
-        let map = self.entries.read().expect("session cache lock poisoned");
+        let map = self.entries.read();
         let Some(e) = map.get(&session_id) else {
             return Lookup::Miss;
         };
@@ -127,13 +131,15 @@ impl SessionCache {
     }
 
     pub fn put(&self, session_id: Uuid, user_id: Uuid, liveness: Liveness, now: Instant) {
-        let mut map = self.entries.write().expect("session cache lock poisoned");
-        if map.len() >= MAX_ENTRIES {
-            map.retain(|_, e| now.saturating_duration_since(e.checked) < MAX_STALENESS);
-        }
+        let mut map = self.entries.write();
+        let known = map.get(&session_id);
         // A session revoked here stays dead, whatever a re-check that was
         // already in flight read before the revocation.
-        if matches!(map.get(&session_id), Some(e) if matches!(e.liveness, Liveness::Dead)) {
+        if matches!(known, Some(e) if matches!(e.liveness, Liveness::Dead)) {
+            return;
+        }
+        // Full: a live answer is only an optimisation, so it is not kept.
+        if known.is_none() && map.len() >= MAX_ENTRIES && matches!(liveness, Liveness::Live(_)) {
             return;
         }
         map.insert(
@@ -149,7 +155,7 @@ impl SessionCache {
 
     /// The sessions marked for a re-check, with their users' ids.
     pub fn marked(&self) -> Vec<(Uuid, Uuid)> {
-        let map = self.entries.read().expect("session cache lock poisoned");
+        let map = self.entries.read();
         map.iter()
             .filter(|(_, e)| {
                 matches!(e.liveness, Liveness::Live(_)) && e.revalidating.load(Ordering::Acquire)
@@ -165,18 +171,30 @@ impl SessionCache {
 
     /// Marks every cached session of a user dead.
     pub fn revoke_user(&self, user_id: Uuid) {
-        let mut map = self.entries.write().expect("session cache lock poisoned");
+        let mut map = self.entries.write();
         for e in map.values_mut().filter(|e| e.user_id == user_id) {
             e.liveness = Liveness::Dead;
         }
     }
 
-    /// Drops entries not consulted for `max_age` (longer than any access token lives).
-    pub fn prune(&self, now: Instant, max_age: Duration) {
-        self.entries
-            .write()
-            .expect("session cache lock poisoned")
-            .retain(|_, e| now.saturating_duration_since(e.checked) < max_age);
+    /// Drops live answers too old to be used, and dead ones older than
+    /// `dead_for` (longer than any access token of theirs lives).
+    pub fn prune(&self, now: Instant, dead_for: Duration) {
+        self.entries.write().retain(|_, e| {
+            let age = now.saturating_duration_since(e.checked);
+            match e.liveness {
+                Liveness::Live(_) => age < MAX_STALENESS,
+                Liveness::Dead => age < dead_for,
+            }
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -265,5 +283,27 @@ mod tests {
         assert_eq!(is_live(c.get(s1, t)), Some(false));
         assert_eq!(is_live(c.get(s2, t)), Some(false));
         assert_eq!(is_live(c.get(s3, t)), Some(true));
+    }
+
+    #[test]
+    fn pruning_drops_unusable_live_answers_and_old_dead_ones() {
+        let c = SessionCache::new();
+        let t = Instant::now();
+        let (fresh, stale, dead, old_dead) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
+        let u = Uuid::new_v4();
+        c.put(stale, u, Liveness::Live(user(u)), t);
+        c.revoke(old_dead, u, t);
+        let later = t + Duration::from_secs(60);
+        c.put(fresh, u, Liveness::Live(user(u)), later);
+        c.revoke(dead, u, later);
+        c.prune(later, Duration::from_secs(30));
+        assert_eq!(is_live(c.get(fresh, later)), Some(true));
+        assert_eq!(is_live(c.get(dead, later)), Some(false));
+        assert_eq!(c.len(), 2);
     }
 }

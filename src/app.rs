@@ -1,0 +1,197 @@
+//! Wiring: builds the services from the configuration, binds the listener,
+//! starts the background tasks and serves.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::{
+        Accounts, Services, Settings,
+        accounts::{AdminOutcome, IfExists},
+        keys::KeyRing,
+        liveness::{RECHECK_INTERVAL, SessionCache},
+        login::LoginPolicy,
+        sessions::SessionPolicy,
+    },
+    clock::{SharedClock, SystemClock},
+    config::{Argon2Args, Config},
+    crypto::passwords::PasswordHasher,
+    domain::{Email, Password},
+    http::{self, AppState},
+    limits::{InMemoryRateLimiter, RateLimiter},
+    store::{self, Store},
+};
+
+/// How often in-memory throttling and session state is pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A built application: connected, migrated, and bound to its port, but not
+/// yet serving. Binding here lets callers (tests) use port 0 and learn the port.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    purge_interval: Duration,
+}
+
+impl Application {
+    /// Builds the application on the system clock.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the application on `clock` (tests move it forward).
+    pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        let store = store::open(&config.database.url).await?;
+        let services = build_services(&config, store, clock).await?;
+        ensure_configured_admin(&config, &services).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on AUTHGATE_LISTEN {}", config.listen))?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                services,
+                trusted_proxies: config.trusted_proxies.clone().into(),
+            },
+            purge_interval: config.purge_interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let services = &self.state.services;
+        let tasks = [
+            tokio::spawn(recheck_sessions(services.clone())),
+            tokio::spawn(purge_expired(services.clone(), self.purge_interval)),
+            tokio::spawn(prune_memory(services.clone())),
+        ];
+        tracing::info!(address = %self.local_addr(), "authgate listening");
+        let app = http::router(self.state);
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        for task in tasks {
+            task.abort();
+        }
+        served
+    }
+}
+
+/// Connects the services to the store, the key ring, the hashing pool and
+/// the limiter.
+pub async fn build_services(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+) -> anyhow::Result<Services> {
+    let secret = config.jwt_secret.as_ref().map(|s| s.expose().as_bytes());
+    let keys = KeyRing::load(secret, store.as_ref(), clock.now()).await?;
+    let hasher = PasswordHasher::new(
+        config.argon2.params()?,
+        config.hash_workers(),
+        config.hash_queue,
+    )?;
+    let settings = Settings {
+        issuer: config.issuer.clone(),
+        audience: config.audience.clone(),
+        access_token_ttl: config.access_token_ttl,
+        sessions: SessionPolicy {
+            refresh_token_ttl: config.refresh_token_ttl,
+            session_max_age: config.session_max_age,
+            refresh_per_minute: config.refresh_per_minute,
+        },
+        login: LoginPolicy {
+            free_failures: config.login_free_failures,
+            ip_free_failures: config.login_ip_free_failures,
+        },
+        signup_per_minute: config.signup_per_minute,
+    };
+    let limiter = Arc::new(InMemoryRateLimiter::new()) as Arc<dyn RateLimiter>;
+    Ok(Services::new(
+        &settings, &keys, store, hasher, limiter, clock,
+    ))
+}
+
+/// Account management for a command run outside the service: one hashing
+/// thread, no throttling, no sessions cached.
+pub fn command_accounts(store: Arc<dyn Store>, argon2: &Argon2Args) -> anyhow::Result<Accounts> {
+    let hasher = PasswordHasher::new(argon2.params()?, 1, 1)?;
+    Ok(Accounts::new(
+        store,
+        hasher,
+        Arc::new(InMemoryRateLimiter::new()),
+        Arc::new(SystemClock),
+        Arc::new(SessionCache::new()),
+        u32::MAX,
+    ))
+}
+
+/// `AUTHGATE_ADMIN_EMAIL` + `AUTHGATE_ADMIN_PASSWORD`: create that admin once.
+async fn ensure_configured_admin(config: &Config, services: &Services) -> anyhow::Result<()> {
+    let (Some(email), Some(password)) = (&config.admin_email, &config.admin_password) else {
+        return Ok(());
+    };
+    let email = Email::parse(email).map_err(|e| anyhow::anyhow!("AUTHGATE_ADMIN_EMAIL {e}"))?;
+    let password = Password::parse(password.expose(), None, Some(&email))
+        .map_err(|e| anyhow::anyhow!("AUTHGATE_ADMIN_PASSWORD {e}"))?;
+    let outcome = services
+        .accounts
+        .create_admin(email, None, || Ok(password), IfExists::Keep)
+        .await?;
+    if let AdminOutcome::Created(user) = outcome {
+        tracing::info!(user_id = %user.id, "created the configured admin account");
+    }
+    Ok(())
+}
+
+/// Re-checks the sessions marked by recent requests (see [`crate::auth::liveness`]).
+async fn recheck_sessions(services: Services) {
+    let mut ticker = tokio::time::interval(RECHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        services.sessions.recheck_marked().await;
+    }
+}
+
+/// Deletes expired sessions and tokens.
+async fn purge_expired(services: Services, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await; // the first tick is immediate
+    loop {
+        ticker.tick().await;
+        match services.sessions.purge_expired().await {
+            Ok(n) => tracing::debug!(rows = n, "purged expired sessions and tokens"),
+            Err(e) => tracing::warn!(error = %e, "purge failed"),
+        }
+    }
+}
+
+/// Forgets throttling and session state that no longer matters, on a timer
+/// rather than in requests.
+async fn prune_memory(services: Services) {
+    let mut ticker = tokio::time::interval(PRUNE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        services.prune_memory();
+    }
+}

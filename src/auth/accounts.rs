@@ -1,0 +1,224 @@
+//! Accounts: signup, admin accounts, and what admins do to users.
+
+use std::{net::IpAddr, sync::Arc};
+
+use anyhow::Context;
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use super::{
+    error::{AuthError, AuthResult},
+    liveness::SessionCache,
+};
+use crate::{
+    clock::SharedClock,
+    crypto::passwords::PasswordHasher,
+    domain::{Email, Password, Role, Roles, User, Username},
+    limits::RateLimiter,
+    store::{NewUser, UserChanges, UserStore},
+};
+
+/// A parsed signup: at least one of username and email.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub username: Option<Username>,
+    pub email: Option<Email>,
+    pub password: Password,
+}
+
+/// An admin's change to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountChange {
+    pub is_active: Option<bool>,
+    pub roles: Option<Roles>,
+}
+
+/// A page of users, oldest first.
+#[derive(Debug, Clone)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    /// The id to continue after, if there are more users.
+    pub next_after: Option<Uuid>,
+}
+
+/// What [`Accounts::create_admin`] does when the email is already taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfExists {
+    /// Leave the existing account as it is (start-up: create once).
+    Keep,
+    /// Give the existing account the admin role and enable it.
+    Promote,
+    /// Fail, naming the way to promote.
+    Refuse,
+}
+
+/// What [`Accounts::create_admin`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminOutcome {
+    Created(User),
+    Promoted(User),
+    /// The account exists and was left as it is.
+    Kept(User),
+}
+
+#[derive(Clone)]
+pub struct Accounts {
+    users: Arc<dyn UserStore>,
+    hasher: PasswordHasher,
+    limiter: Arc<dyn RateLimiter>,
+    clock: SharedClock,
+    /// This instance's session answers, to forget a changed user's at once.
+    liveness: Arc<SessionCache>,
+    signup_per_minute: u32,
+}
+
+impl Accounts {
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        hasher: PasswordHasher,
+        limiter: Arc<dyn RateLimiter>,
+        clock: SharedClock,
+        liveness: Arc<SessionCache>,
+        signup_per_minute: u32,
+    ) -> Self {
+        Self {
+            users,
+            hasher,
+            limiter,
+            clock,
+            liveness,
+            signup_per_minute,
+        }
+    }
+
+    /// Creates an account with the `user` role.
+    #[tracing::instrument(skip_all, fields(%ip))]
+    pub async fn signup(&self, ip: IpAddr, account: NewAccount) -> AuthResult<User> {
+        self.limiter
+            .take(
+                &format!("signup:{ip}"),
+                self.signup_per_minute,
+                self.clock.instant(),
+            )
+            .map_err(AuthError::Throttled)?;
+        let user = self.insert(account, Roles::new([Role::user()])).await?;
+        tracing::info!(user_id = %user.id, "account created");
+        Ok(user)
+    }
+
+    async fn insert(&self, account: NewAccount, roles: Roles) -> AuthResult<User> {
+        let password_hash = self
+            .hasher
+            .hash(SecretString::from(account.password.expose()))
+            .await?;
+        let user = self
+            .users
+            .create_user(&NewUser {
+                id: Uuid::now_v7(),
+                username: account.username,
+                email: account.email,
+                password_hash,
+                roles,
+                created_at: self.clock.now(),
+            })
+            .await?;
+        Ok(user)
+    }
+
+    /// Creates an admin account, or deals with an existing account of that
+    /// email as `if_exists` says. `password` is asked for only when an account
+    /// is created. Serves both the start-up admin and `authgate create-admin`.
+    pub async fn create_admin(
+        &self,
+        email: Email,
+        username: Option<Username>,
+        password: impl FnOnce() -> anyhow::Result<Password>,
+        if_exists: IfExists,
+    ) -> anyhow::Result<AdminOutcome> {
+        if let Some(existing) = self.users.find_credentials(&email.normalized()).await? {
+            return self.existing_admin(existing.user, if_exists).await;
+        }
+        let account = NewAccount {
+            username,
+            email: Some(email.clone()),
+            password: password()?,
+        };
+        match self
+            .insert(account, Roles::new([Role::admin(), Role::user()]))
+            .await
+        {
+            Ok(user) => {
+                tracing::info!(user_id = %user.id, "admin account created");
+                Ok(AdminOutcome::Created(user))
+            }
+            // Another instance created it a moment ago: the same as finding it.
+            Err(AuthError::Conflict("email")) if if_exists == IfExists::Keep => {
+                let existing = self
+                    .users
+                    .find_credentials(&email.normalized())
+                    .await?
+                    .context("the admin account vanished while it was being created")?;
+                Ok(AdminOutcome::Kept(existing.user))
+            }
+            Err(AuthError::Conflict(field)) => {
+                anyhow::bail!("a user with that {field} already exists")
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn existing_admin(
+        &self,
+        user: User,
+        if_exists: IfExists,
+    ) -> anyhow::Result<AdminOutcome> {
+        match if_exists {
+            IfExists::Keep => Ok(AdminOutcome::Kept(user)),
+            IfExists::Refuse => anyhow::bail!(
+                "a user with that email already exists; pass --promote to make them an admin"
+            ),
+            IfExists::Promote => {
+                let change = AccountChange {
+                    is_active: Some(true),
+                    roles: Some(user.roles.with(Role::admin())),
+                };
+                let user = self.update(user.id, change).await?;
+                tracing::info!(user_id = %user.id, "user promoted to admin");
+                Ok(AdminOutcome::Promoted(user))
+            }
+        }
+    }
+
+    /// Users ordered by id (oldest first), `limit` at a time, after `after`.
+    pub async fn list(&self, limit: u32, after: Option<Uuid>) -> AuthResult<UserPage> {
+        // One extra row tells whether there is a next page.
+        let mut users = self.users.list_users(limit + 1, after).await?;
+        let next_after = if users.len() > limit as usize {
+            users.truncate(limit as usize);
+            users.last().map(|u| u.id)
+        } else {
+            None
+        };
+        Ok(UserPage { users, next_after })
+    }
+
+    /// Enables or disables a user, or sets their roles. A real change ends the
+    /// user's sessions, so no token outlives a disabled account or carries
+    /// stale roles; a change to nothing ends nothing.
+    pub async fn update(&self, id: Uuid, change: AccountChange) -> AuthResult<User> {
+        let changes = UserChanges {
+            is_active: change.is_active,
+            roles: change.roles,
+        };
+        let updated = self
+            .users
+            .update_user(id, &changes, self.clock.now())
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        if updated.changed {
+            self.liveness.revoke_user(id);
+            tracing::info!(user_id = %id, ?changes, "user updated by admin");
+        }
+        Ok(updated.user)
+    }
+}

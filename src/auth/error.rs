@@ -1,0 +1,60 @@
+//! The typed outcomes of the flows. The HTTP layer maps each to a status and
+//! a problem document; nothing here knows about HTTP.
+
+use std::time::Duration;
+
+use crate::{crypto::passwords::HashError, store::StoreError};
+
+use super::tokens::TokenRejection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong password, unknown user or disabled account: deliberately one case.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// Unknown, expired, used or revoked refresh token.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// An access token that does not verify or whose session has ended.
+    #[error("invalid access token: {0:?}")]
+    InvalidToken(TokenRejection),
+    /// Too many attempts; retry after the duration.
+    #[error("throttled for {0:?}")]
+    Throttled(Duration),
+    /// The password hashing queue is full; retry after the duration.
+    #[error("overloaded")]
+    Overloaded(Duration),
+    /// A unique field is taken; names the field.
+    #[error("{0} already taken")]
+    Conflict(&'static str),
+    /// The change would leave no active admin.
+    #[error("the last active admin cannot be demoted or disabled")]
+    LastAdmin,
+    /// No such user.
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type AuthResult<T> = Result<T, AuthError>;
+
+impl From<StoreError> for AuthError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(field) => AuthError::Conflict(field),
+            StoreError::LastAdmin => AuthError::LastAdmin,
+            StoreError::Database(e) => AuthError::Internal(e.into()),
+        }
+    }
+}
+
+impl From<HashError> for AuthError {
+    fn from(err: HashError) -> Self {
+        match err {
+            // Hashing takes tens of milliseconds: a second is enough for the queue to move.
+            HashError::Overloaded => AuthError::Overloaded(Duration::from_secs(1)),
+            HashError::Failed(why) => AuthError::Internal(anyhow::anyhow!(why)),
+        }
+    }
+}

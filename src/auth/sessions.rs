@@ -1,0 +1,311 @@
+//! Sessions: opened by a login, kept alive by rotating refresh tokens, ended
+//! by logout, reuse or an admin; and the check that an access token's session
+//! is still live (see [`super::liveness`]).
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    error::{AuthError, AuthResult},
+    liveness::{LiveUser, Liveness, Lookup, SessionCache},
+    tokens::{AccessClaims, TokenRejection, TokenService},
+};
+use crate::{
+    clock::SharedClock,
+    crypto::refresh,
+    domain::User,
+    limits::RateLimiter,
+    store::{NewSession, RevokeReason, Rotation, SessionStore},
+};
+
+/// Session lifetimes and the refresh quota, fixed at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    /// A refresh token unused this long expires (and its session with it).
+    pub refresh_token_ttl: Duration,
+    /// No session lasts longer, however often it is refreshed.
+    pub session_max_age: Duration,
+    pub refresh_per_minute: u32,
+}
+
+/// The one rule for when a refresh token expires: after its own lifetime,
+/// and never after the end of its session.
+pub fn refresh_expiry(
+    now: OffsetDateTime,
+    ttl: Duration,
+    session_end: OffsetDateTime,
+) -> OffsetDateTime {
+    (now + ttl).min(session_end)
+}
+
+/// An access token and the refresh token issued beside it.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Seconds until the refresh token expires.
+    pub refresh_expires_in: u64,
+}
+
+/// The caller behind a valid access token of a live session.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub claims: AccessClaims,
+    /// The user's record, as of the last session check.
+    pub user: Arc<LiveUser>,
+}
+
+impl Authenticated {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.claims.roles.iter().any(|r| r == role)
+    }
+}
+
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    tokens: Arc<TokenService>,
+    cache: Arc<SessionCache>,
+    limiter: Arc<dyn RateLimiter>,
+    clock: SharedClock,
+    policy: SessionPolicy,
+}
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        tokens: Arc<TokenService>,
+        cache: Arc<SessionCache>,
+        limiter: Arc<dyn RateLimiter>,
+        clock: SharedClock,
+        policy: SessionPolicy,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            cache,
+            limiter,
+            clock,
+            policy,
+        }
+    }
+
+    /// Opens a session for a user whose credentials were just checked.
+    pub async fn open(&self, user: &User) -> AuthResult<TokenPair> {
+        let now = self.clock.now();
+        let session_end = now + self.policy.session_max_age;
+        let refresh = refresh::generate();
+        let refresh_expires_at = refresh_expiry(now, self.policy.refresh_token_ttl, session_end);
+        let session = NewSession {
+            id: Uuid::now_v7(),
+            user_id: user.id,
+            created_at: now,
+            expires_at: session_end,
+            refresh_hash: refresh.hash,
+            refresh_expires_at,
+        };
+        self.store.create_session(&session).await?;
+        self.pair(user, session.id, refresh.token, refresh_expires_at, now)
+    }
+
+    /// Exchanges a refresh token for a new pair. The presented token is used
+    /// up; presenting it again ends the session (RFC 9700 §4.14.2).
+    #[tracing::instrument(skip_all, fields(%ip))]
+    pub async fn refresh(&self, ip: IpAddr, presented: &str) -> AuthResult<TokenPair> {
+        self.limiter
+            .take(
+                &format!("refresh:{ip}"),
+                self.policy.refresh_per_minute,
+                self.clock.instant(),
+            )
+            .map_err(AuthError::Throttled)?;
+        if !refresh::looks_valid(presented) {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let now = self.clock.now();
+        let next = refresh::generate();
+        let rotation = self
+            .store
+            .rotate_refresh_token(
+                &refresh::hash(presented),
+                &next.hash,
+                now + self.policy.refresh_token_ttl,
+                now,
+            )
+            .await?;
+        match rotation {
+            Rotation::Rotated {
+                session_id,
+                user,
+                session_expires_at,
+            } => {
+                let expires_at =
+                    refresh_expiry(now, self.policy.refresh_token_ttl, session_expires_at);
+                self.pair(&user, session_id, next.token, expires_at, now)
+            }
+            Rotation::Reused {
+                session_id,
+                user_id,
+            } => {
+                self.cache.revoke(session_id, user_id, self.clock.instant());
+                tracing::warn!(%session_id, %user_id, "refresh token reuse: session revoked");
+                Err(AuthError::InvalidRefreshToken)
+            }
+            Rotation::Invalid => Err(AuthError::InvalidRefreshToken),
+        }
+    }
+
+    /// Ends the session a refresh token belongs to, if it is live. Whether it
+    /// was is not told (RFC 7009 §2.2), so this reveals nothing.
+    pub async fn logout(&self, presented: &str) -> AuthResult<()> {
+        if !refresh::looks_valid(presented) {
+            return Ok(());
+        }
+        let hash = refresh::hash(presented);
+        if let Some(session_id) = self
+            .store
+            .revoke_session_by_refresh(&hash, self.clock.now())
+            .await?
+        {
+            self.cache
+                .revoke(session_id, Uuid::nil(), self.clock.instant());
+            tracing::info!(%session_id, "logged out");
+        }
+        Ok(())
+    }
+
+    /// Ends every session of the caller's user, on every device.
+    pub async fn logout_all(&self, who: &Authenticated) -> AuthResult<u64> {
+        let n = self
+            .store
+            .revoke_user_sessions(who.user_id, RevokeReason::LogoutAll, self.clock.now())
+            .await?;
+        self.cache.revoke_user(who.user_id);
+        self.cache
+            .revoke(who.session_id, who.user_id, self.clock.instant());
+        tracing::info!(user_id = %who.user_id, sessions = n, "logged out everywhere");
+        Ok(n)
+    }
+
+    /// The caller behind an access token: the token must verify and its
+    /// session must be live. The answer may be cached for a bounded time (see
+    /// [`super::liveness`]), so most calls do not wait for the database.
+    pub async fn authenticate(&self, access_token: &str) -> AuthResult<Authenticated> {
+        let claims = self
+            .tokens
+            .verify(access_token, self.clock.now())
+            .map_err(AuthError::InvalidToken)?;
+        let liveness = match self.cache.get(claims.sid, self.clock.instant()) {
+            // A stale answer is now marked; the batched re-check picks it up.
+            Lookup::Fresh(known) | Lookup::Revalidate(known) => known,
+            Lookup::Miss => self.check(claims.sid, claims.sub).await?,
+        };
+        match liveness {
+            Liveness::Live(user) if user.user.id == claims.sub => Ok(Authenticated {
+                user_id: claims.sub,
+                session_id: claims.sid,
+                claims,
+                user,
+            }),
+            _ => Err(AuthError::InvalidToken(TokenRejection::Revoked)),
+        }
+    }
+
+    async fn check(&self, session_id: Uuid, user_id: Uuid) -> AuthResult<Liveness> {
+        let checked = self.clock.instant();
+        let liveness = match self
+            .store
+            .session_user(session_id, self.clock.now())
+            .await?
+        {
+            Some(user) => Liveness::Live(Arc::new(LiveUser::new(user))),
+            None => Liveness::Dead,
+        };
+        self.cache
+            .put(session_id, user_id, liveness.clone(), checked);
+        Ok(liveness)
+    }
+
+    /// Re-checks every session marked by recent requests, in one query.
+    pub async fn recheck_marked(&self) {
+        let marked = self.cache.marked();
+        if marked.is_empty() {
+            return;
+        }
+        let checked = self.clock.instant();
+        let ids: Vec<Uuid> = marked.iter().map(|(session_id, _)| *session_id).collect();
+        match self.store.live_sessions(&ids, self.clock.now()).await {
+            Ok(live) => {
+                let mut live: HashMap<Uuid, _> = live.into_iter().collect();
+                for (session_id, user_id) in marked {
+                    let liveness = match live.remove(&session_id) {
+                        Some(user) => Liveness::Live(Arc::new(LiveUser::new(user))),
+                        None => Liveness::Dead,
+                    };
+                    self.cache.put(session_id, user_id, liveness, checked);
+                }
+            }
+            // The sessions stay marked; the next tick tries again, and past
+            // MAX_STALENESS requests check for themselves.
+            Err(e) => tracing::warn!(error = %e, sessions = ids.len(), "session re-check failed"),
+        }
+    }
+
+    /// Deletes expired sessions and refresh tokens, and sessions revoked long
+    /// enough ago that every access token of theirs has expired.
+    pub async fn purge_expired(&self) -> AuthResult<u64> {
+        let now = self.clock.now();
+        Ok(self.store.purge(now, now - self.revoked_grace()).await?)
+    }
+
+    /// Drops cached answers that can no longer be used.
+    pub fn prune_cache(&self) {
+        self.cache.prune(self.clock.instant(), self.revoked_grace());
+    }
+
+    /// A revoked session must be remembered as long as its access tokens live.
+    fn revoked_grace(&self) -> Duration {
+        self.tokens.ttl() + Duration::from_secs(60)
+    }
+
+    fn pair(
+        &self,
+        user: &User,
+        session_id: Uuid,
+        refresh_token: String,
+        refresh_expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> AuthResult<TokenPair> {
+        let access = self
+            .tokens
+            .issue(user.id, session_id, user.roles.names(), now)?;
+        Ok(TokenPair {
+            access_token: access.token,
+            refresh_token,
+            expires_in: self.tokens.ttl().as_secs(),
+            refresh_expires_in: u64::try_from((refresh_expires_at - now).whole_seconds())
+                .unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_token_expires_after_its_lifetime_or_with_its_session() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let hour = Duration::from_secs(3600);
+        let far = now + time::Duration::days(1);
+        assert_eq!(refresh_expiry(now, hour, far), now + hour);
+        let near = now + time::Duration::minutes(5);
+        assert_eq!(refresh_expiry(now, hour, near), near);
+    }
+}
