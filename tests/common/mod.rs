@@ -46,11 +46,18 @@ pub async fn postgres_available() -> bool {
     }
 }
 
-/// A database of its own for one test; SQLite files are removed on drop.
+/// A database of its own for one test. The test that made it removes it when
+/// it ends, pass or fail, so that nothing piles up on the PostgreSQL server.
 pub struct TestDb {
     pub backend: Backend,
     pub url: String,
-    sqlite_path: Option<PathBuf>,
+    owned: Option<Owned>,
+}
+
+/// What the original handle removes on drop; attached handles own nothing.
+enum Owned {
+    SqliteFile(PathBuf),
+    PostgresDatabase(String),
 }
 
 impl TestDb {
@@ -62,7 +69,7 @@ impl TestDb {
                 TestDb {
                     backend,
                     url: format!("sqlite://{}?mode=rwc", path.display()),
-                    sqlite_path: Some(path),
+                    owned: Some(Owned::SqliteFile(path)),
                 }
             }
             Backend::Postgres => {
@@ -80,7 +87,7 @@ impl TestDb {
                 TestDb {
                     backend,
                     url: url.to_string(),
-                    sqlite_path: None,
+                    owned: Some(Owned::PostgresDatabase(name)),
                 }
             }
         }
@@ -89,23 +96,53 @@ impl TestDb {
 
 impl TestDb {
     /// A second handle on the same database, for a second instance. Only the
-    /// original removes the files.
+    /// original removes the database.
     pub fn attach(other: &TestDb) -> TestDb {
         TestDb {
             backend: other.backend,
             url: other.url.clone(),
-            sqlite_path: None,
+            owned: None,
         }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Some(path) = &self.sqlite_path {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        match self.owned.take() {
+            Some(Owned::SqliteFile(path)) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
             }
+            Some(Owned::PostgresDatabase(name)) => drop_postgres_database(name),
+            None => {}
         }
+    }
+}
+
+/// Runs on a thread with a runtime of its own because `Drop` is usually
+/// called inside the test's runtime, which cannot block on another future.
+/// `FORCE` ends the connections a server under test may still hold.
+fn drop_postgres_database(name: String) {
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime
+            .block_on(async {
+                let mut conn = PgConnection::connect(&postgres_admin_url()).await?;
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                )))
+                .await?;
+                conn.close().await
+            })
+            .map_err(|e| format!("could not drop the test database {name}: {e}"))
+    })
+    .join();
+    if let Ok(Err(e)) = dropped {
+        eprintln!("{e}");
     }
 }
 
