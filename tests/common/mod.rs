@@ -3,8 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
+use libtest_mimic::Trial;
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
@@ -25,24 +26,46 @@ fn postgres_required() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("AUTHGATE_TEST_REQUIRE_POSTGRES").is_some()
 }
 
-/// Whether PostgreSQL tests can run. Unreachable PostgreSQL skips them
-/// locally but fails them under CI (`CI` or `AUTHGATE_TEST_REQUIRE_POSTGRES` set).
-pub async fn postgres_available() -> bool {
-    match PgConnection::connect(&postgres_admin_url()).await {
-        Ok(conn) => {
-            let _ = conn.close().await;
-            true
+/// Whether PostgreSQL tests can run, asked once per test binary. Locally an
+/// unreachable server marks them ignored, with a note; under CI (`CI` or
+/// `AUTHGATE_TEST_REQUIRE_POSTGRES` set) it is an error, never a skip.
+pub fn postgres_reachable() -> bool {
+    let url = postgres_admin_url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let reached = runtime.block_on(async {
+        let connect = PgConnection::connect(&url);
+        match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(conn)) => conn.close().await.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 5 s".into()),
         }
+    });
+    let shown = without_password(&url);
+    match reached {
+        Ok(()) => true,
         Err(e) if postgres_required() => {
-            panic!(
-                "PostgreSQL is required but unreachable at {}: {e}",
-                postgres_admin_url()
-            )
+            panic!("PostgreSQL is required but unreachable at {shown}: {e}")
         }
         Err(e) => {
-            eprintln!("skipping a PostgreSQL test: {e}");
+            eprintln!(
+                "note: PostgreSQL tests ignored, unreachable at {shown}: {e} \
+                 (set AUTHGATE_TEST_REQUIRE_POSTGRES=1 to fail instead)"
+            );
             false
         }
+    }
+}
+
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => "AUTHGATE_TEST_POSTGRES_URL (not a valid URL)".into(),
     }
 }
 
@@ -146,28 +169,64 @@ fn drop_postgres_database(name: String) {
     }
 }
 
+/// One test on one backend, named `<module>::<backend>::<name>`, on a runtime
+/// of its own as `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`
+/// gave it. PostgreSQL tests are ignored when `pg` (the server is reachable) is
+/// false.
+pub fn trial<F>(
+    module: &str,
+    backend: Backend,
+    name: &str,
+    pg: bool,
+    test: impl FnOnce(Backend) -> F + Send + 'static,
+) -> Trial
+where
+    F: Future<Output = ()>,
+{
+    let label = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let full_name = match module.split_once("::") {
+        Some((_crate, module)) => format!("{module}::{label}::{name}"),
+        None => format!("{label}::{name}"),
+    };
+    Trial::test(full_name, move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(test(backend));
+        Ok(())
+    })
+    .with_ignored_flag(backend == Backend::Postgres && !pg)
+}
+
 /// Declares each listed `async fn name(backend: Backend)` as two tests,
-/// `sqlite::name` and `postgres::name`.
+/// `sqlite::name` and `postgres::name`, returned by the module's
+/// `trials(pg)` for the binary's `main` to run.
 #[macro_export]
 macro_rules! on_both_databases {
     ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Sqlite).await
-                }
-            )+
+        pub fn trials(pg: bool) -> Vec<::libtest_mimic::Trial> {
+            use $crate::common::{trial, Backend};
+            vec![
+                $(trial(module_path!(), Backend::Sqlite, stringify!($name), pg, $name),)+
+                $(trial(module_path!(), Backend::Postgres, stringify!($name), pg, $name),)+
+            ]
         }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if $crate::common::postgres_available().await {
-                        super::$name($crate::common::Backend::Postgres).await
-                    }
-                }
-            )+
+    };
+}
+
+/// Declares each listed `async fn name()` as the test `postgres::name`,
+/// returned by the module's `postgres_only_trials(pg)`.
+#[macro_export]
+macro_rules! only_on_postgres {
+    ($($name:ident),+ $(,)?) => {
+        pub fn postgres_only_trials(pg: bool) -> Vec<::libtest_mimic::Trial> {
+            use $crate::common::{trial, Backend};
+            vec![$(trial(module_path!(), Backend::Postgres, stringify!($name), pg, |_| $name()),)+]
         }
     };
 }
