@@ -14,8 +14,14 @@ use authgate::{
     },
 };
 use common::{Backend, TestDb};
+use libtest_mimic::Arguments;
 use time::Duration;
 use uuid::Uuid;
+
+fn main() {
+    let trials = trials(common::postgres_reachable());
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
 
 async fn open(backend: Backend) -> (Arc<dyn Store>, TestDb) {
     let db = TestDb::new(backend).await;

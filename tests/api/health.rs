@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::{
     common::{Backend, TestDb},
     helpers::{TestApp, problem, spawn_app},
-    on_both_databases,
+    on_both_databases, only_on_postgres,
 };
 
 on_both_databases!(
@@ -21,12 +21,10 @@ on_both_databases!(
     the_migrate_command_prepares_the_database,
 );
 
+only_on_postgres!(readyz_is_503_when_the_database_is_gone);
+
 /// Only PostgreSQL can lose its database under a running server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_when_the_database_is_gone() {
-    if !crate::common::postgres_available().await {
-        return;
-    }
     let app = spawn_app(Backend::Postgres).await;
     assert_eq!(app.get("/readyz", None).await.status(), StatusCode::OK);
     let name = url::Url::parse(&app.db().url)

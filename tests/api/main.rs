@@ -11,3 +11,20 @@ mod login;
 mod refresh;
 mod signup;
 mod tokens;
+
+use libtest_mimic::{Arguments, Trial};
+
+fn main() {
+    let pg = common::postgres_reachable();
+    let modules: &[fn(bool) -> Vec<Trial>] = &[
+        admin::trials,
+        health::trials,
+        health::postgres_only_trials,
+        login::trials,
+        refresh::trials,
+        signup::trials,
+        tokens::trials,
+    ];
+    let trials = modules.iter().flat_map(|trials| trials(pg)).collect();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
