@@ -103,3 +103,106 @@ fn json_logs_are_one_object_per_line_and_never_show_secrets() {
         assert!(!line.contains(admin_password), "{line}");
     }
 }
+
+#[test]
+fn a_flag_of_another_command_is_refused_not_ignored() {
+    let out = authgate_args(&["migrate", "--signup-per-minute", "5"], &[], None);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--signup-per-minute"), "{err}");
+}
+
+#[test]
+fn argon2_parameters_that_do_not_go_together_stop_start_up() {
+    let out = authgate(&[
+        ("AUTHGATE_ARGON2_MEMORY_KIB", "8"),
+        ("AUTHGATE_ARGON2_PARALLELISM", "4"),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("AUTHGATE_ARGON2_"), "{err}");
+}
+
+#[test]
+fn create_admin_refuses_an_existing_user_unless_told_to_promote_them() {
+    let dir = std::env::temp_dir().join(format!("authgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}/authgate.db?mode=rwc", dir.display());
+    let env = [("DATABASE_URL", db.as_str())];
+    let cheap = ["--argon2-memory-kib", "1024", "--argon2-iterations", "1"];
+    let admin = |extra: &[&str], password: Option<&str>| {
+        let mut args = vec!["create-admin", "--email", "ops@example.com"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&cheap);
+        authgate_args(&args, &env, password)
+    };
+
+    let created = admin(&[], Some("a long admin passphrase\n"));
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert!(String::from_utf8_lossy(&created.stdout).contains("created admin"));
+
+    let again = admin(&[], Some("a long admin passphrase\n"));
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--promote"), "{}", stderr(&again));
+
+    // A disabled plain user (demoted through the store) is promoted back and
+    // enabled, without being asked for a password.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store =
+        runtime.block_on(async { authgate::store::open(&db.parse().unwrap()).await.unwrap() });
+    let user = runtime
+        .block_on(store.find_credentials("ops@example.com"))
+        .unwrap()
+        .unwrap()
+        .user;
+    let demote = authgate::store::UserChanges {
+        is_active: Some(false),
+        roles: Some(authgate::domain::Roles::new([
+            authgate::domain::Role::user(),
+        ])),
+    };
+    // The only admin cannot be demoted: make another one first.
+    let second = authgate_args(
+        &[
+            &["create-admin", "--email", "second@example.com"][..],
+            &cheap,
+        ]
+        .concat(),
+        &env,
+        Some("another long passphrase\n"),
+    );
+    assert!(second.status.success(), "{}", stderr(&second));
+    runtime
+        .block_on(store.update_user(user.id, &demote, authgate::clock::now()))
+        .unwrap();
+
+    let promoted = admin(&["--promote"], None);
+    assert!(promoted.status.success(), "{}", stderr(&promoted));
+    assert!(String::from_utf8_lossy(&promoted.stdout).contains("promoted"));
+    let user = runtime.block_on(store.get_user(user.id)).unwrap().unwrap();
+    assert!(user.is_active_admin(), "{user:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs the binary with arguments, environment and standard input.
+fn authgate_args(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+    cmd.args(args)
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}

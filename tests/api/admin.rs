@@ -16,6 +16,8 @@ on_both_databases!(
     disabling_a_user_refuses_their_tokens_within_a_second_and_their_logins,
     changing_roles_takes_effect_at_the_next_login,
     the_configured_admin_is_created_once,
+    the_last_active_admin_cannot_be_demoted_or_disabled,
+    a_patch_that_changes_nothing_ends_no_session,
 );
 
 const ADMIN_EMAIL: &str = "root@example.com";
@@ -222,4 +224,71 @@ async fn the_configured_admin_is_created_once(backend: Backend) {
         .filter(|u| u["email"] == ADMIN_EMAIL)
         .count();
     assert_eq!(admins, 1);
+}
+
+/// The id of the user a token belongs to.
+async fn me_id(app: &TestApp, token: &str) -> String {
+    let me: Value = app
+        .get("/users/me", Some(token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    me["id"].as_str().unwrap().to_owned()
+}
+
+async fn the_last_active_admin_cannot_be_demoted_or_disabled(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    let admin_id = me_id(&app, &admin).await;
+    for body in [json!({"roles": ["user"]}), json!({"is_active": false})] {
+        let res = patch(&app, &admin, &admin_id, body.clone()).await;
+        let problem = problem(res, StatusCode::CONFLICT).await;
+        assert_eq!(problem["code"], "last_admin", "{body}");
+    }
+    // Nothing changed: the admin's own session and role survive the refusal.
+    assert_eq!(
+        app.get("/admin/users", Some(&admin)).await.status(),
+        StatusCode::OK
+    );
+    // With a second admin, the first may step down.
+    let carol = app.create_user("carol").await;
+    let carol_id = carol["id"].as_str().unwrap();
+    let res = patch(&app, &admin, carol_id, json!({"roles": ["admin", "user"]})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = patch(&app, &admin, &admin_id, json!({"roles": ["user"]})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let carol_admin = app.tokens("carol").await.access;
+    let res = patch(&app, &carol_admin, carol_id, json!({"is_active": false})).await;
+    assert_eq!(
+        problem(res, StatusCode::CONFLICT).await["code"],
+        "last_admin"
+    );
+}
+
+async fn a_patch_that_changes_nothing_ends_no_session(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    let admin_id = me_id(&app, &admin).await;
+    let dave = app.create_user("dave").await;
+    let dave_id = dave["id"].as_str().unwrap();
+    let dave_tokens = app.tokens("dave").await;
+    let nothing = [
+        (dave_id, json!({})),
+        (dave_id, json!({"roles": ["user"], "is_active": true})),
+        (admin_id.as_str(), json!({"roles": ["user", "admin"]})),
+        (admin_id.as_str(), json!({})),
+    ];
+    for (id, body) in nothing {
+        let res = patch(&app, &admin, id, body.clone()).await;
+        assert_eq!(res.status(), StatusCode::OK, "{body}");
+    }
+    // Past the liveness cache's window, the sessions are still live.
+    app.advance(Duration::from_secs(1));
+    assert_eq!(app.me_status(&admin).await, StatusCode::OK);
+    assert_eq!(app.me_status(&dave_tokens.access).await, StatusCode::OK);
+    assert_eq!(
+        app.refresh(&dave_tokens.refresh).await.status(),
+        StatusCode::OK
+    );
 }
