@@ -19,7 +19,7 @@ use crate::{
     config::{self, Argon2Args, Config, DatabaseArgs, LogFormat},
     crypto::passwords::PasswordHasher,
     domain::{Email, Password, Username},
-    store, telemetry,
+    http, store, telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -64,6 +64,8 @@ pub enum Command {
         #[command(flatten)]
         argon2: Argon2Args,
     },
+    /// Print the OpenAPI document of the HTTP API (JSON) and exit.
+    Openapi,
     /// Measure this machine's password hashing rate with the configured
     /// argon2id parameters on every hashing worker, and print it as JSON.
     /// Useful to size AUTHGATE_HASH_WORKERS and to compare login throughput with.
@@ -79,7 +81,14 @@ pub enum Command {
     },
 }
 
-const COMMANDS: [&str; 5] = ["serve", "migrate", "create-admin", "hash-benchmark", "help"];
+const COMMANDS: [&str; 6] = [
+    "serve",
+    "migrate",
+    "create-admin",
+    "openapi",
+    "hash-benchmark",
+    "help",
+];
 
 /// `authgate [FLAGS]` means `authgate serve [FLAGS]`: without a command
 /// name, `serve` is put in front, so that its flags and environment belong
@@ -104,7 +113,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let argon2 = match &cli.command {
         Command::Serve(config) => Some(&config.argon2),
         Command::CreateAdmin { argon2, .. } | Command::HashBenchmark { argon2, .. } => Some(argon2),
-        Command::Migrate(_) => None,
+        Command::Migrate(_) | Command::Openapi => None,
     };
     if let Some(Err(why)) = argon2.map(Argon2Args::try_params) {
         return Err(Cli::command().error(ErrorKind::ValueValidation, why));
@@ -133,6 +142,10 @@ pub fn run() -> ExitCode {
         match cli.command {
             Command::Serve(config) => serve(*config).await,
             Command::Migrate(database) => migrate(&database).await,
+            Command::Openapi => {
+                println!("{}", http::openapi().to_pretty_json()?);
+                Ok(())
+            }
             Command::HashBenchmark {
                 duration,
                 hash_workers,

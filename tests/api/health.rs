@@ -94,6 +94,15 @@ async fn the_openapi_document_lists_the_api_and_the_oauth2_password_flow(backend
     assert_eq!(oauth["flows"]["password"]["tokenUrl"], "/auth/token");
     let token_body = &spec["paths"]["/auth/token"]["post"]["requestBody"]["content"];
     assert!(token_body["application/x-www-form-urlencoded"].is_object());
+    // The page parameters are optional query parameters, not path segments.
+    let params = spec["paths"]["/admin/users"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    for name in ["limit", "cursor"] {
+        let p = params.iter().find(|p| p["name"] == name).unwrap();
+        assert_eq!(p["in"], "query", "{name}");
+        assert_ne!(p["required"], true, "{name}");
+    }
 }
 
 async fn swagger_ui_is_served_at_docs(backend: Backend) {
