@@ -16,7 +16,7 @@ use crate::{
         sessions::SessionPolicy,
     },
     clock::{SharedClock, SystemClock},
-    config::{Argon2Args, Config},
+    config::{Argon2Args, Config, DatabaseArgs},
     crypto::passwords::PasswordHasher,
     domain::{Email, Password},
     http::{self, AppState},
@@ -130,9 +130,19 @@ pub async fn build_services(
     ))
 }
 
+/// Connects to the database and applies pending migrations.
+pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
+    store::open(&database.url).await?;
+    Ok(())
+}
+
 /// Account management for a command run outside the service: one hashing
 /// thread, no throttling, no sessions cached.
-pub fn command_accounts(store: Arc<dyn Store>, argon2: &Argon2Args) -> anyhow::Result<Accounts> {
+pub async fn command_accounts(
+    database: &DatabaseArgs,
+    argon2: &Argon2Args,
+) -> anyhow::Result<Accounts> {
+    let store = store::open(&database.url).await?;
     let hasher = PasswordHasher::new(argon2.params()?, 1, 1)?;
     Ok(Accounts::new(
         store,

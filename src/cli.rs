@@ -11,15 +11,14 @@ use clap::{
     CommandFactory, Parser, Subcommand,
     error::{ContextKind, ContextValue, ErrorKind},
 };
-use secrecy::SecretString;
 
 use crate::{
-    app::{Application, command_accounts},
+    app::{self, Application},
     auth::accounts::{AdminOutcome, IfExists},
     config::{self, Argon2Args, Config, DatabaseArgs, LogFormat},
     crypto::passwords::PasswordHasher,
     domain::{Email, Password, Username},
-    http, store, telemetry,
+    http, telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -223,7 +222,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
-    store::open(&database.url).await?;
+    app::migrate(database).await?;
     println!("migrations applied");
     Ok(())
 }
@@ -253,8 +252,7 @@ async fn create_admin(
         .map(Username::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--username {e}"))?;
-    let store = store::open(&database.url).await?;
-    let accounts = command_accounts(store, argon2)?;
+    let accounts = app::command_accounts(database, argon2).await?;
     let password = || {
         let raw = read_password()?;
         Password::parse(&raw, username.as_ref(), Some(&email))
@@ -282,30 +280,8 @@ async fn hash_benchmark(
     duration: std::time::Duration,
 ) -> anyhow::Result<()> {
     let hasher = PasswordHasher::new(argon2.params()?, workers, workers * 2)?;
-    let started = std::time::Instant::now();
-    let deadline = started + duration;
-    // One client per worker keeps every worker busy without queueing.
-    let clients: Vec<_> = (0..workers)
-        .map(|_| {
-            let hasher = hasher.clone();
-            tokio::spawn(async move {
-                let mut done = 0u64;
-                while std::time::Instant::now() < deadline {
-                    hasher
-                        .hash(SecretString::from("benchmark password"))
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    done += 1;
-                }
-                anyhow::Ok(done)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for client in clients {
-        total += client.await??;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let (total, elapsed) = hasher.measure(workers, duration).await?;
+    let elapsed = elapsed.as_secs_f64();
     let report = serde_json::json!({
         "hashes": total,
         "seconds": elapsed,

@@ -11,14 +11,16 @@
 //! allocator holding several heaps of freed buffers, and costs page faults.
 
 use std::{
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, mpsc},
     thread,
+    time::{Duration, Instant},
 };
 
 use argon2::{
     Algorithm, Argon2, Block, Params, PasswordHash, PasswordVerifier as _, Version,
     password_hash::phc::{Output, ParamsString, Salt},
 };
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 
@@ -69,10 +71,7 @@ impl PasswordHasher {
                     let mut memory = Vec::new();
                     loop {
                         // The lock is held only while waiting for the next job.
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
+                        let job = rx.lock().recv();
                         match job {
                             Ok(job) => job(&mut memory),
                             Err(_) => return, // every sender is gone: the pool shuts down
@@ -138,6 +137,42 @@ impl PasswordHasher {
             matches: v.matches && !dummy,
             ..v
         })
+    }
+}
+
+impl PasswordHasher {
+    /// Hashes with `clients` concurrent callers for `duration`: how many
+    /// hashes were done, in how long. One caller per worker keeps every
+    /// worker busy without queueing.
+    pub async fn measure(
+        &self,
+        clients: usize,
+        duration: Duration,
+    ) -> Result<(u64, Duration), HashError> {
+        let started = Instant::now();
+        let deadline = started + duration;
+        let clients: Vec<_> = (0..clients)
+            .map(|_| {
+                let hasher = self.clone();
+                tokio::spawn(async move {
+                    let mut done = 0u64;
+                    while Instant::now() < deadline {
+                        hasher
+                            .hash(SecretString::from("benchmark password"))
+                            .await?;
+                        done += 1;
+                    }
+                    Ok::<_, HashError>(done)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for client in clients {
+            total += client
+                .await
+                .map_err(|e| HashError::Failed(e.to_string()))??;
+        }
+        Ok((total, started.elapsed()))
     }
 }
 
