@@ -3,6 +3,7 @@
 //! suite (`tests/store.rs`). Every multi-step change runs in one transaction.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::{future::Future, sync::Arc};

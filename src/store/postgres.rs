@@ -3,10 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{
-    PgPool, Row,
-    postgres::{PgPoolOptions, PgRow},
-};
+use sqlx::{PgPool, postgres::PgPoolOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -14,8 +11,11 @@ use super::{
     Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation, SessionStore, Store,
     StoreError, StoreResult, StoredKey, UpdatePlan, UpdatedUser, User, UserChanges, UserStore,
     detached, map_unique,
+    sql::{
+        CredentialsRow, KeyRow, ReusedRow, RotatedRow, SessionUserRow, Timestamp, USER_COLUMNS,
+        UserRow,
+    },
 };
-use crate::domain::Roles;
 
 pub struct PgStore {
     pool: PgPool,
@@ -23,8 +23,6 @@ pub struct PgStore {
     /// must not queue behind writes waiting for their commits to reach disk.
     checks: PgPool,
 }
-
-const USER_COLUMNS: &str = "id, username, email, email_verified, roles, is_active, created_at";
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
@@ -40,19 +38,6 @@ impl PgStore {
             .await?;
         Ok(Self { pool, checks })
     }
-}
-
-fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
-    let roles: String = row.try_get("roles")?;
-    Ok(User {
-        id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        email: row.try_get("email")?,
-        email_verified: row.try_get("email_verified")?,
-        roles: Roles::from_column(&roles).map_err(|e| sqlx::Error::Decode(e.into()))?,
-        is_active: row.try_get("is_active")?,
-        created_at: row.try_get("created_at")?,
-    })
 }
 
 fn user_query(filter: &'static str) -> sqlx::AssertSqlSafe<String> {
@@ -77,7 +62,7 @@ async fn insert_user<'e>(
         .bind(user.email.as_ref().map(|e| e.normalized()))
         .bind(&user.password_hash)
         .bind(user.roles.to_column())
-        .bind(user.created_at)
+        .bind(Timestamp(user.created_at))
         .execute(exec)
         .await
         .map(|r| r.rows_affected())
@@ -113,28 +98,22 @@ impl UserStore for PgStore {
     }
 
     async fn find_credentials(&self, login: &str) -> StoreResult<Option<Credentials>> {
-        let row = sqlx::query(
+        let row: Option<CredentialsRow> = sqlx::query_as(
             "SELECT id, username, email, email_verified, roles, is_active, created_at, password_hash \
              FROM users WHERE username_normalized = $1 OR email_normalized = $1 LIMIT 1",
         )
         .bind(login)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(Credentials {
-                user: user_from_row(&r)?,
-                password_hash: r.try_get("password_hash")?,
-            })
-        })
-        .transpose()
+        Ok(row.map(Credentials::from))
     }
 
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
-        let row = sqlx::query(user_query("WHERE id = $1"))
+        let row: Option<UserRow> = sqlx::query_as(user_query("WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(user_from_row).transpose()?)
+        Ok(row.map(User::try_from).transpose()?)
     }
 
     async fn set_password_hash(
@@ -146,29 +125,32 @@ impl UserStore for PgStore {
         sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
             .bind(id)
             .bind(hash)
-            .bind(now)
+            .bind(Timestamp(now))
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
     async fn list_users(&self, limit: u32, after: Option<Uuid>) -> StoreResult<Vec<User>> {
-        let rows = match after {
+        let rows: Vec<UserRow> = match after {
             Some(after) => {
-                sqlx::query(user_query("WHERE id > $1 ORDER BY id LIMIT $2"))
+                sqlx::query_as(user_query("WHERE id > $1 ORDER BY id LIMIT $2"))
                     .bind(after)
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?
             }
             None => {
-                sqlx::query(user_query("ORDER BY id LIMIT $1"))
+                sqlx::query_as(user_query("ORDER BY id LIMIT $1"))
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?
             }
         };
-        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .into_iter()
+            .map(User::try_from)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn update_user(
@@ -190,14 +172,14 @@ impl UserStore for PgStore {
             )
             .fetch_all(&mut *tx)
             .await?;
-            let row = sqlx::query(user_query("WHERE id = $1 FOR UPDATE"))
+            let row: Option<UserRow> = sqlx::query_as(user_query("WHERE id = $1 FOR UPDATE"))
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else {
                 return Ok(None);
             };
-            let current = user_from_row(&row)?;
+            let current = User::try_from(row)?;
             let plan = UpdatePlan::new(&current, &changes);
             if !plan.changed {
                 return Ok(Some(UpdatedUser {
@@ -217,23 +199,23 @@ impl UserStore for PgStore {
                     return Err(StoreError::LastAdmin);
                 }
             }
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE users SET is_active = $2, roles = $3, updated_at = $4 \
                  WHERE id = $1 RETURNING {USER_COLUMNS}"
             )))
             .bind(id)
             .bind(plan.is_active)
             .bind(plan.roles.to_column())
-            .bind(now)
+            .bind(Timestamp(now))
             .fetch_one(&mut *tx)
             .await?;
-            let user = user_from_row(&row)?;
+            let user = User::try_from(row)?;
             sqlx::query(
                 "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
                  WHERE user_id = $1 AND revoked_at IS NULL",
             )
             .bind(id)
-            .bind(now)
+            .bind(Timestamp(now))
             .bind(RevokeReason::UserChanged.as_str())
             .execute(&mut *tx)
             .await?;
@@ -259,8 +241,8 @@ impl SessionStore for PgStore {
             )
             .bind(s.id)
             .bind(s.user_id)
-            .bind(s.created_at)
-            .bind(s.expires_at)
+            .bind(Timestamp(s.created_at))
+            .bind(Timestamp(s.expires_at))
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -269,8 +251,8 @@ impl SessionStore for PgStore {
             )
             .bind(&s.refresh_hash[..])
             .bind(s.id)
-            .bind(s.created_at)
-            .bind(s.refresh_expires_at)
+            .bind(Timestamp(s.created_at))
+            .bind(Timestamp(s.refresh_expires_at))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -290,7 +272,7 @@ impl SessionStore for PgStore {
         // UPDATE is the atomic step: of two racing refreshes with one token,
         // the row lock lets exactly one see `used_at IS NULL`. Only a token of
         // a live session is used up.
-        let row = sqlx::query(
+        let row: Option<RotatedRow> = sqlx::query_as(
             "WITH live AS ( \
                  SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
                         u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
@@ -310,21 +292,17 @@ impl SessionStore for PgStore {
              SELECT live.* FROM live JOIN used USING (session_id)",
         )
         .bind(&presented[..])
-        .bind(now)
+        .bind(Timestamp(now))
         .bind(&next[..])
-        .bind(next_expires_at)
+        .bind(Timestamp(next_expires_at))
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
-            return Ok(Rotation::Rotated {
-                session_id: row.try_get("session_id")?,
-                user: user_from_row(&row)?,
-                session_expires_at: row.try_get("session_expires_at")?,
-            });
+            return Ok(row.into());
         }
         // Not rotated. RFC 9700 §4.14.2: a used token presented again means it
         // leaked; end the whole session (every token of it, refresh and access).
-        let reused = sqlx::query(
+        let reused: Option<ReusedRow> = sqlx::query_as(
             "UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, $2), \
              revoked_reason = COALESCE(s.revoked_reason, $3) \
              FROM refresh_tokens t \
@@ -332,17 +310,11 @@ impl SessionStore for PgStore {
              RETURNING s.id, s.user_id",
         )
         .bind(&presented[..])
-        .bind(now)
+        .bind(Timestamp(now))
         .bind(RevokeReason::RefreshTokenReuse.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match reused {
-            Some(row) => Rotation::Reused {
-                session_id: row.try_get("id")?,
-                user_id: row.try_get("user_id")?,
-            },
-            None => Rotation::Invalid,
-        })
+        Ok(reused.map_or(Rotation::Invalid, Rotation::from))
     }
 
     async fn revoke_session_by_refresh(
@@ -357,7 +329,7 @@ impl SessionStore for PgStore {
              RETURNING s.id",
         )
         .bind(&token_hash[..])
-        .bind(now)
+        .bind(Timestamp(now))
         .bind(RevokeReason::Logout.as_str())
         .fetch_optional(&self.pool)
         .await?;
@@ -375,7 +347,7 @@ impl SessionStore for PgStore {
              WHERE user_id = $1 AND revoked_at IS NULL",
         )
         .bind(user_id)
-        .bind(now)
+        .bind(Timestamp(now))
         .bind(reason.as_str())
         .execute(&self.pool)
         .await?;
@@ -387,20 +359,17 @@ impl SessionStore for PgStore {
         session_ids: &[Uuid],
         now: OffsetDateTime,
     ) -> StoreResult<Vec<(Uuid, User)>> {
-        let rows = sqlx::query(
+        let rows: Vec<SessionUserRow> = sqlx::query_as(
             "SELECT s.id AS session_id, u.id, u.username, u.email, u.email_verified, u.roles, \
              u.is_active, u.created_at \
              FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = ANY($1) AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
         )
         .bind(session_ids)
-        .bind(now)
+        .bind(Timestamp(now))
         .fetch_all(&self.checks)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get("session_id")?, user_from_row(r)?)))
-            .collect::<Result<_, sqlx::Error>>()?)
+        Ok(rows.into_iter().map(|r| (r.session_id, r.user)).collect())
     }
 
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64> {
@@ -408,13 +377,13 @@ impl SessionStore for PgStore {
         detached(async move {
             let mut tx = pool.begin().await?;
             let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
-                .bind(now)
+                .bind(Timestamp(now))
                 .execute(&mut *tx)
                 .await?;
             let sessions =
                 sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR revoked_at < $2")
-                    .bind(now)
-                    .bind(revoked_before)
+                    .bind(Timestamp(now))
+                    .bind(Timestamp(revoked_before))
                     .execute(&mut *tx)
                     .await?;
             tx.commit().await?;
@@ -427,22 +396,12 @@ impl SessionStore for PgStore {
 #[async_trait]
 impl KeyStore for PgStore {
     async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
-        let rows = sqlx::query(
+        let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT kid, algorithm, secret, created_at FROM signing_keys ORDER BY created_at, kid",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(StoredKey {
-                    kid: r.try_get("kid")?,
-                    algorithm: r.try_get("algorithm")?,
-                    secret: r.try_get("secret")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?)
+        Ok(rows.into_iter().map(StoredKey::from).collect())
     }
 
     async fn insert_first_signing_key(&self, key: &StoredKey) -> StoreResult<Vec<StoredKey>> {
@@ -455,7 +414,7 @@ impl KeyStore for PgStore {
         .bind(&key.kid)
         .bind(&key.algorithm)
         .bind(&key.secret)
-        .bind(key.created_at)
+        .bind(Timestamp(key.created_at))
         .execute(&self.pool)
         .await?;
         self.signing_keys().await

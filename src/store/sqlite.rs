@@ -12,10 +12,8 @@ use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
-    Row, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -24,8 +22,11 @@ use super::{
     Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation, SessionStore, Store,
     StoreError, StoreResult, StoredKey, UpdatePlan, UpdatedUser, User, UserChanges, UserStore,
     detached, map_unique,
+    sql::{
+        CredentialsRow, KeyRow, ReusedRow, RotatedRow, SessionUserRow, Timestamp, USER_COLUMNS,
+        UserRow,
+    },
 };
-use crate::domain::Roles;
 
 pub struct SqliteStore {
     /// Readers.
@@ -34,17 +35,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
 }
 
-const USER_COLUMNS: &str = "id, username, email, email_verified, roles, is_active, created_at";
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-
-fn ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_ms(v: i64) -> Result<OffsetDateTime, sqlx::Error> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
-        .map_err(|e| sqlx::Error::Decode(e.into()))
-}
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
@@ -66,19 +57,6 @@ impl SqliteStore {
             .await?;
         Ok(Self { pool, writer })
     }
-}
-
-fn user_from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
-    let roles: String = row.try_get("roles")?;
-    Ok(User {
-        id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        email: row.try_get("email")?,
-        email_verified: row.try_get("email_verified")?,
-        roles: Roles::from_column(&roles).map_err(|e| sqlx::Error::Decode(e.into()))?,
-        is_active: row.try_get("is_active")?,
-        created_at: from_ms(row.try_get("created_at")?)?,
-    })
 }
 
 fn user_query(filter: &'static str) -> sqlx::AssertSqlSafe<String> {
@@ -103,7 +81,7 @@ async fn insert_user<'e>(
         .bind(user.email.as_ref().map(|e| e.normalized()))
         .bind(&user.password_hash)
         .bind(user.roles.to_column())
-        .bind(ms(user.created_at))
+        .bind(Timestamp(user.created_at))
         .execute(exec)
         .await
         .map(|r| r.rows_affected())
@@ -139,28 +117,22 @@ impl UserStore for SqliteStore {
     }
 
     async fn find_credentials(&self, login: &str) -> StoreResult<Option<Credentials>> {
-        let row = sqlx::query(
+        let row: Option<CredentialsRow> = sqlx::query_as(
             "SELECT id, username, email, email_verified, roles, is_active, created_at, password_hash \
              FROM users WHERE username_normalized = ?1 OR email_normalized = ?1 LIMIT 1",
         )
         .bind(login)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(Credentials {
-                user: user_from_row(&r)?,
-                password_hash: r.try_get("password_hash")?,
-            })
-        })
-        .transpose()
+        Ok(row.map(Credentials::from))
     }
 
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
-        let row = sqlx::query(user_query("WHERE id = ?1"))
+        let row: Option<UserRow> = sqlx::query_as(user_query("WHERE id = ?1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(user_from_row).transpose()?)
+        Ok(row.map(User::try_from).transpose()?)
     }
 
     async fn set_password_hash(
@@ -172,29 +144,32 @@ impl UserStore for SqliteStore {
         sqlx::query("UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1")
             .bind(id)
             .bind(hash)
-            .bind(ms(now))
+            .bind(Timestamp(now))
             .execute(&self.writer)
             .await?;
         Ok(())
     }
 
     async fn list_users(&self, limit: u32, after: Option<Uuid>) -> StoreResult<Vec<User>> {
-        let rows = match after {
+        let rows: Vec<UserRow> = match after {
             Some(after) => {
-                sqlx::query(user_query("WHERE id > ?1 ORDER BY id LIMIT ?2"))
+                sqlx::query_as(user_query("WHERE id > ?1 ORDER BY id LIMIT ?2"))
                     .bind(after)
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?
             }
             None => {
-                sqlx::query(user_query("ORDER BY id LIMIT ?1"))
+                sqlx::query_as(user_query("ORDER BY id LIMIT ?1"))
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?
             }
         };
-        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .into_iter()
+            .map(User::try_from)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn update_user(
@@ -209,14 +184,14 @@ impl UserStore for SqliteStore {
             // BEGIN IMMEDIATE serialises writers: the count of other admins
             // below cannot change before this change commits.
             let mut tx = writer.begin_with(BEGIN_WRITE).await?;
-            let row = sqlx::query(user_query("WHERE id = ?1"))
+            let row: Option<UserRow> = sqlx::query_as(user_query("WHERE id = ?1"))
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else {
                 return Ok(None);
             };
-            let current = user_from_row(&row)?;
+            let current = User::try_from(row)?;
             let plan = UpdatePlan::new(&current, &changes);
             if !plan.changed {
                 return Ok(Some(UpdatedUser {
@@ -236,23 +211,23 @@ impl UserStore for SqliteStore {
                     return Err(StoreError::LastAdmin);
                 }
             }
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE users SET is_active = ?2, roles = ?3, updated_at = ?4 \
                  WHERE id = ?1 RETURNING {USER_COLUMNS}"
             )))
             .bind(id)
             .bind(plan.is_active)
             .bind(plan.roles.to_column())
-            .bind(ms(now))
+            .bind(Timestamp(now))
             .fetch_one(&mut *tx)
             .await?;
-            let user = user_from_row(&row)?;
+            let user = User::try_from(row)?;
             sqlx::query(
                 "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 \
                  WHERE user_id = ?1 AND revoked_at IS NULL",
             )
             .bind(id)
-            .bind(ms(now))
+            .bind(Timestamp(now))
             .bind(RevokeReason::UserChanged.as_str())
             .execute(&mut *tx)
             .await?;
@@ -278,8 +253,8 @@ impl SessionStore for SqliteStore {
             )
             .bind(s.id)
             .bind(s.user_id)
-            .bind(ms(s.created_at))
-            .bind(ms(s.expires_at))
+            .bind(Timestamp(s.created_at))
+            .bind(Timestamp(s.expires_at))
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -288,8 +263,8 @@ impl SessionStore for SqliteStore {
             )
             .bind(&s.refresh_hash[..])
             .bind(s.id)
-            .bind(ms(s.created_at))
-            .bind(ms(s.refresh_expires_at))
+            .bind(Timestamp(s.created_at))
+            .bind(Timestamp(s.refresh_expires_at))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -317,13 +292,13 @@ impl SessionStore for SqliteStore {
                  RETURNING session_id",
             )
             .bind(&presented[..])
-            .bind(ms(now))
+            .bind(Timestamp(now))
             .fetch_optional(&mut *tx)
             .await?;
             let Some(session_id) = used else {
                 // RFC 9700 §4.14.2: a used token presented again means it leaked;
                 // end the whole session (every token of it, refresh and access).
-                let reused = sqlx::query(
+                let reused: Option<ReusedRow> = sqlx::query_as(
                     "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2), \
                      revoked_reason = COALESCE(revoked_reason, ?3) \
                      WHERE id = (SELECT session_id FROM refresh_tokens \
@@ -331,27 +306,21 @@ impl SessionStore for SqliteStore {
                      RETURNING id, user_id",
                 )
                 .bind(&presented[..])
-                .bind(ms(now))
+                .bind(Timestamp(now))
                 .bind(RevokeReason::RefreshTokenReuse.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                return Ok(match reused {
-                    Some(row) => Rotation::Reused {
-                        session_id: row.try_get("id")?,
-                        user_id: row.try_get("user_id")?,
-                    },
-                    None => Rotation::Invalid,
-                });
+                return Ok(reused.map_or(Rotation::Invalid, Rotation::from));
             };
-            let row = sqlx::query(
-                "SELECT s.expires_at AS session_expires_at, u.id, u.username, u.email, \
+            let row: Option<RotatedRow> = sqlx::query_as(
+                "SELECT s.id AS session_id, s.expires_at AS session_expires_at, u.id, u.username, u.email, \
                  u.email_verified, u.roles, u.is_active, u.created_at \
                  FROM sessions s JOIN users u ON u.id = s.user_id \
                  WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active",
             )
             .bind(session_id)
-            .bind(ms(now))
+            .bind(Timestamp(now))
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = row else {
@@ -359,24 +328,18 @@ impl SessionStore for SqliteStore {
                 tx.rollback().await?;
                 return Ok(Rotation::Invalid);
             };
-            let user = user_from_row(&row)?;
-            let session_expires_at = from_ms(row.try_get("session_expires_at")?)?;
             sqlx::query(
                 "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4)",
             )
             .bind(&next[..])
             .bind(session_id)
-            .bind(ms(now))
-            .bind(ms(next_expires_at))
+            .bind(Timestamp(now))
+            .bind(Timestamp(next_expires_at))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Rotation::Rotated {
-                session_id,
-                user,
-                session_expires_at,
-            })
+            Ok(row.into())
         })
         .await
     }
@@ -392,7 +355,7 @@ impl SessionStore for SqliteStore {
              AND revoked_at IS NULL RETURNING id",
         )
         .bind(&token_hash[..])
-        .bind(ms(now))
+        .bind(Timestamp(now))
         .bind(RevokeReason::Logout.as_str())
         .fetch_optional(&self.writer)
         .await?;
@@ -410,7 +373,7 @@ impl SessionStore for SqliteStore {
              WHERE user_id = ?1 AND revoked_at IS NULL",
         )
         .bind(user_id)
-        .bind(ms(now))
+        .bind(Timestamp(now))
         .bind(reason.as_str())
         .execute(&self.writer)
         .await?;
@@ -436,12 +399,13 @@ impl SessionStore for SqliteStore {
                  WHERE s.id IN ({placeholders}) AND s.revoked_at IS NULL AND s.expires_at > ?1 \
                  AND u.is_active"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+            let mut query =
+                sqlx::query_as::<_, SessionUserRow>(sqlx::AssertSqlSafe(sql)).bind(Timestamp(now));
             for id in chunk {
                 query = query.bind(*id);
             }
             for r in query.fetch_all(&self.pool).await? {
-                live.push((r.try_get("session_id")?, user_from_row(&r)?));
+                live.push((r.session_id, r.user));
             }
         }
         Ok(live)
@@ -452,13 +416,13 @@ impl SessionStore for SqliteStore {
         detached(async move {
             let mut tx = writer.begin_with(BEGIN_WRITE).await?;
             let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= ?1")
-                .bind(ms(now))
+                .bind(Timestamp(now))
                 .execute(&mut *tx)
                 .await?;
             let sessions =
                 sqlx::query("DELETE FROM sessions WHERE expires_at <= ?1 OR revoked_at < ?2")
-                    .bind(ms(now))
-                    .bind(ms(revoked_before))
+                    .bind(Timestamp(now))
+                    .bind(Timestamp(revoked_before))
                     .execute(&mut *tx)
                     .await?;
             tx.commit().await?;
@@ -471,22 +435,12 @@ impl SessionStore for SqliteStore {
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
-        let rows = sqlx::query(
+        let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT kid, algorithm, secret, created_at FROM signing_keys ORDER BY created_at, kid",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(StoredKey {
-                    kid: r.try_get("kid")?,
-                    algorithm: r.try_get("algorithm")?,
-                    secret: r.try_get("secret")?,
-                    created_at: from_ms(r.try_get("created_at")?)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?)
+        Ok(rows.into_iter().map(StoredKey::from).collect())
     }
 
     async fn insert_first_signing_key(&self, key: &StoredKey) -> StoreResult<Vec<StoredKey>> {
@@ -499,7 +453,7 @@ impl KeyStore for SqliteStore {
         .bind(&key.kid)
         .bind(&key.algorithm)
         .bind(&key.secret)
-        .bind(ms(key.created_at))
+        .bind(Timestamp(key.created_at))
         .execute(&self.writer)
         .await?;
         self.signing_keys().await
