@@ -13,84 +13,82 @@ use crate::domain::{Roles, User};
 /// INTEGER milliseconds since the Unix epoch (UTC) on SQLite, where numbers
 /// compare in SQL as times should. Binds and rows use it on both backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(pub OffsetDateTime);
+pub(super) struct Timestamp(pub OffsetDateTime);
 
 impl Timestamp {
     /// Whole milliseconds since the Unix epoch; finer parts are dropped.
-    pub fn unix_millis(self) -> i64 {
+    pub(super) fn unix_millis(self) -> i64 {
         i64::try_from(self.0.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
     }
 
     /// The time `ms` milliseconds after the Unix epoch, in UTC.
-    pub fn from_unix_millis(ms: i64) -> Result<Self, time::error::ComponentRange> {
+    pub(super) fn from_unix_millis(ms: i64) -> Result<Self, time::error::ComponentRange> {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).map(Self)
     }
 }
 
-impl From<OffsetDateTime> for Timestamp {
-    fn from(t: OffsetDateTime) -> Self {
-        Self(t)
-    }
+/// How a database stores a [`Timestamp`]: the one difference between the
+/// backends' encodings of it.
+pub(super) trait StoresTimestamp: Database {
+    /// The value as the database reads and writes it.
+    type Stored: Type<Self>;
+
+    /// What is written for `t`.
+    fn store(t: Timestamp) -> Self::Stored;
+
+    /// What a stored value means.
+    fn load(stored: Self::Stored) -> Result<Timestamp, BoxDynError>;
 }
 
-impl From<Timestamp> for OffsetDateTime {
-    fn from(t: Timestamp) -> Self {
+impl StoresTimestamp for Postgres {
+    type Stored = OffsetDateTime;
+
+    fn store(t: Timestamp) -> OffsetDateTime {
         t.0
     }
-}
 
-impl Type<Postgres> for Timestamp {
-    fn type_info() -> <Postgres as Database>::TypeInfo {
-        <OffsetDateTime as Type<Postgres>>::type_info()
-    }
-
-    fn compatible(ty: &<Postgres as Database>::TypeInfo) -> bool {
-        <OffsetDateTime as Type<Postgres>>::compatible(ty)
+    fn load(stored: OffsetDateTime) -> Result<Timestamp, BoxDynError> {
+        Ok(Timestamp(stored))
     }
 }
 
-impl Encode<'_, Postgres> for Timestamp {
-    fn encode_by_ref(
-        &self,
-        buf: &mut <Postgres as Database>::ArgumentBuffer,
-    ) -> Result<IsNull, BoxDynError> {
-        Encode::<Postgres>::encode_by_ref(&self.0, buf)
+impl StoresTimestamp for Sqlite {
+    type Stored = i64;
+
+    fn store(t: Timestamp) -> i64 {
+        t.unix_millis()
     }
 
-    fn size_hint(&self) -> usize {
-        Encode::<Postgres>::size_hint(&self.0)
-    }
-}
-
-impl<'r> Decode<'r, Postgres> for Timestamp {
-    fn decode(value: <Postgres as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
-        <OffsetDateTime as Decode<Postgres>>::decode(value).map(Self)
+    fn load(stored: i64) -> Result<Timestamp, BoxDynError> {
+        Ok(Timestamp::from_unix_millis(stored)?)
     }
 }
 
-impl Type<Sqlite> for Timestamp {
-    fn type_info() -> <Sqlite as Database>::TypeInfo {
-        <i64 as Type<Sqlite>>::type_info()
+impl<DB: StoresTimestamp> Type<DB> for Timestamp {
+    fn type_info() -> DB::TypeInfo {
+        DB::Stored::type_info()
     }
 
-    fn compatible(ty: &<Sqlite as Database>::TypeInfo) -> bool {
-        <i64 as Type<Sqlite>>::compatible(ty)
-    }
-}
-
-impl Encode<'_, Sqlite> for Timestamp {
-    fn encode_by_ref(
-        &self,
-        buf: &mut <Sqlite as Database>::ArgumentBuffer,
-    ) -> Result<IsNull, BoxDynError> {
-        Encode::<Sqlite>::encode(self.unix_millis(), buf)
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        DB::Stored::compatible(ty)
     }
 }
 
-impl<'r> Decode<'r, Sqlite> for Timestamp {
-    fn decode(value: <Sqlite as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
-        let ms = <i64 as Decode<Sqlite>>::decode(value)?;
-        Ok(Self::from_unix_millis(ms)?)
+impl<'q, DB: StoresTimestamp> Encode<'q, DB> for Timestamp
+where
+    DB::Stored: Encode<'q, DB>,
+{
+    fn encode_by_ref(&self, buf: &mut DB::ArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        DB::store(*self).encode(buf)
+    }
+}
+
+impl<'r, DB: StoresTimestamp> Decode<'r, DB> for Timestamp
+where
+    DB::Stored: Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        DB::load(DB::Stored::decode(value)?)
     }
 }
 
