@@ -71,6 +71,8 @@ on_both_databases!(
     purge_deletes_expired_sessions_and_tokens_only,
     a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connections,
     live_sessions_answers_for_many_sessions_in_one_call,
+    timestamps_round_trip_to_the_millisecond_in_the_stored_form,
+    rows_written_with_plain_sql_read_back_through_the_store,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -516,5 +518,194 @@ async fn live_sessions_answers_for_many_sessions_in_one_call(backend: Backend) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// Runs statements on a connection of its own, outside the store.
+async fn run_sql(db: &TestDb, statements: String) {
+    use sqlx::Connection;
+    let sql = sqlx::raw_sql(sqlx::AssertSqlSafe(statements));
+    match db.backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sql.execute(&mut conn).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sql.execute(&mut conn).await.unwrap();
+        }
+    }
+}
+
+/// A timestamp column of the one row `from` selects, as stored, in
+/// milliseconds since the Unix epoch.
+async fn stored_millis(db: &TestDb, column: &str, from: &str) -> i64 {
+    use sqlx::Connection;
+    match db.backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            let (kind, ms): (String, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT typeof({column}), {column} FROM {from}"
+            )))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(kind, "integer", "{column} of {from}");
+            ms
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT (EXTRACT(EPOCH FROM {column}) * 1000)::BIGINT FROM {from}"
+            )))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+        }
+    }
+}
+
+async fn timestamps_round_trip_to_the_millisecond_in_the_stored_form(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let created_at = time::macros::datetime!(2026-01-02 03:04:05.678 UTC);
+    let session_end = time::macros::datetime!(2100-01-01 00:00:00.001 UTC);
+    let mut user = new_user("mila");
+    user.created_at = created_at;
+    store.create_user(&user).await.unwrap();
+    assert_eq!(
+        store.get_user(user.id).await.unwrap().unwrap().created_at,
+        created_at
+    );
+    let mut first = key("first");
+    first.created_at = created_at;
+    let keys = store.insert_first_signing_key(&first).await.unwrap();
+    assert_eq!(keys[0].created_at, created_at);
+    let mut session = session_for(user.id, 1, Duration::days(1));
+    session.expires_at = session_end;
+    store.create_session(&session).await.unwrap();
+    let rotated = store
+        .rotate_refresh_token(&[1; 32], &[2; 32], session_end, clock::now())
+        .await
+        .unwrap();
+    match rotated {
+        Rotation::Rotated {
+            session_expires_at, ..
+        } => assert_eq!(session_expires_at, session_end),
+        other => panic!("expected a rotation, got {other:?}"),
+    }
+
+    // Stored as ever: INTEGER milliseconds on SQLite, timestamptz on PostgreSQL.
+    let users = "users WHERE username_normalized = 'mila'";
+    assert_eq!(
+        stored_millis(&db, "created_at", users).await,
+        1_767_323_045_678
+    );
+    assert_eq!(
+        stored_millis(&db, "updated_at", users).await,
+        1_767_323_045_678
+    );
+    assert_eq!(
+        stored_millis(&db, "expires_at", "sessions").await,
+        4_102_444_800_001
+    );
+    assert_eq!(
+        stored_millis(&db, "created_at", "signing_keys").await,
+        1_767_323_045_678
+    );
+}
+
+async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let (user_id, session_id) = (Uuid::now_v7(), Uuid::now_v7());
+    // Each database's own literals, as rows written before this build hold them.
+    let sqlite = backend == Backend::Sqlite;
+    let uuid = |id: Uuid| {
+        if sqlite {
+            format!("X'{}'", id.simple())
+        } else {
+            format!("'{id}'")
+        }
+    };
+    let bytes = |hex: &str| {
+        if sqlite {
+            format!("X'{hex}'")
+        } else {
+            format!("'\\x{hex}'::BYTEA")
+        }
+    };
+    let (yes, created, ends) = if sqlite {
+        ("1", "1767323045678", "4102444800001")
+    } else {
+        (
+            "TRUE",
+            "'2026-01-02 03:04:05.678+00'",
+            "'2100-01-01 00:00:00.001+00'",
+        )
+    };
+    let (user, session) = (uuid(user_id), uuid(session_id));
+    let token = bytes(&"07".repeat(32));
+    run_sql(
+        &db,
+        format!(
+            "INSERT INTO users (id, username, username_normalized, email, email_normalized, \
+             email_verified, password_hash, roles, is_active, created_at, updated_at) \
+             VALUES ({user}, 'Olga', 'olga', NULL, NULL, {yes}, 'hash', 'admin,user', {yes}, \
+             {created}, {created}); \
+             INSERT INTO sessions (id, user_id, created_at, expires_at) \
+             VALUES ({session}, {user}, {created}, {ends}); \
+             INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
+             VALUES ({token}, {session}, {created}, {ends}); \
+             INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
+             VALUES ('old', 'HS256', {secret}, {created});",
+            secret = bytes("0102"),
+        ),
+    )
+    .await;
+
+    let created_at = time::macros::datetime!(2026-01-02 03:04:05.678 UTC);
+    let expected = authgate::domain::User {
+        id: user_id,
+        username: Some("Olga".into()),
+        email: None,
+        email_verified: true,
+        roles: Roles::new([Role::admin(), Role::user()]),
+        is_active: true,
+        created_at,
+    };
+    assert_eq!(store.get_user(user_id).await.unwrap().unwrap(), expected);
+    let credentials = store.find_credentials("olga").await.unwrap().unwrap();
+    assert_eq!(credentials.user, expected);
+    assert_eq!(credentials.password_hash, "hash");
+    let live = store
+        .live_sessions(&[session_id], clock::now())
+        .await
+        .unwrap();
+    assert_eq!(live, vec![(session_id, expected.clone())]);
+    let rotated = store
+        .rotate_refresh_token(
+            &[7; 32],
+            &[8; 32],
+            clock::now() + Duration::hours(1),
+            clock::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated,
+        Rotation::Rotated {
+            session_id,
+            user: expected,
+            session_expires_at: time::macros::datetime!(2100-01-01 00:00:00.001 UTC),
+        }
+    );
+    let keys = store.signing_keys().await.unwrap();
+    assert_eq!(
+        keys,
+        vec![StoredKey {
+            kid: "old".into(),
+            algorithm: "HS256".into(),
+            secret: vec![1, 2],
+            created_at,
+        }]
     );
 }

@@ -1,8 +1,10 @@
 //! Persistence behind one small trait, with a PostgreSQL and a SQLite
 //! implementation. Both are held to the same behaviour by one conformance
 //! suite (`tests/store.rs`). Every multi-step change runs in one transaction.
+//! The backends share their SQL (`sql.rs`); each keeps only what differs.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::{future::Future, sync::Arc};

@@ -1,4 +1,5 @@
-//! SQLite implementation of [`Store`].
+//! SQLite implementation of [`Store`](super::Store): its pools, and what it
+//! does its own way. The rest is [`sql_store!`].
 //!
 //! Timestamps are stored as INTEGER milliseconds (UTC) and UUIDs as 16-byte
 //! BLOBs. SQLite lets one writer in at a time, so all writes of this process
@@ -10,22 +11,16 @@
 
 use std::{str::FromStr, time::Duration};
 
-use async_trait::async_trait;
 use sqlx::{
-    Row, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    Sqlite, SqlitePool, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation, SessionStore, Store,
-    StoreError, StoreResult, StoredKey, UpdatePlan, UpdatedUser, User, UserChanges, UserStore,
-    detached, map_unique,
+    Rotation, StoreResult, User, detached,
+    sql::{self, Dialect, Refresh, RotatedRow, SessionUserRow, Timestamp, sql_store},
 };
-use crate::domain::Roles;
 
 pub struct SqliteStore {
     /// Readers.
@@ -34,17 +29,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
 }
 
-const USER_COLUMNS: &str = "id, username, email, email_verified, roles, is_active, created_at";
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-
-fn ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_ms(v: i64) -> Result<OffsetDateTime, sqlx::Error> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
-        .map_err(|e| sqlx::Error::Decode(e.into()))
-}
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
@@ -68,440 +53,106 @@ impl SqliteStore {
     }
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
-    let roles: String = row.try_get("roles")?;
-    Ok(User {
-        id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        email: row.try_get("email")?,
-        email_verified: row.try_get("email_verified")?,
-        roles: Roles::from_column(&roles).map_err(|e| sqlx::Error::Decode(e.into()))?,
-        is_active: row.try_get("is_active")?,
-        created_at: from_ms(row.try_get("created_at")?)?,
-    })
-}
+sql_store!(SqliteStore, migrations = "./migrations/sqlite");
 
-fn user_query(filter: &'static str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users {filter}"))
-}
+impl Dialect for SqliteStore {
+    type Db = Sqlite;
 
-async fn insert_user<'e>(
-    exec: impl sqlx::SqliteExecutor<'e>,
-    user: &NewUser,
-    or_ignore: &'static str,
-) -> Result<u64, sqlx::Error> {
-    let sql = format!(
-        "INSERT {or_ignore} INTO users (id, username, username_normalized, email, email_normalized, \
-         password_hash, roles, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(user.id)
-        .bind(user.username.as_ref().map(|u| u.as_str().to_owned()))
-        .bind(user.username.as_ref().map(|u| u.normalized()))
-        .bind(user.email.as_ref().map(|e| e.as_str().to_owned()))
-        .bind(user.email.as_ref().map(|e| e.normalized()))
-        .bind(&user.password_hash)
-        .bind(user.roles.to_column())
-        .bind(ms(user.created_at))
-        .execute(exec)
-        .await
-        .map(|r| r.rows_affected())
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.writer)
-            .await
-            .map_err(|e| StoreError::Database(e.into()))
+    fn reader(&self) -> &SqlitePool {
+        &self.pool
     }
 
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl UserStore for SqliteStore {
-    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
-        insert_user(&self.writer, user, "")
-            .await
-            .map_err(map_unique)?;
-        Ok(user.view())
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 
-    async fn create_user_if_absent(&self, user: &NewUser) -> StoreResult<bool> {
-        let n = insert_user(&self.writer, user, "OR IGNORE").await?;
-        Ok(n == 1)
+    async fn begin_write(writer: &SqlitePool) -> sqlx::Result<Transaction<'static, Sqlite>> {
+        writer.begin_with(BEGIN_WRITE).await
     }
 
-    async fn find_credentials(&self, login: &str) -> StoreResult<Option<Credentials>> {
-        let row = sqlx::query(
-            "SELECT id, username, email, email_verified, roles, is_active, created_at, password_hash \
-             FROM users WHERE username_normalized = ?1 OR email_normalized = ?1 LIMIT 1",
-        )
-        .bind(login)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(Credentials {
-                user: user_from_row(&r)?,
-                password_hash: r.try_get("password_hash")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
-        let row = sqlx::query(user_query("WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(user_from_row).transpose()?)
-    }
-
-    async fn set_password_hash(
-        &self,
-        id: Uuid,
-        hash: &str,
-        now: OffsetDateTime,
-    ) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1")
-            .bind(id)
-            .bind(hash)
-            .bind(ms(now))
-            .execute(&self.writer)
-            .await?;
+    async fn lock_for_user_change(
+        _: &mut Transaction<'static, Sqlite>,
+        _: Uuid,
+    ) -> sqlx::Result<()> {
+        // Nothing to lock: BEGIN IMMEDIATE serialises writers, so the count of
+        // other admins cannot change before this change commits.
         Ok(())
     }
 
-    async fn list_users(&self, limit: u32, after: Option<Uuid>) -> StoreResult<Vec<User>> {
-        let rows = match after {
-            Some(after) => {
-                sqlx::query(user_query("WHERE id > ?1 ORDER BY id LIMIT ?2"))
-                    .bind(after)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query(user_query("ORDER BY id LIMIT ?1"))
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
-    }
-
-    async fn update_user(
-        &self,
-        id: Uuid,
-        changes: &UserChanges,
-        now: OffsetDateTime,
-    ) -> StoreResult<Option<UpdatedUser>> {
+    async fn rotate(&self, refresh: Refresh) -> StoreResult<Rotation> {
         let writer = self.writer.clone();
-        let changes = changes.clone();
-        detached(async move {
-            // BEGIN IMMEDIATE serialises writers: the count of other admins
-            // below cannot change before this change commits.
-            let mut tx = writer.begin_with(BEGIN_WRITE).await?;
-            let row = sqlx::query(user_query("WHERE id = ?1"))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let current = user_from_row(&row)?;
-            let plan = UpdatePlan::new(&current, &changes);
-            if !plan.changed {
-                return Ok(Some(UpdatedUser {
-                    user: current,
-                    changed: false,
-                }));
-            }
-            if plan.removes_admin {
-                let others: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM users WHERE id <> ?1 AND is_active \
-                     AND (',' || roles || ',') LIKE '%,admin,%'",
-                )
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-                if others == 0 {
-                    return Err(StoreError::LastAdmin);
-                }
-            }
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE users SET is_active = ?2, roles = ?3, updated_at = ?4 \
-                 WHERE id = ?1 RETURNING {USER_COLUMNS}"
-            )))
-            .bind(id)
-            .bind(plan.is_active)
-            .bind(plan.roles.to_column())
-            .bind(ms(now))
-            .fetch_one(&mut *tx)
-            .await?;
-            let user = user_from_row(&row)?;
-            sqlx::query(
-                "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 \
-                 WHERE user_id = ?1 AND revoked_at IS NULL",
-            )
-            .bind(id)
-            .bind(ms(now))
-            .bind(RevokeReason::UserChanged.as_str())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Some(UpdatedUser {
-                user,
-                changed: true,
-            }))
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl SessionStore for SqliteStore {
-    async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
-        let writer = self.writer.clone();
-        let s = s.clone();
-        detached(async move {
-            let mut tx = writer.begin_with(BEGIN_WRITE).await?;
-            sqlx::query(
-                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(s.id)
-            .bind(s.user_id)
-            .bind(ms(s.created_at))
-            .bind(ms(s.expires_at))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(&s.refresh_hash[..])
-            .bind(s.id)
-            .bind(ms(s.created_at))
-            .bind(ms(s.refresh_expires_at))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn rotate_refresh_token(
-        &self,
-        presented: &[u8; 32],
-        next: &[u8; 32],
-        next_expires_at: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> StoreResult<Rotation> {
-        let writer = self.writer.clone();
-        let (presented, next) = (*presented, *next);
         detached(async move {
             // BEGIN IMMEDIATE serialises writers, so of two racing refreshes with
             // one token exactly one sees `used_at IS NULL`.
-            let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+            let mut tx = Self::begin_write(&writer).await?;
             let used: Option<Uuid> = sqlx::query_scalar(
-                "UPDATE refresh_tokens SET used_at = ?2 \
-                 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 \
+                "UPDATE refresh_tokens SET used_at = $2 \
+                 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
                  RETURNING session_id",
             )
-            .bind(&presented[..])
-            .bind(ms(now))
+            .bind(&refresh.presented[..])
+            .bind(refresh.now)
             .fetch_optional(&mut *tx)
             .await?;
             let Some(session_id) = used else {
-                // RFC 9700 §4.14.2: a used token presented again means it leaked;
-                // end the whole session (every token of it, refresh and access).
-                let reused = sqlx::query(
-                    "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2), \
-                     revoked_reason = COALESCE(revoked_reason, ?3) \
-                     WHERE id = (SELECT session_id FROM refresh_tokens \
-                                 WHERE token_hash = ?1 AND used_at IS NOT NULL) \
-                     RETURNING id, user_id",
-                )
-                .bind(&presented[..])
-                .bind(ms(now))
-                .bind(RevokeReason::RefreshTokenReuse.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+                // Not rotated: perhaps a used token presented again.
+                let reused = sql::revoke_reused(&refresh)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 tx.commit().await?;
-                return Ok(match reused {
-                    Some(row) => Rotation::Reused {
-                        session_id: row.try_get("id")?,
-                        user_id: row.try_get("user_id")?,
-                    },
-                    None => Rotation::Invalid,
-                });
+                return Ok(reused.map_or(Rotation::Invalid, Rotation::from));
             };
-            let row = sqlx::query(
-                "SELECT s.expires_at AS session_expires_at, u.id, u.username, u.email, \
-                 u.email_verified, u.roles, u.is_active, u.created_at \
+            let live: Option<RotatedRow> = sqlx::query_as(
+                "SELECT s.id AS session_id, s.expires_at AS session_expires_at, u.id, u.username, \
+                 u.email, u.email_verified, u.roles, u.is_active, u.created_at \
                  FROM sessions s JOIN users u ON u.id = s.user_id \
-                 WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active",
+                 WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
             )
             .bind(session_id)
-            .bind(ms(now))
+            .bind(refresh.now)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = row else {
+            let Some(live) = live else {
                 // The session has ended: the token stays unused, and is refused.
                 tx.rollback().await?;
                 return Ok(Rotation::Invalid);
             };
-            let user = user_from_row(&row)?;
-            let session_expires_at = from_ms(row.try_get("session_expires_at")?)?;
-            sqlx::query(
-                "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4)",
+            sql::insert_refresh_token(
+                &refresh.next,
+                session_id,
+                refresh.now,
+                refresh.next_expires_at,
             )
-            .bind(&next[..])
-            .bind(session_id)
-            .bind(ms(now))
-            .bind(ms(next_expires_at))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Rotation::Rotated {
-                session_id,
-                user,
-                session_expires_at,
-            })
+            Ok(live.into())
         })
         .await
     }
 
-    async fn revoke_session_by_refresh(
-        &self,
-        token_hash: &[u8; 32],
-        now: OffsetDateTime,
-    ) -> StoreResult<Option<Uuid>> {
-        let id = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 \
-             WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = ?1) \
-             AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(&token_hash[..])
-        .bind(ms(now))
-        .bind(RevokeReason::Logout.as_str())
-        .fetch_optional(&self.writer)
-        .await?;
-        Ok(id)
-    }
-
-    async fn revoke_user_sessions(
-        &self,
-        user_id: Uuid,
-        reason: RevokeReason,
-        now: OffsetDateTime,
-    ) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 \
-             WHERE user_id = ?1 AND revoked_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(ms(now))
-        .bind(reason.as_str())
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn live_sessions(
-        &self,
-        session_ids: &[Uuid],
-        now: OffsetDateTime,
-    ) -> StoreResult<Vec<(Uuid, User)>> {
+    async fn live(&self, session_ids: &[Uuid], now: Timestamp) -> StoreResult<Vec<(Uuid, User)>> {
         let mut live = Vec::new();
         // Bounded statements: SQLite limits the number of bound parameters.
         for chunk in session_ids.chunks(500) {
             let placeholders = (2..chunk.len() + 2)
-                .map(|i| format!("?{i}"))
+                .map(|i| format!("${i}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
                 "SELECT s.id AS session_id, u.id, u.username, u.email, u.email_verified, u.roles, \
                  u.is_active, u.created_at \
                  FROM sessions s JOIN users u ON u.id = s.user_id \
-                 WHERE s.id IN ({placeholders}) AND s.revoked_at IS NULL AND s.expires_at > ?1 \
+                 WHERE s.id IN ({placeholders}) AND s.revoked_at IS NULL AND s.expires_at > $1 \
                  AND u.is_active"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+            let mut query = sqlx::query_as::<_, SessionUserRow>(sqlx::AssertSqlSafe(sql)).bind(now);
             for id in chunk {
                 query = query.bind(*id);
             }
-            for r in query.fetch_all(&self.pool).await? {
-                live.push((r.try_get("session_id")?, user_from_row(&r)?));
-            }
+            let rows = query.fetch_all(&self.pool).await?;
+            live.extend(rows.into_iter().map(|r| (r.session_id, r.user)));
         }
         Ok(live)
-    }
-
-    async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64> {
-        let writer = self.writer.clone();
-        detached(async move {
-            let mut tx = writer.begin_with(BEGIN_WRITE).await?;
-            let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= ?1")
-                .bind(ms(now))
-                .execute(&mut *tx)
-                .await?;
-            let sessions =
-                sqlx::query("DELETE FROM sessions WHERE expires_at <= ?1 OR revoked_at < ?2")
-                    .bind(ms(now))
-                    .bind(ms(revoked_before))
-                    .execute(&mut *tx)
-                    .await?;
-            tx.commit().await?;
-            Ok(tokens.rows_affected() + sessions.rows_affected())
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl KeyStore for SqliteStore {
-    async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
-        let rows = sqlx::query(
-            "SELECT kid, algorithm, secret, created_at FROM signing_keys ORDER BY created_at, kid",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(StoredKey {
-                    kid: r.try_get("kid")?,
-                    algorithm: r.try_get("algorithm")?,
-                    secret: r.try_get("secret")?,
-                    created_at: from_ms(r.try_get("created_at")?)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?)
-    }
-
-    async fn insert_first_signing_key(&self, key: &StoredKey) -> StoreResult<Vec<StoredKey>> {
-        // Only if the table is empty: two instances starting together on one
-        // database must end up with one key, not one each.
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
-             SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
-        )
-        .bind(&key.kid)
-        .bind(&key.algorithm)
-        .bind(&key.secret)
-        .bind(ms(key.created_at))
-        .execute(&self.writer)
-        .await?;
-        self.signing_keys().await
     }
 }

@@ -1,0 +1,714 @@
+//! What the two backends share: one timestamp type, the rows they read, and
+//! the statements both accept, written once with `$N` placeholders (sqlx's
+//! SQLite driver takes them too). [`sql_store!`] implements the store traits
+//! for a backend with them, on top of what the backend does its own way
+//! ([`Dialect`]).
+
+use std::future::Future;
+
+use sqlx::{
+    Database, Decode, Encode, FromRow, Pool, Postgres, Sqlite, Transaction, Type,
+    encode::IsNull,
+    error::BoxDynError,
+    query::{Query, QueryAs},
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{Credentials, NewUser, RevokeReason, Rotation, StoreResult, StoredKey};
+use crate::domain::{Roles, User};
+
+/// A point in time as each schema stores it: `timestamptz` on PostgreSQL,
+/// INTEGER milliseconds since the Unix epoch (UTC) on SQLite, where numbers
+/// compare in SQL as times should. Binds and rows use it on both backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Timestamp(pub OffsetDateTime);
+
+impl Timestamp {
+    /// Whole milliseconds since the Unix epoch; finer parts are dropped.
+    pub(super) fn unix_millis(self) -> i64 {
+        i64::try_from(self.0.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    }
+
+    /// The time `ms` milliseconds after the Unix epoch, in UTC.
+    pub(super) fn from_unix_millis(ms: i64) -> Result<Self, time::error::ComponentRange> {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).map(Self)
+    }
+}
+
+/// How a database stores a [`Timestamp`]: the one difference between the
+/// backends' encodings of it.
+pub(super) trait StoresTimestamp: Database {
+    /// The value as the database reads and writes it.
+    type Stored: Type<Self>;
+
+    /// What is written for `t`.
+    fn store(t: Timestamp) -> Self::Stored;
+
+    /// What a stored value means.
+    fn load(stored: Self::Stored) -> Result<Timestamp, BoxDynError>;
+}
+
+impl StoresTimestamp for Postgres {
+    type Stored = OffsetDateTime;
+
+    fn store(t: Timestamp) -> OffsetDateTime {
+        t.0
+    }
+
+    fn load(stored: OffsetDateTime) -> Result<Timestamp, BoxDynError> {
+        Ok(Timestamp(stored))
+    }
+}
+
+impl StoresTimestamp for Sqlite {
+    type Stored = i64;
+
+    fn store(t: Timestamp) -> i64 {
+        t.unix_millis()
+    }
+
+    fn load(stored: i64) -> Result<Timestamp, BoxDynError> {
+        Ok(Timestamp::from_unix_millis(stored)?)
+    }
+}
+
+impl<DB: StoresTimestamp> Type<DB> for Timestamp {
+    fn type_info() -> DB::TypeInfo {
+        DB::Stored::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        DB::Stored::compatible(ty)
+    }
+}
+
+impl<'q, DB: StoresTimestamp> Encode<'q, DB> for Timestamp
+where
+    DB::Stored: Encode<'q, DB>,
+{
+    fn encode_by_ref(&self, buf: &mut DB::ArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        DB::store(*self).encode(buf)
+    }
+}
+
+impl<'r, DB: StoresTimestamp> Decode<'r, DB> for Timestamp
+where
+    DB::Stored: Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        DB::load(DB::Stored::decode(value)?)
+    }
+}
+
+/// A user as the statements select it: `id, username, email, email_verified,
+/// roles, is_active, created_at`.
+#[derive(FromRow)]
+pub(super) struct UserRow {
+    id: Uuid,
+    username: Option<String>,
+    email: Option<String>,
+    email_verified: bool,
+    roles: String,
+    is_active: bool,
+    created_at: Timestamp,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = sqlx::Error;
+
+    fn try_from(row: UserRow) -> Result<Self, sqlx::Error> {
+        let roles = Roles::from_column(&row.roles).map_err(|e| sqlx::Error::ColumnDecode {
+            index: "roles".into(),
+            source: e.into(),
+        })?;
+        Ok(User {
+            id: row.id,
+            username: row.username,
+            email: row.email,
+            email_verified: row.email_verified,
+            roles,
+            is_active: row.is_active,
+            created_at: row.created_at.0,
+        })
+    }
+}
+
+/// A user with the password hash.
+#[derive(FromRow)]
+pub(super) struct CredentialsRow {
+    #[sqlx(flatten, try_from = "UserRow")]
+    user: User,
+    password_hash: String,
+}
+
+impl From<CredentialsRow> for Credentials {
+    fn from(row: CredentialsRow) -> Self {
+        Credentials {
+            user: row.user,
+            password_hash: row.password_hash,
+        }
+    }
+}
+
+/// A live session and its user.
+#[derive(FromRow)]
+pub(super) struct SessionUserRow {
+    pub session_id: Uuid,
+    #[sqlx(flatten, try_from = "UserRow")]
+    pub user: User,
+}
+
+/// A session whose refresh token just rotated.
+#[derive(FromRow)]
+pub(super) struct RotatedRow {
+    session_id: Uuid,
+    session_expires_at: Timestamp,
+    #[sqlx(flatten, try_from = "UserRow")]
+    user: User,
+}
+
+impl From<RotatedRow> for Rotation {
+    fn from(row: RotatedRow) -> Self {
+        Rotation::Rotated {
+            session_id: row.session_id,
+            user: row.user,
+            session_expires_at: row.session_expires_at.0,
+        }
+    }
+}
+
+/// A session revoked because one of its refresh tokens came back after use.
+#[derive(FromRow)]
+pub(super) struct ReusedRow {
+    id: Uuid,
+    user_id: Uuid,
+}
+
+impl From<ReusedRow> for Rotation {
+    fn from(row: ReusedRow) -> Self {
+        Rotation::Reused {
+            session_id: row.id,
+            user_id: row.user_id,
+        }
+    }
+}
+
+/// A signing key.
+#[derive(FromRow)]
+pub(super) struct KeyRow {
+    kid: String,
+    algorithm: String,
+    secret: Vec<u8>,
+    created_at: Timestamp,
+}
+
+impl From<KeyRow> for StoredKey {
+    fn from(row: KeyRow) -> Self {
+        StoredKey {
+            kid: row.kid,
+            algorithm: row.algorithm,
+            secret: row.secret,
+            created_at: row.created_at.0,
+        }
+    }
+}
+
+/// What a backend does its own way; [`sql_store!`] builds the store on it.
+pub(super) trait Dialect: Send + Sync + 'static {
+    type Db: Database;
+
+    /// The pool reads go to.
+    fn reader(&self) -> &Pool<Self::Db>;
+
+    /// The pool writes go to.
+    fn writer(&self) -> &Pool<Self::Db>;
+
+    /// Begins a write transaction on the writer pool.
+    fn begin_write(
+        writer: &Pool<Self::Db>,
+    ) -> impl Future<Output = sqlx::Result<Transaction<'static, Self::Db>>> + Send;
+
+    /// Runs first in `update_user`'s transaction: until the transaction ends,
+    /// no concurrent change may alter user `id` or the set of active admins.
+    fn lock_for_user_change(
+        tx: &mut Transaction<'static, Self::Db>,
+        id: Uuid,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+
+    /// [`SessionStore::rotate_refresh_token`](super::SessionStore::rotate_refresh_token).
+    fn rotate(&self, refresh: Refresh) -> impl Future<Output = StoreResult<Rotation>> + Send;
+
+    /// [`SessionStore::live_sessions`](super::SessionStore::live_sessions).
+    fn live(
+        &self,
+        session_ids: &[Uuid],
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<Vec<(Uuid, User)>>> + Send;
+}
+
+/// A refresh token presented for rotation, with the one to store in its place.
+pub(super) struct Refresh {
+    pub presented: [u8; 32],
+    pub next: [u8; 32],
+    pub next_expires_at: Timestamp,
+    pub now: Timestamp,
+}
+
+/// Shorthand for "`DB` can bind this", for the generic statements below.
+pub(super) trait Bind<DB: Database>: for<'q> Encode<'q, DB> + Type<DB> {}
+
+impl<DB: Database, T: for<'q> Encode<'q, DB> + Type<DB>> Bind<DB> for T {}
+
+/// `INSERT INTO users` with the columns [`insert_user`] binds, then `$tail`.
+macro_rules! insert_user_sql {
+    ($($tail:literal)?) => {
+        concat!(
+            "INSERT INTO users (id, username, username_normalized, email, email_normalized, \
+             password_hash, roles, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+            $(, " ", $tail)?
+        )
+    };
+}
+
+/// Inserts `user`; with `if_absent`, does nothing if the username or the
+/// email is taken instead of failing.
+pub(super) fn insert_user<'a, DB: Database>(
+    user: &'a NewUser,
+    if_absent: bool,
+) -> Query<'static, DB, DB::Arguments>
+where
+    Uuid: Bind<DB>,
+    Option<String>: Bind<DB>,
+    &'a str: Bind<DB>,
+    String: Bind<DB>,
+    Timestamp: Bind<DB>,
+{
+    let sql = if if_absent {
+        insert_user_sql!("ON CONFLICT DO NOTHING")
+    } else {
+        insert_user_sql!()
+    };
+    sqlx::query(sql)
+        .bind(user.id)
+        .bind(user.username.as_ref().map(|u| u.as_str().to_owned()))
+        .bind(user.username.as_ref().map(|u| u.normalized()))
+        .bind(user.email.as_ref().map(|e| e.as_str().to_owned()))
+        .bind(user.email.as_ref().map(|e| e.normalized()))
+        .bind(user.password_hash.as_str())
+        .bind(user.roles.to_column())
+        .bind(Timestamp(user.created_at))
+}
+
+/// Stores a refresh token of session `session_id`.
+pub(super) fn insert_refresh_token<'a, DB: Database>(
+    token_hash: &'a [u8; 32],
+    session_id: Uuid,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+) -> Query<'static, DB, DB::Arguments>
+where
+    &'a [u8]: Bind<DB>,
+    Uuid: Bind<DB>,
+    Timestamp: Bind<DB>,
+{
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&token_hash[..])
+    .bind(session_id)
+    .bind(created_at)
+    .bind(expires_at)
+}
+
+/// Ends every live session of user `user_id`.
+pub(super) fn end_user_sessions<DB: Database>(
+    user_id: Uuid,
+    reason: RevokeReason,
+    now: Timestamp,
+) -> Query<'static, DB, DB::Arguments>
+where
+    Uuid: Bind<DB>,
+    Timestamp: Bind<DB>,
+    &'static str: Bind<DB>,
+{
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+         WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .bind(reason.as_str())
+}
+
+/// For a refresh token that did not rotate. RFC 9700 §4.14.2: a used token
+/// presented again means it leaked; this ends the whole session (every
+/// token of it, refresh and access), keeping an earlier end as it was, and
+/// returns it. Nothing for a token that was never used.
+pub(super) fn revoke_reused<'a, DB: Database>(
+    refresh: &'a Refresh,
+) -> QueryAs<'a, DB, ReusedRow, DB::Arguments>
+where
+    &'a [u8]: Bind<DB>,
+    Timestamp: Bind<DB>,
+    &'static str: Bind<DB>,
+    ReusedRow: for<'r> FromRow<'r, DB::Row>,
+{
+    sqlx::query_as(
+        "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2), \
+         revoked_reason = COALESCE(revoked_reason, $3) \
+         WHERE id = (SELECT session_id FROM refresh_tokens \
+                     WHERE token_hash = $1 AND used_at IS NOT NULL) \
+         RETURNING id, user_id",
+    )
+    .bind(&refresh.presented[..])
+    .bind(refresh.now)
+    .bind(RevokeReason::RefreshTokenReuse.as_str())
+}
+
+/// Implements `Store`, `UserStore`, `SessionStore` and `KeyStore` for
+/// `$store`, a [`Dialect`] whose migrations are in the folder `$migrations`.
+///
+/// A macro rather than methods generic over `sqlx::Database`: these bodies
+/// bind and read a dozen types on pools, connections and transactions, and
+/// a generic body must restate an `Encode + Type` bound for each type and
+/// higher-ranked `Executor` bounds for each connection (Rust does not carry
+/// them from a trait). Expanded for one concrete backend at a time they are
+/// plain sqlx code, checked as if written in that backend's file. The few
+/// statements run from more than one place, a backend's own code included,
+/// are the generic functions above: they only build the query, so they need
+/// only their binds' bounds.
+macro_rules! sql_store {
+    ($store:ty, migrations = $migrations:literal) => {
+        const _: () = {
+            use async_trait::async_trait;
+            use time::OffsetDateTime;
+            use uuid::Uuid;
+
+            use $crate::{
+                domain::User,
+                store::{
+                    Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation,
+                    SessionStore, Store, StoreError, StoreResult, StoredKey, UpdatePlan,
+                    UpdatedUser, UserChanges, UserStore, detached, map_unique,
+                    sql::{self, CredentialsRow, Dialect, KeyRow, Refresh, Timestamp, UserRow},
+                },
+            };
+
+            #[async_trait]
+            impl Store for $store {
+                async fn migrate(&self) -> StoreResult<()> {
+                    sqlx::migrate!($migrations)
+                        .run(self.writer())
+                        .await
+                        .map_err(|e| StoreError::Database(e.into()))
+                }
+
+                async fn ping(&self) -> StoreResult<()> {
+                    sqlx::query("SELECT 1").execute(self.reader()).await?;
+                    Ok(())
+                }
+            }
+
+            #[async_trait]
+            impl UserStore for $store {
+                async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+                    sql::insert_user(user, false)
+                        .execute(self.writer())
+                        .await
+                        .map_err(map_unique)?;
+                    Ok(user.view())
+                }
+
+                async fn create_user_if_absent(&self, user: &NewUser) -> StoreResult<bool> {
+                    let done = sql::insert_user(user, true).execute(self.writer()).await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn find_credentials(
+                    &self,
+                    login: &str,
+                ) -> StoreResult<Option<Credentials>> {
+                    let row: Option<CredentialsRow> = sqlx::query_as(
+                        "SELECT id, username, email, email_verified, roles, is_active, \
+                         created_at, password_hash FROM users \
+                         WHERE username_normalized = $1 OR email_normalized = $1 LIMIT 1",
+                    )
+                    .bind(login)
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(Credentials::from))
+                }
+
+                async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
+                    let row: Option<UserRow> = sqlx::query_as(
+                        "SELECT id, username, email, email_verified, roles, is_active, \
+                         created_at FROM users WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(User::try_from).transpose()?)
+                }
+
+                async fn set_password_hash(
+                    &self,
+                    id: Uuid,
+                    hash: &str,
+                    now: OffsetDateTime,
+                ) -> StoreResult<()> {
+                    sqlx::query(
+                        "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(hash)
+                    .bind(Timestamp(now))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn list_users(
+                    &self,
+                    limit: u32,
+                    after: Option<Uuid>,
+                ) -> StoreResult<Vec<User>> {
+                    let rows: Vec<UserRow> = match after {
+                        Some(after) => sqlx::query_as(
+                            "SELECT id, username, email, email_verified, roles, is_active, \
+                             created_at FROM users WHERE id > $1 ORDER BY id LIMIT $2",
+                        )
+                        .bind(after)
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader())
+                        .await?,
+                        None => sqlx::query_as(
+                            "SELECT id, username, email, email_verified, roles, is_active, \
+                             created_at FROM users ORDER BY id LIMIT $1",
+                        )
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader())
+                        .await?,
+                    };
+                    Ok(rows
+                        .into_iter()
+                        .map(User::try_from)
+                        .collect::<Result<_, _>>()?)
+                }
+
+                async fn update_user(
+                    &self,
+                    id: Uuid,
+                    changes: &UserChanges,
+                    now: OffsetDateTime,
+                ) -> StoreResult<Option<UpdatedUser>> {
+                    let writer = self.writer().clone();
+                    let changes = changes.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        Self::lock_for_user_change(&mut tx, id).await?;
+                        let row: Option<UserRow> = sqlx::query_as(
+                            "SELECT id, username, email, email_verified, roles, is_active, \
+                             created_at FROM users WHERE id = $1",
+                        )
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some(row) = row else {
+                            return Ok(None);
+                        };
+                        let current = User::try_from(row)?;
+                        let plan = UpdatePlan::new(&current, &changes);
+                        if !plan.changed {
+                            return Ok(Some(UpdatedUser {
+                                user: current,
+                                changed: false,
+                            }));
+                        }
+                        if plan.removes_admin {
+                            let others: i64 = sqlx::query_scalar(
+                                "SELECT COUNT(*) FROM users WHERE id <> $1 AND is_active \
+                                 AND (',' || roles || ',') LIKE '%,admin,%'",
+                            )
+                            .bind(id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            if others == 0 {
+                                return Err(StoreError::LastAdmin);
+                            }
+                        }
+                        let row: UserRow = sqlx::query_as(
+                            "UPDATE users SET is_active = $2, roles = $3, updated_at = $4 \
+                             WHERE id = $1 RETURNING id, username, email, email_verified, \
+                             roles, is_active, created_at",
+                        )
+                        .bind(id)
+                        .bind(plan.is_active)
+                        .bind(plan.roles.to_column())
+                        .bind(Timestamp(now))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        let user = User::try_from(row)?;
+                        sql::end_user_sessions(id, RevokeReason::UserChanged, Timestamp(now))
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        Ok(Some(UpdatedUser {
+                            user,
+                            changed: true,
+                        }))
+                    })
+                    .await
+                }
+            }
+
+            #[async_trait]
+            impl SessionStore for $store {
+                async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
+                    let writer = self.writer().clone();
+                    let s = s.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        sqlx::query(
+                            "INSERT INTO sessions (id, user_id, created_at, expires_at) \
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(s.id)
+                        .bind(s.user_id)
+                        .bind(Timestamp(s.created_at))
+                        .bind(Timestamp(s.expires_at))
+                        .execute(&mut *tx)
+                        .await?;
+                        sql::insert_refresh_token(
+                            &s.refresh_hash,
+                            s.id,
+                            Timestamp(s.created_at),
+                            Timestamp(s.refresh_expires_at),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                    .await
+                }
+
+                async fn rotate_refresh_token(
+                    &self,
+                    presented: &[u8; 32],
+                    next: &[u8; 32],
+                    next_expires_at: OffsetDateTime,
+                    now: OffsetDateTime,
+                ) -> StoreResult<Rotation> {
+                    self.rotate(Refresh {
+                        presented: *presented,
+                        next: *next,
+                        next_expires_at: Timestamp(next_expires_at),
+                        now: Timestamp(now),
+                    })
+                    .await
+                }
+
+                async fn revoke_session_by_refresh(
+                    &self,
+                    token_hash: &[u8; 32],
+                    now: OffsetDateTime,
+                ) -> StoreResult<Option<Uuid>> {
+                    let id = sqlx::query_scalar(
+                        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+                         WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) \
+                         AND revoked_at IS NULL RETURNING id",
+                    )
+                    .bind(&token_hash[..])
+                    .bind(Timestamp(now))
+                    .bind(RevokeReason::Logout.as_str())
+                    .fetch_optional(self.writer())
+                    .await?;
+                    Ok(id)
+                }
+
+                async fn revoke_user_sessions(
+                    &self,
+                    user_id: Uuid,
+                    reason: RevokeReason,
+                    now: OffsetDateTime,
+                ) -> StoreResult<u64> {
+                    let done = sql::end_user_sessions(user_id, reason, Timestamp(now))
+                        .execute(self.writer())
+                        .await?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn live_sessions(
+                    &self,
+                    session_ids: &[Uuid],
+                    now: OffsetDateTime,
+                ) -> StoreResult<Vec<(Uuid, User)>> {
+                    self.live(session_ids, Timestamp(now)).await
+                }
+
+                async fn purge(
+                    &self,
+                    now: OffsetDateTime,
+                    revoked_before: OffsetDateTime,
+                ) -> StoreResult<u64> {
+                    let writer = self.writer().clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let tokens =
+                            sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
+                                .bind(Timestamp(now))
+                                .execute(&mut *tx)
+                                .await?;
+                        let sessions = sqlx::query(
+                            "DELETE FROM sessions WHERE expires_at <= $1 OR revoked_at < $2",
+                        )
+                        .bind(Timestamp(now))
+                        .bind(Timestamp(revoked_before))
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(tokens.rows_affected() + sessions.rows_affected())
+                    })
+                    .await
+                }
+            }
+
+            #[async_trait]
+            impl KeyStore for $store {
+                async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
+                    let rows: Vec<KeyRow> = sqlx::query_as(
+                        "SELECT kid, algorithm, secret, created_at FROM signing_keys \
+                         ORDER BY created_at, kid",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows.into_iter().map(StoredKey::from).collect())
+                }
+
+                async fn insert_first_signing_key(
+                    &self,
+                    key: &StoredKey,
+                ) -> StoreResult<Vec<StoredKey>> {
+                    // Only if the table is empty: two instances starting together on one
+                    // database must end up with one key, not one each.
+                    sqlx::query(
+                        "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
+                         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+                    )
+                    .bind(&key.kid)
+                    .bind(&key.algorithm)
+                    .bind(&key.secret)
+                    .bind(Timestamp(key.created_at))
+                    .execute(self.writer())
+                    .await?;
+                    self.signing_keys().await
+                }
+            }
+        };
+    };
+}
+
+pub(super) use sql_store;
