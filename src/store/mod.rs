@@ -1,7 +1,9 @@
-//! Persistence behind one small trait, with a PostgreSQL and a SQLite
-//! implementation. Both are held to the same behaviour by one conformance
-//! suite (`tests/store.rs`). Every multi-step change runs in one transaction.
-//! The backends share their SQL (`sql.rs`); each keeps only what differs.
+//! Persistence, the only place SQL lives: one trait per aggregate
+//! ([`UserStore`], [`SessionStore`], [`KeyStore`]), joined by [`Store`], with a
+//! PostgreSQL and a SQLite implementation. Both are held to the same
+//! behaviour by one conformance suite (`tests/store.rs`). Every multi-step
+//! change runs in one transaction. The backends share their SQL (`sql.rs`);
+//! each keeps only what differs.
 
 mod postgres;
 mod sql;
