@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use crate::{
     auth::{
         Accounts, Services, Settings,
-        accounts::{AdminOutcome, IfExists},
+        accounts::{AccountPolicy, AdminOutcome, IfExists},
         keys::KeyRing,
         liveness::{RECHECK_INTERVAL, SessionCache},
         login::LoginPolicy,
@@ -108,6 +108,7 @@ pub async fn build_services(
         config.argon2.params()?,
         config.hash_workers(),
         config.hash_queue,
+        config.hash_queue_per_client,
     )?;
     let settings = Settings {
         issuer: config.issuer.clone(),
@@ -121,8 +122,13 @@ pub async fn build_services(
         login: LoginPolicy {
             free_failures: config.login_free_failures,
             ip_free_failures: config.login_ip_free_failures,
+            ip_per_minute: config.login_per_minute,
+            account_per_minute: config.login_account_per_minute,
         },
-        signup_per_minute: config.signup_per_minute,
+        accounts: AccountPolicy {
+            signup_per_minute: config.signup_per_minute,
+            reserved_usernames: config.reserved_usernames.clone(),
+        },
     };
     let limiter = Arc::new(InMemoryRateLimiter::new()) as Arc<dyn RateLimiter>;
     Ok(Services::new(
@@ -143,14 +149,17 @@ pub async fn command_accounts(
     argon2: &Argon2Args,
 ) -> anyhow::Result<Accounts> {
     let store = store::open(&database.url).await?;
-    let hasher = PasswordHasher::new(argon2.params()?, 1, 1)?;
+    let hasher = PasswordHasher::new(argon2.params()?, 1, 1, 1)?;
     Ok(Accounts::new(
         store,
         hasher,
         Arc::new(InMemoryRateLimiter::new()),
         Arc::new(SystemClock),
         Arc::new(SessionCache::new()),
-        u32::MAX,
+        AccountPolicy {
+            signup_per_minute: u32::MAX,
+            reserved_usernames: Vec::new(),
+        },
     ))
 }
 

@@ -279,7 +279,7 @@ async fn hash_benchmark(
     workers: usize,
     duration: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let hasher = PasswordHasher::new(argon2.params()?, workers, workers * 2)?;
+    let hasher = PasswordHasher::new(argon2.params()?, workers, workers * 2, workers * 2)?;
     let (total, elapsed) = hasher.measure(workers, duration).await?;
     let elapsed = elapsed.as_secs_f64();
     let report = serde_json::json!({

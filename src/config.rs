@@ -7,7 +7,7 @@
 
 use std::{fmt, net::SocketAddr, num::NonZeroUsize, str::FromStr, time::Duration};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, ValueEnum, builder::TypedValueParser as _};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -27,9 +27,10 @@ pub struct DatabaseArgs {
 /// as it is parsed; [`Argon2Args::params`] checks them together.
 #[derive(Debug, Clone, Args)]
 pub struct Argon2Args {
-    /// Argon2id memory cost in KiB (OWASP: 19456).
+    /// Argon2id memory cost in KiB (OWASP: 19456; below 7168, OWASP's least,
+    /// is refused).
     #[arg(long = "argon2-memory-kib", env = "AUTHGATE_ARGON2_MEMORY_KIB", default_value_t = 19_456,
-          value_parser = clap::value_parser!(u32).range(8..))]
+          value_parser = clap::value_parser!(u32).range(7168..))]
     pub memory_kib: u32,
 
     /// Argon2id iterations (OWASP: 2).
@@ -53,6 +54,11 @@ impl Argon2Args {
     /// The parameters; parsing the command line has checked them (see `cli`).
     pub fn params(&self) -> anyhow::Result<argon2::Params> {
         self.try_params().map_err(anyhow::Error::msg)
+    }
+
+    /// Less work per hash than any of OWASP's settings: allowed, but odd.
+    fn weaker_than_owasp(&self) -> bool {
+        u64::from(self.memory_kib) * u64::from(self.iterations) < OWASP_MIN_WORK
     }
 }
 
@@ -106,7 +112,8 @@ pub struct Config {
     pub admin_password: Option<Secret>,
 
     /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is trusted.
-    #[arg(long, env = "AUTHGATE_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(long, env = "AUTHGATE_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = parse_trusted_proxy)]
     pub trusted_proxies: Vec<IpNet>,
 
     /// Password hashes computed at once (default: the number of CPU cores).
@@ -114,19 +121,38 @@ pub struct Config {
     pub hash_workers: Option<NonZeroUsize>,
 
     /// Password hashes allowed to wait for a worker before requests get 503.
-    #[arg(long, env = "AUTHGATE_HASH_QUEUE", default_value_t = 256)]
+    #[arg(long, env = "AUTHGATE_HASH_QUEUE", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub hash_queue: usize,
+
+    /// Password hashes one client IP may have waiting before its requests
+    /// get 429; clients' hashes are served in turn.
+    #[arg(long, env = "AUTHGATE_HASH_QUEUE_PER_CLIENT", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub hash_queue_per_client: usize,
 
     #[command(flatten)]
     pub argon2: Argon2Args,
 
     /// Failed logins per account and client IP before back-off starts.
-    #[arg(long, env = "AUTHGATE_LOGIN_FREE_FAILURES", default_value_t = 5)]
+    #[arg(long, env = "AUTHGATE_LOGIN_FREE_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub login_free_failures: u32,
 
     /// Failed logins per client IP (any account) before back-off starts.
-    #[arg(long, env = "AUTHGATE_LOGIN_IP_FREE_FAILURES", default_value_t = 50)]
+    #[arg(long, env = "AUTHGATE_LOGIN_IP_FREE_FAILURES", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub login_ip_free_failures: u32,
+
+    /// Login attempts per client IP per minute, successful or not.
+    #[arg(long, env = "AUTHGATE_LOGIN_PER_MINUTE", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_per_minute: u32,
+
+    /// Login attempts per account and client IP per minute, successful or not.
+    #[arg(long, env = "AUTHGATE_LOGIN_ACCOUNT_PER_MINUTE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_account_per_minute: u32,
 
     /// Signups allowed per client IP per minute.
     #[arg(long, env = "AUTHGATE_SIGNUP_PER_MINUTE", default_value_t = 20,
@@ -138,6 +164,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub refresh_per_minute: u32,
 
+    /// Usernames nobody may sign up with, compared ignoring case and `.`,
+    /// `_`, `-` (an admin can still create them). Empty to reserve none.
+    #[arg(
+        long,
+        env = "AUTHGATE_RESERVED_USERNAMES",
+        value_delimiter = ',',
+        default_value = "admin,administrator,root,system,support,security,authgate"
+    )]
+    pub reserved_usernames: Vec<String>,
+
     /// How often expired sessions and tokens are deleted.
     #[arg(long, env = "AUTHGATE_PURGE_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub purge_interval: Duration,
@@ -146,6 +182,56 @@ pub struct Config {
 impl Config {
     pub fn hash_workers(&self) -> usize {
         hash_workers(self.hash_workers)
+    }
+
+    /// Settings that are allowed but probably not meant: each a sentence
+    /// naming the settings, logged at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.refresh_token_ttl > self.session_max_age {
+            warnings.push(
+                "AUTHGATE_REFRESH_TOKEN_TTL is longer than AUTHGATE_SESSION_MAX_AGE: \
+                 refresh tokens end with their session anyway"
+                    .to_owned(),
+            );
+        }
+        if self.access_token_ttl > self.refresh_token_ttl {
+            warnings.push(
+                "AUTHGATE_ACCESS_TOKEN_TTL is longer than AUTHGATE_REFRESH_TOKEN_TTL".to_owned(),
+            );
+        }
+        if self.argon2.weaker_than_owasp() {
+            warnings.push(
+                "AUTHGATE_ARGON2_MEMORY_KIB × AUTHGATE_ARGON2_ITERATIONS is below every \
+                 OWASP argon2id setting (e.g. 19456 KiB × 2)"
+                    .to_owned(),
+            );
+        }
+        for net in &self.trusted_proxies {
+            if !is_private(net) {
+                warnings.push(format!(
+                    "AUTHGATE_TRUSTED_PROXIES {net} includes public addresses: \
+                     every client there can choose its own address"
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+/// Loopback, private (RFC 1918, unique local) or link-local networks only.
+fn is_private(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => {
+            let a = n.network();
+            n.prefix_len() >= 8 && (a.is_loopback() || a.is_private() || a.is_link_local())
+        }
+        IpNet::V6(n) => {
+            let a = n.network();
+            let unique_local = (a.segments()[0] & 0xfe00) == 0xfc00 && n.prefix_len() >= 7;
+            let link_local = (a.segments()[0] & 0xffc0) == 0xfe80 && n.prefix_len() >= 10;
+            (a.is_loopback() && n.prefix_len() == 128) || unique_local || link_local
+        }
     }
 }
 
@@ -166,13 +252,56 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
-/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output,
+/// and must be random: 32 bytes of one repeated character are 32 bytes, but
+/// guessable. The estimate counts each character's surprise in the secret
+/// itself (Shannon), so 32 random bytes in hex or base64 pass easily.
 fn parse_jwt_secret(raw: &str) -> Result<Secret, String> {
     if raw.len() < 32 {
         return Err("must be at least 32 bytes".into());
     }
+    let bits = estimated_entropy_bits(raw);
+    if bits < MIN_SECRET_BITS {
+        return Err(format!(
+            "looks too predictable (about {bits:.0} bits; {MIN_SECRET_BITS:.0} needed): \
+             use 32 random bytes, e.g. `openssl rand -base64 32`"
+        ));
+    }
     Ok(Secret::from(raw.to_owned()))
 }
+
+const MIN_SECRET_BITS: f64 = 128.0;
+
+/// The secret's length times the Shannon entropy of its characters.
+fn estimated_entropy_bits(raw: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for c in raw.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let len = raw.chars().count() as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|&n| {
+            let p = n as f64 / len;
+            -p * p.log2()
+        })
+        .sum();
+    per_char * len
+}
+
+/// A trusted proxy network. `0.0.0.0/0` or `::/0` would let every client
+/// choose its own address with `X-Forwarded-For`, and so its throttling key.
+fn parse_trusted_proxy(raw: &str) -> Result<IpNet, String> {
+    let net: IpNet = raw.trim().parse().map_err(|e| format!("{e}"))?;
+    if net.prefix_len() == 0 {
+        return Err("must not trust every address (a /0 network)".into());
+    }
+    Ok(net)
+}
+
+/// OWASP's argon2id settings all do at least this much work (m·t, in KiB):
+/// 47104·1, 19456·2, 12288·3, 9216·4, 7168·5.
+const OWASP_MIN_WORK: u64 = 7168 * 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -322,13 +451,64 @@ mod tests {
 
     #[test]
     fn argon2_parameters_are_checked_together() {
-        let c = parse(&["--argon2-memory-kib", "8", "--argon2-parallelism", "2"]).unwrap();
+        let c = parse(&[
+            "--argon2-memory-kib",
+            "7168",
+            "--argon2-parallelism",
+            "1000",
+        ])
+        .unwrap();
         assert!(
             c.argon2
                 .try_params()
                 .unwrap_err()
                 .contains("AUTHGATE_ARGON2_")
         );
+    }
+
+    #[test]
+    fn unsafe_settings_are_refused() {
+        let repeated = "a".repeat(40);
+        let alternating = "ab".repeat(20);
+        for args in [
+            &["--jwt-secret", repeated.as_str()][..],
+            &["--jwt-secret", alternating.as_str()],
+            &["--argon2-memory-kib", "8"],
+            &["--trusted-proxies", "0.0.0.0/0"],
+            &["--trusted-proxies", "10.0.0.0/8,::/0"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+        // 32 random bytes, as `openssl rand` writes them, pass.
+        for secret in [
+            "3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGho=",
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        ] {
+            parse(&["--jwt-secret", secret]).unwrap();
+        }
+    }
+
+    #[test]
+    fn odd_settings_start_with_a_warning_naming_them() {
+        let c = parse(&[
+            "--refresh-token-ttl",
+            "60d",
+            "--argon2-memory-kib",
+            "8192",
+            "--trusted-proxies",
+            "10.0.0.0/8,203.0.113.0/24",
+        ])
+        .unwrap();
+        let warnings = c.warnings().join("\n");
+        for name in [
+            "AUTHGATE_REFRESH_TOKEN_TTL",
+            "AUTHGATE_ARGON2_MEMORY_KIB",
+            "203.0.113.0/24",
+        ] {
+            assert!(warnings.contains(name), "{warnings}");
+        }
+        assert!(!warnings.contains("10.0.0.0/8"), "{warnings}");
+        assert!(parse(&[]).unwrap().warnings().is_empty());
     }
 
     #[test]

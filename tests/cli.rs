@@ -131,7 +131,7 @@ fn create_admin_refuses_an_existing_user_unless_told_to_promote_them() {
     std::fs::create_dir_all(&dir).unwrap();
     let db = format!("sqlite://{}/authgate.db?mode=rwc", dir.display());
     let env = [("DATABASE_URL", db.as_str())];
-    let cheap = ["--argon2-memory-kib", "1024", "--argon2-iterations", "1"];
+    let cheap = ["--argon2-memory-kib", "7168", "--argon2-iterations", "1"];
     let admin = |extra: &[&str], password: Option<&str>| {
         let mut args = vec!["create-admin", "--email", "ops@example.com"];
         args.extend_from_slice(extra);
@@ -205,4 +205,23 @@ fn authgate_args(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> st
     }
     drop(input);
     child.wait_with_output().unwrap()
+}
+
+#[test]
+fn unsafe_settings_stop_start_up_with_one_line_naming_them() {
+    let predictable = "a".repeat(40);
+    for (name, value) in [
+        ("AUTHGATE_JWT_SECRET", predictable.as_str()),
+        ("AUTHGATE_TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("AUTHGATE_ARGON2_MEMORY_KIB", "8"),
+    ] {
+        let out = authgate(&[(name, value), ("AUTHGATE_LISTEN", "127.0.0.1:0")]);
+        assert!(!out.status.success(), "{name}");
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(name), "{err}");
+        if name == "AUTHGATE_JWT_SECRET" {
+            assert!(!err.contains(value), "the secret is not echoed: {err}");
+        }
+    }
 }

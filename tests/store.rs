@@ -69,6 +69,7 @@ on_both_databases!(
     revoking_by_refresh_token_and_by_user_ends_sessions,
     the_first_signing_key_wins,
     purge_deletes_expired_sessions_and_tokens_only,
+    a_used_token_outlives_the_purge_so_its_reuse_is_still_caught,
     a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connections,
     live_sessions_answers_for_many_sessions_in_one_call,
     timestamps_round_trip_to_the_millisecond_in_the_stored_form,
@@ -425,6 +426,37 @@ async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
         .await
         .unwrap();
     assert!(matches!(rotated, Rotation::Rotated { .. }));
+}
+
+async fn a_used_token_outlives_the_purge_so_its_reuse_is_still_caught(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("iris")).await.unwrap();
+    let session = session_for(user.id, 1, Duration::days(1));
+    store.create_session(&session).await.unwrap();
+    let now = clock::now();
+    let hour = Duration::hours(1);
+    store
+        .rotate_refresh_token(&[1; 32], &[2; 32], now + hour, now)
+        .await
+        .unwrap();
+    let later = now + hour * 3;
+    store
+        .rotate_refresh_token(&[2; 32], &[3; 32], later + hour, later)
+        .await
+        .unwrap();
+    // Tokens 1 and 2 are used and past their own expiry; the purge keeps them.
+    store.purge(later, later - hour).await.unwrap();
+    let replayed = store
+        .rotate_refresh_token(&[1; 32], &[4; 32], later + hour, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed,
+        Rotation::Reused {
+            session_id: session.id,
+            user_id: user.id
+        }
+    );
 }
 
 async fn a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connections(

@@ -12,8 +12,8 @@ use super::{
 };
 use crate::{
     clock::SharedClock,
-    crypto::passwords::PasswordHasher,
-    domain::{Email, Password, Role, Roles, User, Username},
+    crypto::passwords::{Client, NO_CLIENT, PasswordHasher},
+    domain::{Email, Password, Role, Roles, User, Username, skeleton},
     limits::RateLimiter,
     store::{NewUser, UserChanges, UserStore},
 };
@@ -69,7 +69,15 @@ pub struct Accounts {
     clock: SharedClock,
     /// This instance's session answers, to forget a changed user's at once.
     liveness: Arc<SessionCache>,
-    signup_per_minute: u32,
+    policy: AccountPolicy,
+}
+
+/// Signup rules, fixed at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct AccountPolicy {
+    pub signup_per_minute: u32,
+    /// Names nobody may sign up with (compared by [`Username::skeleton`]).
+    pub reserved_usernames: Vec<String>,
 }
 
 impl Accounts {
@@ -79,37 +87,49 @@ impl Accounts {
         limiter: Arc<dyn RateLimiter>,
         clock: SharedClock,
         liveness: Arc<SessionCache>,
-        signup_per_minute: u32,
+        mut policy: AccountPolicy,
     ) -> Self {
+        policy.reserved_usernames = policy
+            .reserved_usernames
+            .iter()
+            .map(|name| skeleton(name))
+            .filter(|name| !name.is_empty())
+            .collect();
         Self {
             users,
             hasher,
             limiter,
             clock,
             liveness,
-            signup_per_minute,
+            policy,
         }
     }
 
-    /// Creates an account with the `user` role.
+    /// Creates an account with the `user` role. A username that would pass
+    /// for the service (`admin`, `support`, …) is refused.
     #[tracing::instrument(skip_all, fields(%ip))]
     pub async fn signup(&self, ip: IpAddr, account: NewAccount) -> AuthResult<User> {
         self.limiter
             .take(
                 &format!("signup:{ip}"),
-                self.signup_per_minute,
+                self.policy.signup_per_minute,
                 self.clock.instant(),
             )
             .map_err(AuthError::Throttled)?;
-        let user = self.insert(account, Roles::new([Role::user()])).await?;
+        if let Some(name) = &account.username
+            && self.policy.reserved_usernames.contains(&name.skeleton())
+        {
+            return Err(AuthError::ReservedUsername);
+        }
+        let user = self.insert(ip, account, Roles::new([Role::user()])).await?;
         tracing::info!(user_id = %user.id, "account created");
         Ok(user)
     }
 
-    async fn insert(&self, account: NewAccount, roles: Roles) -> AuthResult<User> {
+    async fn insert(&self, client: Client, account: NewAccount, roles: Roles) -> AuthResult<User> {
         let password_hash = self
             .hasher
-            .hash(SecretString::from(account.password.expose()))
+            .hash(client, SecretString::from(account.password.expose()))
             .await?;
         let user = self
             .users
@@ -144,7 +164,11 @@ impl Accounts {
             password: password()?,
         };
         match self
-            .insert(account, Roles::new([Role::admin(), Role::user()]))
+            .insert(
+                NO_CLIENT,
+                account,
+                Roles::new([Role::admin(), Role::user()]),
+            )
             .await
         {
             Ok(user) => {

@@ -27,6 +27,9 @@ pub enum AuthError {
     /// A unique field is taken; names the field.
     #[error("{0} already taken")]
     Conflict(&'static str),
+    /// The username is reserved (it would impersonate the service).
+    #[error("reserved username")]
+    ReservedUsername,
     /// The change would leave no active admin.
     #[error("the last active admin cannot be demoted or disabled")]
     LastAdmin,
@@ -54,6 +57,9 @@ impl From<HashError> for AuthError {
         match err {
             // Hashing takes tens of milliseconds: a second is enough for the queue to move.
             HashError::Overloaded => AuthError::Overloaded(Duration::from_secs(1)),
+            // One client's own checks fill its share of the queue: it is
+            // sending too much at once, not the service that is busy.
+            HashError::ClientBusy => AuthError::Throttled(Duration::from_secs(1)),
             HashError::Failed(why) => AuthError::Internal(anyhow::anyhow!(why)),
         }
     }

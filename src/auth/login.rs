@@ -11,17 +11,24 @@ use super::{
     sessions::{Sessions, TokenPair},
 };
 use crate::{
-    clock::SharedClock, crypto::passwords::PasswordHasher, domain::Password, limits::RateLimiter,
+    clock::SharedClock,
+    crypto::passwords::PasswordHasher,
+    domain::{Email, Password, login_key},
+    limits::RateLimiter,
     store::UserStore,
 };
 
-/// How many failures are free before the back-off starts.
+/// Login throttling, fixed at start-up.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginPolicy {
-    /// Per account and client IP.
+    /// Failures per account and client IP before the back-off starts.
     pub free_failures: u32,
-    /// Per client IP, whatever the account.
+    /// Failures per client IP, whatever the account, before the back-off starts.
     pub ip_free_failures: u32,
+    /// Attempts per client IP per minute, successful or not.
+    pub ip_per_minute: u32,
+    /// Attempts per account and client IP per minute, successful or not.
+    pub account_per_minute: u32,
 }
 
 #[derive(Clone)]
@@ -54,6 +61,12 @@ impl Login {
     }
 
     /// Checks a username-or-email and password and opens a session.
+    ///
+    /// Throttling, in order: a quota of attempts per IP, the IP's back-off,
+    /// a quota per account (and IP), the account's back-off. A back-off
+    /// counts an attempt when it starts and takes it back only when the
+    /// password turns out right (or is never checked), so parallel guesses
+    /// get no more checks than sequential ones.
     #[tracing::instrument(skip_all, fields(%ip))]
     pub async fn with_password(
         &self,
@@ -61,21 +74,29 @@ impl Login {
         login: &str,
         password: &str,
     ) -> AuthResult<TokenPair> {
-        if password.len() > Password::MAX_BYTES {
-            // No account has such a password; refuse without hashing a huge input.
+        if password.len() > Password::MAX_BYTES || login.len() > Email::MAX_LEN {
+            // No account has such a password or name: refuse without hashing
+            // a huge input or keeping a huge throttling key.
             return Err(AuthError::InvalidCredentials);
         }
-        let login = login.to_lowercase();
-        let account_key = format!("login:{ip}:{login}");
-        let ip_key = format!("login:{ip}");
-        let now = self.clock.instant();
-        for key in [&account_key, &ip_key] {
-            self.limiter
-                .check_backoff(key, now)
-                .map_err(AuthError::Throttled)?;
-        }
+        let login = login_key(login);
+        self.take(&format!("login-rate:{ip}"), self.policy.ip_per_minute)?;
+        let ip_attempt = self.reserve(format!("login:{ip}"), self.policy.ip_free_failures)?;
 
         let found = self.users.find_credentials(&login).await?;
+        // One counter per account whatever identifier was typed (username or
+        // email); a name no account has gets a counter of its own.
+        let account = match &found {
+            Some(c) => format!("user:{}", c.user.id),
+            None => format!("name:{login}"),
+        };
+        self.take(
+            &format!("login-rate:{ip}:{account}"),
+            self.policy.account_per_minute,
+        )?;
+        let account_attempt =
+            self.reserve(format!("login:{ip}:{account}"), self.policy.free_failures)?;
+
         let (stored_hash, user) = match found {
             Some(c) => (Some(c.password_hash), Some(c.user)),
             None => (None, None),
@@ -84,34 +105,52 @@ impl Login {
         // time, so the answer's timing does not tell whether the account exists.
         let check = self
             .hasher
-            .verify(SecretString::from(password.to_owned()), stored_hash)
+            .verify(ip, SecretString::from(password.to_owned()), stored_hash)
             .await?;
         let user = match user {
             Some(user) if check.matches && user.is_active => user,
             _ => {
-                let now = self.clock.instant();
-                self.limiter
-                    .record_failure(&account_key, self.policy.free_failures, now);
-                self.limiter
-                    .record_failure(&ip_key, self.policy.ip_free_failures, now);
+                ip_attempt.failed();
+                account_attempt.failed();
                 tracing::info!("failed login");
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        self.limiter.clear(&account_key);
+        // A right password is no failure: the IP gets its attempt back, and
+        // the account's count starts over.
+        drop(ip_attempt);
+        account_attempt.succeeded();
         if check.needs_rehash {
-            self.upgrade_hash(user.id, password).await;
+            self.upgrade_hash(ip, user.id, password).await;
         }
         self.sessions.open(&user).await
     }
 
+    fn take(&self, key: &str, per_minute: u32) -> AuthResult<()> {
+        self.limiter
+            .take(key, per_minute, self.clock.instant())
+            .map_err(AuthError::Throttled)
+    }
+
+    fn reserve(&self, key: String, free: u32) -> AuthResult<Attempt> {
+        self.limiter
+            .reserve(&key, free, self.clock.instant())
+            .map_err(AuthError::Throttled)?;
+        Ok(Attempt {
+            limiter: self.limiter.clone(),
+            key,
+            free,
+            settled: false,
+        })
+    }
+
     /// Re-hashes with the configured parameters after a successful login. A
     /// failure here must not fail the login: the old hash still works.
-    async fn upgrade_hash(&self, user_id: Uuid, password: &str) {
+    async fn upgrade_hash(&self, ip: IpAddr, user_id: Uuid, password: &str) {
         let result = async {
             let hash = self
                 .hasher
-                .hash(SecretString::from(password.to_owned()))
+                .hash(ip, SecretString::from(password.to_owned()))
                 .await?;
             self.users
                 .set_password_hash(user_id, &hash, self.clock.now())
@@ -122,6 +161,38 @@ impl Login {
         match result {
             Ok(()) => tracing::info!(%user_id, "password hash upgraded to current parameters"),
             Err(e) => tracing::warn!(%user_id, error = %e, "password hash upgrade failed"),
+        }
+    }
+}
+
+/// An attempt counted against a back-off key. Unless it is settled as a
+/// failure or a success, it is taken back when dropped: an attempt whose
+/// password was never checked (the hashing queue was full, the client went
+/// away, an error) taught the client nothing and costs it nothing.
+struct Attempt {
+    limiter: Arc<dyn RateLimiter>,
+    key: String,
+    free: u32,
+    settled: bool,
+}
+
+impl Attempt {
+    /// The password was wrong: the attempt stays counted.
+    fn failed(mut self) {
+        self.settled = true;
+    }
+
+    /// The password was right: the key's failures are forgotten.
+    fn succeeded(mut self) {
+        self.limiter.clear(&self.key);
+        self.settled = true;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.limiter.release(&self.key, self.free);
         }
     }
 }

@@ -20,6 +20,7 @@ pub use sessions::Sessions;
 use crate::{
     clock::SharedClock, crypto::passwords::PasswordHasher, limits::RateLimiter, store::Store,
 };
+use accounts::AccountPolicy;
 use keys::KeyRing;
 use liveness::SessionCache;
 use login::LoginPolicy;
@@ -34,7 +35,7 @@ pub struct Settings {
     pub access_token_ttl: Duration,
     pub sessions: SessionPolicy,
     pub login: LoginPolicy,
-    pub signup_per_minute: u32,
+    pub accounts: AccountPolicy,
 }
 
 /// Every service, wired to one store, hasher, limiter and clock. Cheap to clone.
@@ -87,7 +88,7 @@ impl Services {
             limiter.clone(),
             clock.clone(),
             liveness,
-            settings.signup_per_minute,
+            settings.accounts.clone(),
         );
         Self {
             accounts,
@@ -99,9 +100,9 @@ impl Services {
         }
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers, and takes writes.
     pub async fn ready(&self) -> AuthResult<()> {
-        Ok(self.store.ping().await?)
+        Ok(self.store.ping(self.clock.now()).await?)
     }
 
     /// Drops in-memory state that no longer affects any decision: throttling

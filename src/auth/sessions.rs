@@ -111,7 +111,14 @@ impl Sessions {
             refresh_expires_at,
         };
         self.store.create_session(&session).await?;
-        self.pair(user, session.id, refresh.token, refresh_expires_at, now)
+        self.pair(
+            user,
+            session.id,
+            session_end,
+            refresh.token,
+            refresh_expires_at,
+            now,
+        )
     }
 
     /// Exchanges a refresh token for a new pair. The presented token is used
@@ -147,7 +154,14 @@ impl Sessions {
             } => {
                 let expires_at =
                     refresh_expiry(now, self.policy.refresh_token_ttl, session_expires_at);
-                self.pair(&user, session_id, next.token, expires_at, now)
+                self.pair(
+                    &user,
+                    session_id,
+                    session_expires_at,
+                    next.token,
+                    expires_at,
+                    now,
+                )
             }
             Rotation::Reused {
                 session_id,
@@ -274,23 +288,26 @@ impl Sessions {
         self.tokens.ttl() + Duration::from_secs(60)
     }
 
+    /// A new access token for the session (never outliving it), with the
+    /// refresh token issued beside it.
     fn pair(
         &self,
         user: &User,
         session_id: Uuid,
+        session_end: OffsetDateTime,
         refresh_token: String,
         refresh_expires_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> AuthResult<TokenPair> {
-        let access = self
-            .tokens
-            .issue(user.id, session_id, user.roles.names(), now)?;
+        let access =
+            self.tokens
+                .issue(user.id, session_id, user.roles.names(), now, session_end)?;
+        let seconds_left = |until: i64| u64::try_from(until - now.unix_timestamp()).unwrap_or(0);
         Ok(TokenPair {
             access_token: access.token,
             refresh_token,
-            expires_in: self.tokens.ttl().as_secs(),
-            refresh_expires_in: u64::try_from((refresh_expires_at - now).whole_seconds())
-                .unwrap_or(0),
+            expires_in: seconds_left(access.claims.exp),
+            refresh_expires_in: seconds_left(refresh_expires_at.unix_timestamp()),
         })
     }
 }

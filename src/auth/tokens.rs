@@ -101,14 +101,18 @@ impl TokenService {
         self.ttl
     }
 
+    /// Signs an access token for the session, valid for the configured
+    /// lifetime but never past `not_after` (the session's end).
     pub fn issue(
         &self,
         user_id: Uuid,
         session_id: Uuid,
         roles: Vec<String>,
         now: OffsetDateTime,
+        not_after: OffsetDateTime,
     ) -> anyhow::Result<IssuedAccessToken> {
         let iat = now.unix_timestamp();
+        let lifetime = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -116,7 +120,7 @@ impl TokenService {
             sid: session_id,
             jti: Uuid::new_v4(),
             iat,
-            exp: iat + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            exp: (iat + lifetime).min(not_after.unix_timestamp()),
             roles,
         };
         let mut header = Header::new(Algorithm::HS256);
@@ -164,6 +168,11 @@ impl TokenService {
 mod tests {
     use super::*;
 
+    /// A session end that caps nothing.
+    fn far() -> OffsetDateTime {
+        OffsetDateTime::now_utc() + time::Duration::days(365)
+    }
+
     fn service(key: &KeyMaterial) -> TokenService {
         TokenService::new(
             key,
@@ -180,7 +189,13 @@ mod tests {
         let svc = service(&key);
         let (user, sid) = (Uuid::new_v4(), Uuid::new_v4());
         let issued = svc
-            .issue(user, sid, vec!["user".into()], OffsetDateTime::now_utc())
+            .issue(
+                user,
+                sid,
+                vec!["user".into()],
+                OffsetDateTime::now_utc(),
+                far(),
+            )
             .unwrap();
         let claims = svc
             .verify(&issued.token, OffsetDateTime::now_utc())
@@ -204,6 +219,7 @@ mod tests {
                 Uuid::new_v4(),
                 vec![],
                 OffsetDateTime::now_utc(),
+                far(),
             )
             .unwrap();
         assert_eq!(
@@ -220,6 +236,7 @@ mod tests {
                 Uuid::new_v4(),
                 vec![],
                 OffsetDateTime::now_utc(),
+                far(),
             )
             .unwrap();
         assert_eq!(
@@ -231,11 +248,22 @@ mod tests {
     }
 
     #[test]
+    fn a_token_never_outlives_its_session() {
+        let svc = service(&KeyMaterial::generate());
+        let now = OffsetDateTime::now_utc();
+        let end = now + time::Duration::seconds(10);
+        let issued = svc
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], now, end)
+            .unwrap();
+        assert_eq!(issued.claims.exp, end.unix_timestamp());
+    }
+
+    #[test]
     fn an_expired_token_is_refused() {
         let svc = service(&KeyMaterial::generate());
         let long_ago = OffsetDateTime::now_utc() - time::Duration::hours(1);
         let issued = svc
-            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], long_ago)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], long_ago, far())
             .unwrap();
         assert_eq!(
             svc.verify(&issued.token, OffsetDateTime::now_utc())
@@ -260,6 +288,7 @@ mod tests {
                 Uuid::new_v4(),
                 vec![],
                 OffsetDateTime::now_utc(),
+                far(),
             )
             .unwrap();
         assert_eq!(

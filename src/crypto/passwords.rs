@@ -2,16 +2,19 @@
 //!
 //! Hashing is deliberately expensive (m=19456 KiB, t=2, p=1 by default, the
 //! OWASP recommendation), so it never runs on the async runtime: a fixed set of
-//! threads takes jobs from a bounded queue. Concurrency is capped, and a full
-//! queue is answered at once with "overloaded" rather than letting a login
-//! flood pile up unbounded work.
+//! threads takes jobs from a bounded queue that serves its clients in turn
+//! (see [`super::queue`]). Concurrency is capped; a full queue is answered at
+//! once with "overloaded", and a client with too many jobs waiting with
+//! "busy", rather than letting a login flood pile up work or crowd out
+//! everyone else's logins.
 //!
 //! Each worker keeps one argon2 memory buffer for its whole life, so memory is
 //! exactly workers × m: allocating 19 MiB per hash instead leaves the
 //! allocator holding several heaps of freed buffers, and costs page faults.
 
 use std::{
-    sync::{Arc, mpsc},
+    net::IpAddr,
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -20,14 +23,17 @@ use argon2::{
     Algorithm, Argon2, Block, Params, PasswordHash, PasswordVerifier as _, Version,
     password_hash::phc::{Output, ParamsString, Salt},
 };
-use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
+
+use super::queue::{FairQueue, Refused};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     #[error("the password hashing queue is full")]
     Overloaded,
+    #[error("this client has too many password checks waiting")]
+    ClientBusy,
     #[error("password hashing failed: {0}")]
     Failed(String),
 }
@@ -49,33 +55,46 @@ pub struct PasswordHasher {
     inner: Arc<Inner>,
 }
 
+/// Whose job it is: the client IP, for the service.
+pub type Client = IpAddr;
+
+/// The client of work that no remote client asked for (commands, start-up).
+pub const NO_CLIENT: Client = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
 struct Inner {
-    jobs: mpsc::SyncSender<Job>,
+    jobs: Arc<FairQueue<Client, Job>>,
     params: Params,
     /// Verified against when the user does not exist, so that an unknown user
     /// costs the same time as a wrong password (no user enumeration by timing).
     dummy_hash: String,
 }
 
+impl Drop for Inner {
+    /// The last handle is gone: the workers finish what is queued and stop.
+    fn drop(&mut self) {
+        self.jobs.close();
+    }
+}
+
 impl PasswordHasher {
-    /// Starts `workers` hashing threads with room for `queue` waiting jobs.
-    pub fn new(params: Params, workers: usize, queue: usize) -> anyhow::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
-        let rx = Arc::new(Mutex::new(rx));
+    /// Starts `workers` hashing threads with room for `queue` waiting jobs,
+    /// at most `per_client` of them from one client.
+    pub fn new(
+        params: Params,
+        workers: usize,
+        queue: usize,
+        per_client: usize,
+    ) -> anyhow::Result<Self> {
+        let jobs = Arc::new(FairQueue::<Client, Job>::new(queue, per_client));
         for i in 0..workers.max(1) {
-            let rx = Arc::clone(&rx);
+            let jobs = Arc::clone(&jobs);
             thread::Builder::new()
                 .name(format!("authgate-hash-{i}"))
                 .spawn(move || {
                     lower_thread_priority();
                     let mut memory = Vec::new();
-                    loop {
-                        // The lock is held only while waiting for the next job.
-                        let job = rx.lock().recv();
-                        match job {
-                            Ok(job) => job(&mut memory),
-                            Err(_) => return, // every sender is gone: the pool shuts down
-                        }
+                    while let Some(job) = jobs.pop() {
+                        job(&mut memory);
                     }
                 })?;
         }
@@ -87,7 +106,7 @@ impl PasswordHasher {
         .map_err(|e| anyhow::anyhow!("cannot compute the dummy hash: {e}"))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                jobs: tx,
+                jobs,
                 params,
                 dummy_hash,
             }),
@@ -96,6 +115,7 @@ impl PasswordHasher {
 
     async fn run<T: Send + 'static>(
         &self,
+        client: Client,
         work: impl FnOnce(&Params, &mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
@@ -103,9 +123,10 @@ impl PasswordHasher {
         let job: Job = Box::new(move |memory| {
             let _ = done.send(work(&params, memory));
         });
-        self.inner.jobs.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => HashError::Overloaded,
-            mpsc::TrySendError::Disconnected(_) => HashError::Failed("hashing pool stopped".into()),
+        self.inner.jobs.push(client, job).map_err(|e| match e {
+            Refused::Full => HashError::Overloaded,
+            Refused::ClientFull => HashError::ClientBusy,
+            Refused::Closed => HashError::Failed("hashing pool stopped".into()),
         })?;
         result
             .await
@@ -113,23 +134,26 @@ impl PasswordHasher {
     }
 
     /// Hashes a password into a PHC string with a fresh random salt.
-    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        self.run(move |params, memory| hash_with(params, password.expose_secret(), memory))
-            .await?
-            .map_err(HashError::Failed)
+    pub async fn hash(&self, client: Client, password: SecretString) -> Result<String, HashError> {
+        self.run(client, move |params, memory| {
+            hash_with(params, password.expose_secret(), memory)
+        })
+        .await?
+        .map_err(HashError::Failed)
     }
 
     /// Checks `password` against `stored`, or against a dummy hash when there
     /// is no stored hash (the result is then always a mismatch).
     pub async fn verify(
         &self,
+        client: Client,
         password: SecretString,
         stored: Option<String>,
     ) -> Result<Verification, HashError> {
         let dummy = stored.is_none();
         let stored = stored.unwrap_or_else(|| self.inner.dummy_hash.clone());
         let v = self
-            .run(move |params, memory| {
+            .run(client, move |params, memory| {
                 verify_with(params, password.expose_secret(), &stored, memory)
             })
             .await?;
@@ -158,7 +182,7 @@ impl PasswordHasher {
                     let mut done = 0u64;
                     while Instant::now() < deadline {
                         hasher
-                            .hash(SecretString::from("benchmark password"))
+                            .hash(NO_CLIENT, SecretString::from("benchmark password"))
                             .await?;
                         done += 1;
                     }
@@ -296,11 +320,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_hash_verifies_its_password_and_no_other() {
-        let h = PasswordHasher::new(cheap(), 1, 4).unwrap();
-        let phc = h.hash("tr0ub4dor&3x".into()).await.unwrap();
+        let h = PasswordHasher::new(cheap(), 1, 4, 4).unwrap();
+        let phc = h.hash(NO_CLIENT, "tr0ub4dor&3x".into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{phc}");
         let ok = h
-            .verify("tr0ub4dor&3x".into(), Some(phc.clone()))
+            .verify(NO_CLIENT, "tr0ub4dor&3x".into(), Some(phc.clone()))
             .await
             .unwrap();
         assert_eq!(
@@ -310,15 +334,18 @@ mod tests {
                 needs_rehash: false
             }
         );
-        let bad = h.verify("tr0ub4dor&3y".into(), Some(phc)).await.unwrap();
+        let bad = h
+            .verify(NO_CLIENT, "tr0ub4dor&3y".into(), Some(phc))
+            .await
+            .unwrap();
         assert!(!bad.matches);
     }
 
     #[tokio::test]
     async fn our_phc_strings_and_the_argon2_crates_verify_each_other() {
         use argon2::PasswordHasher as _;
-        let h = PasswordHasher::new(cheap(), 1, 4).unwrap();
-        let ours = h.hash("interoperable".into()).await.unwrap();
+        let h = PasswordHasher::new(cheap(), 1, 4, 4).unwrap();
+        let ours = h.hash(NO_CLIENT, "interoperable".into()).await.unwrap();
         let parsed = PasswordHash::new(&ours).unwrap();
         assert!(
             argon2(&cheap())
@@ -336,7 +363,7 @@ mod tests {
             .unwrap()
             .to_string();
         let v = h
-            .verify("the other way".into(), Some(theirs.clone()))
+            .verify(NO_CLIENT, "the other way".into(), Some(theirs.clone()))
             .await
             .unwrap();
         assert_eq!(
@@ -347,7 +374,7 @@ mod tests {
             }
         );
         assert!(
-            !h.verify("the other wax".into(), Some(theirs))
+            !h.verify(NO_CLIENT, "the other wax".into(), Some(theirs))
                 .await
                 .unwrap()
                 .matches
@@ -356,9 +383,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_user_never_verifies() {
-        let h = PasswordHasher::new(cheap(), 1, 4).unwrap();
+        let h = PasswordHasher::new(cheap(), 1, 4, 4).unwrap();
         let v = h
-            .verify("authgate dummy password for timing".into(), None)
+            .verify(NO_CLIENT, "authgate dummy password for timing".into(), None)
             .await
             .unwrap();
         assert!(!v.matches);
@@ -366,11 +393,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_hash_with_old_parameters_asks_for_a_rehash() {
-        let old = PasswordHasher::new(cheap(), 1, 4).unwrap();
-        let phc = old.hash("a fine passphrase".into()).await.unwrap();
-        let new = PasswordHasher::new(Params::new(2048, 1, 1, None).unwrap(), 1, 4).unwrap();
+        let old = PasswordHasher::new(cheap(), 1, 4, 4).unwrap();
+        let phc = old
+            .hash(NO_CLIENT, "a fine passphrase".into())
+            .await
+            .unwrap();
+        let new = PasswordHasher::new(Params::new(2048, 1, 1, None).unwrap(), 1, 4, 4).unwrap();
         let v = new
-            .verify("a fine passphrase".into(), Some(phc))
+            .verify(NO_CLIENT, "a fine passphrase".into(), Some(phc))
             .await
             .unwrap();
         assert_eq!(
@@ -384,9 +414,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_garbled_stored_hash_is_a_mismatch_not_an_error() {
-        let h = PasswordHasher::new(cheap(), 1, 4).unwrap();
+        let h = PasswordHasher::new(cheap(), 1, 4, 4).unwrap();
         let v = h
-            .verify("whatever".into(), Some("not a phc string".into()))
+            .verify(
+                NO_CLIENT,
+                "whatever".into(),
+                Some("not a phc string".into()),
+            )
             .await
             .unwrap();
         assert!(!v.matches);
@@ -396,10 +430,10 @@ mod tests {
     async fn a_full_queue_is_refused_at_once() {
         // One slow worker, a queue of one: of many simultaneous jobs some must be refused.
         let slow = Params::new(64 * 1024, 3, 1, None).unwrap();
-        let h = PasswordHasher::new(slow, 1, 1).unwrap();
+        let h = PasswordHasher::new(slow, 1, 1, 1).unwrap();
         let jobs = (0..8).map(|_| {
             let h = h.clone();
-            tokio::spawn(async move { h.hash("some password".into()).await })
+            tokio::spawn(async move { h.hash(NO_CLIENT, "some password".into()).await })
         });
         let results = futures::future::join_all(jobs).await;
         let refused = results

@@ -4,6 +4,12 @@ use email_address::EmailAddress;
 
 /// A syntactically valid email address (RFC 5321/5322 as checked by the
 /// `email_address` crate), at most 254 bytes, stored as the user typed it.
+///
+/// Only ASCII addresses are accepted (internationalized domains in their
+/// `xn--` form). Why: Unicode has many look-alikes of ASCII letters (a
+/// full-width `ｋ`, the Kelvin sign `K`, a Cyrillic `а`), and some lower-case
+/// *into* ASCII, so `\u{212A}ate@example.com` could collide with, or log into,
+/// `kate@example.com`. With ASCII alone, case-insensitive comparison is exact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -19,6 +25,11 @@ impl Email {
         if raw.contains(['<', '>']) || raw.trim() != raw {
             return Err("is not a valid email address".into());
         }
+        if !raw.is_ascii() {
+            return Err(
+                "must be ASCII (write an internationalized domain in its xn-- form)".into(),
+            );
+        }
         match EmailAddress::from_str(raw) {
             Ok(_) => Ok(Self(raw.to_owned())),
             Err(_) => Err("is not a valid email address".into()),
@@ -33,7 +44,7 @@ impl Email {
     /// (Local parts are case-sensitive in theory, never in practice; treating
     /// them as insensitive prevents look-alike duplicate accounts.)
     pub fn normalized(&self) -> String {
-        self.0.to_lowercase()
+        super::login_key(&self.0)
     }
 }
 
@@ -68,6 +79,20 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn look_alikes_of_ascii_letters_are_refused() {
+        for look_alike in [
+            "\u{FF4B}ate@example.com", // full-width k
+            "\u{212A}ate@example.com", // Kelvin sign
+            "kate@ex\u{0430}mple.com", // Cyrillic a
+            "kat\u{00E9}@example.com", // e with an acute accent
+            "kate@b\u{00FC}cher.de",   // an IDN not in its xn-- form
+        ] {
+            assert!(Email::parse(look_alike).is_err(), "{look_alike:?}");
+        }
+        assert!(Email::parse("kate@xn--bcher-kva.de").is_ok());
     }
 
     #[test]

@@ -11,4 +11,13 @@ pub use email::Email;
 pub use password::{Password, PasswordError};
 pub use role::{Role, Roles};
 pub use user::User;
-pub use username::Username;
+pub use username::{Username, skeleton};
+
+/// The key an identifier typed at login is looked up by, and under which
+/// usernames and emails are unique: ASCII letters lower-cased, nothing else
+/// changed. Usernames and emails are ASCII, so this is exact; a non-ASCII
+/// identifier (say `\u{212A}ate`, with a Kelvin sign) matches no account,
+/// where full Unicode lower-casing would have made it `kate`.
+pub fn login_key(typed: &str) -> String {
+    typed.to_ascii_lowercase()
+}

@@ -45,6 +45,24 @@ impl fmt::Display for Role {
 pub struct Roles(Vec<Role>);
 
 impl Roles {
+    /// At most this many roles per user: they all ride in every access token.
+    pub const MAX: usize = 32;
+
+    /// Parses role names given by a client: each must be a valid role, and
+    /// there may be at most [`Roles::MAX`] distinct ones.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        let roles = Self::new(
+            names
+                .iter()
+                .map(|n| Role::parse(n))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        if roles.0.len() > Self::MAX {
+            return Err(format!("at most {} roles", Self::MAX));
+        }
+        Ok(roles)
+    }
+
     pub fn new(roles: impl IntoIterator<Item = Role>) -> Self {
         let mut v: Vec<Role> = roles.into_iter().collect();
         v.sort();
@@ -92,6 +110,14 @@ mod tests {
         assert!(Role::parse("2fa").is_err());
         assert!(Role::parse("").is_err());
         assert!(Role::parse("a,b").is_err());
+    }
+
+    #[test]
+    fn a_client_may_give_at_most_the_maximum_number_of_roles() {
+        let names = |n: usize| (0..n).map(|i| format!("r{i}")).collect::<Vec<_>>();
+        assert!(Roles::parse(&names(Roles::MAX)).is_ok());
+        assert!(Roles::parse(&names(Roles::MAX + 1)).is_err());
+        assert!(Roles::parse(&["Admin".to_owned()]).is_err());
     }
 
     #[test]

@@ -33,10 +33,24 @@ impl Username {
         &self.0
     }
 
+    /// The name with case and separators ignored: `Ad.Min` and `admin` are
+    /// the same name to a reader, so they are to the list of reserved names.
+    pub fn skeleton(&self) -> String {
+        skeleton(&self.0)
+    }
+
     /// The key under which uniqueness is enforced.
     pub fn normalized(&self) -> String {
-        self.0.to_ascii_lowercase()
+        super::login_key(&self.0)
     }
+}
+
+/// Lower-case ASCII letters and digits of a name, nothing else.
+pub fn skeleton(name: &str) -> String {
+    name.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 impl fmt::Display for Username {
@@ -48,6 +62,12 @@ impl fmt::Display for Username {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skeleton_ignores_case_and_separators() {
+        assert_eq!(Username::parse("Ad.Min_-").unwrap().skeleton(), "admin");
+        assert_eq!(skeleton("Root"), "root");
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -16,10 +16,7 @@ use super::{
     extract::{Admin, ApiJson, RequireRole},
     users::UserResponse,
 };
-use crate::{
-    auth::accounts::AccountChange,
-    domain::{Role, Roles},
-};
+use crate::{auth::accounts::AccountChange, domain::Roles};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -148,16 +145,11 @@ async fn update_user(
     ApiJson(req): ApiJson<UpdateUserRequest>,
 ) -> AppResult<Json<UserResponse>> {
     let id = Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
-    let roles = match req.roles {
-        None => None,
-        Some(names) => Some(Roles::new(
-            names
-                .iter()
-                .map(|n| Role::parse(n))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| AppError::validation("roles", e))?,
-        )),
-    };
+    let roles = req
+        .roles
+        .map(|names| Roles::parse(&names))
+        .transpose()
+        .map_err(|e| AppError::validation("roles", e))?;
     let change = AccountChange {
         is_active: req.is_active,
         roles,

@@ -81,6 +81,7 @@ impl From<AuthError> for AppError {
             AuthError::Overloaded(retry_after) => AppError::Overloaded { retry_after },
             AuthError::Conflict(field) => AppError::Conflict(field),
             AuthError::LastAdmin => AppError::LastAdmin,
+            AuthError::ReservedUsername => AppError::validation("username", "is reserved"),
             AuthError::NotFound => AppError::NotFound,
             AuthError::Internal(e) => AppError::Internal(e),
         }

@@ -112,16 +112,41 @@ fn request_span(req: &Request) -> tracing::Span {
         .map_or(req.uri().path(), MatchedPath::as_str);
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     tracing::info_span!("request", method = %req.method(), route, request_id = id)
 }
 
+/// Keeps a client's `X-Request-Id` only if it is one short printable token;
+/// otherwise it is dropped and a fresh one generated, so that logs and
+/// responses never echo attacker-chosen bytes or lengths.
+async fn screen_request_id(mut req: Request) -> Request {
+    let mut ids = req.headers().get_all(REQUEST_ID).iter();
+    let acceptable = match (ids.next(), ids.next()) {
+        (Some(id), None) => {
+            (1..=MAX_REQUEST_ID).contains(&id.len())
+                && id
+                    .as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        }
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !acceptable {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    req
+}
+
+const REQUEST_ID: &str = "x-request-id";
+const MAX_REQUEST_ID: usize = 64;
+
 /// The whole application: API routes, docs, and the layers around them.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api_router().split_for_parts();
-    let request_id = HeaderName::from_static("x-request-id");
+    let request_id = HeaderName::from_static(REQUEST_ID);
     api.with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async { AppError::NotFound })
@@ -140,4 +165,5 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(screen_request_id))
 }

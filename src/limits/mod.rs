@@ -2,8 +2,10 @@
 //!
 //! Two mechanisms sit behind one trait so that a store shared between
 //! instances can replace the in-memory one:
-//! - *back-off*: after a number of free failures, each further failure doubles
-//!   the wait before the next attempt (capped). It never locks an account for
+//! - *back-off*: after a number of free failures, the next attempt waits, and
+//!   each further failure doubles the wait (capped). Attempts are counted
+//!   when they start, not when they fail, so a burst of simultaneous guesses
+//!   gets no more checks than the same guesses one after another. It never locks an account for
 //!   good, and it is keyed per account *and* client IP, so an attacker cannot
 //!   lock a victim out from another address (ASVS V6.3.1).
 //! - *quota*: a token bucket per key (signups and refreshes per IP).
@@ -17,10 +19,14 @@ use parking_lot::Mutex;
 
 /// Shared limiter state.
 pub trait RateLimiter: Send + Sync + 'static {
-    /// `Err(wait)` while `key` is backing off.
-    fn check_backoff(&self, key: &str, now: Instant) -> Result<(), Duration>;
-    /// Counts a failure; after `free` failures the back-off starts.
-    fn record_failure(&self, key: &str, free: u32, now: Instant);
+    /// Reserves one attempt on `key`, counted as a failure from now on so
+    /// that simultaneous attempts see each other: N parallel attempts get
+    /// exactly the checks N sequential ones would. After `free` counted
+    /// failures the back-off starts. `Err(wait)` while `key` is backing off.
+    fn reserve(&self, key: &str, free: u32, now: Instant) -> Result<(), Duration>;
+    /// Takes back a reserved attempt that turned out not to be a failure (it
+    /// succeeded, or was never checked).
+    fn release(&self, key: &str, free: u32);
     /// Forgets the failures of `key` (a successful login).
     fn clear(&self, key: &str);
     /// Takes one unit of a `per_minute` quota; `Err(wait)` when it is spent.
@@ -73,22 +79,16 @@ impl InMemoryRateLimiter {
     }
 }
 
-fn backoff_for(over: u32) -> Duration {
-    // over >= 1: the first failure past the free ones waits BACKOFF_BASE.
-    let shift = (over - 1).min(20);
-    BACKOFF_BASE.saturating_mul(1 << shift).min(BACKOFF_CAP)
+/// The wait after the `count`-th failure, with `free` failures free: none
+/// before the `free`-th, then 1 s, 2 s, 4 s, … up to the cap.
+fn backoff_after(count: u32, free: u32) -> Option<Duration> {
+    let over = count.checked_sub(free)?;
+    let shift = over.min(20);
+    Some(BACKOFF_BASE.saturating_mul(1 << shift).min(BACKOFF_CAP))
 }
 
 impl RateLimiter for InMemoryRateLimiter {
-    fn check_backoff(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let map = self.failures.lock();
-        match map.get(key).and_then(|f| f.blocked_until) {
-            Some(until) if until > now => Err(until - now),
-            _ => Ok(()),
-        }
-    }
-
-    fn record_failure(&self, key: &str, free: u32, now: Instant) {
+    fn reserve(&self, key: &str, free: u32, now: Instant) -> Result<(), Duration> {
         let mut map = self.failures.lock();
         let entry = map.entry(key.to_owned()).or_insert(Failures {
             count: 0,
@@ -96,12 +96,32 @@ impl RateLimiter for InMemoryRateLimiter {
             last: now,
         });
         if now.saturating_duration_since(entry.last) >= FAILURE_MEMORY {
-            entry.count = 0;
+            *entry = Failures {
+                count: 0,
+                blocked_until: None,
+                last: now,
+            };
         }
+        if let Some(until) = entry.blocked_until
+            && until > now
+        {
+            return Err(until - now);
+        }
+        // Counted before the password is checked: an attempt in flight
+        // already blocks the ones behind it once the free ones are used up.
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
-        if entry.count > free {
-            entry.blocked_until = Some(now + backoff_for(entry.count - free));
+        entry.blocked_until = backoff_after(entry.count, free).map(|wait| now + wait);
+        Ok(())
+    }
+
+    fn release(&self, key: &str, free: u32) {
+        let mut map = self.failures.lock();
+        if let Some(entry) = map.get_mut(key) {
+            entry.count = entry.count.saturating_sub(1);
+            if entry.count < free {
+                entry.blocked_until = None;
+            }
         }
     }
 
@@ -148,51 +168,73 @@ fn prune_buckets(map: &mut HashMap<String, Bucket>, now: Instant) {
 mod tests {
     use super::*;
 
+    /// Reserves and fails `n` attempts; the results of each reservation.
+    fn fail(l: &InMemoryRateLimiter, key: &str, free: u32, n: usize, t: Instant) -> Vec<bool> {
+        (0..n).map(|_| l.reserve(key, free, t).is_ok()).collect()
+    }
+
     #[test]
-    fn free_failures_do_not_block() {
+    fn after_the_free_failures_the_next_attempt_waits() {
         let l = InMemoryRateLimiter::new();
         let t = Instant::now();
-        for _ in 0..3 {
-            l.record_failure("k", 3, t);
-        }
-        assert!(l.check_backoff("k", t).is_ok());
+        assert_eq!(fail(&l, "k", 3, 3, t), [true; 3]);
+        assert_eq!(l.reserve("k", 3, t), Err(Duration::from_secs(1)));
     }
 
     #[test]
     fn back_off_doubles_with_each_further_failure_and_is_capped() {
         let l = InMemoryRateLimiter::new();
-        let t = Instant::now();
-        l.record_failure("k", 0, t);
-        assert_eq!(l.check_backoff("k", t).unwrap_err(), Duration::from_secs(1));
-        l.record_failure("k", 0, t);
-        assert_eq!(l.check_backoff("k", t).unwrap_err(), Duration::from_secs(2));
-        l.record_failure("k", 0, t);
-        assert_eq!(l.check_backoff("k", t).unwrap_err(), Duration::from_secs(4));
-        for _ in 0..40 {
-            l.record_failure("k", 0, t);
+        let mut t = Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..30 {
+            l.reserve("k", 1, t).unwrap();
+            let wait = l.reserve("k", 1, t).unwrap_err();
+            waits.push(wait);
+            t += wait;
         }
-        assert_eq!(l.check_backoff("k", t).unwrap_err(), BACKOFF_CAP);
+        assert_eq!(waits[..3], [1, 2, 4].map(Duration::from_secs));
+        assert_eq!(*waits.last().unwrap(), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn parallel_reservations_get_the_checks_sequential_attempts_would() {
+        let l = InMemoryRateLimiter::new();
+        let t = Instant::now();
+        // Nothing settled yet: only the free attempts get through.
+        let ok = fail(&l, "k", 5, 250, t).iter().filter(|ok| **ok).count();
+        assert_eq!(ok, 5);
+    }
+
+    #[test]
+    fn a_released_attempt_gives_its_place_back() {
+        let l = InMemoryRateLimiter::new();
+        let t = Instant::now();
+        fail(&l, "k", 2, 2, t);
+        assert!(l.reserve("k", 2, t).is_err());
+        l.release("k", 2);
+        assert!(l.reserve("k", 2, t).is_ok());
     }
 
     #[test]
     fn back_off_expires_and_never_locks_for_good() {
         let l = InMemoryRateLimiter::new();
-        let t = Instant::now();
-        for _ in 0..10 {
-            l.record_failure("k", 0, t);
+        let mut t = Instant::now();
+        for _ in 0..40 {
+            l.reserve("k", 1, t).unwrap();
+            t += l.reserve("k", 1, t).unwrap_err();
         }
-        assert!(l.check_backoff("k", t + BACKOFF_CAP).is_ok());
+        assert!(l.reserve("k", 1, t + BACKOFF_CAP).is_ok());
     }
 
     #[test]
     fn clearing_a_key_lifts_its_back_off_but_not_another_keys() {
         let l = InMemoryRateLimiter::new();
         let t = Instant::now();
-        l.record_failure("a", 0, t);
-        l.record_failure("b", 0, t);
+        fail(&l, "a", 1, 1, t);
+        fail(&l, "b", 1, 1, t);
         l.clear("a");
-        assert!(l.check_backoff("a", t).is_ok());
-        assert!(l.check_backoff("b", t).is_err());
+        assert!(l.reserve("a", 1, t).is_ok());
+        assert!(l.reserve("b", 1, t).is_err());
     }
 
     #[test]
@@ -215,7 +257,7 @@ mod tests {
         let l = InMemoryRateLimiter::new();
         let t = Instant::now();
         l.take("full", 6, t).unwrap();
-        l.record_failure("old", 0, t);
+        l.reserve("old", 0, t).unwrap();
         l.prune(t + FAILURE_MEMORY);
         assert!(l.buckets.lock().is_empty());
         assert!(l.failures.lock().is_empty());

@@ -221,8 +221,10 @@ pub trait SessionStore: Send + Sync + 'static {
         session_ids: &[Uuid],
         now: OffsetDateTime,
     ) -> StoreResult<Vec<(Uuid, User)>>;
-    /// Deletes expired refresh tokens and sessions, and sessions revoked before
-    /// `revoked_before` (their access tokens have all expired by then).
+    /// Deletes expired refresh tokens that were never used, expired sessions
+    /// (with all their tokens), and sessions revoked before `revoked_before`
+    /// (their access tokens have all expired by then). Used tokens stay as
+    /// long as their session, so that reuse is detected however late.
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64>;
 }
 
@@ -241,8 +243,8 @@ pub trait KeyStore: Send + Sync + 'static {
 pub trait Store: UserStore + SessionStore + KeyStore {
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
-    /// A trivial round trip, for readiness.
-    async fn ping(&self) -> StoreResult<()>;
+    /// Readiness: a read and a committed write both succeed.
+    async fn ping(&self, now: OffsetDateTime) -> StoreResult<()>;
 }
 
 /// Connects to the database the URL names.

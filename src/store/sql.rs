@@ -406,8 +406,16 @@ macro_rules! sql_store {
                         .map_err(|e| StoreError::Database(e.into()))
                 }
 
-                async fn ping(&self) -> StoreResult<()> {
+                async fn ping(&self, now: OffsetDateTime) -> StoreResult<()> {
                     sqlx::query("SELECT 1").execute(self.reader()).await?;
+                    // A committed write: on a full disk this is what fails.
+                    sqlx::query(
+                        "INSERT INTO readiness (id, checked_at) VALUES (1, $1) \
+                         ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                    )
+                    .bind(Timestamp(now))
+                    .execute(self.writer())
+                    .await?;
                     Ok(())
                 }
             }
@@ -657,11 +665,16 @@ macro_rules! sql_store {
                     let writer = self.writer().clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
-                        let tokens =
-                            sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
-                                .bind(Timestamp(now))
-                                .execute(&mut *tx)
-                                .await?;
+                        // A used token stays while its session lives: presenting
+                        // it again must still be seen as reuse (RFC 9700
+                        // §4.14.2), however old it is. It goes with its session.
+                        let tokens = sqlx::query(
+                            "DELETE FROM refresh_tokens \
+                             WHERE expires_at <= $1 AND used_at IS NULL",
+                        )
+                        .bind(Timestamp(now))
+                        .execute(&mut *tx)
+                        .await?;
                         let sessions = sqlx::query(
                             "DELETE FROM sessions WHERE expires_at <= $1 OR revoked_at < $2",
                         )

@@ -12,7 +12,7 @@
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    Sqlite, SqlitePool, Transaction,
+    Connection as _, Sqlite, SqlitePool, Transaction,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use uuid::Uuid;
@@ -42,6 +42,18 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // SQLite rolls a transaction back by itself on some errors (a
+            // full disk: SQLITE_FULL); sqlx's own ROLLBACK then fails and it
+            // keeps counting the connection as inside a transaction, so that
+            // every later BEGIN on it fails. Such a connection is closed when
+            // it comes back, and the next write opens a fresh one. The ping
+            // first lets a rollback still queued on the connection finish.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options.clone())
             .await?;
         let pool = SqlitePoolOptions::new()

@@ -18,6 +18,7 @@ on_both_databases!(
     the_configured_admin_is_created_once,
     the_last_active_admin_cannot_be_demoted_or_disabled,
     a_patch_that_changes_nothing_ends_no_session,
+    a_user_has_at_most_32_roles,
 );
 
 const ADMIN_EMAIL: &str = "root@example.com";
@@ -291,4 +292,17 @@ async fn a_patch_that_changes_nothing_ends_no_session(backend: Backend) {
         app.refresh(&dave_tokens.refresh).await.status(),
         StatusCode::OK
     );
+}
+
+async fn a_user_has_at_most_32_roles(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    let eve = app.create_user("eve").await;
+    let id = eve["id"].as_str().unwrap();
+    let roles = |n: usize| (0..n).map(|i| format!("role{i}")).collect::<Vec<_>>();
+    let res = patch(&app, &admin, id, json!({"roles": roles(33)})).await;
+    let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(body["errors"][0]["field"], "roles");
+    let res = patch(&app, &admin, id, json!({"roles": roles(32)})).await;
+    assert_eq!(res.status(), StatusCode::OK);
 }

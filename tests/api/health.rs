@@ -17,6 +17,7 @@ on_both_databases!(
     the_openapi_document_lists_the_api_and_the_oauth2_password_flow,
     swagger_ui_is_served_at_docs,
     the_request_id_is_echoed,
+    a_hostile_request_id_is_replaced_not_echoed,
     create_admin_reads_the_password_from_stdin,
     the_migrate_command_prepares_the_database,
 );
@@ -131,6 +132,27 @@ async fn the_request_id_is_echoed(backend: Backend) {
     assert_eq!(res.headers()["x-request-id"], "abc-123");
     let res = app.get("/healthz", None).await;
     assert!(!res.headers()["x-request-id"].is_empty());
+}
+
+async fn a_hostile_request_id_is_replaced_not_echoed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let long = "a".repeat(65);
+    let hostile: [&[u8]; 4] = [long.as_bytes(), b"a b", b"a\tb", b"caf\xc3\xa9"];
+    for id in hostile {
+        let res = app
+            .client
+            .get(app.url("/healthz"))
+            .header(
+                "x-request-id",
+                reqwest::header::HeaderValue::from_bytes(id).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let echoed = res.headers()["x-request-id"].as_bytes();
+        assert_ne!(echoed, id);
+        assert!(uuid::Uuid::parse_str(std::str::from_utf8(echoed).unwrap()).is_ok());
+    }
 }
 
 fn authgate(db: &TestDb) -> std::process::Command {

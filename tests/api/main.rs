@@ -6,10 +6,12 @@ mod common;
 mod helpers;
 
 mod admin;
+mod disk;
 mod health;
 mod login;
 mod refresh;
 mod signup;
+mod throttling;
 mod tokens;
 
 use libtest_mimic::{Arguments, Trial};
@@ -18,11 +20,13 @@ fn main() {
     let pg = common::postgres_reachable();
     let modules: &[fn(bool) -> Vec<Trial>] = &[
         admin::trials,
+        disk::trials,
         health::trials,
         health::postgres_only_trials,
         login::trials,
         refresh::trials,
         signup::trials,
+        throttling::trials,
         tokens::trials,
     ];
     let trials = modules.iter().flat_map(|trials| trials(pg)).collect();

@@ -22,6 +22,7 @@ on_both_databases!(
     a_restart_keeps_users_keys_and_tokens,
     refreshes_are_throttled_per_ip_with_retry_after,
     garbage_refresh_tokens_are_401,
+    an_old_used_refresh_token_is_caught_as_reuse_after_the_purge,
 );
 
 async fn logged_in(app: &TestApp, name: &str) -> Tokens {
@@ -262,4 +263,28 @@ async fn garbage_refresh_tokens_are_401(backend: Backend) {
         let body = problem(res, StatusCode::UNAUTHORIZED).await;
         assert_eq!(body["code"], "invalid_refresh_token");
     }
+}
+
+async fn an_old_used_refresh_token_is_caught_as_reuse_after_the_purge(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--refresh-token-ttl", "10m")
+        .arg("--purge-interval", "100ms")
+        .spawn(backend)
+        .await;
+    let stolen = logged_in(&app, "ivy").await;
+    let second = refreshed(&app, &stolen.refresh).await;
+    app.advance(Duration::from_secs(9 * 60));
+    let third = refreshed(&app, &second.refresh).await;
+    // The first two tokens are used and long expired; the purge has run.
+    app.advance(Duration::from_secs(9 * 60));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.refresh(&stolen.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Replaying it still ends the session: the thief's chain dies.
+    assert_eq!(
+        app.refresh(&third.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }

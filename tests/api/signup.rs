@@ -21,6 +21,8 @@ on_both_databases!(
     fifty_concurrent_signups_of_one_name_create_exactly_one_account,
     signups_are_throttled_per_ip_with_retry_after,
     forwarded_addresses_count_only_behind_a_trusted_proxy,
+    look_alike_emails_are_refused_and_never_reach_another_account,
+    names_that_pass_for_the_service_are_reserved,
 );
 
 async fn signup_with_username_and_email_returns_201_and_the_user(backend: Backend) {
@@ -190,6 +192,7 @@ async fn fifty_concurrent_signups_of_one_name_create_exactly_one_account(backend
     let app = TestApp::builder()
         .arg("--signup-per-minute", "1000")
         .arg("--hash-workers", "2")
+        .arg("--hash-queue-per-client", "64")
         .spawn(backend)
         .await;
     let attempts = (0..50).map(|i| {
@@ -282,4 +285,59 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy(backend: Backend)
         signup_from(&direct, "kim2", "198.51.100.2").await,
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+async fn look_alike_emails_are_refused_and_never_reach_another_account(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create_user("kate").await;
+    for look_alike in [
+        "\u{FF4B}ate@example.com", // full-width k
+        "\u{212A}ate@example.com", // Kelvin sign, which lower-cases to k
+        "kate@ex\u{0430}mple.com", // Cyrillic a
+        "k\u{0430}te@example.com", // Cyrillic a in the local part
+    ] {
+        let res = app
+            .signup(json!({"email": look_alike, "password": PASSWORD}))
+            .await;
+        let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&body), ["email"], "{look_alike:?}");
+        // Nor does it log into Kate's account.
+        assert_eq!(
+            app.login(look_alike, PASSWORD).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{look_alike:?}"
+        );
+    }
+    let res = app
+        .signup(json!({"email": "KATE@Example.COM", "password": PASSWORD}))
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CONFLICT,
+        "case is not a new account"
+    );
+}
+
+async fn names_that_pass_for_the_service_are_reserved(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for name in ["admin", "Admin", "ad.min", "ROOT", "sup-port", "authgate"] {
+        let res = app
+            .signup(json!({"username": name, "password": PASSWORD}))
+            .await;
+        let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&body), ["username"], "{name}");
+    }
+    let res = app
+        .signup(json!({"username": "admins-fan", "password": PASSWORD}))
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // The list is a setting.
+    let open = TestApp::builder()
+        .arg("--reserved-usernames", "")
+        .spawn(backend)
+        .await;
+    let res = open
+        .signup(json!({"username": "admin", "password": PASSWORD}))
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
 }

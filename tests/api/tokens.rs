@@ -22,6 +22,7 @@ on_both_databases!(
     a_refresh_token_used_as_an_access_token_is_refused,
     an_access_token_expires_after_its_ttl,
     tokens_carry_typ_kid_and_the_standard_claims,
+    an_access_token_never_outlives_its_session,
 );
 
 fn claims_of(token: &str) -> Value {
@@ -227,4 +228,20 @@ async fn tokens_carry_typ_kid_and_the_standard_claims(backend: Backend) {
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
         900
     );
+}
+
+async fn an_access_token_never_outlives_its_session(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--session-max-age", "10m")
+        .arg("--refresh-token-ttl", "10m")
+        .arg("--access-token-ttl", "1h")
+        .spawn(backend)
+        .await;
+    app.create_user("ivan").await;
+    let tokens = app.tokens("ivan").await;
+    let expires_in = tokens.body["expires_in"].as_u64().unwrap();
+    assert!((599..=600).contains(&expires_in), "{expires_in}");
+    let claims = claims_of(&tokens.access);
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert!((599..=600).contains(&lifetime), "{lifetime}");
 }

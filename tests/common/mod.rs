@@ -118,6 +118,16 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// A SQLite database in `dir`, removed when the test ends.
+    pub fn sqlite_in(dir: &std::path::Path) -> Self {
+        let path = dir.join(format!("authgate-test-{}.db", Uuid::new_v4().simple()));
+        TestDb {
+            backend: Backend::Sqlite,
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            owned: Some(Owned::SqliteFile(path)),
+        }
+    }
+
     /// A second handle on the same database, for a second instance. Only the
     /// original removes the database.
     pub fn attach(other: &TestDb) -> TestDb {
