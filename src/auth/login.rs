@@ -33,33 +33,15 @@ pub struct LoginPolicy {
 
 #[derive(Clone)]
 pub struct Login {
-    users: Arc<dyn UserStore>,
-    hasher: PasswordHasher,
-    limiter: Arc<dyn RateLimiter>,
-    clock: SharedClock,
-    sessions: Sessions,
-    policy: LoginPolicy,
+    pub(super) users: Arc<dyn UserStore>,
+    pub(super) hasher: PasswordHasher,
+    pub(super) limiter: Arc<dyn RateLimiter>,
+    pub(super) clock: SharedClock,
+    pub(super) sessions: Sessions,
+    pub(super) policy: LoginPolicy,
 }
 
 impl Login {
-    pub fn new(
-        users: Arc<dyn UserStore>,
-        hasher: PasswordHasher,
-        limiter: Arc<dyn RateLimiter>,
-        clock: SharedClock,
-        sessions: Sessions,
-        policy: LoginPolicy,
-    ) -> Self {
-        Self {
-            users,
-            hasher,
-            limiter,
-            clock,
-            sessions,
-            policy,
-        }
-    }
-
     /// Checks a username-or-email and password and opens a session.
     ///
     /// Throttling, in order: a quota of attempts per IP, the IP's back-off,

@@ -66,22 +66,22 @@ impl Services {
             settings.access_token_ttl,
         ));
         let liveness = Arc::new(SessionCache::new());
-        let sessions = Sessions::new(
-            store.clone(),
+        let sessions = Sessions {
+            store: store.clone(),
             tokens,
-            liveness.clone(),
-            limiter.clone(),
-            clock.clone(),
-            settings.sessions,
-        );
-        let login = Login::new(
-            store.clone(),
-            hasher.clone(),
-            limiter.clone(),
-            clock.clone(),
-            sessions.clone(),
-            settings.login,
-        );
+            cache: liveness.clone(),
+            limiter: limiter.clone(),
+            clock: clock.clone(),
+            policy: settings.sessions,
+        };
+        let login = Login {
+            users: store.clone(),
+            hasher: hasher.clone(),
+            limiter: limiter.clone(),
+            clock: clock.clone(),
+            sessions: sessions.clone(),
+            policy: settings.login,
+        };
         let accounts = Accounts::new(
             store.clone(),
             hasher,

@@ -69,33 +69,15 @@ impl Authenticated {
 
 #[derive(Clone)]
 pub struct Sessions {
-    store: Arc<dyn SessionStore>,
-    tokens: Arc<TokenService>,
-    cache: Arc<SessionCache>,
-    limiter: Arc<dyn RateLimiter>,
-    clock: SharedClock,
-    policy: SessionPolicy,
+    pub(super) store: Arc<dyn SessionStore>,
+    pub(super) tokens: Arc<TokenService>,
+    pub(super) cache: Arc<SessionCache>,
+    pub(super) limiter: Arc<dyn RateLimiter>,
+    pub(super) clock: SharedClock,
+    pub(super) policy: SessionPolicy,
 }
 
 impl Sessions {
-    pub fn new(
-        store: Arc<dyn SessionStore>,
-        tokens: Arc<TokenService>,
-        cache: Arc<SessionCache>,
-        limiter: Arc<dyn RateLimiter>,
-        clock: SharedClock,
-        policy: SessionPolicy,
-    ) -> Self {
-        Self {
-            store,
-            tokens,
-            cache,
-            limiter,
-            clock,
-            policy,
-        }
-    }
-
     /// Opens a session for a user whose credentials were just checked.
     pub async fn open(&self, user: &User) -> AuthResult<TokenPair> {
         let now = self.clock.now();

@@ -173,6 +173,18 @@ mod tests {
         OffsetDateTime::now_utc() + time::Duration::days(365)
     }
 
+    /// A token for some user and session, issued now.
+    fn any_token(svc: &TokenService) -> IssuedAccessToken {
+        svc.issue(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            vec![],
+            OffsetDateTime::now_utc(),
+            far(),
+        )
+        .unwrap()
+    }
+
     fn service(key: &KeyMaterial) -> TokenService {
         TokenService::new(
             key,
@@ -213,15 +225,7 @@ mod tests {
     fn a_token_signed_with_another_key_is_refused() {
         let svc = service(&KeyMaterial::generate());
         let mut other = KeyMaterial::generate();
-        let forged = service(&other)
-            .issue(
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                vec![],
-                OffsetDateTime::now_utc(),
-                far(),
-            )
-            .unwrap();
+        let forged = any_token(&service(&other));
         assert_eq!(
             svc.verify(&forged.token, OffsetDateTime::now_utc())
                 .unwrap_err(),
@@ -230,15 +234,7 @@ mod tests {
         // Same kid, other secret: the signature check must catch it.
         let ours = KeyMaterial::generate();
         other.kid = ours.kid.clone();
-        let forged = service(&other)
-            .issue(
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                vec![],
-                OffsetDateTime::now_utc(),
-                far(),
-            )
-            .unwrap();
+        let forged = any_token(&service(&other));
         assert_eq!(
             service(&ours)
                 .verify(&forged.token, OffsetDateTime::now_utc())
@@ -282,15 +278,7 @@ mod tests {
             "aud".into(),
             Duration::from_secs(60),
         );
-        let issued = theirs
-            .issue(
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                vec![],
-                OffsetDateTime::now_utc(),
-                far(),
-            )
-            .unwrap();
+        let issued = any_token(&theirs);
         assert_eq!(
             service(&key)
                 .verify(&issued.token, OffsetDateTime::now_utc())
