@@ -35,11 +35,19 @@ impl Clock for SystemClock {
     }
 }
 
-/// The system's time plus an offset that only grows: time flows as usual,
-/// and jumps forward when a test calls [`ManualClock::advance`].
+/// A clock for tests: the system's time plus an offset that only grows, so
+/// time flows as usual and jumps forward at [`ManualClock::advance`]; or,
+/// once [`ManualClock::stop`]ped, standing still until advanced.
 #[derive(Debug, Default)]
 pub struct ManualClock {
-    offset: Mutex<Duration>,
+    state: Mutex<ManualState>,
+}
+
+#[derive(Debug, Default)]
+struct ManualState {
+    offset: Duration,
+    /// Where the clocks stand while stopped.
+    stopped_at: Option<(OffsetDateTime, Instant)>,
 }
 
 impl ManualClock {
@@ -49,17 +57,38 @@ impl ManualClock {
 
     /// Moves both clocks forward by `by`.
     pub fn advance(&self, by: Duration) {
-        *self.offset.lock() += by;
+        let mut state = self.state.lock();
+        state.offset += by;
+        if let Some((wall, mono)) = &mut state.stopped_at {
+            *wall += by;
+            *mono += by;
+        }
+    }
+
+    /// Stops both clocks where they are; only [`ManualClock::advance`] moves
+    /// them from now on.
+    pub fn stop(&self) {
+        let mut state = self.state.lock();
+        let offset = state.offset;
+        state.stopped_at = Some((SystemClock.now() + offset, Instant::now() + offset));
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
-        SystemClock.now() + *self.offset.lock()
+        let state = self.state.lock();
+        match state.stopped_at {
+            Some((wall, _)) => wall,
+            None => SystemClock.now() + state.offset,
+        }
     }
 
     fn instant(&self) -> Instant {
-        Instant::now() + *self.offset.lock()
+        let state = self.state.lock();
+        match state.stopped_at {
+            Some((_, mono)) => mono,
+            None => Instant::now() + state.offset,
+        }
     }
 }
 
@@ -92,5 +121,17 @@ mod tests {
         clock.advance(Duration::from_secs(3600));
         assert!(clock.now() - wall >= time::Duration::hours(1));
         assert!(clock.instant() - mono >= Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_stopped_manual_clock_moves_only_when_advanced() {
+        let clock = ManualClock::new();
+        clock.stop();
+        let (wall, mono) = (clock.now(), clock.instant());
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!((clock.now(), clock.instant()), (wall, mono));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.instant() - mono, Duration::from_secs(1));
+        assert_eq!(clock.now() - wall, time::Duration::seconds(1));
     }
 }

@@ -91,6 +91,7 @@ async fn repeated_failures_back_off_per_account_and_ip_with_retry_after(backend:
         .arg("--login-free-failures", "3")
         .spawn(backend)
         .await;
+    app.stop_clock();
     app.create_user("dave").await;
     for _ in 0..3 {
         assert_eq!(
@@ -117,6 +118,7 @@ async fn back_off_for_one_account_does_not_lock_out_another(backend: Backend) {
         .arg("--login-free-failures", "1")
         .spawn(backend)
         .await;
+    app.stop_clock();
     app.create_user("erin").await;
     app.create_user("frank").await;
     for _ in 0..3 {
@@ -135,6 +137,7 @@ async fn many_failures_from_one_ip_back_off_that_ip_across_accounts(backend: Bac
         .arg("--login-ip-free-failures", "3")
         .spawn(backend)
         .await;
+    app.stop_clock();
     app.create_user("kate").await;
     for name in ["x1", "x2", "x3", "x4"] {
         app.login(name, "wrong password!").await;

@@ -57,6 +57,7 @@ async fn parallel_guesses_at_one_account_get_only_the_free_checks(backend: Backe
         .arg("--login-free-failures", "5")
         .spawn(backend)
         .await;
+    app.stop_clock();
     app.create_user("alice").await;
     let guesses =
         (0..250).map(|i| app.login("alice", if i == 0 { "guess 0" } else { "wrong guess" }));
@@ -77,6 +78,7 @@ async fn parallel_guesses_from_one_ip_get_only_the_ip_free_checks(backend: Backe
         .arg("--login-ip-free-failures", "20")
         .spawn(backend)
         .await;
+    app.stop_clock();
     let names: Vec<String> = (0..300).map(|i| format!("nobody{i}")).collect();
     let guesses = names.iter().map(|name| app.login(name, "wrong guess"));
     let statuses = futures::future::join_all(guesses).await;
@@ -90,6 +92,7 @@ async fn username_and_email_share_one_back_off_counter(backend: Backend) {
         .arg("--login-free-failures", "4")
         .spawn(backend)
         .await;
+    app.stop_clock();
     app.create_user("bob").await;
     for login in ["bob", "bob@example.com", "BOB", "Bob@Example.com"] {
         assert_eq!(
@@ -113,6 +116,7 @@ async fn after_the_free_failures_the_next_attempt_is_throttled(backend: Backend)
         .arg("--login-ip-free-failures", "7")
         .spawn(backend)
         .await;
+    app.stop_clock();
     app.create_user("carol").await;
     for _ in 0..5 {
         assert_eq!(
@@ -144,6 +148,7 @@ async fn every_login_counts_against_the_per_ip_and_per_account_quotas(backend: B
         .arg("--login-account-per-minute", "2")
         .spawn(backend)
         .await;
+    app.stop_clock();
     app.create_user("dave").await;
     app.create_user("erin").await;
     let ip = "203.0.113.7";
