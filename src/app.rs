@@ -11,7 +11,7 @@ use crate::{
         Accounts, Services, Settings,
         accounts::{AccountPolicy, AdminOutcome, IfExists},
         keys::KeyRing,
-        liveness::{RECHECK_INTERVAL, SessionCache},
+        liveness::RECHECK_INTERVAL,
         login::LoginPolicy,
         sessions::SessionPolicy,
     },
@@ -142,25 +142,14 @@ pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Account management for a command run outside the service: one hashing
-/// thread, no throttling, no sessions cached.
+/// Account management for a command run outside the service.
 pub async fn command_accounts(
     database: &DatabaseArgs,
     argon2: &Argon2Args,
 ) -> anyhow::Result<Accounts> {
     let store = store::open(&database.url).await?;
     let hasher = PasswordHasher::new(argon2.params()?, 1, 1, 1)?;
-    Ok(Accounts::new(
-        store,
-        hasher,
-        Arc::new(InMemoryRateLimiter::new()),
-        Arc::new(SystemClock),
-        Arc::new(SessionCache::new()),
-        AccountPolicy {
-            signup_per_minute: u32::MAX,
-            reserved_usernames: Vec::new(),
-        },
-    ))
+    Ok(Services::command_accounts(store, hasher))
 }
 
 /// `AUTHGATE_ADMIN_EMAIL` + `AUTHGATE_ADMIN_PASSWORD`: create that admin once.

@@ -52,6 +52,8 @@ fn session_for(user_id: Uuid, refresh: u8, lifetime: Duration) -> NewSession {
         expires_at: now + lifetime,
         refresh_hash: [refresh; 32],
         refresh_expires_at: now + lifetime,
+        user_agent: Some(format!("agent {refresh}")),
+        ip: Some("192.0.2.1".into()),
     }
 }
 
@@ -70,6 +72,9 @@ on_both_databases!(
     the_first_signing_key_wins,
     purge_deletes_expired_sessions_and_tokens_only,
     a_used_token_outlives_the_purge_so_its_reuse_is_still_caught,
+    a_users_live_sessions_are_listed_newest_first_and_end_one_by_one,
+    a_password_change_ends_every_session_but_the_one_kept,
+    deleting_a_user_removes_its_sessions_but_never_the_last_admin,
     a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connections,
     live_sessions_answers_for_many_sessions_in_one_call,
     timestamps_round_trip_to_the_millisecond_in_the_stored_form,
@@ -377,7 +382,7 @@ async fn revoking_by_refresh_token_and_by_user_ends_sessions(backend: Backend) {
     assert!(store.session_user(b.id, now).await.unwrap().is_some());
     assert_eq!(
         store
-            .revoke_user_sessions(user.id, RevokeReason::LogoutAll, now)
+            .revoke_user_sessions(user.id, None, RevokeReason::LogoutAll, now)
             .await
             .unwrap(),
         2
@@ -740,4 +745,106 @@ async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backen
             created_at,
         }]
     );
+}
+
+async fn a_users_live_sessions_are_listed_newest_first_and_end_one_by_one(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = store.create_user(&new_user("liv")).await.unwrap();
+    let bob = store.create_user(&new_user("lou")).await.unwrap();
+    let older = session_for(alice.id, 1, Duration::days(1));
+    let mut newer = session_for(alice.id, 2, Duration::days(1));
+    newer.created_at = older.created_at + Duration::seconds(1);
+    let bobs = session_for(bob.id, 3, Duration::days(1));
+    for s in [&older, &newer, &bobs] {
+        store.create_session(s).await.unwrap();
+    }
+    let now = clock::now();
+    let listed = store.list_sessions(alice.id, now).await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|s| s.id).collect();
+    assert_eq!(ids, [newer.id, older.id]);
+    assert_eq!(listed[0].user_agent.as_deref(), Some("agent 2"));
+    assert_eq!(listed[0].ip.as_deref(), Some("192.0.2.1"));
+    assert_eq!(listed[0].last_used_at, None);
+    // Another user's session cannot be ended through this user.
+    let ended = store
+        .revoke_session(alice.id, bobs.id, RevokeReason::EndedByUser, now)
+        .await
+        .unwrap();
+    assert!(!ended);
+    assert!(store.session_user(bobs.id, now).await.unwrap().is_some());
+    assert!(
+        store
+            .revoke_session(alice.id, older.id, RevokeReason::EndedByUser, now)
+            .await
+            .unwrap()
+    );
+    let ids: Vec<_> = store
+        .list_sessions(alice.id, now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [newer.id]);
+    // A refresh marks the session as used.
+    store
+        .rotate_refresh_token(&[2; 32], &[9; 32], now + Duration::hours(1), now)
+        .await
+        .unwrap();
+    let listed = store.list_sessions(alice.id, now).await.unwrap();
+    assert_eq!(listed[0].last_used_at, Some(now));
+}
+
+async fn a_password_change_ends_every_session_but_the_one_kept(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("pat")).await.unwrap();
+    let kept = session_for(user.id, 1, Duration::days(1));
+    let other = session_for(user.id, 2, Duration::days(1));
+    store.create_session(&kept).await.unwrap();
+    store.create_session(&other).await.unwrap();
+    let now = clock::now();
+    assert!(
+        store
+            .change_password(user.id, "$argon2id$new", Some(kept.id), now)
+            .await
+            .unwrap()
+    );
+    assert!(store.session_user(kept.id, now).await.unwrap().is_some());
+    assert!(store.session_user(other.id, now).await.unwrap().is_none());
+    let creds = store.get_credentials(user.id).await.unwrap().unwrap();
+    assert_eq!(creds.password_hash, "$argon2id$new");
+    assert!(
+        !store
+            .change_password(Uuid::now_v7(), "$argon2id$x", None, now)
+            .await
+            .unwrap()
+    );
+}
+
+async fn deleting_a_user_removes_its_sessions_but_never_the_last_admin(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("del")).await.unwrap();
+    let session = session_for(user.id, 1, Duration::days(1));
+    store.create_session(&session).await.unwrap();
+    assert!(store.delete_user(user.id).await.unwrap());
+    assert!(store.get_user(user.id).await.unwrap().is_none());
+    assert!(
+        store
+            .session_user(session.id, clock::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!store.delete_user(user.id).await.unwrap(), "already gone");
+    // Its names are free again.
+    store.create_user(&new_user("del")).await.unwrap();
+
+    let mut admin = new_user("boss");
+    admin.roles = Roles::new([Role::user(), Role::admin()]);
+    let admin = store.create_user(&admin).await.unwrap();
+    assert!(matches!(
+        store.delete_user(admin.id).await,
+        Err(StoreError::LastAdmin)
+    ));
+    assert!(store.get_user(admin.id).await.unwrap().is_some());
 }

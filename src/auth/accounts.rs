@@ -9,6 +9,8 @@ use uuid::Uuid;
 use super::{
     error::{AuthError, AuthResult},
     liveness::SessionCache,
+    login::PasswordCheck,
+    sessions::Authenticated,
 };
 use crate::{
     clock::SharedClock,
@@ -63,13 +65,15 @@ pub enum AdminOutcome {
 
 #[derive(Clone)]
 pub struct Accounts {
-    users: Arc<dyn UserStore>,
-    hasher: PasswordHasher,
-    limiter: Arc<dyn RateLimiter>,
-    clock: SharedClock,
+    pub(super) users: Arc<dyn UserStore>,
+    pub(super) hasher: PasswordHasher,
+    pub(super) limiter: Arc<dyn RateLimiter>,
+    pub(super) clock: SharedClock,
     /// This instance's session answers, to forget a changed user's at once.
-    liveness: Arc<SessionCache>,
-    policy: AccountPolicy,
+    pub(super) liveness: Arc<SessionCache>,
+    /// Confirms the current password before a sensitive change.
+    pub(super) check: PasswordCheck,
+    pub(super) policy: AccountPolicy,
 }
 
 /// Signup rules, fixed at start-up.
@@ -80,31 +84,17 @@ pub struct AccountPolicy {
     pub reserved_usernames: Vec<String>,
 }
 
-impl Accounts {
-    pub fn new(
-        users: Arc<dyn UserStore>,
-        hasher: PasswordHasher,
-        limiter: Arc<dyn RateLimiter>,
-        clock: SharedClock,
-        liveness: Arc<SessionCache>,
-        mut policy: AccountPolicy,
-    ) -> Self {
-        policy.reserved_usernames = policy
-            .reserved_usernames
+impl AccountPolicy {
+    fn is_reserved(&self, name: &Username) -> bool {
+        let wanted = name.skeleton();
+        self.reserved_usernames
             .iter()
-            .map(|name| skeleton(name))
-            .filter(|name| !name.is_empty())
-            .collect();
-        Self {
-            users,
-            hasher,
-            limiter,
-            clock,
-            liveness,
-            policy,
-        }
+            .map(|reserved| skeleton(reserved))
+            .any(|reserved| !reserved.is_empty() && reserved == wanted)
     }
+}
 
+impl Accounts {
     /// Creates an account with the `user` role. A username that would pass
     /// for the service (`admin`, `support`, …) is refused.
     #[tracing::instrument(skip_all, fields(%ip))]
@@ -117,7 +107,7 @@ impl Accounts {
             )
             .map_err(AuthError::Throttled)?;
         if let Some(name) = &account.username
-            && self.policy.reserved_usernames.contains(&name.skeleton())
+            && self.policy.is_reserved(name)
         {
             return Err(AuthError::ReservedUsername);
         }
@@ -211,6 +201,51 @@ impl Accounts {
                 Ok(AdminOutcome::Promoted(user))
             }
         }
+    }
+
+    /// Changes the caller's password after confirming the current one.
+    /// Every other session of the user ends; the caller's own goes on.
+    pub async fn change_password(
+        &self,
+        who: &Authenticated,
+        client: IpAddr,
+        current: &str,
+        new: Password,
+    ) -> AuthResult<()> {
+        self.check.confirm(client, who.user_id, current).await?;
+        let hash = self
+            .hasher
+            .hash(client, SecretString::from(new.expose()))
+            .await?;
+        let changed = self
+            .users
+            .change_password(who.user_id, &hash, Some(who.session_id), self.clock.now())
+            .await?;
+        if !changed {
+            return Err(AuthError::NotFound);
+        }
+        self.liveness
+            .revoke_user_except(who.user_id, who.session_id);
+        tracing::info!(user_id = %who.user_id, "password changed");
+        Ok(())
+    }
+
+    /// Deletes the caller's account, after confirming its password: the
+    /// account, its sessions and tokens are gone, and its username and email
+    /// free again. The last active admin cannot delete itself.
+    pub async fn delete_self(
+        &self,
+        who: &Authenticated,
+        client: IpAddr,
+        current: &str,
+    ) -> AuthResult<()> {
+        self.check.confirm(client, who.user_id, current).await?;
+        if !self.users.delete_user(who.user_id).await? {
+            return Err(AuthError::NotFound);
+        }
+        self.liveness.revoke_user(who.user_id);
+        tracing::info!(user_id = %who.user_id, "account deleted by its user");
+        Ok(())
     }
 
     /// Users ordered by id (oldest first), `limit` at a time, after `after`.

@@ -18,6 +18,9 @@ pub enum AuthError {
     /// An access token that does not verify or whose session has ended.
     #[error("invalid access token: {0:?}")]
     InvalidToken(TokenRejection),
+    /// A logged-in user's confirmation of their current password was wrong.
+    #[error("wrong current password")]
+    WrongPassword,
     /// Too many attempts; retry after the duration.
     #[error("throttled for {0:?}")]
     Throttled(Duration),

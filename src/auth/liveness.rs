@@ -169,6 +169,17 @@ impl SessionCache {
         self.put(session_id, user_id, Liveness::Dead, now);
     }
 
+    /// Marks every cached session of a user dead but `keep`.
+    pub fn revoke_user_except(&self, user_id: Uuid, keep: Uuid) {
+        let mut map = self.entries.write();
+        for (_, e) in map
+            .iter_mut()
+            .filter(|(id, e)| e.user_id == user_id && **id != keep)
+        {
+            e.liveness = Liveness::Dead;
+        }
+    }
+
     /// Marks every cached session of a user dead.
     pub fn revoke_user(&self, user_id: Uuid) {
         let mut map = self.entries.write();

@@ -1,5 +1,6 @@
-//! Logging in with a password: throttling, the credential check (with a dummy
-//! hash for unknown users), and the hash upgrade after a successful login.
+//! Checking passwords: for logging in, and for confirming a change by a
+//! logged-in user. Throttling, the credential check (with a dummy hash for
+//! unknown users), and the hash upgrade after a successful check.
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -7,15 +8,16 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 use super::{
+    Client,
     error::{AuthError, AuthResult},
     sessions::{Sessions, TokenPair},
 };
 use crate::{
     clock::SharedClock,
     crypto::passwords::PasswordHasher,
-    domain::{Email, Password, login_key},
+    domain::{Email, Password, User, login_key},
     limits::RateLimiter,
-    store::UserStore,
+    store::{Credentials, UserStore},
 };
 
 /// Login throttling, fixed at start-up.
@@ -31,18 +33,39 @@ pub struct LoginPolicy {
     pub account_per_minute: u32,
 }
 
+/// The throttled check of a password, for logging in and for confirming a
+/// sensitive change by a logged-in user.
 #[derive(Clone)]
-pub struct Login {
+pub struct PasswordCheck {
     pub(super) users: Arc<dyn UserStore>,
     pub(super) hasher: PasswordHasher,
     pub(super) limiter: Arc<dyn RateLimiter>,
     pub(super) clock: SharedClock,
-    pub(super) sessions: Sessions,
     pub(super) policy: LoginPolicy,
+}
+
+/// Logging in with a password.
+#[derive(Clone)]
+pub struct Login {
+    pub(super) check: PasswordCheck,
+    pub(super) sessions: Sessions,
 }
 
 impl Login {
     /// Checks a username-or-email and password and opens a session.
+    pub async fn with_password(
+        &self,
+        client: &Client,
+        login: &str,
+        password: &str,
+    ) -> AuthResult<TokenPair> {
+        let user = self.check.login(client.ip, login, password).await?;
+        self.sessions.open(&user, client).await
+    }
+}
+
+impl PasswordCheck {
+    /// The active user a username-or-email and password belong to.
     ///
     /// Throttling, in order: a quota of attempts per IP, the IP's back-off,
     /// a quota per account (and IP), the account's back-off. A back-off
@@ -50,12 +73,7 @@ impl Login {
     /// password turns out right (or is never checked), so parallel guesses
     /// get no more checks than sequential ones.
     #[tracing::instrument(skip_all, fields(%ip))]
-    pub async fn with_password(
-        &self,
-        ip: IpAddr,
-        login: &str,
-        password: &str,
-    ) -> AuthResult<TokenPair> {
+    pub async fn login(&self, ip: IpAddr, login: &str, password: &str) -> AuthResult<User> {
         if password.len() > Password::MAX_BYTES || login.len() > Email::MAX_LEN {
             // No account has such a password or name: refuse without hashing
             // a huge input or keeping a huge throttling key.
@@ -64,7 +82,6 @@ impl Login {
         let login = login_key(login);
         self.take(&format!("login-rate:{ip}"), self.policy.ip_per_minute)?;
         let ip_attempt = self.reserve(format!("login:{ip}"), self.policy.ip_free_failures)?;
-
         let found = self.users.find_credentials(&login).await?;
         // One counter per account whatever identifier was typed (username or
         // email); a name no account has gets a counter of its own.
@@ -72,13 +89,42 @@ impl Login {
             Some(c) => format!("user:{}", c.user.id),
             None => format!("name:{login}"),
         };
+        self.verify(ip, Some(ip_attempt), &account, found, password)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)
+    }
+
+    /// Confirms that `password` is the current password of a logged-in user,
+    /// throttled like a login to that account. A wrong one is
+    /// [`AuthError::WrongPassword`].
+    pub async fn confirm(&self, ip: IpAddr, user_id: Uuid, password: &str) -> AuthResult<User> {
+        if password.len() > Password::MAX_BYTES {
+            return Err(AuthError::WrongPassword);
+        }
+        let found = self.users.get_credentials(user_id).await?;
+        let account = format!("user:{user_id}");
+        self.verify(ip, None, &account, found, password)
+            .await?
+            .ok_or(AuthError::WrongPassword)
+    }
+
+    /// The user, if `found` exists, is active and `password` is its password;
+    /// `None` for any other outcome, counted as a failure of `account` (and
+    /// of the IP, with `ip_attempt`).
+    async fn verify(
+        &self,
+        ip: IpAddr,
+        ip_attempt: Option<Attempt>,
+        account: &str,
+        found: Option<Credentials>,
+        password: &str,
+    ) -> AuthResult<Option<User>> {
         self.take(
             &format!("login-rate:{ip}:{account}"),
             self.policy.account_per_minute,
         )?;
         let account_attempt =
             self.reserve(format!("login:{ip}:{account}"), self.policy.free_failures)?;
-
         let (stored_hash, user) = match found {
             Some(c) => (Some(c.password_hash), Some(c.user)),
             None => (None, None),
@@ -92,10 +138,12 @@ impl Login {
         let user = match user {
             Some(user) if check.matches && user.is_active => user,
             _ => {
-                ip_attempt.failed();
+                if let Some(attempt) = ip_attempt {
+                    attempt.failed();
+                }
                 account_attempt.failed();
-                tracing::info!("failed login");
-                return Err(AuthError::InvalidCredentials);
+                tracing::info!("wrong password");
+                return Ok(None);
             }
         };
         // A right password is no failure: the IP gets its attempt back, and
@@ -105,7 +153,7 @@ impl Login {
         if check.needs_rehash {
             self.upgrade_hash(ip, user.id, password).await;
         }
-        self.sessions.open(&user).await
+        Ok(Some(user))
     }
 
     fn take(&self, key: &str, per_minute: u32) -> AuthResult<()> {

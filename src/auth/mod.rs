@@ -10,7 +10,7 @@ pub mod login;
 pub mod sessions;
 pub mod tokens;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 pub use accounts::Accounts;
 pub use error::{AuthError, AuthResult};
@@ -23,9 +23,34 @@ use crate::{
 use accounts::AccountPolicy;
 use keys::KeyRing;
 use liveness::SessionCache;
-use login::LoginPolicy;
+use login::{LoginPolicy, PasswordCheck};
 use sessions::SessionPolicy;
 use tokens::TokenService;
+
+/// Who is asking: the client's IP address and what its `User-Agent` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+}
+
+impl Client {
+    /// A `User-Agent` is kept to its first 256 characters, without control
+    /// characters: it is shown back to the user and must stay harmless.
+    pub const MAX_USER_AGENT: usize = 256;
+
+    pub fn new(ip: IpAddr, user_agent: Option<&str>) -> Self {
+        let user_agent = user_agent
+            .map(|ua| {
+                ua.chars()
+                    .filter(|c| !c.is_control())
+                    .take(Self::MAX_USER_AGENT)
+                    .collect::<String>()
+            })
+            .filter(|ua| !ua.trim().is_empty());
+        Self { ip, user_agent }
+    }
+}
 
 /// The settings the services run with.
 #[derive(Debug, Clone)]
@@ -74,22 +99,26 @@ impl Services {
             clock: clock.clone(),
             policy: settings.sessions,
         };
-        let login = Login {
+        let check = PasswordCheck {
             users: store.clone(),
             hasher: hasher.clone(),
             limiter: limiter.clone(),
             clock: clock.clone(),
-            sessions: sessions.clone(),
             policy: settings.login,
         };
-        let accounts = Accounts::new(
-            store.clone(),
+        let login = Login {
+            check: check.clone(),
+            sessions: sessions.clone(),
+        };
+        let accounts = Accounts {
+            users: store.clone(),
             hasher,
-            limiter.clone(),
-            clock.clone(),
+            limiter: limiter.clone(),
+            clock: clock.clone(),
             liveness,
-            settings.accounts.clone(),
-        );
+            check,
+            policy: settings.accounts.clone(),
+        };
         Self {
             accounts,
             login,
@@ -97,6 +126,37 @@ impl Services {
             store,
             limiter,
             clock,
+        }
+    }
+
+    /// Account management for a command run outside the service: one
+    /// hashing thread, no sessions cached, no throttling that matters.
+    pub fn command_accounts(store: Arc<dyn Store>, hasher: PasswordHasher) -> Accounts {
+        let limiter: Arc<dyn RateLimiter> = Arc::new(crate::limits::InMemoryRateLimiter::new());
+        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let check = PasswordCheck {
+            users: store.clone(),
+            hasher: hasher.clone(),
+            limiter: limiter.clone(),
+            clock: clock.clone(),
+            policy: LoginPolicy {
+                free_failures: u32::MAX,
+                ip_free_failures: u32::MAX,
+                ip_per_minute: u32::MAX,
+                account_per_minute: u32::MAX,
+            },
+        };
+        Accounts {
+            users: store,
+            hasher,
+            limiter,
+            clock,
+            liveness: Arc::new(SessionCache::new()),
+            check,
+            policy: AccountPolicy {
+                signup_per_minute: u32::MAX,
+                reserved_usernames: Vec::new(),
+            },
         }
     }
 

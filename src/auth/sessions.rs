@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
+    Client,
     error::{AuthError, AuthResult},
     liveness::{LiveUser, Liveness, Lookup, SessionCache},
     tokens::{AccessClaims, TokenRejection, TokenService},
@@ -51,6 +52,19 @@ pub struct TokenPair {
     pub refresh_expires_in: u64,
 }
 
+/// A live session as its user sees it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub created_at: OffsetDateTime,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub expires_at: OffsetDateTime,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    /// The session of the access token that asked.
+    pub current: bool,
+}
+
 /// The caller behind a valid access token of a live session.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
@@ -79,7 +93,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Opens a session for a user whose credentials were just checked.
-    pub async fn open(&self, user: &User) -> AuthResult<TokenPair> {
+    pub async fn open(&self, user: &User, client: &Client) -> AuthResult<TokenPair> {
         let now = self.clock.now();
         let session_end = now + self.policy.session_max_age;
         let refresh = refresh::generate();
@@ -91,6 +105,8 @@ impl Sessions {
             expires_at: session_end,
             refresh_hash: refresh.hash,
             refresh_expires_at,
+            user_agent: client.user_agent.clone(),
+            ip: Some(client.ip.to_string()),
         };
         self.store.create_session(&session).await?;
         self.pair(
@@ -180,13 +196,55 @@ impl Sessions {
     pub async fn logout_all(&self, who: &Authenticated) -> AuthResult<u64> {
         let n = self
             .store
-            .revoke_user_sessions(who.user_id, RevokeReason::LogoutAll, self.clock.now())
+            .revoke_user_sessions(who.user_id, None, RevokeReason::LogoutAll, self.clock.now())
             .await?;
         self.cache.revoke_user(who.user_id);
         self.cache
             .revoke(who.session_id, who.user_id, self.clock.instant());
         tracing::info!(user_id = %who.user_id, sessions = n, "logged out everywhere");
         Ok(n)
+    }
+
+    /// The caller's live sessions, newest first.
+    pub async fn list(&self, who: &Authenticated) -> AuthResult<Vec<SessionView>> {
+        let sessions = self
+            .store
+            .list_sessions(who.user_id, self.clock.now())
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .map(|s| SessionView {
+                current: s.id == who.session_id,
+                id: s.id,
+                created_at: s.created_at,
+                last_used_at: s.last_used_at,
+                expires_at: s.expires_at,
+                user_agent: s.user_agent,
+                ip: s.ip,
+            })
+            .collect())
+    }
+
+    /// Ends one of the caller's sessions (the current one too, if named).
+    /// Another user's session is [`AuthError::NotFound`], exactly like one
+    /// that does not exist, so its existence is never revealed.
+    pub async fn end(&self, who: &Authenticated, session_id: Uuid) -> AuthResult<()> {
+        let ended = self
+            .store
+            .revoke_session(
+                who.user_id,
+                session_id,
+                RevokeReason::EndedByUser,
+                self.clock.now(),
+            )
+            .await?;
+        if !ended {
+            return Err(AuthError::NotFound);
+        }
+        self.cache
+            .revoke(session_id, who.user_id, self.clock.instant());
+        tracing::info!(%session_id, user_id = %who.user_id, "session ended by its user");
+        Ok(())
     }
 
     /// The caller behind an access token: the token must verify and its

@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     AppState,
     error::{AppError, AppResult, FieldError, Problem, retry_after_secs},
-    extract::{ApiJson, AuthUser, ClientIp, body_rejection, has_content_type},
+    extract::{ApiJson, AuthUser, ClientInfo, ClientIp, body_rejection, has_content_type},
     users::UserResponse,
 };
 use crate::{
@@ -165,7 +165,7 @@ fn no_store(pair: TokenPair) -> Response {
 )]
 async fn login(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    ClientInfo(client): ClientInfo,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> AppResult<Response> {
     let Some(login) = req.username.or(req.email) else {
@@ -177,7 +177,7 @@ async fn login(
     let pair = state
         .services
         .login
-        .with_password(ip, &login, &req.password)
+        .with_password(&client, &login, &req.password)
         .await?;
     Ok(no_store(pair))
 }
@@ -370,7 +370,7 @@ fn to_oauth(err: AppError) -> Response {
 )]
 async fn token(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    ClientInfo(client): ClientInfo,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
@@ -380,11 +380,15 @@ async fn token(
                 state
                     .services
                     .login
-                    .with_password(ip, &username, &password)
+                    .with_password(&client, &username, &password)
                     .await?
             }
             Grant::RefreshToken { refresh_token } => {
-                state.services.sessions.refresh(ip, &refresh_token).await?
+                state
+                    .services
+                    .sessions
+                    .refresh(client.ip, &refresh_token)
+                    .await?
             }
         };
         Ok(pair)

@@ -53,6 +53,8 @@ pub enum AppError {
     InvalidRefreshToken,
     #[error("insufficient role")]
     Forbidden,
+    #[error("wrong current password")]
+    WrongPassword,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -81,6 +83,7 @@ impl From<AuthError> for AppError {
             AuthError::Overloaded(retry_after) => AppError::Overloaded { retry_after },
             AuthError::Conflict(field) => AppError::Conflict(field),
             AuthError::LastAdmin => AppError::LastAdmin,
+            AuthError::WrongPassword => AppError::WrongPassword,
             AuthError::ReservedUsername => AppError::validation("username", "is reserved"),
             AuthError::NotFound => AppError::NotFound,
             AuthError::Internal(e) => AppError::Internal(e),
@@ -118,7 +121,7 @@ impl AppError {
             | AppError::MissingToken
             | AppError::InvalidToken(_)
             | AppError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::Forbidden | AppError::WrongPassword => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) | AppError::LastAdmin => StatusCode::CONFLICT,
@@ -158,6 +161,10 @@ impl AppError {
             AppError::Forbidden => (
                 "forbidden",
                 "The token does not grant the role this resource requires.".into(),
+            ),
+            AppError::WrongPassword => (
+                "wrong_password",
+                "The current password is not right.".into(),
             ),
             AppError::NotFound => ("not_found", "No such resource.".into()),
             AppError::MethodNotAllowed => (

@@ -19,7 +19,7 @@ use super::{
     error::{AppError, FieldError},
 };
 use crate::{
-    auth::{sessions::Authenticated, tokens::TokenRejection},
+    auth::{Client, sessions::Authenticated, tokens::TokenRejection},
     domain::Role,
 };
 
@@ -88,7 +88,7 @@ fn json_error(inner: serde_json::Error, path: String) -> AppError {
     AppError::Validation(vec![FieldError::new(field, message)])
 }
 
-/// The client's IP address (see [`crate::client_ip`]).
+/// The client's IP address (see [`super::client_ip`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
@@ -108,6 +108,26 @@ impl FromRequestParts<AppState> for ClientIp {
             &parts.headers,
             &state.trusted_proxies,
         )))
+    }
+}
+
+/// The client's IP address and `User-Agent`, as a session records them.
+#[derive(Debug, Clone)]
+pub struct ClientInfo(pub Client);
+
+impl FromRequestParts<AppState> for ClientInfo {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        Ok(ClientInfo(Client::new(ip, user_agent)))
     }
 }
 

@@ -79,6 +79,22 @@ pub struct NewSession {
     pub expires_at: OffsetDateTime,
     pub refresh_hash: [u8; 32],
     pub refresh_expires_at: OffsetDateTime,
+    /// The client's `User-Agent`, as sent (bounded by the caller).
+    pub user_agent: Option<String>,
+    /// The client's IP address.
+    pub ip: Option<String>,
+}
+
+/// A live session as its user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    pub created_at: OffsetDateTime,
+    /// The last refresh; `None` before the first.
+    pub last_used_at: Option<OffsetDateTime>,
+    pub expires_at: OffsetDateTime,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
 }
 
 /// What presenting a refresh token led to.
@@ -120,6 +136,9 @@ pub enum RevokeReason {
     LogoutAll,
     RefreshTokenReuse,
     UserChanged,
+    /// The user ended it from another session.
+    EndedByUser,
+    PasswordChanged,
 }
 
 impl RevokeReason {
@@ -129,6 +148,8 @@ impl RevokeReason {
             RevokeReason::LogoutAll => "logout_all",
             RevokeReason::RefreshTokenReuse => "refresh_token_reuse",
             RevokeReason::UserChanged => "user_changed",
+            RevokeReason::EndedByUser => "ended_by_user",
+            RevokeReason::PasswordChanged => "password_changed",
         }
     }
 }
@@ -160,6 +181,20 @@ pub trait UserStore: Send + Sync + 'static {
     /// Finds a user by normalized username or normalized email.
     async fn find_credentials(&self, login: &str) -> StoreResult<Option<Credentials>>;
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>>;
+    /// The user with that id and its password hash.
+    async fn get_credentials(&self, id: Uuid) -> StoreResult<Option<Credentials>>;
+    /// Sets a new password hash and, in the same transaction, ends every
+    /// session of the user but `keep`; `false` if there is no such user.
+    async fn change_password(
+        &self,
+        id: Uuid,
+        hash: &str,
+        keep: Option<Uuid>,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
+    /// Deletes the user, its sessions and tokens; `false` if there is no such
+    /// user. Refuses ([`StoreError::LastAdmin`]) to delete the last active admin.
+    async fn delete_user(&self, id: Uuid) -> StoreResult<bool>;
     async fn set_password_hash(&self, id: Uuid, hash: &str, now: OffsetDateTime)
     -> StoreResult<()>;
     /// Users ordered by id (time-ordered UUIDv7), after `after`.
@@ -197,12 +232,29 @@ pub trait SessionStore: Send + Sync + 'static {
         token_hash: &[u8; 32],
         now: OffsetDateTime,
     ) -> StoreResult<Option<Uuid>>;
+    /// Ends every live session of the user but `except`; how many.
     async fn revoke_user_sessions(
         &self,
         user_id: Uuid,
+        except: Option<Uuid>,
         reason: RevokeReason,
         now: OffsetDateTime,
     ) -> StoreResult<u64>;
+    /// Ends one live session of the user; `false` if the user has no such
+    /// live session (it may be another user's: the caller cannot tell).
+    async fn revoke_session(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
+    /// The user's live sessions, newest first.
+    async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<SessionInfo>>;
     /// The user of the session if the session is neither revoked nor expired
     /// and the user is active; `None` otherwise.
     async fn session_user(

@@ -90,6 +90,8 @@ impl Dialect for PgStore {
              ), inserted AS ( \
                  INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
                  SELECT $3, live.session_id, $2, $4 FROM live JOIN used USING (session_id) \
+             ), touched AS ( \
+                 UPDATE sessions SET last_used_at = $2 WHERE id IN (SELECT session_id FROM used) \
              ) \
              SELECT live.* FROM live JOIN used USING (session_id)",
         )

@@ -15,7 +15,7 @@ use sqlx::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Credentials, NewUser, RevokeReason, Rotation, StoreResult, StoredKey};
+use super::{Credentials, NewUser, RevokeReason, Rotation, SessionInfo, StoreResult, StoredKey};
 use crate::domain::{Roles, User};
 
 /// A point in time as each schema stores it: `timestamptz` on PostgreSQL,
@@ -157,6 +157,30 @@ pub(super) struct SessionUserRow {
     pub session_id: Uuid,
     #[sqlx(flatten, try_from = "UserRow")]
     pub user: User,
+}
+
+/// A session as [`SessionInfo`] shows it.
+#[derive(FromRow)]
+pub(super) struct SessionInfoRow {
+    id: Uuid,
+    created_at: Timestamp,
+    last_used_at: Option<Timestamp>,
+    expires_at: Timestamp,
+    user_agent: Option<String>,
+    ip: Option<String>,
+}
+
+impl From<SessionInfoRow> for SessionInfo {
+    fn from(row: SessionInfoRow) -> Self {
+        SessionInfo {
+            id: row.id,
+            created_at: row.created_at.0,
+            last_used_at: row.last_used_at.map(|t| t.0),
+            expires_at: row.expires_at.0,
+            user_agent: row.user_agent,
+            ip: row.ip,
+        }
+    }
 }
 
 /// A session whose refresh token just rotated.
@@ -326,21 +350,24 @@ where
 /// Ends every live session of user `user_id`.
 pub(super) fn end_user_sessions<DB: Database>(
     user_id: Uuid,
+    except: Option<Uuid>,
     reason: RevokeReason,
     now: Timestamp,
 ) -> Query<'static, DB, DB::Arguments>
 where
     Uuid: Bind<DB>,
+    Option<Uuid>: Bind<DB>,
     Timestamp: Bind<DB>,
     &'static str: Bind<DB>,
 {
     sqlx::query(
         "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-         WHERE user_id = $1 AND revoked_at IS NULL",
+         WHERE user_id = $1 AND revoked_at IS NULL AND ($4 IS NULL OR id <> $4)",
     )
     .bind(user_id)
     .bind(now)
     .bind(reason.as_str())
+    .bind(except)
 }
 
 /// For a refresh token that did not rotate. RFC 9700 §4.14.2: a used token
@@ -391,9 +418,12 @@ macro_rules! sql_store {
                 domain::User,
                 store::{
                     Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation,
-                    SessionStore, Store, StoreError, StoreResult, StoredKey, UpdatePlan,
-                    UpdatedUser, UserChanges, UserStore, detached, map_unique,
-                    sql::{self, CredentialsRow, Dialect, KeyRow, Refresh, Timestamp, UserRow},
+                    SessionInfo, SessionStore, Store, StoreError, StoreResult, StoredKey,
+                    UpdatePlan, UpdatedUser, UserChanges, UserStore, detached, map_unique,
+                    sql::{
+                        self, CredentialsRow, Dialect, KeyRow, Refresh, SessionInfoRow,
+                        Timestamp, UserRow,
+                    },
                 },
             };
 
@@ -459,6 +489,88 @@ macro_rules! sql_store {
                     .fetch_optional(self.reader())
                     .await?;
                     Ok(row.map(User::try_from).transpose()?)
+                }
+
+                async fn get_credentials(&self, id: Uuid) -> StoreResult<Option<Credentials>> {
+                    let row: Option<CredentialsRow> = sqlx::query_as(
+                        "SELECT id, username, email, email_verified, roles, is_active, \
+                         created_at, password_hash FROM users WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(Credentials::from))
+                }
+
+                async fn change_password(
+                    &self,
+                    id: Uuid,
+                    hash: &str,
+                    keep: Option<Uuid>,
+                    now: OffsetDateTime,
+                ) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    let hash = hash.to_owned();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let done = sqlx::query(
+                            "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(hash)
+                        .bind(Timestamp(now))
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() == 0 {
+                            return Ok(false);
+                        }
+                        sql::end_user_sessions(
+                            id,
+                            keep,
+                            RevokeReason::PasswordChanged,
+                            Timestamp(now),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(true)
+                    })
+                    .await
+                }
+
+                async fn delete_user(&self, id: Uuid) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        Self::lock_for_user_change(&mut tx, id).await?;
+                        let others: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM users WHERE id <> $1 AND is_active \
+                             AND (',' || roles || ',') LIKE '%,admin,%'",
+                        )
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        let is_active_admin: Option<bool> = sqlx::query_scalar(
+                            "SELECT is_active AND (',' || roles || ',') LIKE '%,admin,%' \
+                             FROM users WHERE id = $1",
+                        )
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        match is_active_admin {
+                            None => return Ok(false),
+                            Some(true) if others == 0 => return Err(StoreError::LastAdmin),
+                            Some(_) => {}
+                        }
+                        // Sessions and refresh tokens go with the user (ON DELETE CASCADE).
+                        sqlx::query("DELETE FROM users WHERE id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        Ok(true)
+                    })
+                    .await
                 }
 
                 async fn set_password_hash(
@@ -559,9 +671,14 @@ macro_rules! sql_store {
                         .fetch_one(&mut *tx)
                         .await?;
                         let user = User::try_from(row)?;
-                        sql::end_user_sessions(id, RevokeReason::UserChanged, Timestamp(now))
-                            .execute(&mut *tx)
-                            .await?;
+                        sql::end_user_sessions(
+                            id,
+                            None,
+                            RevokeReason::UserChanged,
+                            Timestamp(now),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
                         tx.commit().await?;
                         Ok(Some(UpdatedUser {
                             user,
@@ -580,13 +697,16 @@ macro_rules! sql_store {
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         sqlx::query(
-                            "INSERT INTO sessions (id, user_id, created_at, expires_at) \
-                             VALUES ($1, $2, $3, $4)",
+                            "INSERT INTO sessions \
+                             (id, user_id, created_at, expires_at, user_agent, ip) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
                         )
                         .bind(s.id)
                         .bind(s.user_id)
                         .bind(Timestamp(s.created_at))
                         .bind(Timestamp(s.expires_at))
+                        .bind(s.user_agent)
+                        .bind(s.ip)
                         .execute(&mut *tx)
                         .await?;
                         sql::insert_refresh_token(
@@ -640,13 +760,52 @@ macro_rules! sql_store {
                 async fn revoke_user_sessions(
                     &self,
                     user_id: Uuid,
+                    except: Option<Uuid>,
                     reason: RevokeReason,
                     now: OffsetDateTime,
                 ) -> StoreResult<u64> {
-                    let done = sql::end_user_sessions(user_id, reason, Timestamp(now))
+                    let done = sql::end_user_sessions(user_id, except, reason, Timestamp(now))
                         .execute(self.writer())
                         .await?;
                     Ok(done.rows_affected())
+                }
+
+                async fn revoke_session(
+                    &self,
+                    user_id: Uuid,
+                    session_id: Uuid,
+                    reason: RevokeReason,
+                    now: OffsetDateTime,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+                         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+                         AND expires_at > $3",
+                    )
+                    .bind(session_id)
+                    .bind(user_id)
+                    .bind(Timestamp(now))
+                    .bind(reason.as_str())
+                    .execute(self.writer())
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn list_sessions(
+                    &self,
+                    user_id: Uuid,
+                    now: OffsetDateTime,
+                ) -> StoreResult<Vec<SessionInfo>> {
+                    let rows: Vec<SessionInfoRow> = sqlx::query_as(
+                        "SELECT id, created_at, last_used_at, expires_at, user_agent, ip \
+                         FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
+                         AND expires_at > $2 ORDER BY created_at DESC, id DESC",
+                    )
+                    .bind(user_id)
+                    .bind(Timestamp(now))
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows.into_iter().map(SessionInfo::from).collect())
                 }
 
                 async fn live_sessions(

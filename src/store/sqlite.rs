@@ -137,6 +137,11 @@ impl Dialect for SqliteStore {
             )
             .execute(&mut *tx)
             .await?;
+            sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1")
+                .bind(session_id)
+                .bind(refresh.now)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(live.into())
         })

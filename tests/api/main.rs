@@ -9,6 +9,7 @@ mod admin;
 mod disk;
 mod health;
 mod login;
+mod me;
 mod refresh;
 mod signup;
 mod throttling;
@@ -24,6 +25,7 @@ fn main() {
         health::trials,
         health::postgres_only_trials,
         login::trials,
+        me::trials,
         refresh::trials,
         signup::trials,
         throttling::trials,

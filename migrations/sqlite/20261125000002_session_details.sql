@@ -1,0 +1,5 @@
+-- What a user sees of their sessions: where each was opened, and when it was
+-- last refreshed.
+ALTER TABLE sessions ADD COLUMN user_agent TEXT;
+ALTER TABLE sessions ADD COLUMN ip TEXT;
+ALTER TABLE sessions ADD COLUMN last_used_at INTEGER;
