@@ -15,9 +15,9 @@ use super::{
 use crate::{
     clock::SharedClock,
     crypto::passwords::{Client, NO_CLIENT, PasswordHasher},
-    domain::{Email, Password, Role, Roles, User, Username, skeleton},
+    domain::{Email, Password, Role, Roles, User, Username, login_key, skeleton},
     limits::RateLimiter,
-    store::{NewUser, UserChanges, UserStore},
+    store::{NewUser, UserChanges, UserFilter, UserStore},
 };
 
 /// A parsed signup: at least one of username and email.
@@ -33,6 +33,16 @@ pub struct NewAccount {
 pub struct AccountChange {
     pub is_active: Option<bool>,
     pub roles: Option<Roles>,
+    pub email_verified: Option<bool>,
+}
+
+/// Which users a listing shows; `None` is no condition.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// The start of the username or email, in any case.
+    pub prefix: Option<String>,
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
 }
 
 /// A page of users, oldest first.
@@ -195,6 +205,7 @@ impl Accounts {
                 let change = AccountChange {
                     is_active: Some(true),
                     roles: Some(user.roles.with(Role::admin())),
+                    email_verified: None,
                 };
                 let user = self.update(user.id, change).await?;
                 tracing::info!(user_id = %user.id, "user promoted to admin");
@@ -249,9 +260,19 @@ impl Accounts {
     }
 
     /// Users ordered by id (oldest first), `limit` at a time, after `after`.
-    pub async fn list(&self, limit: u32, after: Option<Uuid>) -> AuthResult<UserPage> {
+    pub async fn list(
+        &self,
+        query: UserQuery,
+        limit: u32,
+        after: Option<Uuid>,
+    ) -> AuthResult<UserPage> {
+        let filter = UserFilter {
+            prefix: query.prefix.as_deref().map(login_key),
+            role: query.role,
+            is_active: query.is_active,
+        };
         // One extra row tells whether there is a next page.
-        let mut users = self.users.list_users(limit + 1, after).await?;
+        let mut users = self.users.list_users(&filter, limit + 1, after).await?;
         let next_after = if users.len() > limit as usize {
             users.truncate(limit as usize);
             users.last().map(|u| u.id)
@@ -261,23 +282,49 @@ impl Accounts {
         Ok(UserPage { users, next_after })
     }
 
-    /// Enables or disables a user, or sets their roles. A real change ends the
-    /// user's sessions, so no token outlives a disabled account or carries
-    /// stale roles; a change to nothing ends nothing.
+    /// The user with that id.
+    pub async fn get(&self, id: Uuid) -> AuthResult<User> {
+        self.users.get_user(id).await?.ok_or(AuthError::NotFound)
+    }
+
+    /// Enables or disables a user, sets their roles or whether their email is
+    /// verified. A change of roles or of the active flag ends the user's
+    /// sessions, so no token outlives a disabled account or carries stale
+    /// roles; a change to nothing ends nothing.
     pub async fn update(&self, id: Uuid, change: AccountChange) -> AuthResult<User> {
         let changes = UserChanges {
             is_active: change.is_active,
             roles: change.roles,
+            email_verified: change.email_verified,
         };
         let updated = self
             .users
             .update_user(id, &changes, self.clock.now())
             .await?
             .ok_or(AuthError::NotFound)?;
-        if updated.changed {
+        if updated.sessions_ended {
             self.liveness.revoke_user(id);
             tracing::info!(user_id = %id, ?changes, "user updated by admin");
         }
         Ok(updated.user)
+    }
+
+    /// Creates an account for someone else (an admin's act): any username,
+    /// reserved or not, and the roles given.
+    pub async fn create(&self, account: NewAccount, roles: Roles) -> AuthResult<User> {
+        let user = self.insert(NO_CLIENT, account, roles).await?;
+        tracing::info!(user_id = %user.id, "account created by admin");
+        Ok(user)
+    }
+
+    /// Deletes a user, with its sessions and tokens. The last active admin
+    /// cannot be deleted.
+    pub async fn delete(&self, id: Uuid) -> AuthResult<()> {
+        if !self.users.delete_user(id).await? {
+            return Err(AuthError::NotFound);
+        }
+        self.liveness.revoke_user(id);
+        tracing::info!(user_id = %id, "user deleted by admin");
+        Ok(())
     }
 }

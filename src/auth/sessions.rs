@@ -207,14 +207,20 @@ impl Sessions {
 
     /// The caller's live sessions, newest first.
     pub async fn list(&self, who: &Authenticated) -> AuthResult<Vec<SessionView>> {
-        let sessions = self
-            .store
-            .list_sessions(who.user_id, self.clock.now())
-            .await?;
+        self.list_of(who.user_id, Some(who.session_id)).await
+    }
+
+    /// A user's live sessions, newest first; `current` marks none but `asking`.
+    pub async fn list_of(
+        &self,
+        user_id: Uuid,
+        asking: Option<Uuid>,
+    ) -> AuthResult<Vec<SessionView>> {
+        let sessions = self.store.list_sessions(user_id, self.clock.now()).await?;
         Ok(sessions
             .into_iter()
             .map(|s| SessionView {
-                current: s.id == who.session_id,
+                current: Some(s.id) == asking,
                 id: s.id,
                 created_at: s.created_at,
                 last_used_at: s.last_used_at,
@@ -245,6 +251,17 @@ impl Sessions {
             .revoke(session_id, who.user_id, self.clock.instant());
         tracing::info!(%session_id, user_id = %who.user_id, "session ended by its user");
         Ok(())
+    }
+
+    /// Ends every session of a user (an admin's act); how many were live.
+    pub async fn end_all_of(&self, user_id: Uuid) -> AuthResult<u64> {
+        let n = self
+            .store
+            .revoke_user_sessions(user_id, None, RevokeReason::UserChanged, self.clock.now())
+            .await?;
+        self.cache.revoke_user(user_id);
+        tracing::info!(%user_id, sessions = n, "sessions ended by admin");
+        Ok(n)
     }
 
     /// The caller behind an access token: the token must verify and its

@@ -3,6 +3,7 @@
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
+    http::StatusCode,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
@@ -14,14 +15,18 @@ use super::{
     AppState,
     error::{AppError, AppResult, FieldError, Problem},
     extract::{Admin, ApiJson, RequireRole},
-    users::UserResponse,
+    users::{SessionList, UserResponse, session_list},
 };
-use crate::{auth::accounts::AccountChange, domain::Roles};
+use crate::{
+    auth::accounts::{AccountChange, NewAccount, UserQuery},
+    domain::{Email, Password, Role, Roles, Username},
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list_users))
-        .routes(routes!(update_user))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user, delete_user))
+        .routes(routes!(user_sessions, end_user_sessions))
 }
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -30,6 +35,12 @@ const MAX_LIMIT: u32 = 200;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// The start of the username or email, in any case.
+    pub q: Option<String>,
+    /// Only users holding this role.
+    pub role: Option<String>,
+    /// `true` or `false`: only enabled, or only disabled, users.
+    pub is_active: Option<String>,
     /// Page size, 1–200 (default 50).
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
@@ -75,16 +86,73 @@ fn encode_cursor(id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())
 }
 
-/// List users, oldest first, a page at a time.
+/// The value, or `None` with the error noted.
+fn field<T>(errors: &mut Vec<FieldError>, result: Result<T, FieldError>) -> Option<T> {
+    result.map_err(|e| errors.push(e)).ok()
+}
+
+/// The query of a listing, each field checked, every error named.
+fn parse_query(params: &ListParams) -> Result<(UserQuery, u32, Option<Uuid>), AppError> {
+    let mut errors = Vec::new();
+    let prefix = field(
+        &mut errors,
+        match non_empty(&params.q) {
+            Some(q) if q.len() > Email::MAX_LEN => Err(FieldError::new(
+                "q",
+                format!("must be at most {} bytes", Email::MAX_LEN),
+            )),
+            q => Ok(q.map(str::to_owned)),
+        },
+    );
+    let role = field(
+        &mut errors,
+        non_empty(&params.role)
+            .map(Role::parse)
+            .transpose()
+            .map_err(|e| FieldError::new("role", e)),
+    );
+    let is_active = field(
+        &mut errors,
+        match non_empty(&params.is_active) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(FieldError::new("is_active", "must be true or false")),
+        },
+    );
+    let limit = field(&mut errors, parse_limit(non_empty(&params.limit)));
+    let cursor = field(&mut errors, parse_cursor(non_empty(&params.cursor)));
+    match (prefix, role, is_active, limit, cursor) {
+        (Some(prefix), Some(role), Some(is_active), Some(limit), Some(cursor)) => Ok((
+            UserQuery {
+                prefix,
+                role,
+                is_active,
+            },
+            limit,
+            cursor,
+        )),
+        _ => Err(AppError::Validation(errors)),
+    }
+}
+
+/// An id in a path: anything that is not one names no user.
+fn user_id(raw: &str) -> AppResult<Uuid> {
+    Uuid::parse_str(raw).map_err(|_| AppError::NotFound)
+}
+
+/// List users, oldest first, a page at a time; optionally only those whose
+/// username or email starts with `q`, who hold `role`, or who are (not) active.
 #[utoipa::path(
     get, path = "/admin/users", tag = "admin",
     params(ListParams),
     security(("bearer" = []), ("oauth2" = [])),
     responses(
         (status = 200, description = "A page of users", body = UserPage),
+        (status = 400, description = "A malformed query string", body = Problem),
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The token lacks the admin role", body = Problem),
-        (status = 422, description = "Bad limit or cursor", body = Problem),
+        (status = 422, description = "Bad filter, limit or cursor", body = Problem),
     )
 )]
 async fn list_users(
@@ -93,18 +161,8 @@ async fn list_users(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> AppResult<Json<UserPage>> {
     let Query(params) = params.map_err(|e| AppError::BadRequest(e.body_text()))?;
-    // An empty value (`?limit=&cursor=`) means the parameter is absent.
-    let limit = parse_limit(non_empty(&params.limit));
-    let cursor = parse_cursor(non_empty(&params.cursor));
-    let (limit, cursor) = match (limit, cursor) {
-        (Ok(l), Ok(c)) => (l, c),
-        (l, c) => {
-            return Err(AppError::Validation(
-                [l.err(), c.err()].into_iter().flatten().collect(),
-            ));
-        }
-    };
-    let page = state.services.accounts.list(limit, cursor).await?;
+    let (query, limit, cursor) = parse_query(&params)?;
+    let page = state.services.accounts.list(query, limit, cursor).await?;
     Ok(Json(UserPage {
         users: page.users.into_iter().map(UserResponse::from).collect(),
         next_cursor: page.next_after.map(encode_cursor),
@@ -112,18 +170,114 @@ async fn list_users(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct UpdateUserRequest {
-    /// `false` disables the account and ends its sessions.
-    pub is_active: Option<bool>,
-    /// Replaces the user's roles.
-    #[schema(example = json!(["user", "admin"]))]
+pub struct CreateUserRequest {
+    /// At least one of username and email. Reserved names are allowed here.
+    pub username: Option<String>,
+    pub email: Option<String>,
+    /// The same rules as at signup.
+    pub password: String,
+    /// Default `["user"]`.
+    #[schema(example = json!(["user"]))]
     pub roles: Option<Vec<String>>,
 }
 
-/// Enable or disable a user, or set its roles. A real change ends the user's
-/// sessions, so no token outlives a disabled account or carries stale roles;
-/// a change to nothing ends nothing. The last active admin cannot be demoted
-/// or disabled (409, `code: last_admin`).
+/// Create an account with a password.
+#[utoipa::path(
+    post, path = "/admin/users", tag = "admin",
+    request_body = CreateUserRequest,
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 201, description = "The account", body = UserResponse),
+        (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The token lacks the admin role", body = Problem),
+        (status = 409, description = "Username or email taken", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+        (status = 503, description = "Too many password hashes at once", body = Problem),
+    )
+)]
+async fn create_user(
+    State(state): State<AppState>,
+    _admin: RequireRole<Admin>,
+    ApiJson(req): ApiJson<CreateUserRequest>,
+) -> AppResult<(StatusCode, Json<UserResponse>)> {
+    let mut errors = Vec::new();
+    let username = req
+        .username
+        .as_deref()
+        .map(Username::parse)
+        .transpose()
+        .map_err(|e| errors.push(FieldError::new("username", e)))
+        .ok()
+        .flatten();
+    let email = req
+        .email
+        .as_deref()
+        .map(Email::parse)
+        .transpose()
+        .map_err(|e| errors.push(FieldError::new("email", e)))
+        .ok()
+        .flatten();
+    if req.username.is_none() && req.email.is_none() {
+        errors.push(FieldError::new("username", "username or email is required"));
+    }
+    let password = Password::parse(&req.password, username.as_ref(), email.as_ref())
+        .map_err(|e| errors.push(FieldError::new("password", e.to_string())))
+        .ok();
+    let roles = match &req.roles {
+        None => Some(Roles::new([Role::user()])),
+        Some(names) => Roles::parse(names)
+            .map_err(|e| errors.push(FieldError::new("roles", e)))
+            .ok(),
+    };
+    let (Some(password), Some(roles), true) = (password, roles, errors.is_empty()) else {
+        return Err(AppError::Validation(errors));
+    };
+    let account = NewAccount {
+        username,
+        email,
+        password,
+    };
+    let user = state.services.accounts.create(account, roles).await?;
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+/// One user.
+#[utoipa::path(
+    get, path = "/admin/users/{id}", tag = "admin",
+    params(("id" = Uuid, Path, description = "User id")),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The user", body = UserResponse),
+        (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The token lacks the admin role", body = Problem),
+        (status = 404, description = "No such user", body = Problem),
+    )
+)]
+async fn get_user(
+    State(state): State<AppState>,
+    _admin: RequireRole<Admin>,
+    Path(id): Path<String>,
+) -> AppResult<Json<UserResponse>> {
+    let user = state.services.accounts.get(user_id(&id)?).await?;
+    Ok(Json(user.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateUserRequest {
+    /// `false` disables the account and ends its sessions.
+    pub is_active: Option<bool>,
+    /// Replaces the user's roles (at most 32).
+    #[schema(example = json!(["user", "admin"]))]
+    pub roles: Option<Vec<String>>,
+    /// Marks the email address verified, or not.
+    pub email_verified: Option<bool>,
+}
+
+/// Enable or disable a user, set its roles or whether its email is verified.
+/// A change of roles or of `is_active` ends the user's sessions, so no token
+/// outlives a disabled account or carries stale roles; a change to nothing
+/// ends nothing. The last active admin cannot be demoted or disabled (409,
+/// `code: last_admin`).
 #[utoipa::path(
     patch, path = "/admin/users/{id}", tag = "admin",
     params(("id" = Uuid, Path, description = "User id")),
@@ -144,7 +298,7 @@ async fn update_user(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdateUserRequest>,
 ) -> AppResult<Json<UserResponse>> {
-    let id = Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
+    let id = user_id(&id)?;
     let roles = req
         .roles
         .map(|names| Roles::parse(&names))
@@ -153,7 +307,81 @@ async fn update_user(
     let change = AccountChange {
         is_active: req.is_active,
         roles,
+        email_verified: req.email_verified,
     };
     let user = state.services.accounts.update(id, change).await?;
     Ok(Json(user.into()))
+}
+
+/// Delete a user, with its sessions and tokens; its names can be used again.
+/// The last active admin cannot be deleted (409, `code: last_admin`).
+#[utoipa::path(
+    delete, path = "/admin/users/{id}", tag = "admin",
+    params(("id" = Uuid, Path, description = "User id")),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The token lacks the admin role", body = Problem),
+        (status = 404, description = "No such user", body = Problem),
+        (status = 409, description = "The last active admin", body = Problem),
+    )
+)]
+async fn delete_user(
+    State(state): State<AppState>,
+    _admin: RequireRole<Admin>,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    state.services.accounts.delete(user_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user's live sessions, newest first.
+#[utoipa::path(
+    get, path = "/admin/users/{id}/sessions", tag = "admin",
+    params(("id" = Uuid, Path, description = "User id")),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The live sessions", body = SessionList),
+        (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The token lacks the admin role", body = Problem),
+        (status = 404, description = "No such user", body = Problem),
+    )
+)]
+async fn user_sessions(
+    State(state): State<AppState>,
+    admin: RequireRole<Admin>,
+    Path(id): Path<String>,
+) -> AppResult<Json<SessionList>> {
+    let id = user_id(&id)?;
+    state.services.accounts.get(id).await?;
+    let sessions = state
+        .services
+        .sessions
+        .list_of(id, Some(admin.0.0.session_id))
+        .await?;
+    Ok(Json(session_list(sessions)))
+}
+
+/// End every session of a user; its tokens stop working.
+#[utoipa::path(
+    delete, path = "/admin/users/{id}/sessions", tag = "admin",
+    params(("id" = Uuid, Path, description = "User id")),
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 204, description = "Every session ended"),
+        (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The token lacks the admin role", body = Problem),
+        (status = 404, description = "No such user", body = Problem),
+    )
+)]
+async fn end_user_sessions(
+    State(state): State<AppState>,
+    _admin: RequireRole<Admin>,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    let id = user_id(&id)?;
+    state.services.accounts.get(id).await?;
+    state.services.sessions.end_all_of(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

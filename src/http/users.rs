@@ -17,7 +17,10 @@ use super::{
     error::{AppError, AppResult, Problem},
     extract::{ApiJson, AuthUser, ClientIp},
 };
-use crate::domain::{Email, Password, User, Username};
+use crate::{
+    auth::sessions::SessionView,
+    domain::{Email, Password, User, Username},
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -114,7 +117,11 @@ async fn my_sessions(
     AuthUser(caller): AuthUser,
 ) -> AppResult<Json<SessionList>> {
     let sessions = state.services.sessions.list(&caller).await?;
-    Ok(Json(SessionList {
+    Ok(Json(session_list(sessions)))
+}
+
+pub(super) fn session_list(sessions: Vec<SessionView>) -> SessionList {
+    SessionList {
         sessions: sessions
             .into_iter()
             .map(|s| SessionResponse {
@@ -127,7 +134,7 @@ async fn my_sessions(
                 current: s.current,
             })
             .collect(),
-    }))
+    }
 }
 
 /// End one of the current user's sessions (the current one included); its

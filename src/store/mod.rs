@@ -118,15 +118,25 @@ pub enum Rotation {
 pub struct UserChanges {
     pub is_active: Option<bool>,
     pub roles: Option<Roles>,
+    pub email_verified: Option<bool>,
 }
 
 /// A user after [`UserStore::update_user`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdatedUser {
     pub user: User,
-    /// Whether the roles or the active flag really changed (and the user's
-    /// sessions were therefore ended).
-    pub changed: bool,
+    /// Whether the roles or the active flag really changed, and the user's
+    /// sessions were therefore ended.
+    pub sessions_ended: bool,
+}
+
+/// Which users a listing shows; `None` is no condition.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// A prefix of the normalized username or email.
+    pub prefix: Option<String>,
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
 }
 
 /// Why a session ended; stored for audit.
@@ -197,12 +207,17 @@ pub trait UserStore: Send + Sync + 'static {
     async fn delete_user(&self, id: Uuid) -> StoreResult<bool>;
     async fn set_password_hash(&self, id: Uuid, hash: &str, now: OffsetDateTime)
     -> StoreResult<()>;
-    /// Users ordered by id (time-ordered UUIDv7), after `after`.
-    async fn list_users(&self, limit: u32, after: Option<Uuid>) -> StoreResult<Vec<User>>;
+    /// Users matching `filter`, ordered by id (time-ordered UUIDv7), after `after`.
+    async fn list_users(
+        &self,
+        filter: &UserFilter,
+        limit: u32,
+        after: Option<Uuid>,
+    ) -> StoreResult<Vec<User>>;
     /// Applies `changes`. When the roles or the active flag really change, it
     /// ends the user's sessions in the same transaction, so that no token
     /// carries stale roles or outlives a disabled account; a change to nothing
-    /// ends nothing. Refuses ([`StoreError::LastAdmin`]) to leave no active
+    /// (or to `email_verified` alone) ends nothing. Refuses ([`StoreError::LastAdmin`]) to leave no active
     /// admin, also against concurrent changes. `None` if there is no such user.
     async fn update_user(
         &self,
@@ -354,8 +369,11 @@ fn map_unique(err: sqlx::Error) -> StoreError {
 struct UpdatePlan {
     is_active: bool,
     roles: Roles,
+    email_verified: bool,
     /// Anything to write at all.
     changed: bool,
+    /// The roles or the active flag change: the user's sessions must end.
+    ends_sessions: bool,
     /// The user is an active admin now and would not be after the change.
     removes_admin: bool,
 }
@@ -367,13 +385,17 @@ impl UpdatePlan {
             .roles
             .clone()
             .unwrap_or_else(|| current.roles.clone());
-        let changed = is_active != current.is_active || roles != current.roles;
+        let email_verified = changes.email_verified.unwrap_or(current.email_verified);
+        let ends_sessions = is_active != current.is_active || roles != current.roles;
+        let changed = ends_sessions || email_verified != current.email_verified;
         let removes_admin =
             current.is_active_admin() && !(is_active && roles.contains(Role::ADMIN));
         Self {
             is_active,
             roles,
+            email_verified,
             changed,
+            ends_sessions,
             removes_admin,
         }
     }

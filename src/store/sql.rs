@@ -159,6 +159,20 @@ pub(super) struct SessionUserRow {
     pub user: User,
 }
 
+/// A `LIKE` pattern (with `\\` as its escape) matching what starts with
+/// `prefix`, taken literally.
+pub(super) fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 /// A session as [`SessionInfo`] shows it.
 #[derive(FromRow)]
 pub(super) struct SessionInfoRow {
@@ -419,7 +433,8 @@ macro_rules! sql_store {
                 store::{
                     Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation,
                     SessionInfo, SessionStore, Store, StoreError, StoreResult, StoredKey,
-                    UpdatePlan, UpdatedUser, UserChanges, UserStore, detached, map_unique,
+                    UpdatePlan, UpdatedUser, UserChanges, UserFilter, UserStore, detached,
+                    map_unique,
                     sql::{
                         self, CredentialsRow, Dialect, KeyRow, Refresh, SessionInfoRow,
                         Timestamp, UserRow,
@@ -592,26 +607,29 @@ macro_rules! sql_store {
 
                 async fn list_users(
                     &self,
+                    filter: &UserFilter,
                     limit: u32,
                     after: Option<Uuid>,
                 ) -> StoreResult<Vec<User>> {
-                    let rows: Vec<UserRow> = match after {
-                        Some(after) => sqlx::query_as(
-                            "SELECT id, username, email, email_verified, roles, is_active, \
-                             created_at FROM users WHERE id > $1 ORDER BY id LIMIT $2",
-                        )
-                        .bind(after)
-                        .bind(i64::from(limit))
-                        .fetch_all(self.reader())
-                        .await?,
-                        None => sqlx::query_as(
-                            "SELECT id, username, email, email_verified, roles, is_active, \
-                             created_at FROM users ORDER BY id LIMIT $1",
-                        )
-                        .bind(i64::from(limit))
-                        .fetch_all(self.reader())
-                        .await?,
-                    };
+                    // Each condition applies only when its parameter is set;
+                    // the prefix is matched literally (its % and _ escaped).
+                    let rows: Vec<UserRow> = sqlx::query_as(
+                        "SELECT id, username, email, email_verified, roles, is_active, \
+                         created_at FROM users \
+                         WHERE ($1 IS NULL OR id > $1) \
+                         AND ($2 IS NULL OR username_normalized LIKE $2 ESCAPE '\\' \
+                              OR email_normalized LIKE $2 ESCAPE '\\') \
+                         AND ($3 IS NULL OR (',' || roles || ',') LIKE $3) \
+                         AND ($4 IS NULL OR is_active = $4) \
+                         ORDER BY id LIMIT $5",
+                    )
+                    .bind(after)
+                    .bind(filter.prefix.as_deref().map(sql::like_prefix))
+                    .bind(filter.role.as_ref().map(|r| format!("%,{r},%")))
+                    .bind(filter.is_active)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
                     Ok(rows
                         .into_iter()
                         .map(User::try_from)
@@ -644,7 +662,7 @@ macro_rules! sql_store {
                         if !plan.changed {
                             return Ok(Some(UpdatedUser {
                                 user: current,
-                                changed: false,
+                                sessions_ended: false,
                             }));
                         }
                         if plan.removes_admin {
@@ -660,29 +678,32 @@ macro_rules! sql_store {
                             }
                         }
                         let row: UserRow = sqlx::query_as(
-                            "UPDATE users SET is_active = $2, roles = $3, updated_at = $4 \
-                             WHERE id = $1 RETURNING id, username, email, email_verified, \
-                             roles, is_active, created_at",
+                            "UPDATE users SET is_active = $2, roles = $3, email_verified = $4, \
+                             updated_at = $5 WHERE id = $1 RETURNING id, username, email, \
+                             email_verified, roles, is_active, created_at",
                         )
                         .bind(id)
                         .bind(plan.is_active)
                         .bind(plan.roles.to_column())
+                        .bind(plan.email_verified)
                         .bind(Timestamp(now))
                         .fetch_one(&mut *tx)
                         .await?;
                         let user = User::try_from(row)?;
-                        sql::end_user_sessions(
-                            id,
-                            None,
-                            RevokeReason::UserChanged,
-                            Timestamp(now),
-                        )
-                        .execute(&mut *tx)
-                        .await?;
+                        if plan.ends_sessions {
+                            sql::end_user_sessions(
+                                id,
+                                None,
+                                RevokeReason::UserChanged,
+                                Timestamp(now),
+                            )
+                            .execute(&mut *tx)
+                            .await?;
+                        }
                         tx.commit().await?;
                         Ok(Some(UpdatedUser {
                             user,
-                            changed: true,
+                            sessions_ended: plan.ends_sessions,
                         }))
                     })
                     .await

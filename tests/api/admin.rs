@@ -19,6 +19,12 @@ on_both_databases!(
     the_last_active_admin_cannot_be_demoted_or_disabled,
     a_patch_that_changes_nothing_ends_no_session,
     a_user_has_at_most_32_roles,
+    admins_search_users_by_name_prefix_role_and_state,
+    admins_create_read_and_delete_users,
+    admins_list_and_end_a_users_sessions,
+    marking_an_email_verified_ends_no_session,
+    the_last_active_admin_cannot_be_deleted,
+    every_admin_route_is_403_for_a_non_admin,
 );
 
 const ADMIN_EMAIL: &str = "root@example.com";
@@ -305,4 +311,230 @@ async fn a_user_has_at_most_32_roles(backend: Backend) {
     assert_eq!(body["errors"][0]["field"], "roles");
     let res = patch(&app, &admin, id, json!({"roles": roles(32)})).await;
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = app.client.request(method, app.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+/// The usernames (or emails) of a listing.
+async fn names(app: &TestApp, token: &str, query: &str) -> Vec<String> {
+    let res = app.get(&format!("/admin/users?{query}"), Some(token)).await;
+    assert_eq!(res.status(), StatusCode::OK, "{query}");
+    let page: Value = res.json().await.unwrap();
+    page["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            u["username"]
+                .as_str()
+                .or(u["email"].as_str())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn admins_search_users_by_name_prefix_role_and_state(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    for name in ["alice", "alicia", "bob", "carol", "al_x"] {
+        app.create_user(name).await;
+    }
+    let bob = app.get("/admin/users?q=bob", Some(&admin)).await;
+    let bob_id = bob.json::<Value>().await.unwrap()["users"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = patch(&app, &admin, &bob_id, json!({"roles": ["user", "admin"]})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let carol = app.get("/admin/users?q=carol", Some(&admin)).await;
+    let carol_id = carol.json::<Value>().await.unwrap()["users"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = patch(&app, &admin, &carol_id, json!({"is_active": false})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    assert_eq!(names(&app, &admin, "q=ali").await, ["alice", "alicia"]);
+    assert_eq!(names(&app, &admin, "q=ALI").await, ["alice", "alicia"]);
+    assert_eq!(names(&app, &admin, "q=carol%40example").await, ["carol"]);
+    // Wildcards are taken literally.
+    assert_eq!(names(&app, &admin, "q=al_").await, ["al_x"]);
+    assert!(names(&app, &admin, "q=%25").await.is_empty());
+    assert_eq!(
+        names(&app, &admin, "role=admin").await,
+        [ADMIN_EMAIL.to_owned(), "bob".to_owned()]
+    );
+    assert_eq!(names(&app, &admin, "is_active=false").await, ["carol"]);
+    assert_eq!(
+        names(&app, &admin, "q=b&role=admin&is_active=true").await,
+        ["bob"]
+    );
+    let res = app
+        .get("/admin/users?role=Admin&is_active=maybe", Some(&admin))
+        .await;
+    let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let mut fields: Vec<_> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["is_active", "role"]);
+}
+
+async fn admins_create_read_and_delete_users(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    // Reserved for signup, not for admins.
+    let body = json!({"username": "support", "password": PASSWORD, "roles": ["user", "staff"]});
+    let res = send(
+        &app,
+        reqwest::Method::POST,
+        "/admin/users",
+        &admin,
+        Some(body),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let created: Value = res.json().await.unwrap();
+    assert_eq!(created["roles"], json!(["staff", "user"]));
+    let id = created["id"].as_str().unwrap().to_owned();
+    let res = send(
+        &app,
+        reqwest::Method::POST,
+        "/admin/users",
+        &admin,
+        Some(json!({"password": "x"})),
+    )
+    .await;
+    problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+
+    let res = app.get(&format!("/admin/users/{id}"), Some(&admin)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["username"], "support");
+    let tokens = app.tokens("support").await;
+
+    let path = format!("/admin/users/{id}");
+    let res = send(&app, reqwest::Method::DELETE, &path, &admin, None).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    app.assert_refused_within(&tokens.access, Duration::from_secs(1))
+        .await;
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let res = send(&app, method, &path, &admin, None).await;
+        assert_eq!(
+            problem(res, StatusCode::NOT_FOUND).await["code"],
+            "not_found"
+        );
+    }
+    let res = app.get("/admin/users/not-an-id", Some(&admin)).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+async fn admins_list_and_end_a_users_sessions(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    let dave = app.create_user("dave").await;
+    let id = dave["id"].as_str().unwrap();
+    let first = app.tokens("dave").await;
+    let second = app.tokens("dave").await;
+    let path = format!("/admin/users/{id}/sessions");
+    let res = app.get(&path, Some(&admin)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let listed: Value = res.json().await.unwrap();
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(listed["sessions"][0]["current"], false);
+
+    let res = send(&app, reqwest::Method::DELETE, &path, &admin, None).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    for tokens in [&first, &second] {
+        app.assert_refused_within(&tokens.access, Duration::from_secs(1))
+            .await;
+        assert_eq!(
+            app.refresh(&tokens.refresh).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(app.me_status(&admin).await, StatusCode::OK);
+    let unknown = "/admin/users/0190a5e2-0000-7000-8000-000000000000/sessions";
+    assert_eq!(
+        app.get(unknown, Some(&admin)).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+async fn marking_an_email_verified_ends_no_session(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    let erin = app.create_user("erin").await;
+    assert_eq!(erin["email_verified"], false);
+    let tokens = app.tokens("erin").await;
+    let id = erin["id"].as_str().unwrap();
+    let res = patch(&app, &admin, id, json!({"email_verified": true})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["email_verified"], true);
+    app.advance(Duration::from_secs(1));
+    assert_eq!(app.me_status(&tokens.access).await, StatusCode::OK);
+    assert_eq!(app.refresh(&tokens.refresh).await.status(), StatusCode::OK);
+}
+
+async fn the_last_active_admin_cannot_be_deleted(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let admin = admin_token(&app).await;
+    let admin_id = me_id(&app, &admin).await;
+    let path = format!("/admin/users/{admin_id}");
+    let res = send(&app, reqwest::Method::DELETE, &path, &admin, None).await;
+    assert_eq!(
+        problem(res, StatusCode::CONFLICT).await["code"],
+        "last_admin"
+    );
+    assert_eq!(app.me_status(&admin).await, StatusCode::OK);
+}
+
+async fn every_admin_route_is_403_for_a_non_admin(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let user = app.create_user("frank").await;
+    let id = user["id"].as_str().unwrap();
+    let token = app.tokens("frank").await.access;
+    let user_path = format!("/admin/users/{id}");
+    let sessions_path = format!("/admin/users/{id}/sessions");
+    let routes = [
+        (reqwest::Method::GET, "/admin/users", None),
+        (
+            reqwest::Method::POST,
+            "/admin/users",
+            Some(json!({"username": "x1x", "password": PASSWORD})),
+        ),
+        (reqwest::Method::GET, user_path.as_str(), None),
+        (
+            reqwest::Method::PATCH,
+            user_path.as_str(),
+            Some(json!({"roles": ["admin"]})),
+        ),
+        (reqwest::Method::DELETE, user_path.as_str(), None),
+        (reqwest::Method::GET, sessions_path.as_str(), None),
+        (reqwest::Method::DELETE, sessions_path.as_str(), None),
+    ];
+    for (method, path, body) in routes {
+        let res = send(&app, method.clone(), path, &token, body).await;
+        assert_eq!(
+            problem(res, StatusCode::FORBIDDEN).await["code"],
+            "forbidden",
+            "{method} {path}"
+        );
+    }
+    assert_eq!(app.me_status(&token).await, StatusCode::OK);
 }

@@ -215,7 +215,7 @@ async fn fifty_concurrent_signups_of_one_name_create_exactly_one_account(backend
         .state
         .services
         .accounts
-        .list(100, None)
+        .list(Default::default(), 100, None)
         .await
         .unwrap()
         .users;
