@@ -177,7 +177,8 @@ else
 fi
 
 # The server's settings. All load comes from one IP, so the per-IP limits are
-# lifted. Logs are JSON, warnings only, plus the start-up line that carries
+# lifted; so is the per-account back-off, which counts logins while they are
+# in flight (the storms run hundreds of logins of a few accounts at once). Logs are JSON, warnings only, plus the start-up line that carries
 # elapsed_ms.
 export DATABASE_URL
 export AUTHGATE_LISTEN=127.0.0.1:$PORT
@@ -186,6 +187,7 @@ export AUTHGATE_REFRESH_PER_MINUTE=100000000
 export AUTHGATE_LOGIN_PER_MINUTE=100000000
 export AUTHGATE_LOGIN_ACCOUNT_PER_MINUTE=100000000
 export AUTHGATE_LOGIN_IP_FREE_FAILURES=100000000
+export AUTHGATE_LOGIN_FREE_FAILURES=100000000
 export AUTHGATE_HASH_QUEUE_PER_CLIENT=100000
 export AUTHGATE_LOG_FORMAT=json
 export RUST_LOG=warn,authgate::cli=info

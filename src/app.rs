@@ -43,6 +43,9 @@ impl Application {
 
     /// Builds the application on `clock` (tests move it forward).
     pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let store = store::open(&config.database.url).await?;
         let services = build_services(&config, store, clock).await?;
         ensure_configured_admin(&config, &services).await?;

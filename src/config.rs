@@ -79,23 +79,23 @@ pub struct Config {
     pub jwt_secret: Option<Secret>,
 
     /// `iss` claim of issued access tokens, and the only issuer accepted.
-    #[arg(long, env = "AUTHGATE_ISSUER", default_value = "authgate")]
+    #[arg(long, env = "AUTHGATE_ISSUER", default_value = "authgate", value_parser = non_empty)]
     pub issuer: String,
 
     /// `aud` claim of issued access tokens, and the only audience accepted.
-    #[arg(long, env = "AUTHGATE_AUDIENCE", default_value = "authgate")]
+    #[arg(long, env = "AUTHGATE_AUDIENCE", default_value = "authgate", value_parser = non_empty)]
     pub audience: String,
 
     /// Lifetime of access tokens (e.g. `15m`).
-    #[arg(long, env = "AUTHGATE_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, env = "AUTHGATE_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = duration_within("1s", "1d"))]
     pub access_token_ttl: Duration,
 
     /// Lifetime of a refresh token: a session unused for this long ends.
-    #[arg(long, env = "AUTHGATE_REFRESH_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = "AUTHGATE_REFRESH_TOKEN_TTL", default_value = "7d", value_parser = duration_within("1m", "3650d"))]
     pub refresh_token_ttl: Duration,
 
     /// Absolute lifetime of a session: refreshing never extends it past this.
-    #[arg(long, env = "AUTHGATE_SESSION_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
+    #[arg(long, env = "AUTHGATE_SESSION_MAX_AGE", default_value = "30d", value_parser = duration_within("1m", "3650d"))]
     pub session_max_age: Duration,
 
     /// Email of an admin account to create at start-up if it does not exist.
@@ -175,7 +175,7 @@ pub struct Config {
     pub reserved_usernames: Vec<String>,
 
     /// How often expired sessions and tokens are deleted.
-    #[arg(long, env = "AUTHGATE_PURGE_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "AUTHGATE_PURGE_INTERVAL", default_value = "10m", value_parser = duration_within("100ms", "1d"))]
     pub purge_interval: Duration,
 }
 
@@ -243,13 +243,31 @@ pub fn hash_workers(configured: Option<NonZeroUsize>) -> usize {
     )
 }
 
-/// A duration greater than zero, written `30s`, `15m`, `7d`.
-fn parse_duration(raw: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(raw) {
-        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!("{e} (expected e.g. 30s, 15m, 7d)")),
+/// A parser of durations written `30s`, `15m`, `7d`, from `min` to `max`:
+/// a zero or a nanosecond lifetime is no lifetime, and a million years
+/// overflows every date.
+fn duration_within(
+    min: &'static str,
+    max: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |raw| {
+        let bound = |b: &str| humantime::parse_duration(b).expect("a valid bound");
+        match humantime::parse_duration(raw) {
+            Ok(d) if d < bound(min) || d > bound(max) => {
+                Err(format!("must be from {min} to {max}"))
+            }
+            Ok(d) => Ok(d),
+            Err(e) => Err(format!("{e} (expected e.g. 30s, 15m, 7d)")),
+        }
     }
+}
+
+/// A value that must not be empty.
+fn non_empty(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(raw.to_owned())
 }
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output,
@@ -261,13 +279,41 @@ fn parse_jwt_secret(raw: &str) -> Result<Secret, String> {
         return Err("must be at least 32 bytes".into());
     }
     let bits = estimated_entropy_bits(raw);
-    if bits < MIN_SECRET_BITS {
-        return Err(format!(
-            "looks too predictable (about {bits:.0} bits; {MIN_SECRET_BITS:.0} needed): \
-             use 32 random bytes, e.g. `openssl rand -base64 32`"
-        ));
+    let predictable = if bits < MIN_SECRET_BITS {
+        Some(format!("about {bits:.0} bits; {MIN_SECRET_BITS:.0} needed"))
+    } else if has_runs(raw) {
+        Some("it runs through consecutive characters".to_owned())
+    } else if has_repeats(raw) {
+        Some("a part of it repeats".to_owned())
+    } else {
+        None
+    };
+    match predictable {
+        Some(why) => Err(format!(
+            "looks too predictable ({why}): use 32 random bytes, e.g. \
+             `openssl rand -base64 32`"
+        )),
+        None => Ok(Secret::from(raw.to_owned())),
     }
-    Ok(Secret::from(raw.to_owned()))
+}
+
+/// Whether a quarter of the steps between neighbours go to the next or the
+/// previous character (`abcd…`, `0123…`, `zyx…`): rare in random text.
+fn has_runs(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let steps = bytes
+        .windows(2)
+        .filter(|w| w[1] == w[0].wrapping_add(1) || w[0] == w[1].wrapping_add(1))
+        .count();
+    steps * 4 >= bytes.len()
+}
+
+/// Whether some six characters occur twice (`Password1Password2`): random
+/// hex of this length repeats six characters about once in ten thousand.
+fn has_repeats(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let mut seen = std::collections::HashSet::new();
+    bytes.windows(6).any(|w| !seen.insert(w))
 }
 
 const MIN_SECRET_BITS: f64 = 128.0;
@@ -291,10 +337,19 @@ fn estimated_entropy_bits(raw: &str) -> f64 {
 
 /// A trusted proxy network. `0.0.0.0/0` or `::/0` would let every client
 /// choose its own address with `X-Forwarded-For`, and so its throttling key.
+/// Networks wider than a /8 (IPv4) or a /16 (IPv6) are refused too: two
+/// halves of the internet trust it all as surely as one `/0`.
 fn parse_trusted_proxy(raw: &str) -> Result<IpNet, String> {
     let net: IpNet = raw.trim().parse().map_err(|e| format!("{e}"))?;
-    if net.prefix_len() == 0 {
-        return Err("must not trust every address (a /0 network)".into());
+    let widest = match net {
+        IpNet::V4(_) => 8,
+        IpNet::V6(_) => 16,
+    };
+    if net.prefix_len() < widest {
+        return Err(format!(
+            "{net} is too wide to trust (at most a /{widest}): every client in it \
+             could choose its own address"
+        ));
     }
     Ok(net)
 }
@@ -473,9 +528,19 @@ mod tests {
         for args in [
             &["--jwt-secret", repeated.as_str()][..],
             &["--jwt-secret", alternating.as_str()],
+            &["--jwt-secret", "abcdefghijklmnopqrstuvwxyz012345"],
+            &[
+                "--jwt-secret",
+                "Password1Password2Password3Password4Password5",
+            ],
             &["--argon2-memory-kib", "8"],
             &["--trusted-proxies", "0.0.0.0/0"],
-            &["--trusted-proxies", "10.0.0.0/8,::/0"],
+            &["--trusted-proxies", "0.0.0.0/1,128.0.0.0/1"],
+            &["--trusted-proxies", "10.0.0.0/8,::/1"],
+            &["--session-max-age", "1000000y"],
+            &["--access-token-ttl", "1ns"],
+            &["--purge-interval", "1ns"],
+            &["--issuer", ""],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }
@@ -515,7 +580,7 @@ mod tests {
     fn secrets_and_database_passwords_never_print() {
         let c = parse(&[
             "--jwt-secret",
-            "0123456789abcdef0123456789abcdef-very-secret",
+            "x9Gf2LqP7vRm4TzW8kYc3NbH6sDj1eUa-very-secret",
             "--database-url",
             "postgres://app:hunter2hunter2@db/app",
         ])

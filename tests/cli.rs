@@ -63,7 +63,7 @@ fn json_logs_are_one_object_per_line_and_never_show_secrets() {
 
     let dir = std::env::temp_dir().join(format!("authgate-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let secret = "json-log-test-secret-0123456789abcdef";
+    let secret = "json-log-test-secret-Vx7Qp2Lm9Rk4Tz8W";
     let admin_password = "json log admin passphrase";
     let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
         .current_dir(&dir)
@@ -213,8 +213,12 @@ fn unsafe_settings_stop_start_up_with_one_line_naming_them() {
     let predictable = "a".repeat(40);
     for (name, value) in [
         ("AUTHGATE_JWT_SECRET", predictable.as_str()),
+        ("AUTHGATE_JWT_SECRET", "abcdefghijklmnopqrstuvwxyz012345"),
         ("AUTHGATE_TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("AUTHGATE_TRUSTED_PROXIES", "0.0.0.0/1,128.0.0.0/1"),
         ("AUTHGATE_ARGON2_MEMORY_KIB", "8"),
+        ("AUTHGATE_SESSION_MAX_AGE", "1000000y"),
+        ("AUTHGATE_ISSUER", ""),
     ] {
         let out = authgate(&[(name, value), ("AUTHGATE_LISTEN", "127.0.0.1:0")]);
         assert!(!out.status.success(), "{name}");
@@ -225,4 +229,38 @@ fn unsafe_settings_stop_start_up_with_one_line_naming_them() {
             assert!(!err.contains(value), "the secret is not echoed: {err}");
         }
     }
+}
+
+#[test]
+fn odd_settings_are_warned_about_at_start_up() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = std::env::temp_dir().join(format!("authgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .current_dir(&dir)
+        .env("RUST_LOG", "warn,authgate::app=info")
+        .env("AUTHGATE_LOG_FORMAT", "json")
+        .env("AUTHGATE_LISTEN", "127.0.0.1:0")
+        .env("AUTHGATE_REFRESH_TOKEN_TTL", "60d")
+        .env("AUTHGATE_TRUSTED_PROXIES", "203.0.113.0/24")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut warnings = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("listening") {
+            break;
+        }
+        if line.contains("WARN") {
+            warnings.push(line);
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let all = warnings.join("\n");
+    assert!(all.contains("AUTHGATE_REFRESH_TOKEN_TTL"), "{all}");
+    assert!(all.contains("203.0.113.0/24"), "{all}");
 }

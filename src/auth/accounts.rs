@@ -16,7 +16,7 @@ use crate::{
     clock::SharedClock,
     crypto::passwords::{Client, NO_CLIENT, PasswordHasher},
     domain::{Email, Password, Role, Roles, User, Username, login_key, skeleton},
-    limits::RateLimiter,
+    limits::{RateLimiter, client_bucket},
     store::{NewUser, UserChanges, UserFilter, UserStore},
 };
 
@@ -109,6 +109,7 @@ impl Accounts {
     /// for the service (`admin`, `support`, …) is refused.
     #[tracing::instrument(skip_all, fields(%ip))]
     pub async fn signup(&self, ip: IpAddr, account: NewAccount) -> AuthResult<User> {
+        let ip = client_bucket(ip);
         self.limiter
             .take(
                 &format!("signup:{ip}"),
@@ -226,7 +227,7 @@ impl Accounts {
         self.check.confirm(client, who.user_id, current).await?;
         let hash = self
             .hasher
-            .hash(client, SecretString::from(new.expose()))
+            .hash(client_bucket(client), SecretString::from(new.expose()))
             .await?;
         let changed = self
             .users

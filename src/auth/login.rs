@@ -16,7 +16,7 @@ use crate::{
     clock::SharedClock,
     crypto::passwords::PasswordHasher,
     domain::{Email, Password, User, login_key},
-    limits::RateLimiter,
+    limits::{RateLimiter, client_bucket},
     store::{Credentials, UserStore},
 };
 
@@ -74,6 +74,7 @@ impl PasswordCheck {
     /// get no more checks than sequential ones.
     #[tracing::instrument(skip_all, fields(%ip))]
     pub async fn login(&self, ip: IpAddr, login: &str, password: &str) -> AuthResult<User> {
+        let ip = client_bucket(ip);
         if password.len() > Password::MAX_BYTES || login.len() > Email::MAX_LEN {
             // No account has such a password or name: refuse without hashing
             // a huge input or keeping a huge throttling key.
@@ -82,7 +83,13 @@ impl PasswordCheck {
         let login = login_key(login);
         self.take(&format!("login-rate:{ip}"), self.policy.ip_per_minute)?;
         let ip_attempt = self.reserve(format!("login:{ip}"), self.policy.ip_free_failures)?;
-        let found = self.users.find_credentials(&login).await?;
+        // No account's name has a control character (and PostgreSQL refuses
+        // a NUL): such a name is unknown, checked against the dummy hash.
+        let found = if login.chars().any(char::is_control) {
+            None
+        } else {
+            self.users.find_credentials(&login).await?
+        };
         // One counter per account whatever identifier was typed (username or
         // email); a name no account has gets a counter of its own.
         let account = match &found {
@@ -98,6 +105,7 @@ impl PasswordCheck {
     /// throttled like a login to that account. A wrong one is
     /// [`AuthError::WrongPassword`].
     pub async fn confirm(&self, ip: IpAddr, user_id: Uuid, password: &str) -> AuthResult<User> {
+        let ip = client_bucket(ip);
         if password.len() > Password::MAX_BYTES {
             return Err(AuthError::WrongPassword);
         }

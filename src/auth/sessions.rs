@@ -17,7 +17,7 @@ use crate::{
     clock::SharedClock,
     crypto::refresh,
     domain::User,
-    limits::RateLimiter,
+    limits::{RateLimiter, client_bucket},
     store::{NewSession, RevokeReason, Rotation, SessionStore},
 };
 
@@ -123,6 +123,7 @@ impl Sessions {
     /// up; presenting it again ends the session (RFC 9700 §4.14.2).
     #[tracing::instrument(skip_all, fields(%ip))]
     pub async fn refresh(&self, ip: IpAddr, presented: &str) -> AuthResult<TokenPair> {
+        let ip = client_bucket(ip);
         self.limiter
             .take(
                 &format!("refresh:{ip}"),

@@ -14,7 +14,10 @@
 
 use std::{
     net::IpAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -67,6 +70,9 @@ struct Inner {
     /// Verified against when the user does not exist, so that an unknown user
     /// costs the same time as a wrong password (no user enumeration by timing).
     dummy_hash: String,
+    /// How long a check with the configured parameters takes here, in
+    /// nanoseconds (a moving average).
+    check_cost: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -98,17 +104,20 @@ impl PasswordHasher {
                     }
                 })?;
         }
+        let started = Instant::now();
         let dummy_hash = hash_with(
             &params,
             "authgate dummy password for timing",
             &mut Vec::new(),
         )
         .map_err(|e| anyhow::anyhow!("cannot compute the dummy hash: {e}"))?;
+        let check_cost = AtomicU64::new(nanos(started.elapsed()));
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs,
                 params,
                 dummy_hash,
+                check_cost,
             }),
         })
     }
@@ -152,11 +161,26 @@ impl PasswordHasher {
     ) -> Result<Verification, HashError> {
         let dummy = stored.is_none();
         let stored = stored.unwrap_or_else(|| self.inner.dummy_hash.clone());
-        let v = self
+        let (v, took) = self
             .run(client, move |params, memory| {
-                verify_with(params, password.expose_secret(), &stored, memory)
+                let started = Instant::now();
+                let v = verify_with(params, password.expose_secret(), &stored, memory);
+                (v, started.elapsed())
             })
             .await?;
+        let cost = Duration::from_nanos(self.inner.check_cost.load(Ordering::Relaxed));
+        if v.needs_rehash {
+            // A hash made with older, cheaper parameters checks faster than
+            // the dummy hash of an unknown user: wait out the difference, or
+            // the answer's timing would tell which accounts exist (and have
+            // not logged in since the parameters changed).
+            tokio::time::sleep(cost.saturating_sub(took)).await;
+        } else {
+            let averaged = (cost * 7 + took) / 8;
+            self.inner
+                .check_cost
+                .store(nanos(averaged), Ordering::Relaxed);
+        }
         Ok(Verification {
             matches: v.matches && !dummy,
             ..v
@@ -198,6 +222,10 @@ impl PasswordHasher {
         }
         Ok((total, started.elapsed()))
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Niceness of the hashing threads. Hashing is the one CPU-bound job here;
@@ -409,6 +437,31 @@ mod tests {
                 matches: true,
                 needs_rehash: true
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn checking_a_cheaper_old_hash_takes_as_long_as_a_current_one() {
+        let old = PasswordHasher::new(Params::new(1024, 1, 1, None).unwrap(), 1, 4, 4).unwrap();
+        let phc = old
+            .hash(NO_CLIENT, "a fine passphrase".into())
+            .await
+            .unwrap();
+        let current = Params::new(32 * 1024, 3, 1, None).unwrap();
+        let new = PasswordHasher::new(current, 1, 4, 4).unwrap();
+        let time = |stored: Option<String>| {
+            let new = new.clone();
+            async move {
+                let started = Instant::now();
+                new.verify(NO_CLIENT, "wrong".into(), stored).await.unwrap();
+                started.elapsed()
+            }
+        };
+        let unknown = time(None).await;
+        let dormant = time(Some(phc)).await;
+        assert!(
+            dormant * 10 >= unknown * 7,
+            "an old-parameter check took {dormant:?}, an unknown user's {unknown:?}"
         );
     }
 

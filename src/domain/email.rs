@@ -31,6 +31,16 @@ impl Email {
             );
         }
         match EmailAddress::from_str(raw) {
+            // A quoted local part (`"kate"@…` is kate's mailbox under another
+            // spelling, and `"kate@x.test"@evil.test` shows someone else's
+            // address) or an IP literal domain (`x@[127.0.0.1]`) is valid
+            // RFC 5322 but no address a user has.
+            Ok(address) if address.local_part().starts_with('"') => {
+                Err("must not have a quoted local part".into())
+            }
+            Ok(address) if address.domain().starts_with('[') => {
+                Err("must have a domain name, not an IP address".into())
+            }
             Ok(_) => Ok(Self(raw.to_owned())),
             Err(_) => Err("is not a valid email address".into()),
         }
@@ -93,6 +103,16 @@ mod tests {
             assert!(Email::parse(look_alike).is_err(), "{look_alike:?}");
         }
         assert!(Email::parse("kate@xn--bcher-kva.de").is_ok());
+        for spelled_otherwise in [
+            "\"kate\"@example.com",
+            "\"kate@example.com\"@evil.test",
+            "x@[127.0.0.1]",
+        ] {
+            assert!(
+                Email::parse(spelled_otherwise).is_err(),
+                "{spelled_otherwise}"
+            );
+        }
     }
 
     #[test]

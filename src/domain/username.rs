@@ -45,11 +45,27 @@ impl Username {
     }
 }
 
-/// Lower-case ASCII letters and digits of a name, nothing else.
+/// What a name looks like to a reader: its letters and digits in lower
+/// case, digits that pass for letters read as those letters (`r00t`,
+/// `4dm1n`), and a number at the end dropped (`admin1`).
 pub fn skeleton(name: &str) -> String {
-    name.chars()
+    let kept: String = name
+        .chars()
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let stem = kept.trim_end_matches(|c: char| c.is_ascii_digit());
+    let stem = if stem.is_empty() { kept.as_str() } else { stem };
+    stem.chars()
+        .map(|c| match c {
+            '0' => 'o',
+            '1' => 'i',
+            '3' => 'e',
+            '4' => 'a',
+            '5' => 's',
+            '7' => 't',
+            c => c,
+        })
         .collect()
 }
 
@@ -67,6 +83,12 @@ mod tests {
     fn a_skeleton_ignores_case_and_separators() {
         assert_eq!(Username::parse("Ad.Min_-").unwrap().skeleton(), "admin");
         assert_eq!(skeleton("Root"), "root");
+        for disguised in ["adm1n", "4dmin", "admin1", "administrat0r", "ADMIN_42"] {
+            assert!(skeleton(disguised).starts_with("admin"), "{disguised}");
+        }
+        assert_eq!(skeleton("r00t"), "root");
+        assert_eq!(skeleton("supp0rt"), "support");
+        assert_eq!(skeleton("alice2"), "alice");
     }
     use proptest::prelude::*;
 

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{Query, State, rejection::QueryRejection},
     http::StatusCode,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{
     AppState,
     error::{AppError, AppResult, FieldError, Problem},
-    extract::{Admin, ApiJson, RequireRole},
+    extract::{Admin, ApiJson, PathId, RequireRole},
     users::{SessionList, UserResponse, session_list},
 };
 use crate::{
@@ -101,6 +101,9 @@ fn parse_query(params: &ListParams) -> Result<(UserQuery, u32, Option<Uuid>), Ap
                 "q",
                 format!("must be at most {} bytes", Email::MAX_LEN),
             )),
+            Some(q) if q.chars().any(char::is_control) => {
+                Err(FieldError::new("q", "must not contain control characters"))
+            }
             q => Ok(q.map(str::to_owned)),
         },
     );
@@ -134,11 +137,6 @@ fn parse_query(params: &ListParams) -> Result<(UserQuery, u32, Option<Uuid>), Ap
         )),
         _ => Err(AppError::Validation(errors)),
     }
-}
-
-/// An id in a path: anything that is not one names no user.
-fn user_id(raw: &str) -> AppResult<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| AppError::NotFound)
 }
 
 /// List users, oldest first, a page at a time; optionally only those whose
@@ -256,9 +254,9 @@ async fn create_user(
 async fn get_user(
     State(state): State<AppState>,
     _admin: RequireRole<Admin>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> AppResult<Json<UserResponse>> {
-    let user = state.services.accounts.get(user_id(&id)?).await?;
+    let user = state.services.accounts.get(id).await?;
     Ok(Json(user.into()))
 }
 
@@ -295,10 +293,9 @@ pub struct UpdateUserRequest {
 async fn update_user(
     State(state): State<AppState>,
     _admin: RequireRole<Admin>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     ApiJson(req): ApiJson<UpdateUserRequest>,
 ) -> AppResult<Json<UserResponse>> {
-    let id = user_id(&id)?;
     let roles = req
         .roles
         .map(|names| Roles::parse(&names))
@@ -330,9 +327,9 @@ async fn update_user(
 async fn delete_user(
     State(state): State<AppState>,
     _admin: RequireRole<Admin>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> AppResult<StatusCode> {
-    state.services.accounts.delete(user_id(&id)?).await?;
+    state.services.accounts.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -351,9 +348,8 @@ async fn delete_user(
 async fn user_sessions(
     State(state): State<AppState>,
     admin: RequireRole<Admin>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> AppResult<Json<SessionList>> {
-    let id = user_id(&id)?;
     state.services.accounts.get(id).await?;
     let sessions = state
         .services
@@ -378,9 +374,8 @@ async fn user_sessions(
 async fn end_user_sessions(
     State(state): State<AppState>,
     _admin: RequireRole<Admin>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> AppResult<StatusCode> {
-    let id = user_id(&id)?;
     state.services.accounts.get(id).await?;
     state.services.sessions.end_all_of(id).await?;
     Ok(StatusCode::NO_CONTENT)

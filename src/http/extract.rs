@@ -8,10 +8,13 @@ use std::{
 
 use axum::{
     body::Bytes,
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, rejection::BytesRejection},
+    extract::{
+        ConnectInfo, FromRequest, FromRequestParts, Path, Request, rejection::BytesRejection,
+    },
     http::{HeaderMap, StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 use super::{
     AppState,
@@ -61,6 +64,17 @@ pub fn body_rejection(rejection: BytesRejection) -> AppError {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    // serde fills a struct from an array too, field by field in order;
+    // every body of this API is an object, and only an object is accepted.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => AppError::validation("body", "must be a JSON object"),
+                Err(e) => AppError::BadRequest(format!("The body is not valid JSON: {e}")),
+            },
+        );
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -108,6 +122,23 @@ impl FromRequestParts<AppState> for ClientIp {
             &parts.headers,
             &state.trusted_proxies,
         )))
+    }
+}
+
+/// A resource id in the path. Anything that is not an id (including bytes
+/// that are not UTF-8) names no resource: 404, as for an unknown id.
+pub struct PathId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| AppError::NotFound)?;
+        Uuid::parse_str(&raw)
+            .map(PathId)
+            .map_err(|_| AppError::NotFound)
     }
 }
 

@@ -92,7 +92,70 @@ impl Modify for SecuritySchemes {
 
 /// The OpenAPI document of the whole API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+    let mut spec = api_router().into_openapi();
+    document_errors(&mut spec);
+    spec
+}
+
+/// Makes the document say what every operation really answers: problem
+/// documents as `application/problem+json`, and, for every JSON body, the
+/// answers to a malformed one (400, 413, 415, 422).
+fn document_errors(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    const PROBLEM: &str = "#/components/schemas/Problem";
+    let problem = |why: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(why)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::new(PROBLEM)))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in spec.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            let json_body = matches!(&op.request_body,
+                Some(RefOr::T(body)) if body.content.contains_key("application/json"));
+            if json_body {
+                for (status, why) in [
+                    ("400", "The body is not JSON"),
+                    ("413", "The body is larger than 64 KiB"),
+                    ("415", "The body is not application/json"),
+                    ("422", "A field is missing or invalid"),
+                ] {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(why));
+                }
+            }
+            for response in op.responses.responses.values_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                let is_problem = matches!(response.content.get("application/json"),
+                    Some(RefOr::T(c)) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location == PROBLEM));
+                if is_problem
+                    && let Some(content) = response.content.shift_remove("application/json")
+                {
+                    response
+                        .content
+                        .insert("application/problem+json".to_owned(), content);
+                }
+            }
+        }
+    }
 }
 
 fn api_router() -> OpenApiRouter<AppState> {
@@ -145,7 +208,8 @@ const MAX_REQUEST_ID: usize = 64;
 
 /// The whole application: API routes, docs, and the layers around them.
 pub fn router(state: AppState) -> Router {
-    let (api, spec) = api_router().split_for_parts();
+    let (api, mut spec) = api_router().split_for_parts();
+    document_errors(&mut spec);
     let request_id = HeaderName::from_static(REQUEST_ID);
     api.with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))

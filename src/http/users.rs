@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{
     AppState,
     error::{AppError, AppResult, Problem},
-    extract::{ApiJson, AuthUser, ClientIp},
+    extract::{ApiJson, AuthUser, ClientIp, PathId},
 };
 use crate::{
     auth::sessions::SessionView,
@@ -152,9 +152,8 @@ pub(super) fn session_list(sessions: Vec<SessionView>) -> SessionList {
 async fn end_session(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> AppResult<StatusCode> {
-    let id = Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
     state.services.sessions.end(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,10 +12,24 @@
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
 use parking_lot::Mutex;
+
+/// What throttling counts a client address by: an IPv4 address itself, an
+/// IPv6 address by its /64 network. One subscriber usually holds a whole /64
+/// and could otherwise take a fresh address for every attempt.
+pub fn client_bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(network))
+        }
+        v4 => v4,
+    }
+}
 
 /// Shared limiter state.
 pub trait RateLimiter: Send + Sync + 'static {
@@ -235,6 +249,19 @@ mod tests {
         l.clear("a");
         assert!(l.reserve("a", 1, t).is_ok());
         assert!(l.reserve("b", 1, t).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_network() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_bucket(a), client_bucket(b));
+        assert_ne!(client_bucket(a), client_bucket(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_bucket(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_bucket(mapped), v4);
     }
 
     #[test]

@@ -73,7 +73,10 @@ impl Dialect for PgStore {
         // One statement, so one round trip and one commit. The conditional
         // UPDATE is the atomic step: of two racing refreshes with one token,
         // the row lock lets exactly one see `used_at IS NULL`. Only a token of
-        // a live session is used up.
+        // a live session is used up; the session's row is locked too, so that
+        // a logout committing meanwhile is seen (the rotation waits for it and
+        // then finds the session revoked) rather than answered with a pair
+        // that is already dead.
         let rotated: Option<RotatedRow> = sqlx::query_as(
             "WITH live AS ( \
                  SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
@@ -82,6 +85,7 @@ impl Dialect for PgStore {
                  JOIN sessions s ON s.id = t.session_id \
                  JOIN users u ON u.id = s.user_id \
                  WHERE t.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active \
+                 FOR UPDATE OF s \
              ), used AS ( \
                  UPDATE refresh_tokens SET used_at = $2 \
                  WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \

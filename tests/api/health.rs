@@ -3,11 +3,11 @@ use std::{io::Write, process::Stdio};
 use sqlx::Connection;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     common::{Backend, TestDb},
-    helpers::{TestApp, problem, spawn_app},
+    helpers::{PASSWORD, TestApp, problem, spawn_app},
     on_both_databases, only_on_postgres,
 };
 
@@ -17,6 +17,8 @@ on_both_databases!(
     the_openapi_document_lists_the_api_and_the_oauth2_password_flow,
     swagger_ui_is_served_at_docs,
     the_request_id_is_echoed,
+    every_error_is_documented_as_a_problem_document,
+    hostile_bodies_and_paths_get_problem_documents_not_500s,
     a_hostile_request_id_is_replaced_not_echoed,
     create_admin_reads_the_password_from_stdin,
     the_migrate_command_prepares_the_database,
@@ -231,4 +233,74 @@ async fn the_migrate_command_prepares_the_database(backend: Backend) {
     );
     let again = authgate(&db).arg("migrate").output().unwrap();
     assert!(again.status.success(), "migrations are idempotent");
+}
+
+async fn every_error_is_documented_as_a_problem_document(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let spec: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let json_body = op["requestBody"]["content"]["application/json"].is_object();
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let content = &response["content"];
+                let refs_problem =
+                    |ct: &str| content[ct]["schema"]["$ref"] == "#/components/schemas/Problem";
+                assert!(
+                    !refs_problem("application/json"),
+                    "{method} {path} {status}"
+                );
+                if status.starts_with('4') && path != "/auth/token" {
+                    assert!(
+                        refs_problem("application/problem+json"),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            if json_body {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn hostile_bodies_and_paths_get_problem_documents_not_500s(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create_user("nina").await;
+    // A NUL byte names no account (PostgreSQL refuses it in text).
+    for login in ["ni\u{0}na", "\u{0}"] {
+        let res = app.login(login, PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{login:?}");
+    }
+    let res = app
+        .post_form(
+            "/auth/token",
+            &[
+                ("grant_type", "password"),
+                ("username", "a\u{0}b"),
+                ("password", "x"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // Arrays are not objects, even with the fields in order.
+    let res = app
+        .post_json("/auth/login", &json!(["nina", null, PASSWORD]))
+        .await;
+    let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(body["errors"][0]["field"], "body");
+    // A path segment that is not UTF-8 is no resource.
+    let token = app.tokens("nina").await.access;
+    let res = app
+        .client
+        .delete(app.url("/users/me/sessions/%ff"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    problem(res, StatusCode::NOT_FOUND).await;
 }

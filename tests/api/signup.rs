@@ -295,6 +295,9 @@ async fn look_alike_emails_are_refused_and_never_reach_another_account(backend: 
         "\u{212A}ate@example.com", // Kelvin sign, which lower-cases to k
         "kate@ex\u{0430}mple.com", // Cyrillic a
         "k\u{0430}te@example.com", // Cyrillic a in the local part
+        "\"kate\"@example.com",    // the same mailbox, quoted
+        "\"kate@example.com\"@evil.test",
+        "kate@[127.0.0.1]",
     ] {
         let res = app
             .signup(json!({"email": look_alike, "password": PASSWORD}))
@@ -320,7 +323,20 @@ async fn look_alike_emails_are_refused_and_never_reach_another_account(backend: 
 
 async fn names_that_pass_for_the_service_are_reserved(backend: Backend) {
     let app = spawn_app(backend).await;
-    for name in ["admin", "Admin", "ad.min", "ROOT", "sup-port", "authgate"] {
+    for name in [
+        "admin",
+        "Admin",
+        "ad.min",
+        "ROOT",
+        "sup-port",
+        "authgate",
+        "adm1n",
+        "4dmin",
+        "admin1",
+        "r00t",
+        "supp0rt",
+        "administrat0r",
+    ] {
         let res = app
             .signup(json!({"username": name, "password": PASSWORD}))
             .await;

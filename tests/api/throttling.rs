@@ -19,6 +19,7 @@ on_both_databases!(
     after_the_free_failures_the_next_attempt_is_throttled,
     every_login_counts_against_the_per_ip_and_per_account_quotas,
     a_flood_of_correct_logins_from_one_client_does_not_starve_another,
+    the_addresses_of_one_ipv6_network_share_one_counter,
 );
 
 /// Limits that stay out of the way of the one being tested.
@@ -203,4 +204,31 @@ async fn a_flood_of_correct_logins_from_one_client_does_not_starve_another(backe
     let counts = tally(flood);
     assert!(counts.get(&200).copied().unwrap_or(0) >= 16, "{counts:?}");
     assert!(counts.get(&429).copied().unwrap_or(0) > 0, "{counts:?}");
+}
+
+async fn the_addresses_of_one_ipv6_network_share_one_counter(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--trusted-proxies", "127.0.0.1/32")
+        .arg("--login-free-failures", "3")
+        .spawn(backend)
+        .await;
+    app.stop_clock();
+    app.create_user("gus").await;
+    // A fresh address of the same /64 for every guess gains nothing.
+    for i in 1..=3 {
+        let ip = format!("2001:db8:1:2::{i}");
+        assert_eq!(
+            login_from(&app, &ip, "gus", "wrong guess").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        login_from(&app, "2001:db8:1:2:ffff::9", "gus", PASSWORD).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another network is another client.
+    assert_eq!(
+        login_from(&app, "2001:db8:1:3::1", "gus", PASSWORD).await,
+        StatusCode::OK
+    );
 }
