@@ -163,6 +163,7 @@ fn create_admin_refuses_an_existing_user_unless_told_to_promote_them() {
             authgate::domain::Role::user(),
         ])),
         email_verified: None,
+        ..Default::default()
     };
     // The only admin cannot be demoted: make another one first.
     let second = authgate_args(

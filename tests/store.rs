@@ -67,6 +67,7 @@ on_both_databases!(
     an_expired_refresh_token_does_not_rotate,
     updating_a_user_ends_their_sessions_in_the_same_change,
     an_update_that_changes_nothing_ends_no_session,
+    an_added_role_joins_the_roles_the_user_has_at_the_change,
     the_last_active_admin_cannot_be_demoted_or_disabled,
     revoking_by_refresh_token_and_by_user_ends_sessions,
     the_first_signing_key_wins,
@@ -278,6 +279,7 @@ async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend
         is_active: Some(false),
         roles: Some(Roles::new([Role::user(), Role::admin()])),
         email_verified: None,
+        ..Default::default()
     };
     let updated = store
         .update_user(user.id, &changes, clock::now())
@@ -314,6 +316,7 @@ async fn an_update_that_changes_nothing_ends_no_session(backend: Backend) {
             is_active: Some(true),
             roles: Some(Roles::new([Role::user()])),
             email_verified: None,
+            ..Default::default()
         },
     ] {
         let updated = store
@@ -345,11 +348,13 @@ async fn the_last_active_admin_cannot_be_demoted_or_disabled(backend: Backend) {
         is_active: None,
         roles: Some(Roles::new([Role::user()])),
         email_verified: None,
+        ..Default::default()
     };
     let disable = UserChanges {
         is_active: Some(false),
         roles: None,
         email_verified: None,
+        ..Default::default()
     };
     // Two admins demoting each other at once: one of the changes must fail.
     let (a, b) = tokio::join!(
@@ -557,6 +562,7 @@ async fn live_sessions_answers_for_many_sessions_in_one_call(backend: Backend) {
         is_active: Some(false),
         roles: None,
         email_verified: None,
+        ..Default::default()
     };
     store.update_user(bob.id, &changes, now).await.unwrap();
 
@@ -869,4 +875,32 @@ async fn deleting_a_user_removes_its_sessions_but_never_the_last_admin(backend: 
         Err(StoreError::LastAdmin)
     ));
     assert!(store.get_user(admin.id).await.unwrap().is_some());
+}
+
+async fn an_added_role_joins_the_roles_the_user_has_at_the_change(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("ada")).await.unwrap();
+    let staff = Role::parse("staff").unwrap();
+    let set = UserChanges {
+        roles: Some(Roles::new([Role::user(), staff.clone()])),
+        ..Default::default()
+    };
+    store
+        .update_user(user.id, &set, clock::now())
+        .await
+        .unwrap();
+    let promote = UserChanges {
+        add_role: Some(Role::admin()),
+        ..Default::default()
+    };
+    let updated = store
+        .update_user(user.id, &promote, clock::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        updated.user.roles,
+        Roles::new([Role::admin(), staff, Role::user()])
+    );
+    assert!(updated.sessions_ended);
 }

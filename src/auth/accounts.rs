@@ -203,12 +203,22 @@ impl Accounts {
                 "a user with that email already exists; pass --promote to make them an admin"
             ),
             IfExists::Promote => {
-                let change = AccountChange {
+                // The role is added inside the change's transaction, so a
+                // concurrent change of the user's roles is not overwritten.
+                let changes = UserChanges {
                     is_active: Some(true),
-                    roles: Some(user.roles.with(Role::admin())),
-                    email_verified: None,
+                    add_role: Some(Role::admin()),
+                    ..UserChanges::default()
                 };
-                let user = self.update(user.id, change).await?;
+                let user = self
+                    .users
+                    .update_user(user.id, &changes, self.clock.now())
+                    .await?
+                    .ok_or(AuthError::NotFound)?;
+                if user.sessions_ended {
+                    self.liveness.revoke_user(user.user.id);
+                }
+                let user = user.user;
                 tracing::info!(user_id = %user.id, "user promoted to admin");
                 Ok(AdminOutcome::Promoted(user))
             }
@@ -296,6 +306,7 @@ impl Accounts {
         let changes = UserChanges {
             is_active: change.is_active,
             roles: change.roles,
+            add_role: None,
             email_verified: change.email_verified,
         };
         let updated = self

@@ -117,7 +117,11 @@ pub enum Rotation {
 #[derive(Debug, Clone, Default)]
 pub struct UserChanges {
     pub is_active: Option<bool>,
+    /// Replaces the roles.
     pub roles: Option<Roles>,
+    /// Added to the roles (after `roles`, if both): the user's roles as of
+    /// the change itself, not as a caller read them before.
+    pub add_role: Option<Role>,
     pub email_verified: Option<bool>,
 }
 
@@ -381,10 +385,13 @@ struct UpdatePlan {
 impl UpdatePlan {
     fn new(current: &User, changes: &UserChanges) -> Self {
         let is_active = changes.is_active.unwrap_or(current.is_active);
-        let roles = changes
+        let mut roles = changes
             .roles
             .clone()
             .unwrap_or_else(|| current.roles.clone());
+        if let Some(role) = &changes.add_role {
+            roles = roles.with(role.clone());
+        }
         let email_verified = changes.email_verified.unwrap_or(current.email_verified);
         let ends_sessions = is_active != current.is_active || roles != current.roles;
         let changed = ends_sessions || email_verified != current.email_verified;
