@@ -37,7 +37,7 @@ fn new_user(name: &str) -> NewUser {
         id: Uuid::now_v7(),
         username: Some(Username::parse(name).unwrap()),
         email: Some(Email::parse(&format!("{name}@Example.com")).unwrap()),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        password_hash: HASH.into(),
         roles: Roles::new([Role::user()]),
         created_at: clock::now(),
     }
@@ -54,8 +54,13 @@ fn session_for(user_id: Uuid, refresh: u8, lifetime: Duration) -> NewSession {
         refresh_expires_at: now + lifetime,
         user_agent: Some(format!("agent {refresh}")),
         ip: Some("192.0.2.1".into()),
+        password_hash: HASH.into(),
+        roles: Roles::new([Role::user()]),
     }
 }
+
+/// The password hash every test user starts with.
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
 
 on_both_databases!(
     a_created_user_reads_back_identically_by_id_username_and_email,
@@ -68,6 +73,8 @@ on_both_databases!(
     updating_a_user_ends_their_sessions_in_the_same_change,
     an_update_that_changes_nothing_ends_no_session,
     an_added_role_joins_the_roles_the_user_has_at_the_change,
+    a_session_opens_only_while_the_credentials_it_was_checked_with_hold,
+    a_hash_upgrade_never_undoes_a_password_change,
     the_last_active_admin_cannot_be_demoted_or_disabled,
     revoking_by_refresh_token_and_by_user_ends_sessions,
     the_first_signing_key_wins,
@@ -903,4 +910,66 @@ async fn an_added_role_joins_the_roles_the_user_has_at_the_change(backend: Backe
         Roles::new([Role::admin(), staff, Role::user()])
     );
     assert!(updated.sessions_ended);
+}
+
+async fn a_session_opens_only_while_the_credentials_it_was_checked_with_hold(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("otto")).await.unwrap();
+    let stale_hash = NewSession {
+        password_hash: "$argon2id$other".into(),
+        ..session_for(user.id, 1, Duration::days(1))
+    };
+    let stale_roles = NewSession {
+        roles: Roles::new([Role::user(), Role::admin()]),
+        ..session_for(user.id, 2, Duration::days(1))
+    };
+    for session in [&stale_hash, &stale_roles] {
+        assert!(!store.create_session(session).await.unwrap());
+        assert!(
+            store
+                .session_user(session.id, clock::now())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let fresh = session_for(user.id, 3, Duration::days(1));
+    assert!(store.create_session(&fresh).await.unwrap());
+    let disable = UserChanges {
+        is_active: Some(false),
+        ..Default::default()
+    };
+    store
+        .update_user(user.id, &disable, clock::now())
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .create_session(&session_for(user.id, 4, Duration::days(1)))
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_hash_upgrade_never_undoes_a_password_change(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user(&new_user("pia")).await.unwrap();
+    let now = clock::now();
+    store
+        .change_password(user.id, "$argon2id$changed", None, now)
+        .await
+        .unwrap();
+    let upgraded = store
+        .upgrade_password_hash(user.id, HASH, "$argon2id$upgraded-old", now)
+        .await
+        .unwrap();
+    assert!(!upgraded);
+    let creds = store.get_credentials(user.id).await.unwrap().unwrap();
+    assert_eq!(creds.password_hash, "$argon2id$changed");
+    assert!(
+        store
+            .upgrade_password_hash(user.id, "$argon2id$changed", "$argon2id$new", now)
+            .await
+            .unwrap()
+    );
 }

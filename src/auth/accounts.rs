@@ -15,7 +15,7 @@ use super::{
 use crate::{
     clock::SharedClock,
     crypto::passwords::{Client, NO_CLIENT, PasswordHasher},
-    domain::{Email, Password, Role, Roles, User, Username, login_key, skeleton},
+    domain::{Email, Password, Role, Roles, User, Username, login_key, passes_for},
     limits::{RateLimiter, client_bucket},
     store::{NewUser, UserChanges, UserFilter, UserStore},
 };
@@ -96,11 +96,9 @@ pub struct AccountPolicy {
 
 impl AccountPolicy {
     fn is_reserved(&self, name: &Username) -> bool {
-        let wanted = name.skeleton();
         self.reserved_usernames
             .iter()
-            .map(|reserved| skeleton(reserved))
-            .any(|reserved| !reserved.is_empty() && reserved == wanted)
+            .any(|reserved| passes_for(name.as_str(), reserved))
     }
 }
 

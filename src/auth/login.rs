@@ -44,6 +44,14 @@ pub struct PasswordCheck {
     pub(super) policy: LoginPolicy,
 }
 
+/// A user whose password was just checked, with the hash it was checked
+/// against (or its upgrade): a session opens only while that is still so.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub user: User,
+    pub password_hash: String,
+}
+
 /// Logging in with a password.
 #[derive(Clone)]
 pub struct Login {
@@ -59,8 +67,10 @@ impl Login {
         login: &str,
         password: &str,
     ) -> AuthResult<TokenPair> {
-        let user = self.check.login(client.ip, login, password).await?;
-        self.sessions.open(&user, client).await
+        let checked = self.check.login(client.ip, login, password).await?;
+        self.sessions
+            .open(&checked.user, &checked.password_hash, client)
+            .await
     }
 }
 
@@ -73,7 +83,7 @@ impl PasswordCheck {
     /// password turns out right (or is never checked), so parallel guesses
     /// get no more checks than sequential ones.
     #[tracing::instrument(skip_all, fields(%ip))]
-    pub async fn login(&self, ip: IpAddr, login: &str, password: &str) -> AuthResult<User> {
+    pub async fn login(&self, ip: IpAddr, login: &str, password: &str) -> AuthResult<Checked> {
         let ip = client_bucket(ip);
         if password.len() > Password::MAX_BYTES || login.len() > Email::MAX_LEN {
             // No account has such a password or name: refuse without hashing
@@ -113,6 +123,7 @@ impl PasswordCheck {
         let account = format!("user:{user_id}");
         self.verify(ip, None, &account, found, password)
             .await?
+            .map(|checked| checked.user)
             .ok_or(AuthError::WrongPassword)
     }
 
@@ -126,7 +137,7 @@ impl PasswordCheck {
         account: &str,
         found: Option<Credentials>,
         password: &str,
-    ) -> AuthResult<Option<User>> {
+    ) -> AuthResult<Option<Checked>> {
         self.take(
             &format!("login-rate:{ip}:{account}"),
             self.policy.account_per_minute,
@@ -141,7 +152,11 @@ impl PasswordCheck {
         // time, so the answer's timing does not tell whether the account exists.
         let check = self
             .hasher
-            .verify(ip, SecretString::from(password.to_owned()), stored_hash)
+            .verify(
+                ip,
+                SecretString::from(password.to_owned()),
+                stored_hash.clone(),
+            )
             .await?;
         let user = match user {
             Some(user) if check.matches && user.is_active => user,
@@ -158,10 +173,16 @@ impl PasswordCheck {
         // the account's count starts over.
         drop(ip_attempt);
         account_attempt.succeeded();
+        let mut password_hash = stored_hash.unwrap_or_default();
         if check.needs_rehash {
-            self.upgrade_hash(ip, user.id, password).await;
+            password_hash = self
+                .upgrade_hash(ip, user.id, &password_hash, password)
+                .await;
         }
-        Ok(Some(user))
+        Ok(Some(Checked {
+            user,
+            password_hash,
+        }))
     }
 
     fn take(&self, key: &str, per_minute: u32) -> AuthResult<()> {
@@ -184,21 +205,34 @@ impl PasswordCheck {
 
     /// Re-hashes with the configured parameters after a successful login. A
     /// failure here must not fail the login: the old hash still works.
-    async fn upgrade_hash(&self, ip: IpAddr, user_id: Uuid, password: &str) {
+    /// The hash in effect afterwards: the new one, or `old` if the upgrade
+    /// failed or the password changed meanwhile.
+    async fn upgrade_hash(&self, ip: IpAddr, user_id: Uuid, old: &str, password: &str) -> String {
         let result = async {
-            let hash = self
+            let new = self
                 .hasher
                 .hash(ip, SecretString::from(password.to_owned()))
                 .await?;
-            self.users
-                .set_password_hash(user_id, &hash, self.clock.now())
+            let upgraded = self
+                .users
+                .upgrade_password_hash(user_id, old, &new, self.clock.now())
                 .await?;
-            anyhow::Ok(())
+            anyhow::Ok(upgraded.then_some(new))
         }
         .await;
         match result {
-            Ok(()) => tracing::info!(%user_id, "password hash upgraded to current parameters"),
-            Err(e) => tracing::warn!(%user_id, error = %e, "password hash upgrade failed"),
+            Ok(Some(new)) => {
+                tracing::info!(%user_id, "password hash upgraded to current parameters");
+                new
+            }
+            Ok(None) => {
+                tracing::info!(%user_id, "password changed during the login: hash not upgraded");
+                old.to_owned()
+            }
+            Err(e) => {
+                tracing::warn!(%user_id, error = %e, "password hash upgrade failed");
+                old.to_owned()
+            }
         }
     }
 }

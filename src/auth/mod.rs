@@ -72,7 +72,12 @@ pub struct Services {
     store: Arc<dyn Store>,
     limiter: Arc<dyn RateLimiter>,
     clock: SharedClock,
+    /// When the last readiness probe passed.
+    readiness: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How long a readiness probe's answer stands.
+const READY_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl Services {
     pub fn new(
@@ -126,6 +131,7 @@ impl Services {
             store,
             limiter,
             clock,
+            readiness: Arc::default(),
         }
     }
 
@@ -160,9 +166,19 @@ impl Services {
         }
     }
 
-    /// Whether the database answers, and takes writes.
+    /// Whether the database answers, and takes writes. The probe writes, so
+    /// a passing probe stands for a second, and callers meanwhile share it (a
+    /// flood of probes must not queue ahead of logins for the writer); a
+    /// failing one is tried again at the next call, so recovery shows at once.
     pub async fn ready(&self) -> AuthResult<()> {
-        Ok(self.store.ping(self.clock.now()).await?)
+        let mut passed = self.readiness.lock().await;
+        let now = self.clock.instant();
+        if matches!(*passed, Some(at) if now.saturating_duration_since(at) < READY_PROBE_EVERY) {
+            return Ok(());
+        }
+        self.store.ping(self.clock.now()).await?;
+        *passed = Some(now);
+        Ok(())
     }
 
     /// Drops in-memory state that no longer affects any decision: throttling

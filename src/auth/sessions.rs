@@ -92,8 +92,16 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Opens a session for a user whose credentials were just checked.
-    pub async fn open(&self, user: &User, client: &Client) -> AuthResult<TokenPair> {
+    /// Opens a session for a user whose password was just checked against
+    /// `password_hash`. If the password, the roles or the active flag changed
+    /// since, no session opens: the login counts as failed, so that a change
+    /// meant to end every session is not outlived by one that was on its way.
+    pub async fn open(
+        &self,
+        user: &User,
+        password_hash: &str,
+        client: &Client,
+    ) -> AuthResult<TokenPair> {
         let now = self.clock.now();
         let session_end = now + self.policy.session_max_age;
         let refresh = refresh::generate();
@@ -107,8 +115,13 @@ impl Sessions {
             refresh_expires_at,
             user_agent: client.user_agent.clone(),
             ip: Some(client.ip.to_string()),
+            password_hash: password_hash.to_owned(),
+            roles: user.roles.clone(),
         };
-        self.store.create_session(&session).await?;
+        if !self.store.create_session(&session).await? {
+            tracing::info!(user_id = %user.id, "the account changed during the login");
+            return Err(AuthError::InvalidCredentials);
+        }
         self.pair(
             user,
             session.id,
@@ -176,7 +189,15 @@ impl Sessions {
 
     /// Ends the session a refresh token belongs to, if it is live. Whether it
     /// was is not told (RFC 7009 §2.2), so this reveals nothing.
-    pub async fn logout(&self, presented: &str) -> AuthResult<()> {
+    pub async fn logout(&self, ip: IpAddr, presented: &str) -> AuthResult<()> {
+        // Each logout with a plausible token is a write: quota it like refresh.
+        self.limiter
+            .take(
+                &format!("logout:{}", client_bucket(ip)),
+                self.policy.refresh_per_minute,
+                self.clock.instant(),
+            )
+            .map_err(AuthError::Throttled)?;
         if !refresh::looks_valid(presented) {
             return Ok(());
         }

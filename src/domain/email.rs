@@ -38,8 +38,8 @@ impl Email {
             Ok(address) if address.local_part().starts_with('"') => {
                 Err("must not have a quoted local part".into())
             }
-            Ok(address) if address.domain().starts_with('[') => {
-                Err("must have a domain name, not an IP address".into())
+            Ok(address) if !is_domain_name(address.domain()) => {
+                Err("must have a domain name, not an IP address or a bare host name".into())
             }
             Ok(_) => Ok(Self(raw.to_owned())),
             Err(_) => Err("is not a valid email address".into()),
@@ -55,6 +55,19 @@ impl Email {
     /// them as insensitive prevents look-alike duplicate accounts.)
     pub fn normalized(&self) -> String {
         super::login_key(&self.0)
+    }
+}
+
+/// A name in the public DNS: dotted, ending in a top-level domain of letters
+/// (or an internationalized one, `xn--…`), which no IP address is.
+fn is_domain_name(domain: &str) -> bool {
+    match domain.rsplit_once('.') {
+        Some((rest, tld)) => {
+            !rest.is_empty()
+                && (tld.bytes().all(|b| b.is_ascii_alphabetic()) || tld.starts_with("xn--"))
+                && tld.len() >= 2
+        }
+        None => false,
     }
 }
 
@@ -107,6 +120,10 @@ mod tests {
             "\"kate\"@example.com",
             "\"kate@example.com\"@evil.test",
             "x@[127.0.0.1]",
+            "x@127.0.0.1",
+            "x@0x7f000001",
+            "x@localhost",
+            "x@example",
         ] {
             assert!(
                 Email::parse(spelled_otherwise).is_err(),

@@ -46,20 +46,14 @@ impl Username {
 }
 
 /// What a name looks like to a reader: its letters and digits in lower
-/// case, digits that pass for letters read as those letters (`r00t`,
-/// `4dm1n`), and a number at the end dropped (`admin1`).
+/// case, with digits and letters that pass for others read as those
+/// (`r00t`, `4dm1n`, `admln`).
 pub fn skeleton(name: &str) -> String {
-    let kept: String = name
-        .chars()
+    name.chars()
         .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let stem = kept.trim_end_matches(|c: char| c.is_ascii_digit());
-    let stem = if stem.is_empty() { kept.as_str() } else { stem };
-    stem.chars()
-        .map(|c| match c {
+        .map(|c| match c.to_ascii_lowercase() {
             '0' => 'o',
-            '1' => 'i',
+            '1' | 'l' => 'i',
             '3' => 'e',
             '4' => 'a',
             '5' => 's',
@@ -67,6 +61,25 @@ pub fn skeleton(name: &str) -> String {
             c => c,
         })
         .collect()
+}
+
+/// Whether `name` passes for `reserved` (both skeletons): the same, or the
+/// same with a number or a plural ending (`admin1`, `r007`, `admins`).
+pub fn passes_for(name: &str, reserved: &str) -> bool {
+    let (name, reserved) = (skeleton(name), skeleton(reserved));
+    if reserved.is_empty() {
+        return false;
+    }
+    let Some(rest) = name.strip_prefix(&reserved) else {
+        return false;
+    };
+    // What stands for a trailing number reads as o, i, e, a, s or t.
+    rest.is_empty()
+        || rest == "s"
+        || (rest.len() <= 3
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_digit() || "oieast".contains(c)))
 }
 
 impl fmt::Display for Username {
@@ -82,13 +95,21 @@ mod tests {
     #[test]
     fn a_skeleton_ignores_case_and_separators() {
         assert_eq!(Username::parse("Ad.Min_-").unwrap().skeleton(), "admin");
-        assert_eq!(skeleton("Root"), "root");
-        for disguised in ["adm1n", "4dmin", "admin1", "administrat0r", "ADMIN_42"] {
-            assert!(skeleton(disguised).starts_with("admin"), "{disguised}");
+        for disguised in [
+            "adm1n", "4dmin", "admin1", "ADMIN_42", "admln", "admins", "Ad.Min",
+        ] {
+            assert!(passes_for(disguised, "admin"), "{disguised}");
         }
-        assert_eq!(skeleton("r00t"), "root");
-        assert_eq!(skeleton("supp0rt"), "support");
-        assert_eq!(skeleton("alice2"), "alice");
+        for disguised in ["r00t", "r007", "ROOT"] {
+            assert!(passes_for(disguised, "root"), "{disguised}");
+        }
+        assert!(passes_for("suppor7", "support"));
+        assert!(passes_for("administrat0r", "administrator"));
+        for innocent in ["alice", "admiral", "rooted_tree", "badminton", "supporter1"] {
+            for reserved in ["admin", "root", "support"] {
+                assert!(!passes_for(innocent, reserved), "{innocent} / {reserved}");
+            }
+        }
     }
     use proptest::prelude::*;
 

@@ -405,13 +405,21 @@ async fn token(
 #[utoipa::path(
     post, path = "/auth/logout", tag = "auth",
     request_body = RefreshRequest,
-    responses((status = 204, description = "Session ended (or no such session)"))
+    responses(
+        (status = 204, description = "Session ended (or no such session)"),
+        (status = 429, description = "Too many logouts from this address", body = Problem),
+    )
 )]
 async fn logout(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> AppResult<StatusCode> {
-    state.services.sessions.logout(&req.refresh_token).await?;
+    state
+        .services
+        .sessions
+        .logout(ip, &req.refresh_token)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

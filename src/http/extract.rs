@@ -220,7 +220,10 @@ impl<R: RoleName> FromRequestParts<AppState> for RequireRole<R> {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        if user.0.has_role(R::NAME) {
+        // The user's roles as of the last session check, not the token's:
+        // a demoted admin's token (good for its whole lifetime) loses its
+        // power within the check's bound.
+        if user.0.user.user.roles.contains(R::NAME) {
             Ok(RequireRole(user, PhantomData))
         } else {
             Err(AppError::Forbidden)

@@ -83,6 +83,11 @@ pub struct NewSession {
     pub user_agent: Option<String>,
     /// The client's IP address.
     pub ip: Option<String>,
+    /// The user's password hash and roles as the login saw them: the session
+    /// is opened only if they are still so (and the user active), so that a
+    /// password or role change committed during the login is not outlived.
+    pub password_hash: String,
+    pub roles: Roles,
 }
 
 /// A live session as its user sees it.
@@ -209,8 +214,16 @@ pub trait UserStore: Send + Sync + 'static {
     /// Deletes the user, its sessions and tokens; `false` if there is no such
     /// user. Refuses ([`StoreError::LastAdmin`]) to delete the last active admin.
     async fn delete_user(&self, id: Uuid) -> StoreResult<bool>;
-    async fn set_password_hash(&self, id: Uuid, hash: &str, now: OffsetDateTime)
-    -> StoreResult<()>;
+    /// Replaces the password hash `old` by `new` (a re-hash with current
+    /// parameters); nothing if the hash is no longer `old`, so that a
+    /// password changed meanwhile is never undone.
+    async fn upgrade_password_hash(
+        &self,
+        id: Uuid,
+        old: &str,
+        new: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
     /// Users matching `filter`, ordered by id (time-ordered UUIDv7), after `after`.
     async fn list_users(
         &self,
@@ -234,7 +247,10 @@ pub trait UserStore: Send + Sync + 'static {
 /// Sessions and their refresh tokens.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
+    /// Opens the session with its first refresh token; `false` (and nothing
+    /// stored) if the user is gone, disabled, or its password hash or roles
+    /// are no longer those in `session`.
+    async fn create_session(&self, session: &NewSession) -> StoreResult<bool>;
     /// Atomically uses the live refresh token with hash `presented` and stores
     /// `next` in its place, expiring at `next_expires_at`. Of racing calls with
     /// one token exactly one rotates; presenting a used token revokes its session.

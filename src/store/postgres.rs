@@ -51,6 +51,19 @@ impl Dialect for PgStore {
         writer.begin().await
     }
 
+    async fn lock_for_new_session(
+        tx: &mut Transaction<'static, Postgres>,
+        user_id: Uuid,
+    ) -> sqlx::Result<()> {
+        // FOR SHARE waits for a change of the user row in flight (which holds
+        // FOR NO KEY UPDATE) and holds such a change off until this commits.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR SHARE")
+            .bind(user_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     async fn lock_for_user_change(
         tx: &mut Transaction<'static, Postgres>,
         id: Uuid,

@@ -274,6 +274,15 @@ pub(super) trait Dialect: Send + Sync + 'static {
         id: Uuid,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
+    /// Runs first in `create_session`'s transaction: until it ends, no
+    /// change of the user (roles, password, active) may commit, so the change
+    /// either sees the new session (and ends it) or comes first (and the
+    /// session is not opened).
+    fn lock_for_new_session(
+        tx: &mut Transaction<'static, Self::Db>,
+        user_id: Uuid,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+
     /// [`SessionStore::rotate_refresh_token`](super::SessionStore::rotate_refresh_token).
     fn rotate(&self, refresh: Refresh) -> impl Future<Output = StoreResult<Rotation>> + Send;
 
@@ -588,21 +597,24 @@ macro_rules! sql_store {
                     .await
                 }
 
-                async fn set_password_hash(
+                async fn upgrade_password_hash(
                     &self,
                     id: Uuid,
-                    hash: &str,
+                    old: &str,
+                    new: &str,
                     now: OffsetDateTime,
-                ) -> StoreResult<()> {
-                    sqlx::query(
-                        "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE users SET password_hash = $3, updated_at = $4 \
+                         WHERE id = $1 AND password_hash = $2",
                     )
                     .bind(id)
-                    .bind(hash)
+                    .bind(old)
+                    .bind(new)
                     .bind(Timestamp(now))
                     .execute(self.writer())
                     .await?;
-                    Ok(())
+                    Ok(done.rows_affected() == 1)
                 }
 
                 async fn list_users(
@@ -619,13 +631,15 @@ macro_rules! sql_store {
                          WHERE ($1 IS NULL OR id > $1) \
                          AND ($2 IS NULL OR username_normalized LIKE $2 ESCAPE '\\' \
                               OR email_normalized LIKE $2 ESCAPE '\\') \
-                         AND ($3 IS NULL OR (',' || roles || ',') LIKE $3) \
+                         AND ($3 IS NULL OR (',' || roles || ',') LIKE $3 ESCAPE '\\') \
                          AND ($4 IS NULL OR is_active = $4) \
                          ORDER BY id LIMIT $5",
                     )
                     .bind(after)
                     .bind(filter.prefix.as_deref().map(sql::like_prefix))
-                    .bind(filter.role.as_ref().map(|r| format!("%,{r},%")))
+                    .bind(filter.role.as_ref().map(|r| {
+                        format!("%,{}", sql::like_prefix(&format!("{r},")))
+                    }))
                     .bind(filter.is_active)
                     .bind(i64::from(limit))
                     .fetch_all(self.reader())
@@ -712,15 +726,18 @@ macro_rules! sql_store {
 
             #[async_trait]
             impl SessionStore for $store {
-                async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
+                async fn create_session(&self, s: &NewSession) -> StoreResult<bool> {
                     let writer = self.writer().clone();
                     let s = s.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
-                        sqlx::query(
+                        Self::lock_for_new_session(&mut tx, s.user_id).await?;
+                        let opened = sqlx::query(
                             "INSERT INTO sessions \
                              (id, user_id, created_at, expires_at, user_agent, ip) \
-                             VALUES ($1, $2, $3, $4, $5, $6)",
+                             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS ( \
+                                 SELECT 1 FROM users WHERE id = $2 AND is_active \
+                                 AND password_hash = $7 AND roles = $8)",
                         )
                         .bind(s.id)
                         .bind(s.user_id)
@@ -728,8 +745,13 @@ macro_rules! sql_store {
                         .bind(Timestamp(s.expires_at))
                         .bind(s.user_agent)
                         .bind(s.ip)
+                        .bind(s.password_hash)
+                        .bind(s.roles.to_column())
                         .execute(&mut *tx)
                         .await?;
+                        if opened.rows_affected() == 0 {
+                            return Ok(false);
+                        }
                         sql::insert_refresh_token(
                             &s.refresh_hash,
                             s.id,
@@ -739,7 +761,7 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                         tx.commit().await?;
-                        Ok(())
+                        Ok(true)
                     })
                     .await
                 }

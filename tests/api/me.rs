@@ -18,6 +18,7 @@ on_both_databases!(
     a_wrong_current_password_is_403_and_throttled_like_a_login,
     deleting_the_account_ends_everything_and_frees_its_names,
     the_last_admin_cannot_delete_itself,
+    no_login_racing_a_password_change_or_a_deletion_outlives_it,
 );
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
@@ -283,4 +284,61 @@ async fn the_last_admin_cannot_delete_itself(backend: Backend) {
         "last_admin"
     );
     assert_eq!(app.me_status(&access).await, StatusCode::OK);
+}
+
+async fn no_login_racing_a_password_change_or_a_deletion_outlives_it(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--login-free-failures", "1000")
+        .arg("--login-account-per-minute", "1000")
+        .arg("--login-per-minute", "1000")
+        .arg("--hash-workers", "2")
+        .spawn(backend)
+        .await;
+    app.create_user("hal").await;
+    let victim = app.tokens("hal").await;
+    // Logins with the old password in flight while the password changes.
+    let logins = futures::future::join_all((0..12).map(|_| app.login("hal", PASSWORD)));
+    let change = change_password(&app, &victim.access, PASSWORD);
+    let (logins, change) = tokio::join!(logins, change);
+    assert_eq!(change.status(), StatusCode::NO_CONTENT);
+    for res in logins {
+        assert!(
+            [StatusCode::OK, StatusCode::UNAUTHORIZED].contains(&res.status()),
+            "{}",
+            res.status()
+        );
+        if res.status() == StatusCode::OK {
+            let thief = Tokens::from(res.json::<Value>().await.unwrap());
+            app.assert_refused_within(&thief.access, Duration::from_secs(1))
+                .await;
+            assert_eq!(
+                app.refresh(&thief.refresh).await.status(),
+                StatusCode::UNAUTHORIZED
+            );
+        }
+    }
+    // Logins in flight while the account is deleted: refused, never a 500.
+    let logins = futures::future::join_all((0..12).map(|_| app.login("hal", NEW_PASSWORD)));
+    let body = json!({"current_password": NEW_PASSWORD});
+    let delete = send(
+        &app,
+        reqwest::Method::DELETE,
+        "/users/me",
+        &victim.access,
+        Some(body),
+    );
+    let (logins, delete) = tokio::join!(logins, delete);
+    assert_eq!(delete.status(), StatusCode::NO_CONTENT);
+    for res in logins {
+        assert!(
+            [StatusCode::OK, StatusCode::UNAUTHORIZED].contains(&res.status()),
+            "{}",
+            res.status()
+        );
+        if res.status() == StatusCode::OK {
+            let late = Tokens::from(res.json::<Value>().await.unwrap());
+            app.assert_refused_within(&late.access, Duration::from_secs(1))
+                .await;
+        }
+    }
 }

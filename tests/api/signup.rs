@@ -298,6 +298,8 @@ async fn look_alike_emails_are_refused_and_never_reach_another_account(backend: 
         "\"kate\"@example.com",    // the same mailbox, quoted
         "\"kate@example.com\"@evil.test",
         "kate@[127.0.0.1]",
+        "kate@127.0.0.1",
+        "kate@localhost",
     ] {
         let res = app
             .signup(json!({"email": look_alike, "password": PASSWORD}))
