@@ -78,6 +78,7 @@ on_both_databases!(
     the_last_active_admin_cannot_be_demoted_or_disabled,
     revoking_by_refresh_token_and_by_user_ends_sessions,
     the_first_signing_key_wins,
+    instances_starting_together_store_one_signing_key,
     purge_deletes_expired_sessions_and_tokens_only,
     a_used_token_outlives_the_purge_so_its_reuse_is_still_caught,
     a_users_live_sessions_are_listed_newest_first_and_end_one_by_one,
@@ -972,4 +973,26 @@ async fn a_hash_upgrade_never_undoes_a_password_change(backend: Backend) {
             .await
             .unwrap()
     );
+}
+
+async fn instances_starting_together_store_one_signing_key(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let url = db.url.parse::<DatabaseUrl>().unwrap();
+    let first = store::connect(&url).await.unwrap();
+    first.migrate().await.unwrap();
+    // Each "instance" has its own pools, as separate processes would.
+    let mut instances = vec![first];
+    for _ in 0..5 {
+        instances.push(store::connect(&url).await.unwrap());
+    }
+    let starts = instances.iter().enumerate().map(|(i, store)| async move {
+        store.insert_first_signing_key(&key(&format!("k{i}"))).await
+    });
+    let seen: Vec<_> = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|keys| keys.unwrap())
+        .collect();
+    assert_eq!(seen[0].len(), 1, "{seen:?}");
+    assert!(seen.iter().all(|keys| keys == &seen[0]), "{seen:?}");
 }

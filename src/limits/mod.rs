@@ -136,6 +136,11 @@ impl RateLimiter for InMemoryRateLimiter {
             if entry.count < free {
                 entry.blocked_until = None;
             }
+            // Nothing left to remember: attempts that were never checked
+            // must not leave entries behind (a flood of unknown names).
+            if entry.count == 0 {
+                map.remove(key);
+            }
         }
     }
 

@@ -51,6 +51,15 @@ impl Dialect for PgStore {
         writer.begin().await
     }
 
+    async fn lock_for_key_generation(tx: &mut Transaction<'static, Postgres>) -> sqlx::Result<()> {
+        // Under READ COMMITTED two inserts "if the table is empty" could both
+        // see it empty; a lock held to the commit makes them take turns.
+        sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     async fn lock_for_new_session(
         tx: &mut Transaction<'static, Postgres>,
         user_id: Uuid,

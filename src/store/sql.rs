@@ -283,6 +283,12 @@ pub(super) trait Dialect: Send + Sync + 'static {
         user_id: Uuid,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
+    /// Runs first in the transaction that stores the first signing key, so
+    /// that of two instances starting together only one stores a key.
+    fn lock_for_key_generation(
+        tx: &mut Transaction<'static, Self::Db>,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+
     /// [`SessionStore::rotate_refresh_token`](super::SessionStore::rotate_refresh_token).
     fn rotate(&self, refresh: Refresh) -> impl Future<Output = StoreResult<Rotation>> + Send;
 
@@ -908,16 +914,27 @@ macro_rules! sql_store {
                     key: &StoredKey,
                 ) -> StoreResult<Vec<StoredKey>> {
                     // Only if the table is empty: two instances starting together on one
-                    // database must end up with one key, not one each.
-                    sqlx::query(
-                        "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
-                         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
-                    )
-                    .bind(&key.kid)
-                    .bind(&key.algorithm)
-                    .bind(&key.secret)
-                    .bind(Timestamp(key.created_at))
-                    .execute(self.writer())
+                    // database must end up with one key, not one each. The lock makes
+                    // the second wait for the first's insert, and then see it.
+                    let writer = self.writer().clone();
+                    let key = key.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        Self::lock_for_key_generation(&mut tx).await?;
+                        sqlx::query(
+                            "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
+                             SELECT $1, $2, $3, $4 \
+                             WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+                        )
+                        .bind(&key.kid)
+                        .bind(&key.algorithm)
+                        .bind(&key.secret)
+                        .bind(Timestamp(key.created_at))
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
                     .await?;
                     self.signing_keys().await
                 }

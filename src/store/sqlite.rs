@@ -82,6 +82,11 @@ impl Dialect for SqliteStore {
         writer.begin_with(BEGIN_WRITE).await
     }
 
+    async fn lock_for_key_generation(_: &mut Transaction<'static, Sqlite>) -> sqlx::Result<()> {
+        // Nothing to lock: BEGIN IMMEDIATE serialises writers.
+        Ok(())
+    }
+
     async fn lock_for_new_session(
         _: &mut Transaction<'static, Sqlite>,
         _: Uuid,
