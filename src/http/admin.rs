@@ -13,13 +13,14 @@ use uuid::Uuid;
 
 use super::{
     AppState,
+    auth::parse_new_account,
     error::{AppError, AppResult, FieldError, Problem},
     extract::{Admin, ApiJson, PathId, RequireRole},
     users::{SessionList, UserResponse, session_list},
 };
 use crate::{
-    auth::accounts::{AccountChange, NewAccount, UserQuery},
-    domain::{Email, Password, Role, Roles, Username},
+    auth::accounts::{AccountChange, UserQuery},
+    domain::{Email, Role, Roles},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -199,41 +200,20 @@ async fn create_user(
     ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> AppResult<(StatusCode, Json<UserResponse>)> {
     let mut errors = Vec::new();
-    let username = req
-        .username
-        .as_deref()
-        .map(Username::parse)
-        .transpose()
-        .map_err(|e| errors.push(FieldError::new("username", e)))
-        .ok()
-        .flatten();
-    let email = req
-        .email
-        .as_deref()
-        .map(Email::parse)
-        .transpose()
-        .map_err(|e| errors.push(FieldError::new("email", e)))
-        .ok()
-        .flatten();
-    if req.username.is_none() && req.email.is_none() {
-        errors.push(FieldError::new("username", "username or email is required"));
-    }
-    let password = Password::parse(&req.password, username.as_ref(), email.as_ref())
-        .map_err(|e| errors.push(FieldError::new("password", e.to_string())))
-        .ok();
+    let account = parse_new_account(
+        &mut errors,
+        req.username.as_deref(),
+        req.email.as_deref(),
+        &req.password,
+    );
     let roles = match &req.roles {
         None => Some(Roles::new([Role::user()])),
         Some(names) => Roles::parse(names)
             .map_err(|e| errors.push(FieldError::new("roles", e)))
             .ok(),
     };
-    let (Some(password), Some(roles), true) = (password, roles, errors.is_empty()) else {
+    let (Some(account), Some(roles), true) = (account, roles, errors.is_empty()) else {
         return Err(AppError::Validation(errors));
-    };
-    let account = NewAccount {
-        username,
-        email,
-        password,
     };
     let user = state.services.accounts.create(account, roles).await?;
     Ok((StatusCode::CREATED, Json(user.into())))

@@ -61,29 +61,40 @@ async fn signup(
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> AppResult<(StatusCode, Json<UserResponse>)> {
     let mut errors = Vec::new();
-    let username = parse_field(
+    let account = parse_new_account(
         &mut errors,
-        "username",
         req.username.as_deref(),
-        Username::parse,
+        req.email.as_deref(),
+        &req.password,
     );
-    let email = parse_field(&mut errors, "email", req.email.as_deref(), Email::parse);
-    if req.username.is_none() && req.email.is_none() {
-        errors.push(FieldError::new("username", "username or email is required"));
-    }
-    let password = Password::parse(&req.password, username.as_ref(), email.as_ref())
-        .map_err(|e| errors.push(FieldError::new("password", e.to_string())))
-        .ok();
-    let Some(password) = password.filter(|_| errors.is_empty()) else {
+    let Some(account) = account.filter(|_| errors.is_empty()) else {
         return Err(AppError::Validation(errors));
-    };
-    let account = NewAccount {
-        username,
-        email,
-        password,
     };
     let user = state.services.accounts.signup(ip, account).await?;
     Ok((StatusCode::CREATED, Json(UserResponse::from(user))))
+}
+
+/// The fields of a new account, each checked, every error noted in `errors`:
+/// at least one of username and email, and a password that passes the policy.
+pub(super) fn parse_new_account(
+    errors: &mut Vec<FieldError>,
+    username: Option<&str>,
+    email: Option<&str>,
+    password: &str,
+) -> Option<NewAccount> {
+    let parsed_username = parse_field(errors, "username", username, Username::parse);
+    let parsed_email = parse_field(errors, "email", email, Email::parse);
+    if username.is_none() && email.is_none() {
+        errors.push(FieldError::new("username", "username or email is required"));
+    }
+    let password = Password::parse(password, parsed_username.as_ref(), parsed_email.as_ref())
+        .map_err(|e| errors.push(FieldError::new("password", e.to_string())))
+        .ok()?;
+    Some(NewAccount {
+        username: parsed_username,
+        email: parsed_email,
+        password,
+    })
 }
 
 fn parse_field<T>(
