@@ -199,14 +199,6 @@ impl SessionCache {
             }
         });
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -315,6 +307,6 @@ mod tests {
         c.prune(later, Duration::from_secs(30));
         assert_eq!(is_live(c.get(fresh, later)), Some(true));
         assert_eq!(is_live(c.get(dead, later)), Some(false));
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.entries.read().len(), 2);
     }
 }

@@ -75,12 +75,6 @@ pub struct Authenticated {
     pub user: Arc<LiveUser>,
 }
 
-impl Authenticated {
-    pub fn has_role(&self, role: &str) -> bool {
-        self.claims.roles.iter().any(|r| r == role)
-    }
-}
-
 #[derive(Clone)]
 pub struct Sessions {
     pub(super) store: Arc<dyn SessionStore>,

@@ -11,7 +11,7 @@ pub use email::Email;
 pub use password::{Password, PasswordError};
 pub use role::{Role, Roles};
 pub use user::User;
-pub use username::{Username, passes_for, skeleton};
+pub use username::{Username, passes_for};
 
 /// The key an identifier typed at login is looked up by, and under which
 /// usernames and emails are unique: ASCII letters lower-cased, nothing else
