@@ -17,5 +17,6 @@ pub mod crypto;
 pub mod domain;
 pub mod http;
 pub mod limits;
+pub mod mail;
 pub mod store;
 pub mod telemetry;
