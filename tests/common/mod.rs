@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::{path::PathBuf, time::Duration};
 
 use libtest_mimic::Trial;
