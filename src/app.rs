@@ -10,9 +10,12 @@ use crate::{
     auth::{
         Accounts, Services, Settings,
         accounts::{AccountPolicy, AdminOutcome, IfExists},
+        flows::FlowPolicy,
         keys::KeyRing,
+        letters::LetterPolicy,
         liveness::RECHECK_INTERVAL,
         login::LoginPolicy,
+        outbox::OutboxPolicy,
         sessions::SessionPolicy,
     },
     clock::{SharedClock, SystemClock},
@@ -20,7 +23,8 @@ use crate::{
     crypto::passwords::PasswordHasher,
     domain::{Email, Password},
     http::{self, AppState},
-    limits::{InMemoryRateLimiter, RateLimiter},
+    limits::{InMemoryRateLimiter, Quota, RateLimiter},
+    mail::Mailer,
     store::{self, Store},
 };
 
@@ -33,6 +37,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     purge_interval: Duration,
+    audit_retention: Duration,
 }
 
 impl Application {
@@ -59,6 +64,7 @@ impl Application {
                 trusted_proxies: config.trusted_proxies.clone().into(),
             },
             purge_interval: config.purge_interval,
+            audit_retention: config.audit_retention,
         })
     }
 
@@ -80,8 +86,13 @@ impl Application {
         let services = &self.state.services;
         let tasks = [
             tokio::spawn(recheck_sessions(services.clone())),
-            tokio::spawn(purge_expired(services.clone(), self.purge_interval)),
+            tokio::spawn(purge_expired(
+                services.clone(),
+                self.purge_interval,
+                self.audit_retention,
+            )),
             tokio::spawn(prune_memory(services.clone())),
+            tokio::spawn(services.outbox.clone().run()),
         ];
         tracing::info!(address = %self.local_addr(), "authgate listening");
         let app = http::router(self.state);
@@ -113,6 +124,8 @@ pub async fn build_services(
         config.hash_queue,
         config.hash_queue_per_client,
     )?;
+    const HOUR: Duration = Duration::from_secs(3600);
+    let mail = &config.mail;
     let settings = Settings {
         issuer: config.issuer.clone(),
         audience: config.audience.clone(),
@@ -127,15 +140,50 @@ pub async fn build_services(
             ip_free_failures: config.login_ip_free_failures,
             ip_per_minute: config.login_per_minute,
             account_per_minute: config.login_account_per_minute,
+            require_verified_email: mail.require_verified_email,
         },
         accounts: AccountPolicy {
             signup_per_minute: config.signup_per_minute,
+            require_verified_email: mail.require_verified_email,
             reserved_usernames: config.reserved_usernames.clone(),
         },
+        letters: LetterPolicy {
+            public_url: mail.public_url.clone(),
+            verify_email_ttl: mail.verify_email_ttl,
+            password_reset_ttl: mail.password_reset_ttl,
+            email_change_ttl: mail.email_change_ttl,
+            invitation_ttl: mail.verify_email_ttl,
+        },
+        flows: FlowPolicy {
+            per_recipient: Quota {
+                count: mail.mail_per_recipient_per_hour,
+                per: HOUR,
+            },
+            per_ip: Quota {
+                count: mail.mail_per_ip_per_hour,
+                per: HOUR,
+            },
+            links_per_ip: Quota::per_minute(30),
+        },
+        outbox: OutboxPolicy {
+            max_attempts: mail.mail_max_attempts,
+            first_retry: mail.mail_retry_after,
+        },
     };
+    let mailer = Mailer::new(
+        mail.smtp_url.as_ref().map(|url| url.expose()),
+        &mail.mail_from,
+        &mail.mail_outbox,
+    )?;
     let limiter = Arc::new(InMemoryRateLimiter::new()) as Arc<dyn RateLimiter>;
     Ok(Services::new(
-        &settings, &keys, store, hasher, limiter, clock,
+        &settings,
+        &keys,
+        store,
+        hasher,
+        limiter,
+        Some(mailer),
+        clock,
     ))
 }
 
@@ -183,8 +231,9 @@ async fn recheck_sessions(services: Services) {
     }
 }
 
-/// Deletes expired sessions and tokens.
-async fn purge_expired(services: Services, every: Duration) {
+/// Deletes expired sessions and tokens, and audit events and mail older
+/// than the retention.
+async fn purge_expired(services: Services, every: Duration, retention: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await; // the first tick is immediate
     loop {
@@ -192,6 +241,14 @@ async fn purge_expired(services: Services, every: Duration) {
         match services.sessions.purge_expired().await {
             Ok(n) => tracing::debug!(rows = n, "purged expired sessions and tokens"),
             Err(e) => tracing::warn!(error = %e, "purge failed"),
+        }
+        match services.audit.purge(retention).await {
+            Ok(n) => tracing::debug!(rows = n, "purged old audit events"),
+            Err(e) => tracing::warn!(error = %e, "audit purge failed"),
+        }
+        match services.outbox.purge(retention).await {
+            Ok(n) => tracing::debug!(rows = n, "purged old mail"),
+            Err(e) => tracing::warn!(error = %e, "mail purge failed"),
         }
     }
 }

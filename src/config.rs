@@ -177,6 +177,75 @@ pub struct Config {
     /// How often expired sessions and tokens are deleted.
     #[arg(long, env = "AUTHGATE_PURGE_INTERVAL", default_value = "10m", value_parser = duration_within("100ms", "1d"))]
     pub purge_interval: Duration,
+
+    /// Security events older than this are deleted from the audit log (and
+    /// sent or given-up mail from the outbox).
+    #[arg(long, env = "AUTHGATE_AUDIT_RETENTION", default_value = "90d", value_parser = duration_within("1d", "3650d"))]
+    pub audit_retention: Duration,
+
+    #[command(flatten)]
+    pub mail: MailArgs,
+}
+
+/// Mail, and the flows that go through a mailed link.
+#[derive(Debug, Clone, Args)]
+pub struct MailArgs {
+    /// Where the links in mail point: the address users reach authgate (or
+    /// the app that fronts it) at.
+    #[arg(long, env = "AUTHGATE_PUBLIC_URL", default_value = "http://127.0.0.1:8010", value_parser = parse_public_url)]
+    pub public_url: String,
+
+    /// SMTP server: `smtp://user:pass@host:587?tls=starttls`, `smtps://user:pass@host:465`,
+    /// or `smtp://host:25` without TLS or login. Unset: mail is written to
+    /// AUTHGATE_MAIL_OUTBOX instead.
+    #[arg(long, env = "AUTHGATE_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<Secret>,
+
+    /// The sender of every mail (`Name <address>`).
+    #[arg(long, env = "AUTHGATE_MAIL_FROM", default_value = "authgate <authgate@localhost>", value_parser = non_empty)]
+    pub mail_from: String,
+
+    /// Directory each mail is written to as an `.eml` file when no SMTP
+    /// server is set.
+    #[arg(long, env = "AUTHGATE_MAIL_OUTBOX", default_value = "./outbox")]
+    pub mail_outbox: std::path::PathBuf,
+
+    /// Attempts to send a mail before it is given up.
+    #[arg(long, env = "AUTHGATE_MAIL_MAX_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub mail_max_attempts: u32,
+
+    /// The wait before a failed mail's first retry; each later one doubles
+    /// (up to an hour).
+    #[arg(long, env = "AUTHGATE_MAIL_RETRY_AFTER", default_value = "30s", value_parser = duration_within("1s", "1h"))]
+    pub mail_retry_after: Duration,
+
+    /// Mails one address may receive per hour (links and notices).
+    #[arg(long, env = "AUTHGATE_MAIL_PER_RECIPIENT_PER_HOUR", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub mail_per_recipient_per_hour: u32,
+
+    /// Mails one client IP may cause per hour.
+    #[arg(long, env = "AUTHGATE_MAIL_PER_IP_PER_HOUR", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub mail_per_ip_per_hour: u32,
+
+    /// Users must verify their email address before they can log in.
+    #[arg(long, env = "AUTHGATE_REQUIRE_VERIFIED_EMAIL", default_value = "false",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_verified_email: bool,
+
+    /// How long an email verification link works.
+    #[arg(long, env = "AUTHGATE_VERIFY_EMAIL_TTL", default_value = "24h", value_parser = duration_within("1m", "30d"))]
+    pub verify_email_ttl: Duration,
+
+    /// How long a password reset link works.
+    #[arg(long, env = "AUTHGATE_PASSWORD_RESET_TTL", default_value = "30m", value_parser = duration_within("1m", "1d"))]
+    pub password_reset_ttl: Duration,
+
+    /// How long a link confirming a new email address works.
+    #[arg(long, env = "AUTHGATE_EMAIL_CHANGE_TTL", default_value = "1h", value_parser = duration_within("1m", "7d"))]
+    pub email_change_ttl: Duration,
 }
 
 impl Config {
@@ -206,6 +275,16 @@ impl Config {
                  OWASP argon2id setting (e.g. 19456 KiB × 2)"
                     .to_owned(),
             );
+        }
+        if self.mail.public_url.starts_with("http://")
+            && !self.mail.public_url.contains("://127.0.0.1")
+            && !self.mail.public_url.contains("://localhost")
+        {
+            warnings.push(format!(
+                "AUTHGATE_PUBLIC_URL {} is plain http: reset and verification links \
+                 would travel unencrypted",
+                self.mail.public_url
+            ));
         }
         for net in &self.trusted_proxies {
             if !is_private(net) {
@@ -265,6 +344,18 @@ fn duration_within(
 }
 
 /// A value that must not be empty.
+/// An http(s) URL without query or fragment, kept without a trailing `/`.
+fn parse_public_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err("must not carry a query, a fragment or credentials".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
 fn non_empty(raw: &str) -> Result<String, String> {
     if raw.trim().is_empty() {
         return Err("must not be empty".into());

@@ -177,7 +177,12 @@ fn create_admin_refuses_an_existing_user_unless_told_to_promote_them() {
     );
     assert!(second.status.success(), "{}", stderr(&second));
     runtime
-        .block_on(store.update_user(user.id, &demote, authgate::clock::now()))
+        .block_on(store.update_user(
+            user.id,
+            &demote,
+            authgate::clock::now(),
+            &Default::default(),
+        ))
         .unwrap();
 
     let promoted = admin(&["--promote"], None);

@@ -9,8 +9,8 @@ use authgate::{
     config::DatabaseUrl,
     domain::{Email, Role, Roles, Username},
     store::{
-        self, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError, StoredKey,
-        UserChanges, UserFilter,
+        self, AuditContext, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError,
+        StoredKey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
@@ -92,7 +92,10 @@ on_both_databases!(
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let created = store.create_user(&new_user("alice")).await.unwrap();
+    let created = store
+        .create_user(&new_user("alice"), &Default::default())
+        .await
+        .unwrap();
     assert_eq!(store.get_user(created.id).await.unwrap().unwrap(), created);
     let by_name = store.find_credentials("alice").await.unwrap().unwrap();
     assert_eq!(by_name.user, created);
@@ -112,18 +115,21 @@ async fn a_created_user_reads_back_identically_by_id_username_and_email(backend:
 
 async fn a_duplicate_username_or_email_is_a_conflict_naming_the_field(backend: Backend) {
     let (store, _db) = open(backend).await;
-    store.create_user(&new_user("bob")).await.unwrap();
+    store
+        .create_user(&new_user("bob"), &Default::default())
+        .await
+        .unwrap();
     let mut same_name = new_user("bob");
     same_name.username = Some(Username::parse("BOB").unwrap());
     same_name.email = Some(Email::parse("other@example.com").unwrap());
     assert!(matches!(
-        store.create_user(&same_name).await,
+        store.create_user(&same_name, &Default::default()).await,
         Err(StoreError::Conflict("username"))
     ));
     let mut same_email = new_user("bobby");
     same_email.email = Some(Email::parse("BOB@example.com").unwrap());
     assert!(matches!(
-        store.create_user(&same_email).await,
+        store.create_user(&same_email, &Default::default()).await,
         Err(StoreError::Conflict("email"))
     ));
 }
@@ -158,7 +164,7 @@ async fn users_are_listed_in_id_order_after_the_cursor(backend: Backend) {
     for i in 0..5 {
         ids.push(
             store
-                .create_user(&new_user(&format!("user{i}")))
+                .create_user(&new_user(&format!("user{i}")), &Default::default())
                 .await
                 .unwrap()
                 .id,
@@ -178,14 +184,26 @@ async fn users_are_listed_in_id_order_after_the_cursor(backend: Backend) {
 
 async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("dave")).await.unwrap();
+    let user = store
+        .create_user(&new_user("dave"), &Default::default())
+        .await
+        .unwrap();
     let session = session_for(user.id, 1, Duration::days(1));
-    store.create_session(&session).await.unwrap();
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
     let now = clock::now();
     assert!(store.session_user(session.id, now).await.unwrap().is_some());
 
     let first = store
-        .rotate_refresh_token(&[1; 32], &[2; 32], now + Duration::hours(1), now)
+        .rotate_refresh_token(
+            &[1; 32],
+            &[2; 32],
+            now + Duration::hours(1),
+            now,
+            &Default::default(),
+        )
         .await
         .unwrap();
     match first {
@@ -200,7 +218,13 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
         other => panic!("expected a rotation, got {other:?}"),
     }
     let again = store
-        .rotate_refresh_token(&[1; 32], &[3; 32], now + Duration::hours(1), now)
+        .rotate_refresh_token(
+            &[1; 32],
+            &[3; 32],
+            now + Duration::hours(1),
+            now,
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -212,7 +236,13 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
     );
     assert!(store.session_user(session.id, now).await.unwrap().is_none());
     let next = store
-        .rotate_refresh_token(&[2; 32], &[4; 32], now + Duration::hours(1), now)
+        .rotate_refresh_token(
+            &[2; 32],
+            &[4; 32],
+            now + Duration::hours(1),
+            now,
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -221,7 +251,13 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
         "the rotated token died with its session"
     );
     let unknown = store
-        .rotate_refresh_token(&[9; 32], &[5; 32], now + Duration::hours(1), now)
+        .rotate_refresh_token(
+            &[9; 32],
+            &[5; 32],
+            now + Duration::hours(1),
+            now,
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(unknown, Rotation::Invalid);
@@ -229,12 +265,24 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend:
 
 async fn a_rotation_never_outlives_the_session(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("erin")).await.unwrap();
+    let user = store
+        .create_user(&new_user("erin"), &Default::default())
+        .await
+        .unwrap();
     let session = session_for(user.id, 1, Duration::minutes(5));
-    store.create_session(&session).await.unwrap();
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
     let now = clock::now();
     let rotated = store
-        .rotate_refresh_token(&[1; 32], &[2; 32], now + Duration::days(7), now)
+        .rotate_refresh_token(
+            &[1; 32],
+            &[2; 32],
+            now + Duration::days(7),
+            now,
+            &Default::default(),
+        )
         .await
         .unwrap();
     let Rotation::Rotated {
@@ -252,6 +300,7 @@ async fn a_rotation_never_outlives_the_session(backend: Backend) {
             &[3; 32],
             after_the_session + Duration::days(7),
             after_the_session,
+            &Default::default(),
         )
         .await
         .unwrap();
@@ -260,12 +309,24 @@ async fn a_rotation_never_outlives_the_session(backend: Backend) {
 
 async fn an_expired_refresh_token_does_not_rotate(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("frank")).await.unwrap();
+    let user = store
+        .create_user(&new_user("frank"), &Default::default())
+        .await
+        .unwrap();
     let session = session_for(user.id, 1, Duration::minutes(5));
-    store.create_session(&session).await.unwrap();
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
     let later = clock::now() + Duration::minutes(6);
     let result = store
-        .rotate_refresh_token(&[1; 32], &[2; 32], later + Duration::days(7), later)
+        .rotate_refresh_token(
+            &[1; 32],
+            &[2; 32],
+            later + Duration::days(7),
+            later,
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(result, Rotation::Invalid);
@@ -280,9 +341,15 @@ async fn an_expired_refresh_token_does_not_rotate(backend: Backend) {
 
 async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("gina")).await.unwrap();
+    let user = store
+        .create_user(&new_user("gina"), &Default::default())
+        .await
+        .unwrap();
     let session = session_for(user.id, 1, Duration::days(1));
-    store.create_session(&session).await.unwrap();
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
     let changes = UserChanges {
         is_active: Some(false),
         roles: Some(Roles::new([Role::user(), Role::admin()])),
@@ -290,7 +357,7 @@ async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend
         ..Default::default()
     };
     let updated = store
-        .update_user(user.id, &changes, clock::now())
+        .update_user(user.id, &changes, clock::now(), &Default::default())
         .await
         .unwrap()
         .unwrap();
@@ -306,7 +373,7 @@ async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend
     );
     assert!(
         store
-            .update_user(Uuid::now_v7(), &changes, clock::now())
+            .update_user(Uuid::now_v7(), &changes, clock::now(), &Default::default())
             .await
             .unwrap()
             .is_none()
@@ -315,9 +382,15 @@ async fn updating_a_user_ends_their_sessions_in_the_same_change(backend: Backend
 
 async fn an_update_that_changes_nothing_ends_no_session(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("hugo")).await.unwrap();
+    let user = store
+        .create_user(&new_user("hugo"), &Default::default())
+        .await
+        .unwrap();
     let session = session_for(user.id, 1, Duration::days(1));
-    store.create_session(&session).await.unwrap();
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
     for changes in [
         UserChanges::default(),
         UserChanges {
@@ -328,7 +401,7 @@ async fn an_update_that_changes_nothing_ends_no_session(backend: Backend) {
         },
     ] {
         let updated = store
-            .update_user(user.id, &changes, clock::now())
+            .update_user(user.id, &changes, clock::now(), &Default::default())
             .await
             .unwrap()
             .unwrap();
@@ -350,8 +423,14 @@ async fn the_last_active_admin_cannot_be_demoted_or_disabled(backend: Backend) {
     first.roles = Roles::new([Role::user(), Role::admin()]);
     let mut second = new_user("root2");
     second.roles = first.roles.clone();
-    let first = store.create_user(&first).await.unwrap();
-    let second = store.create_user(&second).await.unwrap();
+    let first = store
+        .create_user(&first, &Default::default())
+        .await
+        .unwrap();
+    let second = store
+        .create_user(&second, &Default::default())
+        .await
+        .unwrap();
     let demote = UserChanges {
         is_active: None,
         roles: Some(Roles::new([Role::user()])),
@@ -365,9 +444,10 @@ async fn the_last_active_admin_cannot_be_demoted_or_disabled(backend: Backend) {
         ..Default::default()
     };
     // Two admins demoting each other at once: one of the changes must fail.
+    let by = AuditContext::default();
     let (a, b) = tokio::join!(
-        store.update_user(first.id, &demote, clock::now()),
-        store.update_user(second.id, &demote, clock::now()),
+        store.update_user(first.id, &demote, clock::now(), &by),
+        store.update_user(second.id, &demote, clock::now(), &by),
     );
     let refused = [&a, &b]
         .iter()
@@ -376,7 +456,9 @@ async fn the_last_active_admin_cannot_be_demoted_or_disabled(backend: Backend) {
     assert_eq!(refused, 1, "{a:?} {b:?}");
     let last = if a.is_ok() { second.id } else { first.id };
     assert!(matches!(
-        store.update_user(last, &disable, clock::now()).await,
+        store
+            .update_user(last, &disable, clock::now(), &Default::default())
+            .await,
         Err(StoreError::LastAdmin)
     ));
     let admin = store.get_user(last).await.unwrap().unwrap();
@@ -385,24 +467,27 @@ async fn the_last_active_admin_cannot_be_demoted_or_disabled(backend: Backend) {
 
 async fn revoking_by_refresh_token_and_by_user_ends_sessions(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("hank")).await.unwrap();
+    let user = store
+        .create_user(&new_user("hank"), &Default::default())
+        .await
+        .unwrap();
     let a = session_for(user.id, 1, Duration::days(1));
     let b = session_for(user.id, 2, Duration::days(1));
     let c = session_for(user.id, 3, Duration::days(1));
     for s in [&a, &b, &c] {
-        store.create_session(s).await.unwrap();
+        store.create_session(s, &Default::default()).await.unwrap();
     }
     let now = clock::now();
     assert_eq!(
         store
-            .revoke_session_by_refresh(&[1; 32], now)
+            .revoke_session_by_refresh(&[1; 32], now, &Default::default())
             .await
             .unwrap(),
         Some(a.id)
     );
     assert_eq!(
         store
-            .revoke_session_by_refresh(&[1; 32], now)
+            .revoke_session_by_refresh(&[1; 32], now, &Default::default())
             .await
             .unwrap(),
         None,
@@ -412,7 +497,13 @@ async fn revoking_by_refresh_token_and_by_user_ends_sessions(backend: Backend) {
     assert!(store.session_user(b.id, now).await.unwrap().is_some());
     assert_eq!(
         store
-            .revoke_user_sessions(user.id, None, RevokeReason::LogoutAll, now)
+            .revoke_user_sessions(
+                user.id,
+                None,
+                RevokeReason::LogoutAll,
+                now,
+                &Default::default()
+            )
             .await
             .unwrap(),
         2
@@ -444,11 +535,20 @@ async fn the_first_signing_key_wins(backend: Backend) {
 
 async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("ivan")).await.unwrap();
+    let user = store
+        .create_user(&new_user("ivan"), &Default::default())
+        .await
+        .unwrap();
     let short = session_for(user.id, 1, Duration::minutes(1));
     let long = session_for(user.id, 2, Duration::days(1));
-    store.create_session(&short).await.unwrap();
-    store.create_session(&long).await.unwrap();
+    store
+        .create_session(&short, &Default::default())
+        .await
+        .unwrap();
+    store
+        .create_session(&long, &Default::default())
+        .await
+        .unwrap();
     let later = clock::now() + Duration::minutes(2);
     let purged = store
         .purge(later, later - Duration::hours(1))
@@ -457,7 +557,13 @@ async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
     assert_eq!(purged, 2, "one refresh token and one session");
     assert!(store.session_user(long.id, later).await.unwrap().is_some());
     let rotated = store
-        .rotate_refresh_token(&[2; 32], &[3; 32], later + Duration::hours(1), later)
+        .rotate_refresh_token(
+            &[2; 32],
+            &[3; 32],
+            later + Duration::hours(1),
+            later,
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert!(matches!(rotated, Rotation::Rotated { .. }));
@@ -465,24 +571,30 @@ async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
 
 async fn a_used_token_outlives_the_purge_so_its_reuse_is_still_caught(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("iris")).await.unwrap();
+    let user = store
+        .create_user(&new_user("iris"), &Default::default())
+        .await
+        .unwrap();
     let session = session_for(user.id, 1, Duration::days(1));
-    store.create_session(&session).await.unwrap();
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
     let now = clock::now();
     let hour = Duration::hours(1);
     store
-        .rotate_refresh_token(&[1; 32], &[2; 32], now + hour, now)
+        .rotate_refresh_token(&[1; 32], &[2; 32], now + hour, now, &Default::default())
         .await
         .unwrap();
     let later = now + hour * 3;
     store
-        .rotate_refresh_token(&[2; 32], &[3; 32], later + hour, later)
+        .rotate_refresh_token(&[2; 32], &[3; 32], later + hour, later, &Default::default())
         .await
         .unwrap();
     // Tokens 1 and 2 are used and past their own expiry; the purge keeps them.
     store.purge(later, later - hour).await.unwrap();
     let replayed = store
-        .rotate_refresh_token(&[1; 32], &[4; 32], later + hour, later)
+        .rotate_refresh_token(&[1; 32], &[4; 32], later + hour, later, &Default::default())
         .await
         .unwrap();
     assert_eq!(
@@ -498,14 +610,18 @@ async fn a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connecti
     backend: Backend,
 ) {
     let (store, db) = open(backend).await;
-    let user = store.create_user(&new_user("judy")).await.unwrap();
+    let user = store
+        .create_user(&new_user("judy"), &Default::default())
+        .await
+        .unwrap();
     let sessions: Vec<_> = (0..40u8)
         .map(|i| session_for(user.id, i, Duration::days(1)))
         .collect();
     // Callers that give up at every point of the transaction (a client hanging up).
     for (i, session) in sessions.iter().enumerate() {
         let patience = std::time::Duration::from_micros(25 * i as u64);
-        let _ = tokio::time::timeout(patience, store.create_session(session)).await;
+        let _ = tokio::time::timeout(patience, store.create_session(session, &Default::default()))
+            .await;
     }
     // A second pool sees only what was committed; the abandoned changes
     // finish on their own, however loaded the machine (within reason).
@@ -531,7 +647,7 @@ async fn a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connecti
     // Statements on the first pool's connections commit: none was left inside a transaction.
     for (i, session) in sessions.iter().enumerate() {
         let revoked = store
-            .revoke_session_by_refresh(&[i as u8; 32], now)
+            .revoke_session_by_refresh(&[i as u8; 32], now, &Default::default())
             .await
             .unwrap();
         assert_eq!(revoked, Some(session.id));
@@ -547,8 +663,14 @@ async fn a_change_whose_caller_gives_up_still_finishes_and_leaves_clean_connecti
 
 async fn live_sessions_answers_for_many_sessions_in_one_call(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let alice = store.create_user(&new_user("kim")).await.unwrap();
-    let bob = store.create_user(&new_user("lee")).await.unwrap();
+    let alice = store
+        .create_user(&new_user("kim"), &Default::default())
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&new_user("lee"), &Default::default())
+        .await
+        .unwrap();
     let sessions: Vec<_> = (0..6u8)
         .map(|i| {
             session_for(
@@ -559,11 +681,11 @@ async fn live_sessions_answers_for_many_sessions_in_one_call(backend: Backend) {
         })
         .collect();
     for s in &sessions {
-        store.create_session(s).await.unwrap();
+        store.create_session(s, &Default::default()).await.unwrap();
     }
     let now = clock::now();
     store
-        .revoke_session_by_refresh(&[0; 32], now)
+        .revoke_session_by_refresh(&[0; 32], now, &Default::default())
         .await
         .unwrap();
     let changes = UserChanges {
@@ -572,7 +694,10 @@ async fn live_sessions_answers_for_many_sessions_in_one_call(backend: Backend) {
         email_verified: None,
         ..Default::default()
     };
-    store.update_user(bob.id, &changes, now).await.unwrap();
+    store
+        .update_user(bob.id, &changes, now, &Default::default())
+        .await
+        .unwrap();
 
     let mut ids: Vec<Uuid> = sessions.iter().map(|s| s.id).collect();
     ids.push(Uuid::now_v7()); // unknown
@@ -644,7 +769,7 @@ async fn timestamps_round_trip_to_the_millisecond_in_the_stored_form(backend: Ba
     let session_end = time::macros::datetime!(2100-01-01 00:00:00.001 UTC);
     let mut user = new_user("mila");
     user.created_at = created_at;
-    store.create_user(&user).await.unwrap();
+    store.create_user(&user, &Default::default()).await.unwrap();
     assert_eq!(
         store.get_user(user.id).await.unwrap().unwrap().created_at,
         created_at
@@ -655,9 +780,18 @@ async fn timestamps_round_trip_to_the_millisecond_in_the_stored_form(backend: Ba
     assert_eq!(keys[0].created_at, created_at);
     let mut session = session_for(user.id, 1, Duration::days(1));
     session.expires_at = session_end;
-    store.create_session(&session).await.unwrap();
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
     let rotated = store
-        .rotate_refresh_token(&[1; 32], &[2; 32], session_end, clock::now())
+        .rotate_refresh_token(
+            &[1; 32],
+            &[2; 32],
+            session_end,
+            clock::now(),
+            &Default::default(),
+        )
         .await
         .unwrap();
     match rotated {
@@ -760,6 +894,7 @@ async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backen
             &[8; 32],
             clock::now() + Duration::hours(1),
             clock::now(),
+            &Default::default(),
         )
         .await
         .unwrap();
@@ -785,14 +920,20 @@ async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backen
 
 async fn a_users_live_sessions_are_listed_newest_first_and_end_one_by_one(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let alice = store.create_user(&new_user("liv")).await.unwrap();
-    let bob = store.create_user(&new_user("lou")).await.unwrap();
+    let alice = store
+        .create_user(&new_user("liv"), &Default::default())
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&new_user("lou"), &Default::default())
+        .await
+        .unwrap();
     let older = session_for(alice.id, 1, Duration::days(1));
     let mut newer = session_for(alice.id, 2, Duration::days(1));
     newer.created_at = older.created_at + Duration::seconds(1);
     let bobs = session_for(bob.id, 3, Duration::days(1));
     for s in [&older, &newer, &bobs] {
-        store.create_session(s).await.unwrap();
+        store.create_session(s, &Default::default()).await.unwrap();
     }
     let now = clock::now();
     let listed = store.list_sessions(alice.id, now).await.unwrap();
@@ -803,14 +944,26 @@ async fn a_users_live_sessions_are_listed_newest_first_and_end_one_by_one(backen
     assert_eq!(listed[0].last_used_at, None);
     // Another user's session cannot be ended through this user.
     let ended = store
-        .revoke_session(alice.id, bobs.id, RevokeReason::EndedByUser, now)
+        .revoke_session(
+            alice.id,
+            bobs.id,
+            RevokeReason::EndedByUser,
+            now,
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert!(!ended);
     assert!(store.session_user(bobs.id, now).await.unwrap().is_some());
     assert!(
         store
-            .revoke_session(alice.id, older.id, RevokeReason::EndedByUser, now)
+            .revoke_session(
+                alice.id,
+                older.id,
+                RevokeReason::EndedByUser,
+                now,
+                &Default::default()
+            )
             .await
             .unwrap()
     );
@@ -824,7 +977,13 @@ async fn a_users_live_sessions_are_listed_newest_first_and_end_one_by_one(backen
     assert_eq!(ids, [newer.id]);
     // A refresh marks the session as used.
     store
-        .rotate_refresh_token(&[2; 32], &[9; 32], now + Duration::hours(1), now)
+        .rotate_refresh_token(
+            &[2; 32],
+            &[9; 32],
+            now + Duration::hours(1),
+            now,
+            &Default::default(),
+        )
         .await
         .unwrap();
     let listed = store.list_sessions(alice.id, now).await.unwrap();
@@ -833,15 +992,30 @@ async fn a_users_live_sessions_are_listed_newest_first_and_end_one_by_one(backen
 
 async fn a_password_change_ends_every_session_but_the_one_kept(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("pat")).await.unwrap();
+    let user = store
+        .create_user(&new_user("pat"), &Default::default())
+        .await
+        .unwrap();
     let kept = session_for(user.id, 1, Duration::days(1));
     let other = session_for(user.id, 2, Duration::days(1));
-    store.create_session(&kept).await.unwrap();
-    store.create_session(&other).await.unwrap();
+    store
+        .create_session(&kept, &Default::default())
+        .await
+        .unwrap();
+    store
+        .create_session(&other, &Default::default())
+        .await
+        .unwrap();
     let now = clock::now();
     assert!(
         store
-            .change_password(user.id, "$argon2id$new", Some(kept.id), now)
+            .change_password(
+                user.id,
+                "$argon2id$new",
+                Some(kept.id),
+                now,
+                &Default::default()
+            )
             .await
             .unwrap()
     );
@@ -851,7 +1025,13 @@ async fn a_password_change_ends_every_session_but_the_one_kept(backend: Backend)
     assert_eq!(creds.password_hash, "$argon2id$new");
     assert!(
         !store
-            .change_password(Uuid::now_v7(), "$argon2id$x", None, now)
+            .change_password(
+                Uuid::now_v7(),
+                "$argon2id$x",
+                None,
+                now,
+                &Default::default()
+            )
             .await
             .unwrap()
     );
@@ -859,10 +1039,21 @@ async fn a_password_change_ends_every_session_but_the_one_kept(backend: Backend)
 
 async fn deleting_a_user_removes_its_sessions_but_never_the_last_admin(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("del")).await.unwrap();
+    let user = store
+        .create_user(&new_user("del"), &Default::default())
+        .await
+        .unwrap();
     let session = session_for(user.id, 1, Duration::days(1));
-    store.create_session(&session).await.unwrap();
-    assert!(store.delete_user(user.id).await.unwrap());
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .delete_user(user.id, &Default::default())
+            .await
+            .unwrap()
+    );
     assert!(store.get_user(user.id).await.unwrap().is_none());
     assert!(
         store
@@ -871,15 +1062,27 @@ async fn deleting_a_user_removes_its_sessions_but_never_the_last_admin(backend: 
             .unwrap()
             .is_none()
     );
-    assert!(!store.delete_user(user.id).await.unwrap(), "already gone");
+    assert!(
+        !store
+            .delete_user(user.id, &Default::default())
+            .await
+            .unwrap(),
+        "already gone"
+    );
     // Its names are free again.
-    store.create_user(&new_user("del")).await.unwrap();
+    store
+        .create_user(&new_user("del"), &Default::default())
+        .await
+        .unwrap();
 
     let mut admin = new_user("boss");
     admin.roles = Roles::new([Role::user(), Role::admin()]);
-    let admin = store.create_user(&admin).await.unwrap();
+    let admin = store
+        .create_user(&admin, &Default::default())
+        .await
+        .unwrap();
     assert!(matches!(
-        store.delete_user(admin.id).await,
+        store.delete_user(admin.id, &Default::default()).await,
         Err(StoreError::LastAdmin)
     ));
     assert!(store.get_user(admin.id).await.unwrap().is_some());
@@ -887,14 +1090,17 @@ async fn deleting_a_user_removes_its_sessions_but_never_the_last_admin(backend: 
 
 async fn an_added_role_joins_the_roles_the_user_has_at_the_change(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("ada")).await.unwrap();
+    let user = store
+        .create_user(&new_user("ada"), &Default::default())
+        .await
+        .unwrap();
     let staff = Role::parse("staff").unwrap();
     let set = UserChanges {
         roles: Some(Roles::new([Role::user(), staff.clone()])),
         ..Default::default()
     };
     store
-        .update_user(user.id, &set, clock::now())
+        .update_user(user.id, &set, clock::now(), &Default::default())
         .await
         .unwrap();
     let promote = UserChanges {
@@ -902,7 +1108,7 @@ async fn an_added_role_joins_the_roles_the_user_has_at_the_change(backend: Backe
         ..Default::default()
     };
     let updated = store
-        .update_user(user.id, &promote, clock::now())
+        .update_user(user.id, &promote, clock::now(), &Default::default())
         .await
         .unwrap()
         .unwrap();
@@ -915,7 +1121,10 @@ async fn an_added_role_joins_the_roles_the_user_has_at_the_change(backend: Backe
 
 async fn a_session_opens_only_while_the_credentials_it_was_checked_with_hold(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("otto")).await.unwrap();
+    let user = store
+        .create_user(&new_user("otto"), &Default::default())
+        .await
+        .unwrap();
     let stale_hash = NewSession {
         password_hash: "$argon2id$other".into(),
         ..session_for(user.id, 1, Duration::days(1))
@@ -925,7 +1134,12 @@ async fn a_session_opens_only_while_the_credentials_it_was_checked_with_hold(bac
         ..session_for(user.id, 2, Duration::days(1))
     };
     for session in [&stale_hash, &stale_roles] {
-        assert!(!store.create_session(session).await.unwrap());
+        assert!(
+            !store
+                .create_session(session, &Default::default())
+                .await
+                .unwrap()
+        );
         assert!(
             store
                 .session_user(session.id, clock::now())
@@ -935,18 +1149,26 @@ async fn a_session_opens_only_while_the_credentials_it_was_checked_with_hold(bac
         );
     }
     let fresh = session_for(user.id, 3, Duration::days(1));
-    assert!(store.create_session(&fresh).await.unwrap());
+    assert!(
+        store
+            .create_session(&fresh, &Default::default())
+            .await
+            .unwrap()
+    );
     let disable = UserChanges {
         is_active: Some(false),
         ..Default::default()
     };
     store
-        .update_user(user.id, &disable, clock::now())
+        .update_user(user.id, &disable, clock::now(), &Default::default())
         .await
         .unwrap();
     assert!(
         !store
-            .create_session(&session_for(user.id, 4, Duration::days(1)))
+            .create_session(
+                &session_for(user.id, 4, Duration::days(1)),
+                &Default::default()
+            )
             .await
             .unwrap()
     );
@@ -954,10 +1176,13 @@ async fn a_session_opens_only_while_the_credentials_it_was_checked_with_hold(bac
 
 async fn a_hash_upgrade_never_undoes_a_password_change(backend: Backend) {
     let (store, _db) = open(backend).await;
-    let user = store.create_user(&new_user("pia")).await.unwrap();
+    let user = store
+        .create_user(&new_user("pia"), &Default::default())
+        .await
+        .unwrap();
     let now = clock::now();
     store
-        .change_password(user.id, "$argon2id$changed", None, now)
+        .change_password(user.id, "$argon2id$changed", None, now, &Default::default())
         .await
         .unwrap();
     let upgraded = store

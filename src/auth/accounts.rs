@@ -1,23 +1,32 @@
 //! Accounts: signup, admin accounts, and what admins do to users.
 
-use std::{net::IpAddr, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context;
 use secrecy::SecretString;
 use uuid::Uuid;
 
 use super::{
+    Client,
+    audit::Audit,
     error::{AuthError, AuthResult},
+    flows::FlowPolicy,
+    letters::Letters,
     liveness::SessionCache,
     login::PasswordCheck,
     sessions::Authenticated,
 };
 use crate::{
     clock::SharedClock,
-    crypto::passwords::{Client, NO_CLIENT, PasswordHasher},
+    crypto::{
+        passwords::{self, NO_CLIENT, PasswordHasher},
+        refresh,
+    },
     domain::{Email, Password, Role, Roles, User, Username, login_key, passes_for},
     limits::{RateLimiter, client_bucket},
-    store::{NewUser, UserChanges, UserFilter, UserStore},
+    store::{
+        AuditContext, AuditKind, Effects, FlowStore, NewUser, UserChanges, UserFilter, UserStore,
+    },
 };
 
 /// A parsed signup: at least one of username and email.
@@ -73,11 +82,32 @@ pub enum AdminOutcome {
     Kept(User),
 }
 
+/// A user's change to their own account; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChange {
+    pub username: Option<Username>,
+    /// Changes only once the link mailed to the new address is used.
+    pub email: Option<Email>,
+}
+
+/// What [`Accounts::update_profile`] did.
+#[derive(Debug, Clone)]
+pub struct ProfileUpdate {
+    pub user: User,
+    /// A link to confirm a new address was mailed to it.
+    pub email_change_requested: bool,
+}
+
 #[derive(Clone)]
 pub struct Accounts {
     pub(super) users: Arc<dyn UserStore>,
+    /// Where changes with no other home (a mailed link) are written.
+    pub(super) effects: Arc<dyn FlowStore>,
     pub(super) hasher: PasswordHasher,
     pub(super) limiter: Arc<dyn RateLimiter>,
+    pub(super) audit: Audit,
+    pub(super) letters: Letters,
+    pub(super) mail_quota: FlowPolicy,
     pub(super) clock: SharedClock,
     /// This instance's session answers, to forget a changed user's at once.
     pub(super) liveness: Arc<SessionCache>,
@@ -90,6 +120,9 @@ pub struct Accounts {
 #[derive(Debug, Clone, Default)]
 pub struct AccountPolicy {
     pub signup_per_minute: u32,
+    /// Accounts must verify their email before they can log in, so every
+    /// signup needs one.
+    pub require_verified_email: bool,
     /// Names nobody may sign up with (compared by [`Username::skeleton`]).
     pub reserved_usernames: Vec<String>,
 }
@@ -103,44 +136,87 @@ impl AccountPolicy {
 }
 
 impl Accounts {
-    /// Creates an account with the `user` role. A username that would pass
-    /// for the service (`admin`, `support`, …) is refused.
-    #[tracing::instrument(skip_all, fields(%ip))]
-    pub async fn signup(&self, ip: IpAddr, account: NewAccount) -> AuthResult<User> {
-        let ip = client_bucket(ip);
-        self.limiter
+    /// Creates an account with the `user` role, and mails a verification
+    /// link to its address. A username that would pass for the service
+    /// (`admin`, `support`, …) is refused.
+    #[tracing::instrument(skip_all, fields(ip = %client.ip))]
+    pub async fn signup(&self, client: &Client, account: NewAccount) -> AuthResult<User> {
+        let ip = client_bucket(client.ip);
+        let taken = self
+            .limiter
             .take(
                 &format!("signup:{ip}"),
                 self.policy.signup_per_minute,
                 self.clock.instant(),
             )
-            .map_err(AuthError::Throttled)?;
+            .map_err(AuthError::Throttled);
+        self.audit
+            .note_throttling(client, "signup", None, taken)
+            .await?;
         if let Some(name) = &account.username
             && self.policy.is_reserved(name)
         {
             return Err(AuthError::ReservedUsername);
         }
-        let user = self.insert(ip, account, Roles::new([Role::user()])).await?;
+        if self.policy.require_verified_email && account.email.is_none() {
+            return Err(AuthError::Invalid {
+                field: "email",
+                message: "is required: accounts must verify their email address".into(),
+            });
+        }
+        let id = Uuid::now_v7();
+        let mut effects = Effects::audit(
+            self.audit
+                .event(client, Some(id), AuditKind::Signup)
+                .user(id),
+        );
+        if let Some(email) = &account.email {
+            self.letters
+                .verification(&mut effects, id, email, self.clock.now());
+        }
+        let password_hash = self.hash(ip, account.password.expose()).await?;
+        let user = self
+            .insert(
+                id,
+                account.username,
+                account.email,
+                password_hash,
+                Roles::new([Role::user()]),
+                &effects,
+            )
+            .await?;
         tracing::info!(user_id = %user.id, "account created");
         Ok(user)
     }
 
-    async fn insert(&self, client: Client, account: NewAccount, roles: Roles) -> AuthResult<User> {
-        let password_hash = self
+    async fn hash(&self, client: passwords::Client, password: &str) -> AuthResult<String> {
+        Ok(self
             .hasher
-            .hash(client, SecretString::from(account.password.expose()))
-            .await?;
-        let user = self
-            .users
-            .create_user(&NewUser {
-                id: Uuid::now_v7(),
-                username: account.username,
-                email: account.email,
-                password_hash,
-                roles,
-                created_at: self.clock.now(),
-            })
-            .await?;
+            .hash(client, SecretString::from(password.to_owned()))
+            .await?)
+    }
+
+    async fn insert(
+        &self,
+        id: Uuid,
+        username: Option<Username>,
+        email: Option<Email>,
+        password_hash: String,
+        roles: Roles,
+        effects: &Effects,
+    ) -> AuthResult<User> {
+        let new = NewUser {
+            id,
+            username,
+            email,
+            password_hash,
+            roles,
+            created_at: self.clock.now(),
+        };
+        let user = self.users.create_user(&new, effects).await?;
+        if !effects.mail.is_empty() {
+            self.letters.wake();
+        }
         Ok(user)
     }
 
@@ -157,16 +233,24 @@ impl Accounts {
         if let Some(existing) = self.users.find_credentials(&email.normalized()).await? {
             return self.existing_admin(existing.user, if_exists).await;
         }
-        let account = NewAccount {
-            username,
-            email: Some(email.clone()),
-            password: password()?,
-        };
+        let password = password()?;
+        let id = Uuid::now_v7();
+        let effects = Effects::audit(
+            AuditContext::default()
+                .record(AuditKind::UserCreated, self.clock.now())
+                .user(id)
+                .detail("admin account"),
+        );
+        let password_hash = self.hash(NO_CLIENT, password.expose()).await?;
+        let roles = Roles::new([Role::admin(), Role::user()]);
         match self
             .insert(
-                NO_CLIENT,
-                account,
-                Roles::new([Role::admin(), Role::user()]),
+                id,
+                username,
+                Some(email.clone()),
+                password_hash,
+                roles,
+                &effects,
             )
             .await
         {
@@ -210,7 +294,12 @@ impl Accounts {
                 };
                 let user = self
                     .users
-                    .update_user(user.id, &changes, self.clock.now())
+                    .update_user(
+                        user.id,
+                        &changes,
+                        self.clock.now(),
+                        &AuditContext::default(),
+                    )
                     .await?
                     .ok_or(AuthError::NotFound)?;
                 if user.sessions_ended {
@@ -228,18 +317,27 @@ impl Accounts {
     pub async fn change_password(
         &self,
         who: &Authenticated,
-        client: IpAddr,
+        client: &Client,
         current: &str,
         new: Password,
     ) -> AuthResult<()> {
         self.check.confirm(client, who.user_id, current).await?;
-        let hash = self
-            .hasher
-            .hash(client_bucket(client), SecretString::from(new.expose()))
-            .await?;
+        let hash = self.hash(client_bucket(client.ip), new.expose()).await?;
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(who.user_id), AuditKind::PasswordChanged)
+                .user(who.user_id)
+                .session(who.session_id),
+        );
         let changed = self
             .users
-            .change_password(who.user_id, &hash, Some(who.session_id), self.clock.now())
+            .change_password(
+                who.user_id,
+                &hash,
+                Some(who.session_id),
+                self.clock.now(),
+                &effects,
+            )
             .await?;
         if !changed {
             return Err(AuthError::NotFound);
@@ -256,11 +354,17 @@ impl Accounts {
     pub async fn delete_self(
         &self,
         who: &Authenticated,
-        client: IpAddr,
+        client: &Client,
         current: &str,
     ) -> AuthResult<()> {
         self.check.confirm(client, who.user_id, current).await?;
-        if !self.users.delete_user(who.user_id).await? {
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(who.user_id), AuditKind::UserDeleted)
+                .user(who.user_id)
+                .detail("by the user"),
+        );
+        if !self.users.delete_user(who.user_id, &effects).await? {
             return Err(AuthError::NotFound);
         }
         self.liveness.revoke_user(who.user_id);
@@ -300,7 +404,13 @@ impl Accounts {
     /// verified. A change of roles or of the active flag ends the user's
     /// sessions, so no token outlives a disabled account or carries stale
     /// roles; a change to nothing ends nothing.
-    pub async fn update(&self, id: Uuid, change: AccountChange) -> AuthResult<User> {
+    pub async fn update(
+        &self,
+        id: Uuid,
+        change: AccountChange,
+        client: &Client,
+        actor: Uuid,
+    ) -> AuthResult<User> {
         let changes = UserChanges {
             is_active: change.is_active,
             roles: change.roles,
@@ -309,7 +419,7 @@ impl Accounts {
         };
         let updated = self
             .users
-            .update_user(id, &changes, self.clock.now())
+            .update_user(id, &changes, self.clock.now(), &client.context(Some(actor)))
             .await?
             .ok_or(AuthError::NotFound)?;
         if updated.sessions_ended {
@@ -320,17 +430,120 @@ impl Accounts {
     }
 
     /// Creates an account for someone else (an admin's act): any username,
-    /// reserved or not, and the roles given.
-    pub async fn create(&self, account: NewAccount, roles: Roles) -> AuthResult<User> {
-        let user = self.insert(NO_CLIENT, account, roles).await?;
-        tracing::info!(user_id = %user.id, "account created by admin");
+    /// reserved or not, and the roles given. Without a password, the account
+    /// gets none that anyone knows, and its address a link to choose one.
+    pub async fn create(
+        &self,
+        username: Option<Username>,
+        email: Option<Email>,
+        password: Option<Password>,
+        roles: Roles,
+        client: &Client,
+        actor: Uuid,
+    ) -> AuthResult<User> {
+        let id = Uuid::now_v7();
+        let mut effects = Effects::audit(
+            self.audit
+                .event(client, Some(actor), AuditKind::UserCreated)
+                .user(id),
+        );
+        let password_hash = match (&password, &email) {
+            (Some(password), _) => self.hash(NO_CLIENT, password.expose()).await?,
+            (None, Some(email)) => {
+                self.letters
+                    .invitation(&mut effects, id, email, self.clock.now());
+                // A random 256-bit password nobody ever sees: the account
+                // can only be entered through the mailed link.
+                self.hash(NO_CLIENT, &refresh::generate().token).await?
+            }
+            (None, None) => {
+                return Err(AuthError::Invalid {
+                    field: "password",
+                    message: "is required when there is no email to send a link to".into(),
+                });
+            }
+        };
+        let user = self
+            .insert(id, username, email, password_hash, roles, &effects)
+            .await?;
+        tracing::info!(user_id = %user.id, invited = password.is_none(), "account created by admin");
         Ok(user)
+    }
+
+    /// Changes the caller's username at once, and their email address once
+    /// the link mailed to the new address is used (the old one gets a
+    /// notice). Needs the current password.
+    pub async fn update_profile(
+        &self,
+        who: &Authenticated,
+        client: &Client,
+        change: ProfileChange,
+        current: &str,
+    ) -> AuthResult<ProfileUpdate> {
+        let mut user = self.check.confirm(client, who.user_id, current).await?;
+        if let Some(name) = change.username
+            && user.username.as_deref().map(login_key) != Some(name.normalized())
+        {
+            if self.policy.is_reserved(&name) {
+                return Err(AuthError::ReservedUsername);
+            }
+            let effects = Effects::audit(
+                self.audit
+                    .event(client, Some(user.id), AuditKind::UsernameChanged)
+                    .user(user.id)
+                    .session(who.session_id),
+            );
+            user = self
+                .users
+                .change_username(user.id, &name, self.clock.now(), &effects)
+                .await?
+                .ok_or(AuthError::NotFound)?;
+            tracing::info!(user_id = %user.id, "username changed");
+        }
+        let Some(new) = change
+            .email
+            .filter(|new| user.email.as_deref().map(login_key) != Some(new.normalized()))
+        else {
+            return Ok(ProfileUpdate {
+                user,
+                email_change_requested: false,
+            });
+        };
+        let taken = self.mail_quota.take_mail(
+            self.limiter.as_ref(),
+            client.ip,
+            &new.normalized(),
+            self.clock.instant(),
+        );
+        self.audit
+            .note_throttling(client, "email_change", Some(user.id), taken)
+            .await?;
+        let old = user.email.as_deref().and_then(|e| Email::parse(e).ok());
+        let mut effects = Effects::audit(
+            self.audit
+                .event(client, Some(user.id), AuditKind::EmailChangeRequested)
+                .user(user.id)
+                .session(who.session_id),
+        );
+        self.letters
+            .email_change(&mut effects, user.id, old.as_ref(), &new, self.clock.now());
+        self.effects.apply(&effects).await?;
+        self.letters.wake();
+        Ok(ProfileUpdate {
+            user,
+            email_change_requested: true,
+        })
     }
 
     /// Deletes a user, with its sessions and tokens. The last active admin
     /// cannot be deleted.
-    pub async fn delete(&self, id: Uuid) -> AuthResult<()> {
-        if !self.users.delete_user(id).await? {
+    pub async fn delete(&self, id: Uuid, client: &Client, actor: Uuid) -> AuthResult<()> {
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(actor), AuditKind::UserDeleted)
+                .user(id),
+        );
+        if !self.users.delete_user(id, &effects).await? {
             return Err(AuthError::NotFound);
         }
         self.liveness.revoke_user(id);

@@ -39,6 +39,19 @@ pub enum AuthError {
     /// No such user.
     #[error("not found")]
     NotFound,
+    /// A link's token that is unknown, used, expired, or for something else.
+    #[error("invalid or expired link")]
+    InvalidLink,
+    /// The password is right, but the account's email is not verified and
+    /// the service requires it.
+    #[error("email not verified")]
+    EmailNotVerified,
+    /// A field of the request breaks a rule only the service can check.
+    #[error("{field} {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

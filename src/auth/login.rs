@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{
     Client,
+    audit::Audit,
     error::{AuthError, AuthResult},
     sessions::{Sessions, TokenPair},
 };
@@ -17,7 +18,7 @@ use crate::{
     crypto::passwords::PasswordHasher,
     domain::{Email, Password, User, login_key},
     limits::{RateLimiter, client_bucket},
-    store::{Credentials, UserStore},
+    store::{AuditKind, Credentials, UserStore},
 };
 
 /// Login throttling, fixed at start-up.
@@ -31,6 +32,8 @@ pub struct LoginPolicy {
     pub ip_per_minute: u32,
     /// Attempts per account and client IP per minute, successful or not.
     pub account_per_minute: u32,
+    /// Users whose email is not verified cannot log in.
+    pub require_verified_email: bool,
 }
 
 /// The throttled check of a password, for logging in and for confirming a
@@ -40,6 +43,7 @@ pub struct PasswordCheck {
     pub(super) users: Arc<dyn UserStore>,
     pub(super) hasher: PasswordHasher,
     pub(super) limiter: Arc<dyn RateLimiter>,
+    pub(super) audit: Audit,
     pub(super) clock: SharedClock,
     pub(super) policy: LoginPolicy,
 }
@@ -60,14 +64,28 @@ pub struct Login {
 }
 
 impl Login {
-    /// Checks a username-or-email and password and opens a session.
+    /// Checks a username-or-email and password and opens a session. When
+    /// the service requires verified addresses, an unverified user is
+    /// refused, but only after the password is checked: the refusal must
+    /// not tell a guesser that the account exists.
     pub async fn with_password(
         &self,
         client: &Client,
         login: &str,
         password: &str,
     ) -> AuthResult<TokenPair> {
-        let checked = self.check.login(client.ip, login, password).await?;
+        let checked = self.check.login(client, login, password).await?;
+        if self.check.policy.require_verified_email && !checked.user.email_verified {
+            let refused = self
+                .check
+                .audit
+                .event(client, Some(checked.user.id), AuditKind::Login)
+                .user(checked.user.id)
+                .failed()
+                .detail("email not verified");
+            self.check.audit.record(refused).await;
+            return Err(AuthError::EmailNotVerified);
+        }
         self.sessions
             .open(&checked.user, &checked.password_hash, client)
             .await
@@ -82,8 +100,21 @@ impl PasswordCheck {
     /// counts an attempt when it starts and takes it back only when the
     /// password turns out right (or is never checked), so parallel guesses
     /// get no more checks than sequential ones.
-    #[tracing::instrument(skip_all, fields(%ip))]
-    pub async fn login(&self, ip: IpAddr, login: &str, password: &str) -> AuthResult<Checked> {
+    #[tracing::instrument(skip_all, fields(ip = %client.ip))]
+    pub async fn login(&self, client: &Client, login: &str, password: &str) -> AuthResult<Checked> {
+        let result = self.check_login(client.ip, login, password).await;
+        match &result {
+            Err(AuthError::InvalidCredentials) => {
+                let failed = self.audit.event(client, None, AuditKind::Login).failed();
+                self.audit.record(failed).await;
+            }
+            Err(AuthError::Throttled(_)) => self.audit.throttled(client, "login", None).await,
+            _ => {}
+        }
+        result
+    }
+
+    async fn check_login(&self, ip: IpAddr, login: &str, password: &str) -> AuthResult<Checked> {
         let ip = client_bucket(ip);
         if password.len() > Password::MAX_BYTES || login.len() > Email::MAX_LEN {
             // No account has such a password or name: refuse without hashing
@@ -114,7 +145,34 @@ impl PasswordCheck {
     /// Confirms that `password` is the current password of a logged-in user,
     /// throttled like a login to that account. A wrong one is
     /// [`AuthError::WrongPassword`].
-    pub async fn confirm(&self, ip: IpAddr, user_id: Uuid, password: &str) -> AuthResult<User> {
+    pub async fn confirm(
+        &self,
+        client: &Client,
+        user_id: Uuid,
+        password: &str,
+    ) -> AuthResult<User> {
+        let result = self.check_confirm(client.ip, user_id, password).await;
+        match &result {
+            Err(AuthError::WrongPassword) => {
+                let failed = self
+                    .audit
+                    .event(client, Some(user_id), AuditKind::Login)
+                    .user(user_id)
+                    .failed()
+                    .detail("password confirmation");
+                self.audit.record(failed).await;
+            }
+            Err(AuthError::Throttled(_)) => {
+                self.audit
+                    .throttled(client, "password_confirmation", Some(user_id))
+                    .await;
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn check_confirm(&self, ip: IpAddr, user_id: Uuid, password: &str) -> AuthResult<User> {
         let ip = client_bucket(ip);
         if password.len() > Password::MAX_BYTES {
             return Err(AuthError::WrongPassword);

@@ -3,35 +3,53 @@
 //! The HTTP layer and the command line call these and nothing below them.
 
 pub mod accounts;
+pub mod audit;
 pub mod error;
+pub mod flows;
 pub mod keys;
+pub mod letters;
 pub mod liveness;
 pub mod login;
+pub mod outbox;
 pub mod sessions;
 pub mod tokens;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 pub use accounts::Accounts;
+pub use audit::Audit;
 pub use error::{AuthError, AuthResult};
+pub use flows::Flows;
 pub use login::Login;
+pub use outbox::Outbox;
 pub use sessions::Sessions;
 
+use uuid::Uuid;
+
 use crate::{
-    clock::SharedClock, crypto::passwords::PasswordHasher, limits::RateLimiter, store::Store,
+    clock::SharedClock,
+    crypto::passwords::PasswordHasher,
+    limits::RateLimiter,
+    mail::Mailer,
+    store::{AuditContext, Store},
 };
 use accounts::AccountPolicy;
+use flows::FlowPolicy;
 use keys::KeyRing;
+use letters::{LetterPolicy, Letters};
 use liveness::SessionCache;
 use login::{LoginPolicy, PasswordCheck};
+use outbox::OutboxPolicy;
 use sessions::SessionPolicy;
 use tokens::TokenService;
 
-/// Who is asking: the client's IP address and what its `User-Agent` says.
+/// Who is asking: the client's IP address, what its `User-Agent` says, and
+/// the request's id (for the audit log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
     pub ip: IpAddr,
     pub user_agent: Option<String>,
+    pub request_id: Option<String>,
 }
 
 impl Client {
@@ -48,7 +66,27 @@ impl Client {
                     .collect::<String>()
             })
             .filter(|ua| !ua.trim().is_empty());
-        Self { ip, user_agent }
+        Self {
+            ip,
+            user_agent,
+            request_id: None,
+        }
+    }
+
+    /// The same client, in the request with that id.
+    pub fn in_request(mut self, request_id: Option<&str>) -> Self {
+        self.request_id = request_id.map(str::to_owned);
+        self
+    }
+
+    /// The audit context of this client's request, acted by `actor`.
+    pub fn context(&self, actor: Option<Uuid>) -> AuditContext {
+        AuditContext {
+            actor_id: actor,
+            ip: Some(self.ip.to_string()),
+            user_agent: self.user_agent.clone(),
+            request_id: self.request_id.clone(),
+        }
     }
 }
 
@@ -61,6 +99,9 @@ pub struct Settings {
     pub sessions: SessionPolicy,
     pub login: LoginPolicy,
     pub accounts: AccountPolicy,
+    pub letters: LetterPolicy,
+    pub flows: FlowPolicy,
+    pub outbox: OutboxPolicy,
 }
 
 /// Every service, wired to one store, hasher, limiter and clock. Cheap to clone.
@@ -69,6 +110,9 @@ pub struct Services {
     pub accounts: Accounts,
     pub login: Login,
     pub sessions: Sessions,
+    pub flows: Flows,
+    pub audit: Audit,
+    pub outbox: Outbox,
     store: Arc<dyn Store>,
     limiter: Arc<dyn RateLimiter>,
     clock: SharedClock,
@@ -86,8 +130,16 @@ impl Services {
         store: Arc<dyn Store>,
         hasher: PasswordHasher,
         limiter: Arc<dyn RateLimiter>,
+        mailer: Option<Mailer>,
         clock: SharedClock,
     ) -> Self {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let letters = Letters::new(settings.letters.clone(), wake.clone());
+        let audit = Audit {
+            store: store.clone(),
+            limiter: limiter.clone(),
+            clock: clock.clone(),
+        };
         let tokens = Arc::new(TokenService::new(
             &keys.signing,
             &keys.verifying,
@@ -101,6 +153,7 @@ impl Services {
             tokens,
             cache: liveness.clone(),
             limiter: limiter.clone(),
+            audit: audit.clone(),
             clock: clock.clone(),
             policy: settings.sessions,
         };
@@ -108,6 +161,7 @@ impl Services {
             users: store.clone(),
             hasher: hasher.clone(),
             limiter: limiter.clone(),
+            audit: audit.clone(),
             clock: clock.clone(),
             policy: settings.login,
         };
@@ -115,19 +169,45 @@ impl Services {
             check: check.clone(),
             sessions: sessions.clone(),
         };
+        let flows = Flows {
+            store: store.clone(),
+            hasher: hasher.clone(),
+            limiter: limiter.clone(),
+            audit: audit.clone(),
+            letters: letters.clone(),
+            liveness: liveness.clone(),
+            clock: clock.clone(),
+            policy: settings.flows,
+            background: Arc::new(tokio::sync::Semaphore::new(flows::BACKGROUND_REQUESTS)),
+        };
         let accounts = Accounts {
             users: store.clone(),
+            effects: store.clone(),
             hasher,
             limiter: limiter.clone(),
+            audit: audit.clone(),
+            letters,
+            mail_quota: settings.flows,
             clock: clock.clone(),
             liveness,
             check,
             policy: settings.accounts.clone(),
         };
+        let outbox = Outbox {
+            store: store.clone(),
+            mailer,
+            clock: clock.clone(),
+            policy: settings.outbox,
+            owner: Uuid::new_v4(),
+            wake,
+        };
         Self {
             accounts,
             login,
             sessions,
+            flows,
+            audit,
+            outbox,
             store,
             limiter,
             clock,
@@ -140,27 +220,45 @@ impl Services {
     pub fn command_accounts(store: Arc<dyn Store>, hasher: PasswordHasher) -> Accounts {
         let limiter: Arc<dyn RateLimiter> = Arc::new(crate::limits::InMemoryRateLimiter::new());
         let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let audit = Audit {
+            store: store.clone(),
+            limiter: limiter.clone(),
+            clock: clock.clone(),
+        };
+        let unlimited = crate::limits::Quota::per_minute(u32::MAX);
         let check = PasswordCheck {
             users: store.clone(),
             hasher: hasher.clone(),
             limiter: limiter.clone(),
+            audit: audit.clone(),
             clock: clock.clone(),
             policy: LoginPolicy {
                 free_failures: u32::MAX,
                 ip_free_failures: u32::MAX,
                 ip_per_minute: u32::MAX,
                 account_per_minute: u32::MAX,
+                require_verified_email: false,
             },
         };
         Accounts {
-            users: store,
+            users: store.clone(),
+            effects: store,
             hasher,
             limiter,
+            audit,
+            // Commands write no mail: nothing they do sends a link.
+            letters: Letters::new(LetterPolicy::default(), Arc::default()),
+            mail_quota: FlowPolicy {
+                per_recipient: unlimited,
+                per_ip: unlimited,
+                links_per_ip: unlimited,
+            },
             clock,
             liveness: Arc::new(SessionCache::new()),
             check,
             policy: AccountPolicy {
                 signup_per_minute: u32::MAX,
+                require_verified_email: false,
                 reserved_usernames: Vec::new(),
             },
         }

@@ -2,13 +2,14 @@
 //! by logout, reuse or an admin; and the check that an access token's session
 //! is still live (see [`super::liveness`]).
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
     Client,
+    audit::Audit,
     error::{AuthError, AuthResult},
     liveness::{LiveUser, Liveness, Lookup, SessionCache},
     tokens::{AccessClaims, TokenRejection, TokenService},
@@ -18,7 +19,7 @@ use crate::{
     crypto::refresh,
     domain::User,
     limits::{RateLimiter, client_bucket},
-    store::{NewSession, RevokeReason, Rotation, SessionStore},
+    store::{AuditKind, Effects, NewSession, RevokeReason, Rotation, SessionStore},
 };
 
 /// Session lifetimes and the refresh quota, fixed at start-up.
@@ -81,6 +82,7 @@ pub struct Sessions {
     pub(super) tokens: Arc<TokenService>,
     pub(super) cache: Arc<SessionCache>,
     pub(super) limiter: Arc<dyn RateLimiter>,
+    pub(super) audit: Audit,
     pub(super) clock: SharedClock,
     pub(super) policy: SessionPolicy,
 }
@@ -112,7 +114,13 @@ impl Sessions {
             password_hash: password_hash.to_owned(),
             roles: user.roles.clone(),
         };
-        if !self.store.create_session(&session).await? {
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(user.id), AuditKind::Login)
+                .user(user.id)
+                .session(session.id),
+        );
+        if !self.store.create_session(&session, &effects).await? {
             tracing::info!(user_id = %user.id, "the account changed during the login");
             return Err(AuthError::InvalidCredentials);
         }
@@ -128,16 +136,20 @@ impl Sessions {
 
     /// Exchanges a refresh token for a new pair. The presented token is used
     /// up; presenting it again ends the session (RFC 9700 §4.14.2).
-    #[tracing::instrument(skip_all, fields(%ip))]
-    pub async fn refresh(&self, ip: IpAddr, presented: &str) -> AuthResult<TokenPair> {
-        let ip = client_bucket(ip);
-        self.limiter
+    #[tracing::instrument(skip_all, fields(ip = %client.ip))]
+    pub async fn refresh(&self, client: &Client, presented: &str) -> AuthResult<TokenPair> {
+        let ip = client_bucket(client.ip);
+        let taken = self
+            .limiter
             .take(
                 &format!("refresh:{ip}"),
                 self.policy.refresh_per_minute,
                 self.clock.instant(),
             )
-            .map_err(AuthError::Throttled)?;
+            .map_err(AuthError::Throttled);
+        self.audit
+            .note_throttling(client, "refresh", None, taken)
+            .await?;
         if !refresh::looks_valid(presented) {
             return Err(AuthError::InvalidRefreshToken);
         }
@@ -150,6 +162,7 @@ impl Sessions {
                 &next.hash,
                 now + self.policy.refresh_token_ttl,
                 now,
+                &client.context(None),
             )
             .await?;
         match rotation {
@@ -183,22 +196,26 @@ impl Sessions {
 
     /// Ends the session a refresh token belongs to, if it is live. Whether it
     /// was is not told (RFC 7009 §2.2), so this reveals nothing.
-    pub async fn logout(&self, ip: IpAddr, presented: &str) -> AuthResult<()> {
+    pub async fn logout(&self, client: &Client, presented: &str) -> AuthResult<()> {
         // Each logout with a plausible token is a write: quota it like refresh.
-        self.limiter
+        let taken = self
+            .limiter
             .take(
-                &format!("logout:{}", client_bucket(ip)),
+                &format!("logout:{}", client_bucket(client.ip)),
                 self.policy.refresh_per_minute,
                 self.clock.instant(),
             )
-            .map_err(AuthError::Throttled)?;
+            .map_err(AuthError::Throttled);
+        self.audit
+            .note_throttling(client, "logout", None, taken)
+            .await?;
         if !refresh::looks_valid(presented) {
             return Ok(());
         }
         let hash = refresh::hash(presented);
         if let Some(session_id) = self
             .store
-            .revoke_session_by_refresh(&hash, self.clock.now())
+            .revoke_session_by_refresh(&hash, self.clock.now(), &client.context(None))
             .await?
         {
             self.cache
@@ -209,10 +226,22 @@ impl Sessions {
     }
 
     /// Ends every session of the caller's user, on every device.
-    pub async fn logout_all(&self, who: &Authenticated) -> AuthResult<u64> {
+    pub async fn logout_all(&self, who: &Authenticated, client: &Client) -> AuthResult<u64> {
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(who.user_id), AuditKind::LogoutAll)
+                .user(who.user_id)
+                .session(who.session_id),
+        );
         let n = self
             .store
-            .revoke_user_sessions(who.user_id, None, RevokeReason::LogoutAll, self.clock.now())
+            .revoke_user_sessions(
+                who.user_id,
+                None,
+                RevokeReason::LogoutAll,
+                self.clock.now(),
+                &effects,
+            )
             .await?;
         self.cache.revoke_user(who.user_id);
         self.cache
@@ -250,7 +279,18 @@ impl Sessions {
     /// Ends one of the caller's sessions (the current one too, if named).
     /// Another user's session is [`AuthError::NotFound`], exactly like one
     /// that does not exist, so its existence is never revealed.
-    pub async fn end(&self, who: &Authenticated, session_id: Uuid) -> AuthResult<()> {
+    pub async fn end(
+        &self,
+        who: &Authenticated,
+        client: &Client,
+        session_id: Uuid,
+    ) -> AuthResult<()> {
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(who.user_id), AuditKind::SessionEnded)
+                .user(who.user_id)
+                .session(session_id),
+        );
         let ended = self
             .store
             .revoke_session(
@@ -258,6 +298,7 @@ impl Sessions {
                 session_id,
                 RevokeReason::EndedByUser,
                 self.clock.now(),
+                &effects,
             )
             .await?;
         if !ended {
@@ -270,10 +311,22 @@ impl Sessions {
     }
 
     /// Ends every session of a user (an admin's act); how many were live.
-    pub async fn end_all_of(&self, user_id: Uuid) -> AuthResult<u64> {
+    pub async fn end_all_of(&self, user_id: Uuid, client: &Client, actor: Uuid) -> AuthResult<u64> {
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(actor), AuditKind::SessionEnded)
+                .user(user_id)
+                .detail("every session, by an admin"),
+        );
         let n = self
             .store
-            .revoke_user_sessions(user_id, None, RevokeReason::UserChanged, self.clock.now())
+            .revoke_user_sessions(
+                user_id,
+                None,
+                RevokeReason::UserChanged,
+                self.clock.now(),
+                &effects,
+            )
             .await?;
         self.cache.revoke_user(user_id);
         tracing::info!(%user_id, sessions = n, "sessions ended by admin");

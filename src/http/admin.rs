@@ -13,14 +13,14 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    auth::parse_new_account,
+    auth::{parse_field, parse_new_account},
     error::{AppError, AppResult, FieldError, Problem},
-    extract::{Admin, ApiJson, PathId, RequireRole},
+    extract::{Admin, ApiJson, ClientInfo, PathId, RequireRole},
     users::{SessionList, UserResponse, session_list},
 };
 use crate::{
     auth::accounts::{AccountChange, UserQuery},
-    domain::{Email, Role, Roles},
+    domain::{Email, Role, Roles, Username},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -55,11 +55,11 @@ pub struct UserPage {
     pub next_cursor: Option<String>,
 }
 
-fn non_empty(v: &Option<String>) -> Option<&str> {
+pub(super) fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
 }
 
-fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {
+pub(super) fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {
     let Some(raw) = raw else {
         return Ok(DEFAULT_LIMIT);
     };
@@ -73,7 +73,7 @@ fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {
 }
 
 /// Cursors are opaque to clients: the last id of a page, base64url-encoded.
-fn parse_cursor(raw: Option<&str>) -> Result<Option<Uuid>, FieldError> {
+pub(super) fn parse_cursor(raw: Option<&str>) -> Result<Option<Uuid>, FieldError> {
     let Some(raw) = raw else { return Ok(None) };
     URL_SAFE_NO_PAD
         .decode(raw)
@@ -83,12 +83,12 @@ fn parse_cursor(raw: Option<&str>) -> Result<Option<Uuid>, FieldError> {
         .ok_or_else(|| FieldError::new("cursor", "is not a cursor this API issued"))
 }
 
-fn encode_cursor(id: Uuid) -> String {
+pub(super) fn encode_cursor(id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())
 }
 
 /// The value, or `None` with the error noted.
-fn field<T>(errors: &mut Vec<FieldError>, result: Result<T, FieldError>) -> Option<T> {
+pub(super) fn field<T>(errors: &mut Vec<FieldError>, result: Result<T, FieldError>) -> Option<T> {
     result.map_err(|e| errors.push(e)).ok()
 }
 
@@ -173,14 +173,16 @@ pub struct CreateUserRequest {
     /// At least one of username and email. Reserved names are allowed here.
     pub username: Option<String>,
     pub email: Option<String>,
-    /// The same rules as at signup.
-    pub password: String,
+    /// The same rules as at signup. Without one, the account gets a
+    /// password nobody knows and its email a link to choose one.
+    pub password: Option<String>,
     /// Default `["user"]`.
     #[schema(example = json!(["user"]))]
     pub roles: Option<Vec<String>>,
 }
 
-/// Create an account with a password.
+/// Create an account, with a password, or without one by mailing the user
+/// a link to choose it (valid as long as a verification link).
 #[utoipa::path(
     post, path = "/admin/users", tag = "admin",
     request_body = CreateUserRequest,
@@ -196,26 +198,52 @@ pub struct CreateUserRequest {
 )]
 async fn create_user(
     State(state): State<AppState>,
-    _admin: RequireRole<Admin>,
+    admin: RequireRole<Admin>,
+    ClientInfo(client): ClientInfo,
     ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> AppResult<(StatusCode, Json<UserResponse>)> {
     let mut errors = Vec::new();
-    let account = parse_new_account(
-        &mut errors,
-        req.username.as_deref(),
-        req.email.as_deref(),
-        &req.password,
-    );
+    let account = match &req.password {
+        Some(password) => parse_new_account(
+            &mut errors,
+            req.username.as_deref(),
+            req.email.as_deref(),
+            password,
+        )
+        .map(|a| (a.username, a.email, Some(a.password))),
+        None => {
+            let username = parse_field(
+                &mut errors,
+                "username",
+                req.username.as_deref(),
+                Username::parse,
+            );
+            let email = parse_field(&mut errors, "email", req.email.as_deref(), Email::parse);
+            if req.email.is_none() {
+                errors.push(FieldError::new(
+                    "email",
+                    "is required without a password: the link to choose one is mailed to it",
+                ));
+            }
+            Some((username, email, None))
+        }
+    };
     let roles = match &req.roles {
         None => Some(Roles::new([Role::user()])),
         Some(names) => Roles::parse(names)
             .map_err(|e| errors.push(FieldError::new("roles", e)))
             .ok(),
     };
-    let (Some(account), Some(roles), true) = (account, roles, errors.is_empty()) else {
+    let (Some((username, email, password)), Some(roles), true) =
+        (account, roles, errors.is_empty())
+    else {
         return Err(AppError::Validation(errors));
     };
-    let user = state.services.accounts.create(account, roles).await?;
+    let user = state
+        .services
+        .accounts
+        .create(username, email, password, roles, &client, admin.user_id())
+        .await?;
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 
@@ -272,7 +300,8 @@ pub struct UpdateUserRequest {
 )]
 async fn update_user(
     State(state): State<AppState>,
-    _admin: RequireRole<Admin>,
+    admin: RequireRole<Admin>,
+    ClientInfo(client): ClientInfo,
     PathId(id): PathId,
     ApiJson(req): ApiJson<UpdateUserRequest>,
 ) -> AppResult<Json<UserResponse>> {
@@ -286,7 +315,11 @@ async fn update_user(
         roles,
         email_verified: req.email_verified,
     };
-    let user = state.services.accounts.update(id, change).await?;
+    let user = state
+        .services
+        .accounts
+        .update(id, change, &client, admin.user_id())
+        .await?;
     Ok(Json(user.into()))
 }
 
@@ -306,10 +339,15 @@ async fn update_user(
 )]
 async fn delete_user(
     State(state): State<AppState>,
-    _admin: RequireRole<Admin>,
+    admin: RequireRole<Admin>,
+    ClientInfo(client): ClientInfo,
     PathId(id): PathId,
 ) -> AppResult<StatusCode> {
-    state.services.accounts.delete(id).await?;
+    state
+        .services
+        .accounts
+        .delete(id, &client, admin.user_id())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -353,10 +391,15 @@ async fn user_sessions(
 )]
 async fn end_user_sessions(
     State(state): State<AppState>,
-    _admin: RequireRole<Admin>,
+    admin: RequireRole<Admin>,
+    ClientInfo(client): ClientInfo,
     PathId(id): PathId,
 ) -> AppResult<StatusCode> {
     state.services.accounts.get(id).await?;
-    state.services.sessions.end_all_of(id).await?;
+    state
+        .services
+        .sessions
+        .end_all_of(id, &client, admin.user_id())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     AppState,
     error::{AppError, AppResult, FieldError, Problem, retry_after_secs},
-    extract::{ApiJson, AuthUser, ClientInfo, ClientIp, body_rejection, has_content_type},
+    extract::{ApiJson, AuthUser, ClientInfo, body_rejection, has_content_type},
     users::UserResponse,
 };
 use crate::{
@@ -53,11 +53,12 @@ pub struct SignupRequest {
         (status = 409, description = "Username or email taken", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
         (status = 429, description = "Too many signups from this address", body = Problem),
+        (status = 503, description = "Too many password hashes at once", body = Problem),
     )
 )]
 async fn signup(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    ClientInfo(client): ClientInfo,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> AppResult<(StatusCode, Json<UserResponse>)> {
     let mut errors = Vec::new();
@@ -70,7 +71,7 @@ async fn signup(
     let Some(account) = account.filter(|_| errors.is_empty()) else {
         return Err(AppError::Validation(errors));
     };
-    let user = state.services.accounts.signup(ip, account).await?;
+    let user = state.services.accounts.signup(&client, account).await?;
     Ok((StatusCode::CREATED, Json(UserResponse::from(user))))
 }
 
@@ -97,7 +98,7 @@ pub(super) fn parse_new_account(
     })
 }
 
-fn parse_field<T>(
+pub(super) fn parse_field<T>(
     errors: &mut Vec<FieldError>,
     field: &str,
     raw: Option<&str>,
@@ -169,6 +170,7 @@ fn no_store(pair: TokenPair) -> Response {
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Invalid credentials", body = Problem),
+        (status = 403, description = "Right password, but the email is not verified and the service requires it (`email_not_verified`)", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
         (status = 429, description = "Too many failed attempts", body = Problem),
         (status = 503, description = "Too many logins at once", body = Problem),
@@ -211,13 +213,13 @@ pub struct RefreshRequest {
 )]
 async fn refresh_tokens(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    ClientInfo(client): ClientInfo,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> AppResult<Response> {
     let pair = state
         .services
         .sessions
-        .refresh(ip, &req.refresh_token)
+        .refresh(&client, &req.refresh_token)
         .await?;
     Ok(no_store(pair))
 }
@@ -348,6 +350,11 @@ fn to_oauth(err: AppError) -> Response {
         AppError::BadRequest(why) | AppError::UnsupportedMediaType(why) => {
             oauth_error(StatusCode::BAD_REQUEST, "invalid_request", why)
         }
+        AppError::EmailNotVerified => oauth_error(
+            StatusCode::FORBIDDEN,
+            "email_not_verified",
+            "The account's email address is not verified yet.",
+        ),
         AppError::RateLimited { retry_after } | AppError::Overloaded { retry_after } => {
             let status = if matches!(err, AppError::RateLimited { .. }) {
                 StatusCode::TOO_MANY_REQUESTS
@@ -376,6 +383,7 @@ fn to_oauth(err: AppError) -> Response {
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),
         (status = 400, description = "RFC 6749 error", body = OAuthError),
+        (status = 403, description = "Right password, but the email is not verified and the service requires it (`error: email_not_verified`)", body = OAuthError),
         (status = 429, description = "Throttled", body = OAuthError),
     )
 )]
@@ -398,7 +406,7 @@ async fn token(
                 state
                     .services
                     .sessions
-                    .refresh(client.ip, &refresh_token)
+                    .refresh(&client, &refresh_token)
                     .await?
             }
         };
@@ -423,13 +431,13 @@ async fn token(
 )]
 async fn logout(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    ClientInfo(client): ClientInfo,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> AppResult<StatusCode> {
     state
         .services
         .sessions
-        .logout(ip, &req.refresh_token)
+        .logout(&client, &req.refresh_token)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -446,7 +454,8 @@ async fn logout(
 async fn logout_all(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientInfo(client): ClientInfo,
 ) -> AppResult<StatusCode> {
-    state.services.sessions.logout_all(&user).await?;
+    state.services.sessions.logout_all(&user, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -57,6 +57,10 @@ pub enum AppError {
     WrongPassword,
     #[error("not found")]
     NotFound,
+    #[error("invalid or expired link")]
+    InvalidLink,
+    #[error("email not verified")]
+    EmailNotVerified,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("conflict: {0} already taken")]
@@ -86,6 +90,9 @@ impl From<AuthError> for AppError {
             AuthError::WrongPassword => AppError::WrongPassword,
             AuthError::ReservedUsername => AppError::validation("username", "is reserved"),
             AuthError::NotFound => AppError::NotFound,
+            AuthError::InvalidLink => AppError::InvalidLink,
+            AuthError::EmailNotVerified => AppError::EmailNotVerified,
+            AuthError::Invalid { field, message } => AppError::validation(field, message),
             AuthError::Internal(e) => AppError::Internal(e),
         }
     }
@@ -114,14 +121,16 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::BadRequest(_) | AppError::InvalidLink => StatusCode::BAD_REQUEST,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::InvalidCredentials
             | AppError::MissingToken
             | AppError::InvalidToken(_)
             | AppError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden | AppError::WrongPassword => StatusCode::FORBIDDEN,
+            AppError::Forbidden | AppError::WrongPassword | AppError::EmailNotVerified => {
+                StatusCode::FORBIDDEN
+            }
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) | AppError::LastAdmin => StatusCode::CONFLICT,
@@ -167,6 +176,14 @@ impl AppError {
                 "The current password is not right.".into(),
             ),
             AppError::NotFound => ("not_found", "No such resource.".into()),
+            AppError::InvalidLink => (
+                "invalid_link",
+                "The link is invalid, expired or already used.".into(),
+            ),
+            AppError::EmailNotVerified => (
+                "email_not_verified",
+                "The account's email address is not verified yet.".into(),
+            ),
             AppError::MethodNotAllowed => (
                 "method_not_allowed",
                 "This resource does not support that method.".into(),

@@ -142,7 +142,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     }
 }
 
-/// The client's IP address and `User-Agent`, as a session records them.
+/// The client's IP address, `User-Agent` and request id, as sessions and
+/// the audit log record them.
 #[derive(Debug, Clone)]
 pub struct ClientInfo(pub Client);
 
@@ -158,7 +159,13 @@ impl FromRequestParts<AppState> for ClientInfo {
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok());
-        Ok(ClientInfo(Client::new(ip, user_agent)))
+        let request_id = parts
+            .headers
+            .get(super::REQUEST_ID)
+            .and_then(|v| v.to_str().ok());
+        Ok(ClientInfo(
+            Client::new(ip, user_agent).in_request(request_id),
+        ))
     }
 }
 
@@ -211,6 +218,13 @@ impl RoleName for Admin {
 
 /// An authenticated user holding role `R`; 403 for a valid token without it.
 pub struct RequireRole<R: RoleName>(pub AuthUser, PhantomData<R>);
+
+impl<R: RoleName> RequireRole<R> {
+    /// The id of the user acting.
+    pub fn user_id(&self) -> uuid::Uuid {
+        self.0.0.user_id
+    }
+}
 
 impl<R: RoleName> FromRequestParts<AppState> for RequireRole<R> {
     type Rejection = AppError;

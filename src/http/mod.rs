@@ -1,11 +1,13 @@
 //! The HTTP API: one module per resource, each with its own `router()`.
 
 mod admin;
+mod audit;
 mod auth;
 mod client_ip;
 pub mod error;
 pub mod extract;
 mod health;
+mod links;
 mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -161,8 +163,10 @@ fn document_errors(spec: &mut utoipa::openapi::OpenApi) {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
+        .merge(links::router())
         .merge(users::router())
         .merge(admin::router())
+        .merge(audit::router())
         .merge(health::router())
 }
 

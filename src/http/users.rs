@@ -14,17 +14,17 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    error::{AppError, AppResult, Problem},
-    extract::{ApiJson, AuthUser, ClientIp, PathId},
+    error::{AppError, AppResult, FieldError, Problem},
+    extract::{ApiJson, AuthUser, ClientInfo, PathId},
 };
 use crate::{
-    auth::sessions::SessionView,
+    auth::{accounts::ProfileChange, sessions::SessionView},
     domain::{Email, Password, User, Username},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(me, delete_me))
+        .routes(routes!(me, update_me, delete_me))
         .routes(routes!(my_sessions))
         .routes(routes!(end_session))
         .routes(routes!(change_password))
@@ -152,9 +152,10 @@ pub(super) fn session_list(sessions: Vec<SessionView>) -> SessionList {
 async fn end_session(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
+    ClientInfo(client): ClientInfo,
     PathId(id): PathId,
 ) -> AppResult<StatusCode> {
-    state.services.sessions.end(&caller, id).await?;
+    state.services.sessions.end(&caller, &client, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -183,7 +184,7 @@ pub struct ChangePasswordRequest {
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
-    ClientIp(ip): ClientIp,
+    ClientInfo(client): ClientInfo,
     ApiJson(req): ApiJson<ChangePasswordRequest>,
 ) -> AppResult<StatusCode> {
     let user = &caller.user.user;
@@ -197,7 +198,7 @@ async fn change_password(
     state
         .services
         .accounts
-        .change_password(&caller, ip, &req.current_password, new)
+        .change_password(&caller, &client, &req.current_password, new)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -225,13 +226,88 @@ pub struct DeleteAccountRequest {
 async fn delete_me(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
-    ClientIp(ip): ClientIp,
+    ClientInfo(client): ClientInfo,
     ApiJson(req): ApiJson<DeleteAccountRequest>,
 ) -> AppResult<StatusCode> {
     state
         .services
         .accounts
-        .delete_self(&caller, ip, &req.current_password)
+        .delete_self(&caller, &client, &req.current_password)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateProfileRequest {
+    /// A new username: applies at once.
+    #[schema(example = "alice2")]
+    pub username: Option<String>,
+    /// A new email address: a confirmation link is mailed to it (and a
+    /// notice to the current one); the address changes when the link is used.
+    #[schema(example = "alice@example.org")]
+    pub email: Option<String>,
+    pub current_password: String,
+}
+
+/// Change the current user's username and/or email address. The username
+/// changes at once (200). A new email address changes only once the link
+/// mailed to it is used (`POST /auth/email/confirm`): the answer is then 202,
+/// with the user as it is until then.
+#[utoipa::path(
+    patch, path = "/users/me", tag = "users",
+    request_body = UpdateProfileRequest,
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "Changed", body = UserResponse),
+        (status = 202, description = "A link to confirm the new email address was mailed to it", body = UserResponse),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem),
+        (status = 403, description = "The current password is wrong", body = Problem),
+        (status = 409, description = "The username is taken", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+        (status = 429, description = "Too many attempts, or too many mails", body = Problem),
+        (status = 503, description = "Too many password checks at once", body = Problem),
+    )
+)]
+async fn update_me(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+    ClientInfo(client): ClientInfo,
+    ApiJson(req): ApiJson<UpdateProfileRequest>,
+) -> AppResult<(StatusCode, Json<UserResponse>)> {
+    let mut errors = Vec::new();
+    let username = req
+        .username
+        .as_deref()
+        .map(Username::parse)
+        .transpose()
+        .map_err(|e| errors.push(FieldError::new("username", e)))
+        .ok()
+        .flatten();
+    let email = req
+        .email
+        .as_deref()
+        .map(Email::parse)
+        .transpose()
+        .map_err(|e| errors.push(FieldError::new("email", e)))
+        .ok()
+        .flatten();
+    if !errors.is_empty() {
+        return Err(AppError::Validation(errors));
+    }
+    let updated = state
+        .services
+        .accounts
+        .update_profile(
+            &caller,
+            &client,
+            ProfileChange { username, email },
+            &req.current_password,
+        )
+        .await?;
+    let status = if updated.email_change_requested {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(UserResponse::from(updated.user))))
 }

@@ -44,7 +44,11 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// Forgets the failures of `key` (a successful login).
     fn clear(&self, key: &str);
     /// Takes one unit of a `per_minute` quota; `Err(wait)` when it is spent.
-    fn take(&self, key: &str, per_minute: u32, now: Instant) -> Result<(), Duration>;
+    fn take(&self, key: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
+        self.take_quota(key, Quota::per_minute(per_minute), now)
+    }
+    /// Takes one unit of `quota`; `Err(wait)` when it is spent.
+    fn take_quota(&self, key: &str, quota: Quota, now: Instant) -> Result<(), Duration>;
     /// Drops state that no longer affects any decision.
     fn prune(&self, now: Instant);
 }
@@ -66,15 +70,35 @@ struct Failures {
 struct Bucket {
     tokens: f64,
     refilled: Instant,
-    per_minute: u32,
+    quota: Quota,
 }
 
 impl Bucket {
     fn refill(&mut self, now: Instant) {
-        let rate = f64::from(self.per_minute) / 60.0;
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(f64::from(self.per_minute));
+        self.tokens = (self.tokens + elapsed * self.quota.rate()).min(f64::from(self.quota.count));
         self.refilled = now;
+    }
+}
+
+/// `count` units per `per`, of which all may be spent at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Quota {
+    pub fn per_minute(count: u32) -> Self {
+        Self {
+            count,
+            per: Duration::from_secs(60),
+        }
+    }
+
+    /// Units per second.
+    fn rate(self) -> f64 {
+        f64::from(self.count) / self.per.as_secs_f64()
     }
 }
 
@@ -148,21 +172,23 @@ impl RateLimiter for InMemoryRateLimiter {
         self.failures.lock().remove(key);
     }
 
-    fn take(&self, key: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
+    fn take_quota(&self, key: &str, quota: Quota, now: Instant) -> Result<(), Duration> {
         let mut map = self.buckets.lock();
         let bucket = map.entry(key.to_owned()).or_insert(Bucket {
-            tokens: f64::from(per_minute),
+            tokens: f64::from(quota.count),
             refilled: now,
-            per_minute,
+            quota,
         });
-        bucket.per_minute = per_minute;
+        bucket.quota = quota;
         bucket.refill(now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            let rate = f64::from(per_minute) / 60.0;
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+            // A quota of nothing never refills: wait a day rather than panic
+            // on an infinite duration.
+            let wait = (1.0 - bucket.tokens) / quota.rate();
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_secs(86_400)))
         }
     }
 
@@ -179,7 +205,7 @@ fn prune_buckets(map: &mut HashMap<String, Bucket>, now: Instant) {
     map.retain(|_, b| {
         let mut b = *b;
         b.refill(now);
-        b.tokens < f64::from(b.per_minute)
+        b.tokens < f64::from(b.quota.count)
     });
 }
 

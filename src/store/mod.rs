@@ -5,6 +5,7 @@
 //! change runs in one transaction. The backends share their SQL (`sql.rs`);
 //! each keeps only what differs.
 
+mod lifecycle;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -20,6 +21,10 @@ use crate::{
     domain::{Email, Role, Roles, User, Username},
 };
 
+pub use lifecycle::{
+    AuditContext, AuditFilter, AuditKind, AuditRecord, Effects, FlowPurpose, FlowToken, MailInfo,
+    MailStatus, NewFlowToken, OutboxMail, Outcome, QueuedMail, Redeemed, Redemption,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -158,6 +163,8 @@ pub enum RevokeReason {
     /// The user ended it from another session.
     EndedByUser,
     PasswordChanged,
+    /// A password reset link was used.
+    PasswordReset,
 }
 
 impl RevokeReason {
@@ -169,6 +176,7 @@ impl RevokeReason {
             RevokeReason::UserChanged => "user_changed",
             RevokeReason::EndedByUser => "ended_by_user",
             RevokeReason::PasswordChanged => "password_changed",
+            RevokeReason::PasswordReset => "password_reset",
         }
     }
 }
@@ -194,7 +202,8 @@ impl std::fmt::Debug for StoredKey {
 /// Accounts.
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
-    async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+    /// Creates the user, with `effects` in the same transaction.
+    async fn create_user(&self, user: &NewUser, effects: &Effects) -> StoreResult<User>;
     /// Creates the user unless its username or email is taken; `true` if created.
     async fn create_user_if_absent(&self, user: &NewUser) -> StoreResult<bool>;
     /// Finds a user by normalized username or normalized email.
@@ -203,17 +212,29 @@ pub trait UserStore: Send + Sync + 'static {
     /// The user with that id and its password hash.
     async fn get_credentials(&self, id: Uuid) -> StoreResult<Option<Credentials>>;
     /// Sets a new password hash and, in the same transaction, ends every
-    /// session of the user but `keep`; `false` if there is no such user.
+    /// session of the user but `keep` and every link sent to them (a reset
+    /// link must not outlive the password it was for); `false` if there is
+    /// no such user.
     async fn change_password(
         &self,
         id: Uuid,
         hash: &str,
         keep: Option<Uuid>,
         now: OffsetDateTime,
+        effects: &Effects,
     ) -> StoreResult<bool>;
+    /// Sets the username; `None` if there is no such user,
+    /// [`StoreError::Conflict`] if another account has it.
+    async fn change_username(
+        &self,
+        id: Uuid,
+        username: &Username,
+        now: OffsetDateTime,
+        effects: &Effects,
+    ) -> StoreResult<Option<User>>;
     /// Deletes the user, its sessions and tokens; `false` if there is no such
     /// user. Refuses ([`StoreError::LastAdmin`]) to delete the last active admin.
-    async fn delete_user(&self, id: Uuid) -> StoreResult<bool>;
+    async fn delete_user(&self, id: Uuid, effects: &Effects) -> StoreResult<bool>;
     /// Replaces the password hash `old` by `new` (a re-hash with current
     /// parameters); nothing if the hash is no longer `old`, so that a
     /// password changed meanwhile is never undone.
@@ -236,11 +257,13 @@ pub trait UserStore: Send + Sync + 'static {
     /// carries stale roles or outlives a disabled account; a change to nothing
     /// (or to `email_verified` alone) ends nothing. Refuses ([`StoreError::LastAdmin`]) to leave no active
     /// admin, also against concurrent changes. `None` if there is no such user.
+    /// Each real change is audited as done by `by`.
     async fn update_user(
         &self,
         id: Uuid,
         changes: &UserChanges,
         now: OffsetDateTime,
+        by: &AuditContext,
     ) -> StoreResult<Option<UpdatedUser>>;
 }
 
@@ -249,23 +272,27 @@ pub trait UserStore: Send + Sync + 'static {
 pub trait SessionStore: Send + Sync + 'static {
     /// Opens the session with its first refresh token; `false` (and nothing
     /// stored) if the user is gone, disabled, or its password hash or roles
-    /// are no longer those in `session`.
-    async fn create_session(&self, session: &NewSession) -> StoreResult<bool>;
+    /// are no longer those in `session`. `effects` are written with the session.
+    async fn create_session(&self, session: &NewSession, effects: &Effects) -> StoreResult<bool>;
     /// Atomically uses the live refresh token with hash `presented` and stores
     /// `next` in its place, expiring at `next_expires_at`. Of racing calls with
     /// one token exactly one rotates; presenting a used token revokes its session.
+    /// The rotation or the reuse is audited with `by`.
     async fn rotate_refresh_token(
         &self,
         presented: &[u8; 32],
         next: &[u8; 32],
         next_expires_at: OffsetDateTime,
         now: OffsetDateTime,
+        by: &AuditContext,
     ) -> StoreResult<Rotation>;
-    /// Ends the session the refresh token belongs to; its id if one was live.
+    /// Ends the session the refresh token belongs to, audited with `by`; its
+    /// id if one was live.
     async fn revoke_session_by_refresh(
         &self,
         token_hash: &[u8; 32],
         now: OffsetDateTime,
+        by: &AuditContext,
     ) -> StoreResult<Option<Uuid>>;
     /// Ends every live session of the user but `except`; how many.
     async fn revoke_user_sessions(
@@ -274,6 +301,7 @@ pub trait SessionStore: Send + Sync + 'static {
         except: Option<Uuid>,
         reason: RevokeReason,
         now: OffsetDateTime,
+        effects: &Effects,
     ) -> StoreResult<u64>;
     /// Ends one live session of the user; `false` if the user has no such
     /// live session (it may be another user's: the caller cannot tell).
@@ -283,6 +311,7 @@ pub trait SessionStore: Send + Sync + 'static {
         session_id: Uuid,
         reason: RevokeReason,
         now: OffsetDateTime,
+        effects: &Effects,
     ) -> StoreResult<bool>;
     /// The user's live sessions, newest first.
     async fn list_sessions(
@@ -311,7 +340,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes expired refresh tokens that were never used, expired sessions
     /// (with all their tokens), and sessions revoked before `revoked_before`
     /// (their access tokens have all expired by then). Used tokens stay as
-    /// long as their session, so that reuse is detected however late.
+    /// long as their session, so that reuse is detected however late. Also
+    /// expired links, and messages sent or given up before `revoked_before`.
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64>;
 }
 
@@ -325,9 +355,87 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn insert_first_signing_key(&self, key: &StoredKey) -> StoreResult<Vec<StoredKey>>;
 }
 
+/// Single-use links, and changes with no other home.
+#[async_trait]
+pub trait FlowStore: Send + Sync + 'static {
+    /// Writes `effects` in one transaction.
+    async fn apply(&self, effects: &Effects) -> StoreResult<()>;
+    /// The live token of that purpose with that hash, without using it.
+    async fn find_flow_token(
+        &self,
+        hash: &[u8; 32],
+        purpose: FlowPurpose,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<FlowToken>>;
+    /// Uses up the live token of that purpose, hash and user and does what
+    /// `redemption` says, with `effects`, all in one transaction; of racing
+    /// calls with one token at most one succeeds.
+    async fn redeem_flow_token(
+        &self,
+        hash: &[u8; 32],
+        purpose: FlowPurpose,
+        user_id: Uuid,
+        redemption: &Redemption,
+        now: OffsetDateTime,
+        effects: &Effects,
+    ) -> StoreResult<Redeemed>;
+}
+
+/// The mail outbox. Several instances may send from one database: a message
+/// is claimed with a lease, so it is sent by one of them.
+#[async_trait]
+pub trait MailStore: Send + Sync + 'static {
+    /// Claims up to `limit` messages due by `now` for `owner` until
+    /// `lease_until`, counting an attempt for each. Messages out of attempts
+    /// (`max_attempts`) whose lease ran out are given up.
+    async fn claim_mail(
+        &self,
+        owner: Uuid,
+        limit: u32,
+        max_attempts: u32,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+    ) -> StoreResult<Vec<QueuedMail>>;
+    /// Records a send; nothing if `owner` no longer holds the lease.
+    async fn mail_sent(&self, id: Uuid, owner: Uuid, now: OffsetDateTime) -> StoreResult<()>;
+    /// Records a failed attempt: tried again at `retry_at`, or given up.
+    async fn mail_failed(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
+    ) -> StoreResult<()>;
+    /// Messages newest first, with that status, before `before`.
+    async fn list_mail(
+        &self,
+        status: Option<MailStatus>,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> StoreResult<Vec<MailInfo>>;
+    /// Deletes messages sent or given up, created before `before`; how many.
+    async fn purge_mail(&self, before: OffsetDateTime) -> StoreResult<u64>;
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Records an event that changes nothing else (a failed login).
+    async fn record(&self, record: &AuditRecord) -> StoreResult<()>;
+    /// Events newest first, matching `filter`, before `before`.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> StoreResult<Vec<AuditRecord>>;
+    /// Deletes events older than `before`; how many.
+    async fn purge_audit(&self, before: OffsetDateTime) -> StoreResult<u64>;
+}
+
 /// The whole database: every aggregate's store, and its upkeep.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + KeyStore {
+pub trait Store: UserStore + SessionStore + KeyStore + FlowStore + MailStore + AuditStore {
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
     /// Readiness: a read and a committed write both succeed.
@@ -399,6 +507,36 @@ struct UpdatePlan {
 }
 
 impl UpdatePlan {
+    /// The events the change records.
+    fn audit(&self, current: &User, by: &AuditContext, now: OffsetDateTime) -> Vec<AuditRecord> {
+        let mut records = Vec::new();
+        let event = |kind| by.record(kind, now).user(current.id);
+        if self.roles != current.roles {
+            records.push(event(AuditKind::RolesChanged).detail(format!(
+                "{} -> {}",
+                current.roles.to_column(),
+                self.roles.to_column()
+            )));
+        }
+        if self.is_active != current.is_active {
+            records.push(event(if self.is_active {
+                AuditKind::UserEnabled
+            } else {
+                AuditKind::UserDisabled
+            }));
+        }
+        if self.email_verified != current.email_verified {
+            records.push(
+                event(AuditKind::EmailVerified).detail(if self.email_verified {
+                    "set by admin"
+                } else {
+                    "cleared by admin"
+                }),
+            );
+        }
+        records
+    }
+
     fn new(current: &User, changes: &UserChanges) -> Self {
         let is_active = changes.is_active.unwrap_or(current.is_active);
         let mut roles = changes

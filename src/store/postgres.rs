@@ -7,7 +7,7 @@ use sqlx::{PgPool, Postgres, Transaction, postgres::PgPoolOptions};
 use uuid::Uuid;
 
 use super::{
-    Rotation, StoreResult, User,
+    AuditKind, Rotation, StoreResult, User,
     sql::{self, Dialect, Refresh, RotatedRow, SessionUserRow, Timestamp, sql_store},
 };
 
@@ -38,6 +38,8 @@ sql_store!(PgStore, migrations = "./migrations/postgres");
 
 impl Dialect for PgStore {
     type Db = Postgres;
+
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     fn reader(&self) -> &PgPool {
         &self.pool
@@ -118,6 +120,11 @@ impl Dialect for PgStore {
                  SELECT $3, live.session_id, $2, $4 FROM live JOIN used USING (session_id) \
              ), touched AS ( \
                  UPDATE sessions SET last_used_at = $2 WHERE id IN (SELECT session_id FROM used) \
+             ), audited AS ( \
+                 INSERT INTO audit_events (id, occurred_at, type, outcome, actor_id, user_id, \
+                     session_id, ip, user_agent, request_id) \
+                 SELECT $5, $2, $6, 'success', $7, live.id, live.session_id, $8, $9, $10 \
+                 FROM live JOIN used USING (session_id) \
              ) \
              SELECT live.* FROM live JOIN used USING (session_id)",
         )
@@ -125,16 +132,29 @@ impl Dialect for PgStore {
         .bind(refresh.now)
         .bind(&refresh.next[..])
         .bind(refresh.next_expires_at)
+        .bind(Uuid::now_v7())
+        .bind(AuditKind::Refresh.as_str())
+        .bind(refresh.by.actor_id)
+        .bind(refresh.by.ip.as_deref())
+        .bind(refresh.by.user_agent.as_deref())
+        .bind(refresh.by.request_id.as_deref())
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = rotated {
             return Ok(row.into());
         }
         // Not rotated: perhaps a used token presented again.
+        let mut tx = self.pool.begin().await?;
         let reused = sql::revoke_reused(&refresh)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-        Ok(reused.map_or(Rotation::Invalid, Rotation::from))
+        let Some(reused) = reused else {
+            return Ok(Rotation::Invalid);
+        };
+        let record = refresh.audit(AuditKind::RefreshTokenReuse, reused.user_id, reused.id);
+        sql::insert_audit(&record).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(reused.into())
     }
 
     async fn live(&self, session_ids: &[Uuid], now: Timestamp) -> StoreResult<Vec<(Uuid, User)>> {

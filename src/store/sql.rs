@@ -15,7 +15,10 @@ use sqlx::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Credentials, NewUser, RevokeReason, Rotation, SessionInfo, StoreResult, StoredKey};
+use super::{
+    AuditContext, AuditKind, AuditRecord, Credentials, FlowToken, MailInfo, MailStatus, NewUser,
+    Outcome, RevokeReason, Rotation, SessionInfo, StoreResult, StoredKey,
+};
 use crate::domain::{Roles, User};
 
 /// A point in time as each schema stores it: `timestamptz` on PostgreSQL,
@@ -219,8 +222,8 @@ impl From<RotatedRow> for Rotation {
 /// A session revoked because one of its refresh tokens came back after use.
 #[derive(FromRow)]
 pub(super) struct ReusedRow {
-    id: Uuid,
-    user_id: Uuid,
+    pub id: Uuid,
+    pub user_id: Uuid,
 }
 
 impl From<ReusedRow> for Rotation {
@@ -252,9 +255,141 @@ impl From<KeyRow> for StoredKey {
     }
 }
 
+/// A live flow token.
+#[derive(FromRow)]
+pub(super) struct FlowTokenRow {
+    user_id: Uuid,
+    email: String,
+    expires_at: Timestamp,
+}
+
+impl From<FlowTokenRow> for FlowToken {
+    fn from(row: FlowTokenRow) -> Self {
+        FlowToken {
+            user_id: row.user_id,
+            email: row.email,
+            expires_at: row.expires_at.0,
+        }
+    }
+}
+
+fn decode_error(column: &str, what: String) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.into(),
+        source: what.into(),
+    }
+}
+
+/// A message as admins list it.
+#[derive(FromRow)]
+pub(super) struct MailInfoRow {
+    id: Uuid,
+    kind: String,
+    recipient: String,
+    subject: String,
+    status: String,
+    attempts: i32,
+    created_at: Timestamp,
+    next_attempt_at: Timestamp,
+    sent_at: Option<Timestamp>,
+    last_error: Option<String>,
+}
+
+impl TryFrom<MailInfoRow> for MailInfo {
+    type Error = sqlx::Error;
+
+    fn try_from(row: MailInfoRow) -> Result<Self, sqlx::Error> {
+        Ok(MailInfo {
+            id: row.id,
+            kind: row.kind,
+            to: row.recipient,
+            subject: row.subject,
+            status: MailStatus::parse(&row.status)
+                .ok_or_else(|| decode_error("status", row.status.clone()))?,
+            attempts: u32::try_from(row.attempts).unwrap_or(0),
+            created_at: row.created_at.0,
+            next_attempt_at: row.next_attempt_at.0,
+            sent_at: row.sent_at.map(|t| t.0),
+            last_error: row.last_error,
+        })
+    }
+}
+
+/// An audit event as stored.
+#[derive(FromRow)]
+pub(super) struct AuditRow {
+    id: Uuid,
+    occurred_at: Timestamp,
+    #[sqlx(rename = "type")]
+    kind: String,
+    outcome: String,
+    actor_id: Option<Uuid>,
+    user_id: Option<Uuid>,
+    session_id: Option<Uuid>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    detail: Option<String>,
+}
+
+impl TryFrom<AuditRow> for AuditRecord {
+    type Error = sqlx::Error;
+
+    fn try_from(row: AuditRow) -> Result<Self, sqlx::Error> {
+        Ok(AuditRecord {
+            id: row.id,
+            at: row.occurred_at.0,
+            kind: AuditKind::parse(&row.kind)
+                .ok_or_else(|| decode_error("type", row.kind.clone()))?,
+            outcome: Outcome::parse(&row.outcome)
+                .ok_or_else(|| decode_error("outcome", row.outcome.clone()))?,
+            user_id: row.user_id,
+            session_id: row.session_id,
+            detail: row.detail,
+            context: AuditContext {
+                actor_id: row.actor_id,
+                ip: row.ip,
+                user_agent: row.user_agent,
+                request_id: row.request_id,
+            },
+        })
+    }
+}
+
+/// Records an audit event.
+pub(super) fn insert_audit<DB: Database>(record: &AuditRecord) -> Query<'static, DB, DB::Arguments>
+where
+    Uuid: Bind<DB>,
+    Option<Uuid>: Bind<DB>,
+    Timestamp: Bind<DB>,
+    &'static str: Bind<DB>,
+    Option<String>: Bind<DB>,
+{
+    sqlx::query(
+        "INSERT INTO audit_events (id, occurred_at, type, outcome, actor_id, user_id, \
+         session_id, ip, user_agent, request_id, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(record.id)
+    .bind(Timestamp(record.at))
+    .bind(record.kind.as_str())
+    .bind(record.outcome.as_str())
+    .bind(record.context.actor_id)
+    .bind(record.user_id)
+    .bind(record.session_id)
+    .bind(record.context.ip.clone())
+    .bind(record.context.user_agent.clone())
+    .bind(record.context.request_id.clone())
+    .bind(record.detail.clone())
+}
+
 /// What a backend does its own way; [`sql_store!`] builds the store on it.
 pub(super) trait Dialect: Send + Sync + 'static {
     type Db: Database;
+
+    /// Appended to the claim of due mail: on PostgreSQL, rows another
+    /// instance is claiming are skipped rather than waited for.
+    const SKIP_LOCKED: &'static str;
 
     /// The pool reads go to.
     fn reader(&self) -> &Pool<Self::Db>;
@@ -306,6 +441,24 @@ pub(super) struct Refresh {
     pub next: [u8; 32],
     pub next_expires_at: Timestamp,
     pub now: Timestamp,
+    /// Who presented it, for the audit log.
+    pub by: AuditContext,
+}
+
+impl Refresh {
+    /// The event recording what became of the token.
+    pub fn audit(&self, kind: AuditKind, user_id: Uuid, session_id: Uuid) -> AuditRecord {
+        let record = self
+            .by
+            .record(kind, self.now.0)
+            .user(user_id)
+            .session(session_id);
+        if kind == AuditKind::RefreshTokenReuse {
+            record.failed()
+        } else {
+            record
+        }
+    }
 }
 
 /// Shorthand for "`DB` can bind this", for the generic statements below.
@@ -444,18 +597,74 @@ macro_rules! sql_store {
             use uuid::Uuid;
 
             use $crate::{
-                domain::User,
+                domain::{Email, User, Username},
                 store::{
-                    Credentials, KeyStore, NewSession, NewUser, RevokeReason, Rotation,
-                    SessionInfo, SessionStore, Store, StoreError, StoreResult, StoredKey,
-                    UpdatePlan, UpdatedUser, UserChanges, UserFilter, UserStore, detached,
-                    map_unique,
+                    AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
+                    Effects, FlowPurpose, FlowStore, FlowToken, KeyStore, MailInfo, MailStatus,
+                    MailStore, NewSession, NewUser, QueuedMail, Redeemed, Redemption,
+                    RevokeReason, Rotation, SessionInfo, SessionStore, Store, StoreError,
+                    StoreResult, StoredKey, UpdatePlan, UpdatedUser, UserChanges, UserFilter,
+                    UserStore, detached, map_unique,
                     sql::{
-                        self, CredentialsRow, Dialect, KeyRow, Refresh, SessionInfoRow,
-                        Timestamp, UserRow,
+                        self, AuditRow, CredentialsRow, Dialect, FlowTokenRow, KeyRow,
+                        MailInfoRow, Refresh, SessionInfoRow, Timestamp, UserRow,
                     },
                 },
             };
+
+            type Tx = sqlx::Transaction<'static, <$store as Dialect>::Db>;
+
+            /// Writes what a change brings with it, in the change's transaction.
+            async fn write_effects(tx: &mut Tx, effects: &Effects) -> StoreResult<()> {
+                if let Some(token) = &effects.token {
+                    // A newer link of a purpose replaces the older ones.
+                    sqlx::query("DELETE FROM flow_tokens WHERE user_id = $1 AND purpose = $2")
+                        .bind(token.user_id)
+                        .bind(token.purpose.as_str())
+                        .execute(&mut **tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO flow_tokens \
+                         (token_hash, purpose, user_id, email, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(&token.hash[..])
+                    .bind(token.purpose.as_str())
+                    .bind(token.user_id)
+                    .bind(token.email.as_str())
+                    .bind(Timestamp(token.created_at))
+                    .bind(Timestamp(token.expires_at))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                for mail in &effects.mail {
+                    sqlx::query(
+                        "INSERT INTO mail_outbox (id, kind, recipient, subject, body, status, \
+                         attempts, created_at, next_attempt_at) \
+                         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6)",
+                    )
+                    .bind(mail.id)
+                    .bind(mail.kind)
+                    .bind(mail.to.as_str())
+                    .bind(mail.subject.as_str())
+                    .bind(mail.text.as_str())
+                    .bind(Timestamp(mail.created_at))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                for record in &effects.audit {
+                    sql::insert_audit(record).execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Runs `effects` alone in a transaction of their own.
+            async fn apply_alone(writer: &sqlx::Pool<<$store as Dialect>::Db>, effects: &Effects) -> StoreResult<()> {
+                let mut tx = <$store>::begin_write(writer).await?;
+                write_effects(&mut tx, effects).await?;
+                tx.commit().await?;
+                Ok(())
+            }
 
             #[async_trait]
             impl Store for $store {
@@ -482,12 +691,20 @@ macro_rules! sql_store {
 
             #[async_trait]
             impl UserStore for $store {
-                async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
-                    sql::insert_user(user, false)
-                        .execute(self.writer())
-                        .await
-                        .map_err(map_unique)?;
-                    Ok(user.view())
+                async fn create_user(&self, user: &NewUser, effects: &Effects) -> StoreResult<User> {
+                    let writer = self.writer().clone();
+                    let (user, effects) = (user.clone(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        sql::insert_user(&user, false)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_unique)?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(user.view())
+                    })
+                    .await
                 }
 
                 async fn create_user_if_absent(&self, user: &NewUser) -> StoreResult<bool> {
@@ -538,9 +755,11 @@ macro_rules! sql_store {
                     hash: &str,
                     keep: Option<Uuid>,
                     now: OffsetDateTime,
+                    effects: &Effects,
                 ) -> StoreResult<bool> {
                     let writer = self.writer().clone();
                     let hash = hash.to_owned();
+                    let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         let done = sqlx::query(
@@ -562,14 +781,53 @@ macro_rules! sql_store {
                         )
                         .execute(&mut *tx)
                         .await?;
+                        sqlx::query("DELETE FROM flow_tokens WHERE user_id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(true)
                     })
                     .await
                 }
 
-                async fn delete_user(&self, id: Uuid) -> StoreResult<bool> {
+                async fn change_username(
+                    &self,
+                    id: Uuid,
+                    username: &Username,
+                    now: OffsetDateTime,
+                    effects: &Effects,
+                ) -> StoreResult<Option<User>> {
                     let writer = self.writer().clone();
+                    let (username, effects) = (username.clone(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let row: Option<UserRow> = sqlx::query_as(
+                            "UPDATE users SET username = $2, username_normalized = $3, \
+                             updated_at = $4 WHERE id = $1 RETURNING id, username, email, \
+                             email_verified, roles, is_active, created_at",
+                        )
+                        .bind(id)
+                        .bind(username.as_str())
+                        .bind(username.normalized())
+                        .bind(Timestamp(now))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_unique)?;
+                        let Some(row) = row else {
+                            return Ok(None);
+                        };
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(Some(User::try_from(row)?))
+                    })
+                    .await
+                }
+
+                async fn delete_user(&self, id: Uuid, effects: &Effects) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         Self::lock_for_user_change(&mut tx, id).await?;
@@ -592,11 +850,13 @@ macro_rules! sql_store {
                             Some(true) if others == 0 => return Err(StoreError::LastAdmin),
                             Some(_) => {}
                         }
-                        // Sessions and refresh tokens go with the user (ON DELETE CASCADE).
+                        // Sessions, refresh tokens and links go with the user
+                        // (ON DELETE CASCADE).
                         sqlx::query("DELETE FROM users WHERE id = $1")
                             .bind(id)
                             .execute(&mut *tx)
                             .await?;
+                        write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(true)
                     })
@@ -661,9 +921,11 @@ macro_rules! sql_store {
                     id: Uuid,
                     changes: &UserChanges,
                     now: OffsetDateTime,
+                    by: &AuditContext,
                 ) -> StoreResult<Option<UpdatedUser>> {
                     let writer = self.writer().clone();
                     let changes = changes.clone();
+                    let by = by.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         Self::lock_for_user_change(&mut tx, id).await?;
@@ -720,6 +982,11 @@ macro_rules! sql_store {
                             .execute(&mut *tx)
                             .await?;
                         }
+                        let audit = Effects {
+                            audit: plan.audit(&current, &by, now),
+                            ..Effects::default()
+                        };
+                        write_effects(&mut tx, &audit).await?;
                         tx.commit().await?;
                         Ok(Some(UpdatedUser {
                             user,
@@ -732,9 +999,14 @@ macro_rules! sql_store {
 
             #[async_trait]
             impl SessionStore for $store {
-                async fn create_session(&self, s: &NewSession) -> StoreResult<bool> {
+                async fn create_session(
+                    &self,
+                    s: &NewSession,
+                    effects: &Effects,
+                ) -> StoreResult<bool> {
                     let writer = self.writer().clone();
                     let s = s.clone();
+                    let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         Self::lock_for_new_session(&mut tx, s.user_id).await?;
@@ -766,6 +1038,7 @@ macro_rules! sql_store {
                         )
                         .execute(&mut *tx)
                         .await?;
+                        write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(true)
                     })
@@ -778,12 +1051,14 @@ macro_rules! sql_store {
                     next: &[u8; 32],
                     next_expires_at: OffsetDateTime,
                     now: OffsetDateTime,
+                    by: &AuditContext,
                 ) -> StoreResult<Rotation> {
                     self.rotate(Refresh {
                         presented: *presented,
                         next: *next,
                         next_expires_at: Timestamp(next_expires_at),
                         now: Timestamp(now),
+                        by: by.clone(),
                     })
                     .await
                 }
@@ -792,18 +1067,35 @@ macro_rules! sql_store {
                     &self,
                     token_hash: &[u8; 32],
                     now: OffsetDateTime,
+                    by: &AuditContext,
                 ) -> StoreResult<Option<Uuid>> {
-                    let id = sqlx::query_scalar(
-                        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-                         WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) \
-                         AND revoked_at IS NULL RETURNING id",
-                    )
-                    .bind(&token_hash[..])
-                    .bind(Timestamp(now))
-                    .bind(RevokeReason::Logout.as_str())
-                    .fetch_optional(self.writer())
-                    .await?;
-                    Ok(id)
+                    let writer = self.writer().clone();
+                    let (token_hash, by) = (*token_hash, by.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let ended: Option<(Uuid, Uuid)> = sqlx::query_as(
+                            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+                             WHERE id = (SELECT session_id FROM refresh_tokens \
+                                         WHERE token_hash = $1) \
+                             AND revoked_at IS NULL RETURNING id, user_id",
+                        )
+                        .bind(&token_hash[..])
+                        .bind(Timestamp(now))
+                        .bind(RevokeReason::Logout.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some((session_id, user_id)) = ended else {
+                            return Ok(None);
+                        };
+                        let record = by
+                            .record(AuditKind::Logout, now)
+                            .user(user_id)
+                            .session(session_id);
+                        sql::insert_audit(&record).execute(&mut *tx).await?;
+                        tx.commit().await?;
+                        Ok(Some(session_id))
+                    })
+                    .await
                 }
 
                 async fn revoke_user_sessions(
@@ -812,11 +1104,20 @@ macro_rules! sql_store {
                     except: Option<Uuid>,
                     reason: RevokeReason,
                     now: OffsetDateTime,
+                    effects: &Effects,
                 ) -> StoreResult<u64> {
-                    let done = sql::end_user_sessions(user_id, except, reason, Timestamp(now))
-                        .execute(self.writer())
-                        .await?;
-                    Ok(done.rows_affected())
+                    let writer = self.writer().clone();
+                    let effects = effects.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let done = sql::end_user_sessions(user_id, except, reason, Timestamp(now))
+                            .execute(&mut *tx)
+                            .await?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(done.rows_affected())
+                    })
+                    .await
                 }
 
                 async fn revoke_session(
@@ -825,19 +1126,31 @@ macro_rules! sql_store {
                     session_id: Uuid,
                     reason: RevokeReason,
                     now: OffsetDateTime,
+                    effects: &Effects,
                 ) -> StoreResult<bool> {
-                    let done = sqlx::query(
-                        "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
-                         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
-                         AND expires_at > $3",
-                    )
-                    .bind(session_id)
-                    .bind(user_id)
-                    .bind(Timestamp(now))
-                    .bind(reason.as_str())
-                    .execute(self.writer())
-                    .await?;
-                    Ok(done.rows_affected() == 1)
+                    let writer = self.writer().clone();
+                    let effects = effects.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let done = sqlx::query(
+                            "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+                             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+                             AND expires_at > $3",
+                        )
+                        .bind(session_id)
+                        .bind(user_id)
+                        .bind(Timestamp(now))
+                        .bind(reason.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() != 1 {
+                            return Ok(false);
+                        }
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(true)
+                    })
+                    .await
                 }
 
                 async fn list_sessions(
@@ -890,10 +1203,328 @@ macro_rules! sql_store {
                         .bind(Timestamp(revoked_before))
                         .execute(&mut *tx)
                         .await?;
+                        let links = sqlx::query("DELETE FROM flow_tokens WHERE expires_at <= $1")
+                            .bind(Timestamp(now))
+                            .execute(&mut *tx)
+                            .await?;
                         tx.commit().await?;
-                        Ok(tokens.rows_affected() + sessions.rows_affected())
+                        Ok(tokens.rows_affected() + sessions.rows_affected() + links.rows_affected())
                     })
                     .await
+                }
+            }
+
+            #[async_trait]
+            impl FlowStore for $store {
+                async fn apply(&self, effects: &Effects) -> StoreResult<()> {
+                    let writer = self.writer().clone();
+                    let effects = effects.clone();
+                    detached(async move { apply_alone(&writer, &effects).await }).await
+                }
+
+                async fn find_flow_token(
+                    &self,
+                    hash: &[u8; 32],
+                    purpose: FlowPurpose,
+                    now: OffsetDateTime,
+                ) -> StoreResult<Option<FlowToken>> {
+                    let row: Option<FlowTokenRow> = sqlx::query_as(
+                        "SELECT user_id, email, expires_at FROM flow_tokens \
+                         WHERE token_hash = $1 AND purpose = $2 AND expires_at > $3",
+                    )
+                    .bind(&hash[..])
+                    .bind(purpose.as_str())
+                    .bind(Timestamp(now))
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(FlowToken::from))
+                }
+
+                async fn redeem_flow_token(
+                    &self,
+                    hash: &[u8; 32],
+                    purpose: FlowPurpose,
+                    user_id: Uuid,
+                    redemption: &Redemption,
+                    now: OffsetDateTime,
+                    effects: &Effects,
+                ) -> StoreResult<Redeemed> {
+                    let writer = self.writer().clone();
+                    let (hash, redemption, effects) = (*hash, redemption.clone(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        // Deleting it is using it up: of racing redemptions
+                        // only one deletes the row. Returning early rolls back.
+                        let email: Option<String> = sqlx::query_scalar(
+                            "DELETE FROM flow_tokens WHERE token_hash = $1 AND purpose = $2 \
+                             AND user_id = $3 AND expires_at > $4 RETURNING email",
+                        )
+                        .bind(&hash[..])
+                        .bind(purpose.as_str())
+                        .bind(user_id)
+                        .bind(Timestamp(now))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some(Ok(email)) = email.as_deref().map(Email::parse) else {
+                            return Ok(Redeemed::Invalid);
+                        };
+                        const RETURNING: &str = " RETURNING id, username, email, \
+                            email_verified, roles, is_active, created_at";
+                        // The address the link went to must still be the
+                        // user's: a link to an old address is dead.
+                        let row: Option<UserRow> = match &redemption {
+                            Redemption::VerifyEmail => {
+                                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                                    "UPDATE users SET email_verified = TRUE, updated_at = $3 \
+                                     WHERE id = $1 AND email_normalized = $2 AND is_active{RETURNING}"
+                                )))
+                                .bind(user_id)
+                                .bind(email.normalized())
+                                .bind(Timestamp(now))
+                                .fetch_optional(&mut *tx)
+                                .await?
+                            }
+                            Redemption::ResetPassword { password_hash } => {
+                                let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                                    "UPDATE users SET password_hash = $3, email_verified = TRUE, \
+                                     updated_at = $4 WHERE id = $1 AND email_normalized = $2 \
+                                     AND is_active{RETURNING}"
+                                )))
+                                .bind(user_id)
+                                .bind(email.normalized())
+                                .bind(password_hash.as_str())
+                                .bind(Timestamp(now))
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                if row.is_some() {
+                                    sql::end_user_sessions(
+                                        user_id,
+                                        None,
+                                        RevokeReason::PasswordReset,
+                                        Timestamp(now),
+                                    )
+                                    .execute(&mut *tx)
+                                    .await?;
+                                    sqlx::query("DELETE FROM flow_tokens WHERE user_id = $1")
+                                        .bind(user_id)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                }
+                                row
+                            }
+                            Redemption::ChangeEmail => {
+                                let changed = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                                    "UPDATE users SET email = $2, email_normalized = $3, \
+                                     email_verified = TRUE, updated_at = $4 \
+                                     WHERE id = $1 AND is_active{RETURNING}"
+                                )))
+                                .bind(user_id)
+                                .bind(email.as_str())
+                                .bind(email.normalized())
+                                .bind(Timestamp(now))
+                                .fetch_optional(&mut *tx)
+                                .await
+                                .map_err(map_unique);
+                                match changed {
+                                    Err(StoreError::Conflict(_)) => return Ok(Redeemed::EmailTaken),
+                                    other => other?,
+                                }
+                            }
+                        };
+                        let Some(row) = row else {
+                            return Ok(Redeemed::Invalid);
+                        };
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(Redeemed::Done(User::try_from(row)?))
+                    })
+                    .await
+                }
+            }
+
+            #[async_trait]
+            impl MailStore for $store {
+                async fn claim_mail(
+                    &self,
+                    owner: Uuid,
+                    limit: u32,
+                    max_attempts: u32,
+                    now: OffsetDateTime,
+                    lease_until: OffsetDateTime,
+                ) -> StoreResult<Vec<QueuedMail>> {
+                    let writer = self.writer().clone();
+                    let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        // A claim whose sender vanished (a crash, a hang) runs
+                        // out; on its last attempt the message is given up.
+                        sqlx::query(
+                            "UPDATE mail_outbox SET status = 'failed', body = NULL, \
+                             lease_owner = NULL, lease_until = NULL, \
+                             last_error = COALESCE(last_error, 'no outcome within the lease') \
+                             WHERE status = 'pending' AND attempts >= $1 AND lease_until <= $2",
+                        )
+                        .bind(max_attempts)
+                        .bind(Timestamp(now))
+                        .execute(&mut *tx)
+                        .await?;
+                        let rows: Vec<(Uuid, String, String, Option<String>, i32)> =
+                            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                                "UPDATE mail_outbox SET attempts = attempts + 1, \
+                                 lease_owner = $1, lease_until = $2 \
+                                 WHERE id IN (SELECT id FROM mail_outbox \
+                                     WHERE status = 'pending' AND next_attempt_at <= $3 \
+                                     AND (lease_until IS NULL OR lease_until <= $3) \
+                                     AND attempts < $4 \
+                                     ORDER BY next_attempt_at LIMIT $5{}) \
+                                 RETURNING id, recipient, subject, body, attempts",
+                                <$store as Dialect>::SKIP_LOCKED
+                            )))
+                            .bind(owner)
+                            .bind(Timestamp(lease_until))
+                            .bind(Timestamp(now))
+                            .bind(max_attempts)
+                            .bind(i64::from(limit))
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        Ok(rows
+                            .into_iter()
+                            .map(|(id, to, subject, text, attempts)| QueuedMail {
+                                id,
+                                to,
+                                subject,
+                                text: text.unwrap_or_default(),
+                                attempts: u32::try_from(attempts).unwrap_or(0),
+                            })
+                            .collect())
+                    })
+                    .await
+                }
+
+                async fn mail_sent(
+                    &self,
+                    id: Uuid,
+                    owner: Uuid,
+                    now: OffsetDateTime,
+                ) -> StoreResult<()> {
+                    sqlx::query(
+                        "UPDATE mail_outbox SET status = 'sent', sent_at = $3, body = NULL, \
+                         lease_owner = NULL, lease_until = NULL, last_error = NULL \
+                         WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(Timestamp(now))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn mail_failed(
+                    &self,
+                    id: Uuid,
+                    owner: Uuid,
+                    error: &str,
+                    retry_at: Option<OffsetDateTime>,
+                ) -> StoreResult<()> {
+                    let error: String = error.chars().take(500).collect();
+                    let query = match retry_at {
+                        Some(at) => sqlx::query(
+                            "UPDATE mail_outbox SET next_attempt_at = $4, lease_owner = NULL, \
+                             lease_until = NULL, last_error = $3 \
+                             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                        )
+                        .bind(id)
+                        .bind(owner)
+                        .bind(error)
+                        .bind(Timestamp(at)),
+                        None => sqlx::query(
+                            "UPDATE mail_outbox SET status = 'failed', body = NULL, \
+                             lease_owner = NULL, lease_until = NULL, last_error = $3 \
+                             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                        )
+                        .bind(id)
+                        .bind(owner)
+                        .bind(error),
+                    };
+                    query.execute(self.writer()).await?;
+                    Ok(())
+                }
+
+                async fn list_mail(
+                    &self,
+                    status: Option<MailStatus>,
+                    limit: u32,
+                    before: Option<Uuid>,
+                ) -> StoreResult<Vec<MailInfo>> {
+                    let rows: Vec<MailInfoRow> = sqlx::query_as(
+                        "SELECT id, kind, recipient, subject, status, attempts, created_at, \
+                         next_attempt_at, sent_at, last_error FROM mail_outbox \
+                         WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2) \
+                         ORDER BY id DESC LIMIT $3",
+                    )
+                    .bind(status.map(MailStatus::as_str))
+                    .bind(before)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(MailInfo::try_from)
+                        .collect::<Result<_, _>>()?)
+                }
+
+                async fn purge_mail(&self, before: OffsetDateTime) -> StoreResult<u64> {
+                    let done = sqlx::query(
+                        "DELETE FROM mail_outbox WHERE status <> 'pending' AND created_at < $1",
+                    )
+                    .bind(Timestamp(before))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(done.rows_affected())
+                }
+            }
+
+            #[async_trait]
+            impl AuditStore for $store {
+                async fn record(&self, record: &AuditRecord) -> StoreResult<()> {
+                    sql::insert_audit(record).execute(self.writer()).await?;
+                    Ok(())
+                }
+
+                async fn list_audit(
+                    &self,
+                    filter: &AuditFilter,
+                    limit: u32,
+                    before: Option<Uuid>,
+                ) -> StoreResult<Vec<AuditRecord>> {
+                    let rows: Vec<AuditRow> = sqlx::query_as(
+                        "SELECT id, occurred_at, type, outcome, actor_id, user_id, session_id, \
+                         ip, user_agent, request_id, detail FROM audit_events \
+                         WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR type = $2) \
+                         AND ($3 IS NULL OR occurred_at >= $3) AND ($4 IS NULL OR id < $4) \
+                         ORDER BY id DESC LIMIT $5",
+                    )
+                    .bind(filter.user_id)
+                    .bind(filter.kind.map(AuditKind::as_str))
+                    .bind(filter.since.map(Timestamp))
+                    .bind(before)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(AuditRecord::try_from)
+                        .collect::<Result<_, _>>()?)
+                }
+
+                async fn purge_audit(&self, before: OffsetDateTime) -> StoreResult<u64> {
+                    let done = sqlx::query("DELETE FROM audit_events WHERE occurred_at < $1")
+                        .bind(Timestamp(before))
+                        .execute(self.writer())
+                        .await?;
+                    Ok(done.rows_affected())
                 }
             }
 

@@ -18,7 +18,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Rotation, StoreResult, User, detached,
+    AuditKind, Rotation, StoreResult, User, detached,
     sql::{self, Dialect, Refresh, RotatedRow, SessionUserRow, Timestamp, sql_store},
 };
 
@@ -69,6 +69,9 @@ sql_store!(SqliteStore, migrations = "./migrations/sqlite");
 
 impl Dialect for SqliteStore {
     type Db = Sqlite;
+
+    // BEGIN IMMEDIATE serialises writers: a claim never meets another.
+    const SKIP_LOCKED: &'static str = "";
 
     fn reader(&self) -> &SqlitePool {
         &self.pool
@@ -124,8 +127,13 @@ impl Dialect for SqliteStore {
                 let reused = sql::revoke_reused(&refresh)
                     .fetch_optional(&mut *tx)
                     .await?;
+                let Some(reused) = reused else {
+                    return Ok(Rotation::Invalid);
+                };
+                let record = refresh.audit(AuditKind::RefreshTokenReuse, reused.user_id, reused.id);
+                sql::insert_audit(&record).execute(&mut *tx).await?;
                 tx.commit().await?;
-                return Ok(reused.map_or(Rotation::Invalid, Rotation::from));
+                return Ok(reused.into());
             };
             let live: Option<RotatedRow> = sqlx::query_as(
                 "SELECT s.id AS session_id, s.expires_at AS session_expires_at, u.id, u.username, \
@@ -155,8 +163,13 @@ impl Dialect for SqliteStore {
                 .bind(refresh.now)
                 .execute(&mut *tx)
                 .await?;
+            let rotation = Rotation::from(live);
+            if let Rotation::Rotated { user, .. } = &rotation {
+                let record = refresh.audit(AuditKind::Refresh, user.id, session_id);
+                sql::insert_audit(&record).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
-            Ok(live.into())
+            Ok(rotation)
         })
         .await
     }

@@ -14,7 +14,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-pub use crate::common::{Backend, TestDb};
+pub use crate::common::{Backend, TestDb, smtp::SmtpSink};
 
 #[derive(Parser)]
 struct Args {
@@ -29,6 +29,7 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// Settings for a test server; `spawn` starts it.
 pub struct TestAppBuilder {
     args: Vec<String>,
+    mail: Option<SmtpSink>,
 }
 
 impl TestAppBuilder {
@@ -43,6 +44,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Sends the server's mail to `sink` (by default each server gets its own).
+    pub fn mail_to(mut self, sink: &SmtpSink) -> Self {
+        self.mail = Some(sink.clone());
+        self
+    }
+
     pub async fn spawn(self, backend: Backend) -> TestApp {
         let db = TestDb::new(backend).await;
         self.spawn_on(db).await
@@ -50,12 +57,18 @@ impl TestAppBuilder {
 
     /// Starts a server on an existing database (another instance, or a restart).
     pub async fn spawn_on(self, db: TestDb) -> TestApp {
+        let mail = match self.mail {
+            Some(sink) => sink,
+            None => SmtpSink::start().await,
+        };
         let mut argv: Vec<String> = vec![
             "authgate".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--database-url".into(),
             db.url.clone(),
+            "--smtp-url".into(),
+            mail.url(),
         ];
         argv.extend(self.args.iter().cloned());
         let config = Args::try_parse_from(&argv)
@@ -84,6 +97,7 @@ impl TestAppBuilder {
             stop: Some(stop),
             server: Some(server),
             args: self.args,
+            mail,
         }
     }
 }
@@ -98,6 +112,8 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     args: Vec<String>,
+    /// The SMTP server the server's mail goes to.
+    pub mail: SmtpSink,
 }
 
 /// A test server with the test signing key and otherwise default settings.
@@ -112,7 +128,11 @@ impl TestApp {
 
     /// A builder without the fixed signing key: the server generates its own.
     pub fn builder_with_generated_key() -> TestAppBuilder {
-        TestAppBuilder { args: Vec::new() }.arg("--hash-workers", "1")
+        TestAppBuilder {
+            args: Vec::new(),
+            mail: None,
+        }
+        .arg("--hash-workers", "1")
     }
 
     pub fn db(&self) -> &TestDb {
@@ -135,8 +155,14 @@ impl TestApp {
 
     /// Stops the server and starts a new one on the same database and settings.
     pub async fn restart(self) -> TestApp {
+        let mail = self.mail.clone();
         let (db, args) = self.stop().await;
-        TestAppBuilder { args }.spawn_on(db).await
+        TestAppBuilder {
+            args,
+            mail: Some(mail),
+        }
+        .spawn_on(db)
+        .await
     }
 
     /// A store of its own on the server's database, to look at what it wrote.
