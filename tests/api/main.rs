@@ -6,10 +6,13 @@ mod common;
 mod helpers;
 
 mod admin;
+mod audit;
 mod disk;
 mod health;
+mod links;
 mod login;
 mod me;
+mod outbox;
 mod refresh;
 mod signup;
 mod throttling;
@@ -21,11 +24,15 @@ fn main() {
     let pg = common::postgres_reachable();
     let modules: &[fn(bool) -> Vec<Trial>] = &[
         admin::trials,
+        audit::trials,
         disk::trials,
         health::trials,
         health::postgres_only_trials,
+        links::trials,
         login::trials,
         me::trials,
+        outbox::trials,
+        outbox::postgres_only_trials,
         refresh::trials,
         signup::trials,
         throttling::trials,

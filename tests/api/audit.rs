@@ -1,0 +1,5 @@
+//! Placeholder until the tests land.
+
+pub fn trials(_pg: bool) -> Vec<libtest_mimic::Trial> {
+    Vec::new()
+}
