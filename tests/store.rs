@@ -9,8 +9,9 @@ use authgate::{
     config::DatabaseUrl,
     domain::{Email, Role, Roles, Username},
     store::{
-        self, AuditContext, NewSession, NewUser, RevokeReason, Rotation, Store, StoreError,
-        StoredKey, UserChanges, UserFilter,
+        self, AuditContext, AuditFilter, AuditKind, Effects, FlowPurpose, MailStatus, NewFlowToken,
+        NewSession, NewUser, OutboxMail, Redeemed, Redemption, RevokeReason, Rotation, Store,
+        StoreError, StoredKey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
@@ -88,6 +89,14 @@ on_both_databases!(
     live_sessions_answers_for_many_sessions_in_one_call,
     timestamps_round_trip_to_the_millisecond_in_the_stored_form,
     rows_written_with_plain_sql_read_back_through_the_store,
+    a_link_is_used_up_once_even_by_racing_redemptions,
+    a_link_is_bound_to_its_purpose_user_address_and_lifetime,
+    a_newer_link_or_a_password_change_kills_older_links,
+    a_reset_sets_the_password_ends_every_session_and_verifies_the_address,
+    a_failed_change_writes_neither_its_mail_nor_its_audit_events,
+    racing_claims_share_out_the_outbox_and_each_message_once,
+    a_claim_that_runs_out_is_claimed_again_and_given_up_after_its_attempts,
+    audit_events_page_newest_first_and_filter,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -1220,4 +1229,528 @@ async fn instances_starting_together_store_one_signing_key(backend: Backend) {
         .collect();
     assert_eq!(seen[0].len(), 1, "{seen:?}");
     assert!(seen.iter().all(|keys| keys == &seen[0]), "{seen:?}");
+}
+
+fn link(user: &NewUser, purpose: FlowPurpose, secret: u8, lifetime: Duration) -> Effects {
+    let now = clock::now();
+    Effects {
+        token: Some(NewFlowToken {
+            hash: [secret; 32],
+            purpose,
+            user_id: user.id,
+            email: user.email.clone().unwrap(),
+            created_at: now,
+            expires_at: now + lifetime,
+        }),
+        mail: vec![mail_to(user.email.as_ref().unwrap().as_str())],
+        audit: vec![
+            AuditContext::default()
+                .record(AuditKind::PasswordResetRequested, now)
+                .user(user.id),
+        ],
+    }
+}
+
+fn mail_to(to: &str) -> OutboxMail {
+    OutboxMail {
+        id: Uuid::now_v7(),
+        kind: "test",
+        to: to.into(),
+        subject: "Hello".into(),
+        text: "a link".into(),
+        created_at: clock::now(),
+    }
+}
+
+async fn a_link_is_used_up_once_even_by_racing_redemptions(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = new_user("ursula");
+    store.create_user(&user, &Default::default()).await.unwrap();
+    store
+        .apply(&link(
+            &user,
+            FlowPurpose::VerifyEmail,
+            7,
+            Duration::hours(1),
+        ))
+        .await
+        .unwrap();
+    let redeem = || {
+        let store = store.clone();
+        async move {
+            store
+                .redeem_flow_token(
+                    &[7; 32],
+                    FlowPurpose::VerifyEmail,
+                    user.id,
+                    &Redemption::VerifyEmail,
+                    clock::now(),
+                    &Effects::default(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let outcomes = futures::future::join_all((0..8).map(|_| redeem())).await;
+    let done = outcomes
+        .iter()
+        .filter(|o| matches!(o, Redeemed::Done(u) if u.email_verified))
+        .count();
+    assert_eq!(done, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Redeemed::Done(_) | Redeemed::Invalid))
+    );
+    assert!(
+        store
+            .get_user(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .email_verified
+    );
+}
+
+async fn a_link_is_bound_to_its_purpose_user_address_and_lifetime(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = new_user("victor");
+    let other = new_user("wanda");
+    store.create_user(&user, &Default::default()).await.unwrap();
+    store
+        .create_user(&other, &Default::default())
+        .await
+        .unwrap();
+    store
+        .apply(&link(
+            &user,
+            FlowPurpose::VerifyEmail,
+            1,
+            Duration::minutes(10),
+        ))
+        .await
+        .unwrap();
+    let now = clock::now();
+    let found = store
+        .find_flow_token(&[1; 32], FlowPurpose::VerifyEmail, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.user_id, user.id);
+    assert_eq!(found.email, "victor@Example.com");
+    let try_with = |purpose, user_id, at| {
+        let store = store.clone();
+        async move {
+            store
+                .redeem_flow_token(
+                    &[1; 32],
+                    purpose,
+                    user_id,
+                    &Redemption::VerifyEmail,
+                    at,
+                    &Effects::default(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        try_with(FlowPurpose::ResetPassword, user.id, now).await,
+        Redeemed::Invalid
+    );
+    assert_eq!(
+        try_with(FlowPurpose::VerifyEmail, other.id, now).await,
+        Redeemed::Invalid
+    );
+    assert_eq!(
+        try_with(
+            FlowPurpose::VerifyEmail,
+            user.id,
+            now + Duration::minutes(11)
+        )
+        .await,
+        Redeemed::Invalid
+    );
+    assert!(
+        store
+            .find_flow_token(
+                &[1; 32],
+                FlowPurpose::VerifyEmail,
+                now + Duration::minutes(11)
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The address changes before the link is used: the link is dead.
+    let mut moved = link(&user, FlowPurpose::ChangeEmail, 2, Duration::minutes(10));
+    moved.token.as_mut().unwrap().email = Email::parse("victor@elsewhere.org").unwrap();
+    store.apply(&moved).await.unwrap();
+    let changed = store
+        .redeem_flow_token(
+            &[2; 32],
+            FlowPurpose::ChangeEmail,
+            user.id,
+            &Redemption::ChangeEmail,
+            now,
+            &Effects::default(),
+        )
+        .await
+        .unwrap();
+    let Redeemed::Done(changed) = changed else {
+        panic!("{changed:?}")
+    };
+    assert_eq!(changed.email.as_deref(), Some("victor@elsewhere.org"));
+    assert!(changed.email_verified);
+    assert_eq!(
+        try_with(FlowPurpose::VerifyEmail, user.id, now).await,
+        Redeemed::Invalid
+    );
+    assert!(
+        !store
+            .get_user(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .email_verified
+            || store
+                .get_user(user.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .email
+                .as_deref()
+                == Some("victor@elsewhere.org")
+    );
+    // Another account holds the address the link would move to.
+    let mut taken = link(&user, FlowPurpose::ChangeEmail, 3, Duration::minutes(10));
+    taken.token.as_mut().unwrap().email = other.email.clone().unwrap();
+    store.apply(&taken).await.unwrap();
+    let clash = store
+        .redeem_flow_token(
+            &[3; 32],
+            FlowPurpose::ChangeEmail,
+            user.id,
+            &Redemption::ChangeEmail,
+            now,
+            &Effects::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(clash, Redeemed::EmailTaken);
+    assert_eq!(
+        store
+            .get_user(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .email
+            .as_deref(),
+        Some("victor@elsewhere.org")
+    );
+}
+
+async fn a_newer_link_or_a_password_change_kills_older_links(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = new_user("xavier");
+    store.create_user(&user, &Default::default()).await.unwrap();
+    let now = clock::now();
+    store
+        .apply(&link(
+            &user,
+            FlowPurpose::ResetPassword,
+            1,
+            Duration::minutes(30),
+        ))
+        .await
+        .unwrap();
+    store
+        .apply(&link(
+            &user,
+            FlowPurpose::ResetPassword,
+            2,
+            Duration::minutes(30),
+        ))
+        .await
+        .unwrap();
+    let find = |secret| {
+        let store = store.clone();
+        async move {
+            store
+                .find_flow_token(&[secret; 32], FlowPurpose::ResetPassword, now)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(find(1).await.is_none(), "the newer link replaces the older");
+    assert!(find(2).await.is_some());
+    store
+        .change_password(user.id, HASH, None, now, &Effects::default())
+        .await
+        .unwrap();
+    assert!(find(2).await.is_none(), "a password change kills the link");
+}
+
+async fn a_reset_sets_the_password_ends_every_session_and_verifies_the_address(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = new_user("yvonne");
+    store.create_user(&user, &Default::default()).await.unwrap();
+    let session = session_for(user.id, 9, Duration::days(1));
+    assert!(
+        store
+            .create_session(&session, &Default::default())
+            .await
+            .unwrap()
+    );
+    store
+        .apply(&link(
+            &user,
+            FlowPurpose::ResetPassword,
+            4,
+            Duration::minutes(30),
+        ))
+        .await
+        .unwrap();
+    let new_hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3$bmV3";
+    let redeemed = store
+        .redeem_flow_token(
+            &[4; 32],
+            FlowPurpose::ResetPassword,
+            user.id,
+            &Redemption::ResetPassword {
+                password_hash: new_hash.into(),
+            },
+            clock::now(),
+            &Effects::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(redeemed, Redeemed::Done(ref u) if u.email_verified),
+        "{redeemed:?}"
+    );
+    let credentials = store.get_credentials(user.id).await.unwrap().unwrap();
+    assert_eq!(credentials.password_hash, new_hash);
+    assert!(
+        store
+            .session_user(session.id, clock::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_failed_change_writes_neither_its_mail_nor_its_audit_events(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let first = new_user("zoe");
+    store
+        .create_user(&first, &Default::default())
+        .await
+        .unwrap();
+    let mut clash = new_user("zoe");
+    clash.email = Some(Email::parse("someone.else@example.com").unwrap());
+    let effects = Effects {
+        mail: vec![mail_to("someone.else@example.com")],
+        audit: vec![
+            AuditContext::default()
+                .record(AuditKind::Signup, clock::now())
+                .user(clash.id),
+        ],
+        token: None,
+    };
+    let refused = store.create_user(&clash, &effects).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict("username"))),
+        "{refused:?}"
+    );
+    let mail = store.list_mail(None, 10, None).await.unwrap();
+    assert!(mail.is_empty(), "{mail:?}");
+    let events = store
+        .list_audit(&AuditFilter::default(), 10, None)
+        .await
+        .unwrap();
+    assert!(events.is_empty(), "{events:?}");
+}
+
+async fn racing_claims_share_out_the_outbox_and_each_message_once(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let effects = Effects {
+        mail: (0..40)
+            .map(|i| mail_to(&format!("m{i}@example.com")))
+            .collect(),
+        ..Effects::default()
+    };
+    store.apply(&effects).await.unwrap();
+    let now = clock::now();
+    let claim = |owner| {
+        let store = store.clone();
+        async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_mail(owner, 3, 5, now, now + Duration::minutes(5))
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                for mail in &batch {
+                    assert_eq!(mail.attempts, 1);
+                    store.mail_sent(mail.id, owner, now).await.unwrap();
+                }
+                mine.extend(batch.into_iter().map(|m| m.to));
+            }
+        }
+    };
+    let (a, b, c) = tokio::join!(
+        claim(Uuid::new_v4()),
+        claim(Uuid::new_v4()),
+        claim(Uuid::new_v4())
+    );
+    let mut all: Vec<_> = a.into_iter().chain(b).chain(c).collect();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, 40, "every message claimed");
+    assert_eq!(all.len(), 40, "no message claimed twice");
+    let listed = store
+        .list_mail(Some(MailStatus::Sent), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 40);
+}
+
+async fn a_claim_that_runs_out_is_claimed_again_and_given_up_after_its_attempts(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    store
+        .apply(&Effects {
+            mail: vec![mail_to("lost@example.com")],
+            ..Effects::default()
+        })
+        .await
+        .unwrap();
+    let now = clock::now();
+    let lease = Duration::minutes(5);
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        store
+            .claim_mail(first, 10, 2, now, now + lease)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .claim_mail(second, 10, 2, now, now + lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a held claim is not handed out again"
+    );
+    let later = now + lease + Duration::seconds(1);
+    let again = store
+        .claim_mail(second, 10, 2, later, later + lease)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "a claim that ran out is claimed again");
+    assert_eq!(again[0].attempts, 2);
+    // The first sender's late report no longer counts.
+    store.mail_sent(again[0].id, first, later).await.unwrap();
+    let pending = store
+        .list_mail(Some(MailStatus::Pending), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    let last = later + lease + Duration::seconds(1);
+    assert!(
+        store
+            .claim_mail(first, 10, 2, last, last + lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let failed = store
+        .list_mail(Some(MailStatus::Failed), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "out of attempts, given up");
+    assert!(failed[0].last_error.is_some());
+}
+
+async fn audit_events_page_newest_first_and_filter(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = Uuid::now_v7();
+    let start = clock::now();
+    let context = AuditContext {
+        actor_id: Some(user),
+        ip: Some("192.0.2.7".into()),
+        user_agent: Some("agent".into()),
+        request_id: Some("req-1".into()),
+    };
+    let mut written = Vec::new();
+    for i in 0..5 {
+        let kind = if i % 2 == 0 {
+            AuditKind::Login
+        } else {
+            AuditKind::Refresh
+        };
+        let record = context
+            .record(kind, start + Duration::seconds(i))
+            .user(user)
+            .detail(format!("n{i}"));
+        store.record(&record).await.unwrap();
+        written.push(record);
+    }
+    store
+        .record(&AuditContext::default().record(AuditKind::Signup, start))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let filter = AuditFilter {
+            user_id: Some(user),
+            ..AuditFilter::default()
+        };
+        let page = store.list_audit(&filter, 2, before).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|e| e.id);
+        seen.extend(page);
+    }
+    written.reverse();
+    assert_eq!(
+        seen, written,
+        "newest first, each once, read back as written"
+    );
+    let logins = store
+        .list_audit(
+            &AuditFilter {
+                kind: Some(AuditKind::Login),
+                since: Some(start + Duration::seconds(1)),
+                ..AuditFilter::default()
+            },
+            10,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    assert_eq!(
+        store
+            .purge_audit(start + Duration::seconds(3))
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        store
+            .list_audit(&AuditFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
