@@ -1404,23 +1404,8 @@ async fn a_link_is_bound_to_its_purpose_user_address_and_lifetime(backend: Backe
     assert!(changed.email_verified);
     assert_eq!(
         try_with(FlowPurpose::VerifyEmail, user.id, now).await,
-        Redeemed::Invalid
-    );
-    assert!(
-        !store
-            .get_user(user.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .email_verified
-            || store
-                .get_user(user.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .email
-                .as_deref()
-                == Some("victor@elsewhere.org")
+        Redeemed::Invalid,
+        "a link to the old address is dead"
     );
     // Another account holds the address the link would move to.
     let mut taken = link(&user, FlowPurpose::ChangeEmail, 3, Duration::minutes(10));
