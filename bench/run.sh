@@ -190,6 +190,8 @@ export AUTHGATE_LOGIN_IP_FREE_FAILURES=100000000
 export AUTHGATE_LOGIN_FREE_FAILURES=100000000
 export AUTHGATE_HASH_QUEUE_PER_CLIENT=100000
 export AUTHGATE_LOG_FORMAT=json
+# Signups mail a verification link: into the run's own directory.
+export AUTHGATE_MAIL_OUTBOX=$WORK/outbox
 export RUST_LOG=warn,authgate::cli=info
 if [[ $HASH_QUEUE != default ]]; then
     export AUTHGATE_HASH_QUEUE=$HASH_QUEUE

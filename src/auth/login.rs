@@ -102,10 +102,14 @@ impl PasswordCheck {
     /// get no more checks than sequential ones.
     #[tracing::instrument(skip_all, fields(ip = %client.ip))]
     pub async fn login(&self, client: &Client, login: &str, password: &str) -> AuthResult<Checked> {
-        let result = self.check_login(client.ip, login, password).await;
+        let mut account = None;
+        let result = self
+            .check_login(client.ip, login, password, &mut account)
+            .await;
         match &result {
             Err(AuthError::InvalidCredentials) => {
-                let failed = self.audit.event(client, None, AuditKind::Login).failed();
+                let mut failed = self.audit.event(client, None, AuditKind::Login).failed();
+                failed.user_id = account;
                 self.audit.record(failed).await;
             }
             Err(AuthError::Throttled(_)) => self.audit.throttled(client, "login", None).await,
@@ -114,7 +118,14 @@ impl PasswordCheck {
         result
     }
 
-    async fn check_login(&self, ip: IpAddr, login: &str, password: &str) -> AuthResult<Checked> {
+    /// [`Self::login`]; `found_account` is set to the account the name belongs to.
+    async fn check_login(
+        &self,
+        ip: IpAddr,
+        login: &str,
+        password: &str,
+        found_account: &mut Option<Uuid>,
+    ) -> AuthResult<Checked> {
         let ip = client_bucket(ip);
         if password.len() > Password::MAX_BYTES || login.len() > Email::MAX_LEN {
             // No account has such a password or name: refuse without hashing
@@ -131,6 +142,7 @@ impl PasswordCheck {
         } else {
             self.users.find_credentials(&login).await?
         };
+        *found_account = found.as_ref().map(|c| c.user.id);
         // One counter per account whatever identifier was typed (username or
         // email); a name no account has gets a counter of its own.
         let account = match &found {
