@@ -40,6 +40,7 @@ fn new_user(name: &str) -> NewUser {
         email: Some(Email::parse(&format!("{name}@Example.com")).unwrap()),
         password_hash: HASH.into(),
         roles: Roles::new([Role::user()]),
+        email_verified: false,
         created_at: clock::now(),
     }
 }

@@ -182,6 +182,7 @@ impl Accounts {
                 account.email,
                 password_hash,
                 Roles::new([Role::user()]),
+                false,
                 &effects,
             )
             .await?;
@@ -203,6 +204,7 @@ impl Accounts {
         email: Option<Email>,
         password_hash: String,
         roles: Roles,
+        email_verified: bool,
         effects: &Effects,
     ) -> AuthResult<User> {
         let new = NewUser {
@@ -211,6 +213,7 @@ impl Accounts {
             email,
             password_hash,
             roles,
+            email_verified,
             created_at: self.clock.now(),
         };
         let user = self.users.create_user(&new, effects).await?;
@@ -250,6 +253,10 @@ impl Accounts {
                 Some(email.clone()),
                 password_hash,
                 roles,
+                // The operator names this admin and vouches for its address:
+                // a service that requires verified addresses must still let
+                // its first admin in.
+                true,
                 &effects,
             )
             .await
@@ -290,6 +297,8 @@ impl Accounts {
                 let changes = UserChanges {
                     is_active: Some(true),
                     add_role: Some(Role::admin()),
+                    // The operator named the address: it counts as verified.
+                    email_verified: Some(true),
                     ..UserChanges::default()
                 };
                 let user = self
@@ -464,7 +473,7 @@ impl Accounts {
             }
         };
         let user = self
-            .insert(id, username, email, password_hash, roles, &effects)
+            .insert(id, username, email, password_hash, roles, false, &effects)
             .await?;
         tracing::info!(user_id = %user.id, invited = password.is_none(), "account created by admin");
         Ok(user)
@@ -482,7 +491,7 @@ impl Accounts {
     ) -> AuthResult<ProfileUpdate> {
         let mut user = self.check.confirm(client, who.user_id, current).await?;
         if let Some(name) = change.username
-            && user.username.as_deref().map(login_key) != Some(name.normalized())
+            && user.username.as_deref() != Some(name.as_str())
         {
             if self.policy.is_reserved(&name) {
                 return Err(AuthError::ReservedUsername);

@@ -56,6 +56,9 @@ pub struct NewUser {
     pub email: Option<Email>,
     pub password_hash: String,
     pub roles: Roles,
+    /// Whether the address counts as verified from the start (an admin
+    /// account set up by the operator).
+    pub email_verified: bool,
     pub created_at: OffsetDateTime,
 }
 
@@ -66,7 +69,7 @@ impl NewUser {
             id: self.id,
             username: self.username.as_ref().map(|u| u.as_str().to_owned()),
             email: self.email.as_ref().map(|e| e.as_str().to_owned()),
-            email_verified: false,
+            email_verified: self.email_verified,
             roles: self.roles.clone(),
             is_active: true,
             created_at: self.created_at,

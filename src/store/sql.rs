@@ -471,8 +471,8 @@ macro_rules! insert_user_sql {
     ($($tail:literal)?) => {
         concat!(
             "INSERT INTO users (id, username, username_normalized, email, email_normalized, \
-             password_hash, roles, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+             password_hash, roles, created_at, updated_at, email_verified) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)"
             $(, " ", $tail)?
         )
     };
@@ -490,6 +490,7 @@ where
     &'a str: Bind<DB>,
     String: Bind<DB>,
     Timestamp: Bind<DB>,
+    bool: Bind<DB>,
 {
     let sql = if if_absent {
         insert_user_sql!("ON CONFLICT DO NOTHING")
@@ -505,6 +506,7 @@ where
         .bind(user.password_hash.as_str())
         .bind(user.roles.to_column())
         .bind(Timestamp(user.created_at))
+        .bind(user.email_verified)
 }
 
 /// Stores a refresh token of session `session_id`.
