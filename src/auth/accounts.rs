@@ -177,12 +177,15 @@ impl Accounts {
         let password_hash = self.hash(ip, account.password.expose()).await?;
         let user = self
             .insert(
-                id,
-                account.username,
-                account.email,
-                password_hash,
-                Roles::new([Role::user()]),
-                false,
+                NewUser {
+                    id,
+                    username: account.username,
+                    email: account.email,
+                    password_hash,
+                    roles: Roles::new([Role::user()]),
+                    email_verified: false,
+                    created_at: self.clock.now(),
+                },
                 &effects,
             )
             .await?;
@@ -197,25 +200,7 @@ impl Accounts {
             .await?)
     }
 
-    async fn insert(
-        &self,
-        id: Uuid,
-        username: Option<Username>,
-        email: Option<Email>,
-        password_hash: String,
-        roles: Roles,
-        email_verified: bool,
-        effects: &Effects,
-    ) -> AuthResult<User> {
-        let new = NewUser {
-            id,
-            username,
-            email,
-            password_hash,
-            roles,
-            email_verified,
-            created_at: self.clock.now(),
-        };
+    async fn insert(&self, new: NewUser, effects: &Effects) -> AuthResult<User> {
         let user = self.users.create_user(&new, effects).await?;
         if !effects.mail.is_empty() {
             self.letters.wake();
@@ -248,15 +233,18 @@ impl Accounts {
         let roles = Roles::new([Role::admin(), Role::user()]);
         match self
             .insert(
-                id,
-                username,
-                Some(email.clone()),
-                password_hash,
-                roles,
-                // The operator names this admin and vouches for its address:
-                // a service that requires verified addresses must still let
-                // its first admin in.
-                true,
+                NewUser {
+                    id,
+                    username,
+                    email: Some(email.clone()),
+                    password_hash,
+                    roles,
+                    // The operator names this admin and vouches for its
+                    // address: a service that requires verified addresses
+                    // must still let its first admin in.
+                    email_verified: true,
+                    created_at: self.clock.now(),
+                },
                 &effects,
             )
             .await
@@ -434,6 +422,8 @@ impl Accounts {
         if updated.sessions_ended {
             self.liveness.revoke_user(id);
             tracing::info!(user_id = %id, ?changes, "user updated by admin");
+        } else {
+            self.liveness.update_user(&updated.user);
         }
         Ok(updated.user)
     }
@@ -473,7 +463,18 @@ impl Accounts {
             }
         };
         let user = self
-            .insert(id, username, email, password_hash, roles, false, &effects)
+            .insert(
+                NewUser {
+                    id,
+                    username,
+                    email,
+                    password_hash,
+                    roles,
+                    email_verified: false,
+                    created_at: self.clock.now(),
+                },
+                &effects,
+            )
             .await?;
         tracing::info!(user_id = %user.id, invited = password.is_none(), "account created by admin");
         Ok(user)
@@ -507,6 +508,7 @@ impl Accounts {
                 .change_username(user.id, &name, self.clock.now(), &effects)
                 .await?
                 .ok_or(AuthError::NotFound)?;
+            self.liveness.update_user(&user);
             tracing::info!(user_id = %user.id, "username changed");
         }
         let Some(new) = change

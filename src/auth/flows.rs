@@ -80,7 +80,13 @@ impl Flows {
         who: &Authenticated,
         client: &Client,
     ) -> AuthResult<()> {
-        let user = &who.user.user;
+        // The user as stored now, not as the session check last saw it: a
+        // link used a moment ago must not be followed by another.
+        let user = &self
+            .store
+            .get_user(who.user_id)
+            .await?
+            .ok_or(AuthError::NotFound)?;
         let Some(email) = user.email.as_deref() else {
             return Err(AuthError::Invalid {
                 field: "email",
@@ -126,14 +132,17 @@ impl Flows {
                 .event(client, Some(found), AuditKind::EmailVerified)
                 .user(found),
         );
-        self.redeem(
-            &hash,
-            FlowPurpose::VerifyEmail,
-            found,
-            Redemption::VerifyEmail,
-            effects,
-        )
-        .await
+        let user = self
+            .redeem(
+                &hash,
+                FlowPurpose::VerifyEmail,
+                found,
+                Redemption::VerifyEmail,
+                effects,
+            )
+            .await?;
+        self.liveness.update_user(&user);
+        Ok(user)
     }
 
     /// Mails a reset link to the account with that address, if there is an
@@ -262,6 +271,7 @@ impl Flows {
                 effects,
             )
             .await?;
+        self.liveness.update_user(&user);
         tracing::info!(%user_id, "email address changed");
         Ok(user)
     }

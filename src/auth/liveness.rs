@@ -180,6 +180,19 @@ impl SessionCache {
         }
     }
 
+    /// Puts the user as it is now into every cached live session of it, so
+    /// that its own next request sees a change it just made (a verified or
+    /// new address, a new username).
+    pub fn update_user(&self, user: &User) {
+        let live = Arc::new(LiveUser::new(user.clone()));
+        let mut map = self.entries.write();
+        for e in map.values_mut().filter(|e| e.user_id == user.id) {
+            if matches!(e.liveness, Liveness::Live(_)) {
+                e.liveness = Liveness::Live(live.clone());
+            }
+        }
+    }
+
     /// Marks every cached session of a user dead.
     pub fn revoke_user(&self, user_id: Uuid) {
         let mut map = self.entries.write();
