@@ -491,12 +491,31 @@ impl Accounts {
         current: &str,
     ) -> AuthResult<ProfileUpdate> {
         let mut user = self.check.confirm(client, who.user_id, current).await?;
-        if let Some(name) = change.username
-            && user.username.as_deref() != Some(name.as_str())
+        let name = change
+            .username
+            .filter(|name| user.username.as_deref() != Some(name.as_str()));
+        let new_email = change
+            .email
+            .filter(|new| user.email.as_deref().map(login_key) != Some(new.normalized()));
+        // Everything that can refuse the request is asked before anything
+        // changes, so that a refusal leaves the account as it was.
+        if let Some(name) = &name
+            && self.policy.is_reserved(name)
         {
-            if self.policy.is_reserved(&name) {
-                return Err(AuthError::ReservedUsername);
-            }
+            return Err(AuthError::ReservedUsername);
+        }
+        if let Some(new) = &new_email {
+            let taken = self.mail_quota.take_mail(
+                self.limiter.as_ref(),
+                client.ip,
+                &new.normalized(),
+                self.clock.instant(),
+            );
+            self.audit
+                .note_throttling(client, "email_change", Some(user.id), taken)
+                .await?;
+        }
+        if let Some(name) = name {
             let effects = Effects::audit(
                 self.audit
                     .event(client, Some(user.id), AuditKind::UsernameChanged)
@@ -511,24 +530,12 @@ impl Accounts {
             self.liveness.update_user(&user);
             tracing::info!(user_id = %user.id, "username changed");
         }
-        let Some(new) = change
-            .email
-            .filter(|new| user.email.as_deref().map(login_key) != Some(new.normalized()))
-        else {
+        let Some(new) = new_email else {
             return Ok(ProfileUpdate {
                 user,
                 email_change_requested: false,
             });
         };
-        let taken = self.mail_quota.take_mail(
-            self.limiter.as_ref(),
-            client.ip,
-            &new.normalized(),
-            self.clock.instant(),
-        );
-        self.audit
-            .note_throttling(client, "email_change", Some(user.id), taken)
-            .await?;
         let old = user.email.as_deref().and_then(|e| Email::parse(e).ok());
         let mut effects = Effects::audit(
             self.audit
