@@ -123,7 +123,8 @@ impl Dialect for PgStore {
              ), audited AS ( \
                  INSERT INTO audit_events (id, occurred_at, type, outcome, actor_id, user_id, \
                      session_id, ip, user_agent, request_id) \
-                 SELECT $5, $2, $6, 'success', $7, live.id, live.session_id, $8, $9, $10 \
+                 SELECT $5, $2, $6, 'success', COALESCE($7, live.id), live.id, live.session_id, \
+                     $8, $9, $10 \
                  FROM live JOIN used USING (session_id) \
              ) \
              SELECT live.* FROM live JOIN used USING (session_id)",

@@ -454,8 +454,11 @@ impl Refresh {
             .user(user_id)
             .session(session_id);
         if kind == AuditKind::RefreshTokenReuse {
+            // Whoever presented a used token may well be a thief: no actor.
             record.failed()
         } else {
+            let mut record = record;
+            record.context.actor_id = record.context.actor_id.or(Some(user_id));
             record
         }
     }
@@ -1089,10 +1092,11 @@ macro_rules! sql_store {
                         let Some((session_id, user_id)) = ended else {
                             return Ok(None);
                         };
-                        let record = by
+                        let mut record = by
                             .record(AuditKind::Logout, now)
                             .user(user_id)
                             .session(session_id);
+                        record.context.actor_id = record.context.actor_id.or(Some(user_id));
                         sql::insert_audit(&record).execute(&mut *tx).await?;
                         tx.commit().await?;
                         Ok(Some(session_id))
