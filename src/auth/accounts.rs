@@ -171,8 +171,22 @@ impl Accounts {
                 .user(id),
         );
         if let Some(email) = &account.email {
-            self.letters
-                .verification(&mut effects, id, email, self.clock.now());
+            // The verification mail counts against the mail quotas like any
+            // other: signing up (and deleting) again and again must not be a
+            // way to flood an inbox. Past a quota the account is created
+            // without it; a verification can be asked for later.
+            let quota = self.mail_quota.take_mail(
+                self.limiter.as_ref(),
+                client.ip,
+                &email.normalized(),
+                self.clock.instant(),
+            );
+            if quota.is_ok() {
+                self.letters
+                    .verification(&mut effects, id, email, self.clock.now());
+            } else {
+                self.audit.throttled(client, "verify_email", None).await;
+            }
         }
         let password_hash = self.hash(ip, account.password.expose()).await?;
         let user = self
@@ -536,7 +550,24 @@ impl Accounts {
                 email_change_requested: false,
             });
         };
-        let old = user.email.as_deref().and_then(|e| Email::parse(e).ok());
+        // The notice goes to the old address only if it is verified (an
+        // unverified one protects nobody) and within its own quota, which
+        // the client pays for too: repeated changes must not flood it.
+        let old = user
+            .email
+            .as_deref()
+            .filter(|_| user.email_verified)
+            .and_then(|e| Email::parse(e).ok())
+            .filter(|old| {
+                self.mail_quota
+                    .take_mail(
+                        self.limiter.as_ref(),
+                        client.ip,
+                        &old.normalized(),
+                        self.clock.instant(),
+                    )
+                    .is_ok()
+            });
         let mut effects = Effects::audit(
             self.audit
                 .event(client, Some(user.id), AuditKind::EmailChangeRequested)

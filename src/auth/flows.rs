@@ -59,6 +59,9 @@ impl FlowPolicy {
 /// refused as overload rather than queued without bound.
 pub const BACKGROUND_REQUESTS: usize = 64;
 
+/// The longest random delay before a reset request's work.
+const RESET_JITTER_MS: u64 = 2_000;
+
 #[derive(Clone)]
 pub struct Flows {
     pub(super) store: Arc<dyn Store>,
@@ -169,6 +172,12 @@ impl Flows {
         let client = client.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            // The lookup and the writes for an existing account cost more
+            // than for a missing one, and could slow what the client sends
+            // next; a random delay spreads that cost where timing cannot
+            // pin it to this request.
+            let jitter = rand::random_range(0..RESET_JITTER_MS);
+            tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
             if let Err(e) = flows.send_reset(&address, &client).await {
                 tracing::warn!(error = %e, "password reset request failed");
             }

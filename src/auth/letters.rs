@@ -120,7 +120,7 @@ impl Letters {
             "Please confirm that this is your email address by opening this link:\n\n{}\n\n\
              The link works once, for {}. If you did not sign up, ignore this message.\n",
             self.url("/auth/verify-email", &link.secret),
-            humantime::format_duration(ttl),
+            in_words(ttl),
         );
         effects.mail.push(Self::mail(
             "verify_email",
@@ -147,7 +147,7 @@ impl Letters {
              open this link:\n\n{}\n\nThe link works once, for {}. If it was not you, \
              ignore this message: your password stays as it is.\n",
             self.url("/auth/password/reset", &link.secret),
-            humantime::format_duration(ttl),
+            in_words(ttl),
         );
         effects.mail.push(Self::mail(
             "password_reset",
@@ -173,7 +173,7 @@ impl Letters {
             "An account was created for you. To choose your password, open this link:\n\n{}\n\n\
              The link works once, for {}.\n",
             self.url("/auth/password/reset", &link.secret),
-            humantime::format_duration(ttl),
+            in_words(ttl),
         );
         effects.mail.push(Self::mail(
             "invitation",
@@ -201,7 +201,7 @@ impl Letters {
             "To make this the email address of your account, open this link:\n\n{}\n\n\
              The link works once, for {}. If you did not ask for this, ignore this message.\n",
             self.url("/auth/email/confirm", &link.secret),
-            humantime::format_duration(ttl),
+            in_words(ttl),
         );
         effects.mail.push(Self::mail(
             "email_change",
@@ -226,5 +226,30 @@ impl Letters {
             ));
         }
         effects.token = Some(link.token);
+    }
+}
+
+/// A link's lifetime as a mail says it: "24 hours", "30 minutes", "1 day".
+fn in_words(ttl: Duration) -> String {
+    let secs = ttl.as_secs();
+    let (n, unit) = match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s >= 3_600 && s % 3_600 == 0 => (s / 3_600, "hour"),
+        s if s >= 60 && s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_read_as_words() {
+        assert_eq!(in_words(Duration::from_secs(86_400)), "1 day");
+        assert_eq!(in_words(Duration::from_secs(7_200)), "2 hours");
+        assert_eq!(in_words(Duration::from_secs(1_800)), "30 minutes");
+        assert_eq!(in_words(Duration::from_secs(90)), "90 seconds");
     }
 }

@@ -38,6 +38,18 @@ impl Email {
             Ok(address) if address.local_part().starts_with('"') => {
                 Err("must not have a quoted local part".into())
             }
+            // An encoded word (`=?utf-8?q?…?=`, RFC 2047) or a `%` route in
+            // the local part is read differently by some mail servers (the
+            // address "splits": `=?…?q?evil=40x.test=3e?=@corp.test` can be
+            // delivered to evil@x.test), so a mailbox elsewhere could verify
+            // an address it does not own.
+            Ok(address)
+                if address.local_part().contains('%')
+                    || (address.local_part().contains("=?")
+                        && address.local_part().contains("?=")) =>
+            {
+                Err("must not contain an encoded word or a % route".into())
+            }
             Ok(address) if !is_domain_name(address.domain()) => {
                 Err("must have a domain name, not an IP address or a bare host name".into())
             }
@@ -102,6 +114,18 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn addresses_a_mail_server_could_split_are_refused() {
+        for bad in [
+            "=?utf-8?q?attacker=40evil=2enet=3e=00?=@corp.example",
+            "=?x?b?YXR0YWNrZXJAZXZpbC5uZXQ+?=@corp.example",
+            "a%evil.net@example.org",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(Email::parse("a=b?c@example.org").is_ok());
     }
 
     #[test]

@@ -116,7 +116,13 @@ fn parse_audit_params(params: &AuditParams) -> Result<(AuditFilter, u32, Option<
         non_empty(&params.since)
             .map(|raw| {
                 OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-                    .map_err(|_| FieldError::new("since", "is not an RFC 3339 time"))
+                    .ok()
+                    // Within years 1–9999 in UTC, which both databases store.
+                    .and_then(|t| t.checked_to_offset(time::UtcOffset::UTC))
+                    .filter(|t| (1..=9999).contains(&t.year()))
+                    .ok_or_else(|| {
+                        FieldError::new("since", "is not an RFC 3339 time of years 1 to 9999")
+                    })
             })
             .transpose(),
     );

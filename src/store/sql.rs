@@ -987,6 +987,14 @@ macro_rules! sql_store {
                             .execute(&mut *tx)
                             .await?;
                         }
+                        if !plan.is_active {
+                            // A disabled account's links die with its
+                            // sessions: enabling it again must not revive them.
+                            sqlx::query("DELETE FROM flow_tokens WHERE user_id = $1")
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
                         let audit = Effects {
                             audit: plan.audit(&current, &by, now),
                             ..Effects::default()
