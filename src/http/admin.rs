@@ -41,10 +41,13 @@ pub struct ListParams {
     /// Only users holding this role.
     pub role: Option<String>,
     /// `true` or `false`: only enabled, or only disabled, users.
+    #[param(value_type = Option<bool>)]
     pub is_active: Option<String>,
     /// Page size, 1–200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
     pub cursor: Option<String>,
 }
 

@@ -29,16 +29,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Only events about this user.
+    #[param(value_type = Option<Uuid>)]
     pub user_id: Option<String>,
     /// Only events of this type (`login`, `password_reset`, …).
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^(signup|login|refresh|refresh_token_reuse|logout|logout_all|session_ended|password_changed|password_reset_requested|password_reset|email_verification_requested|email_verified|email_change_requested|email_changed|username_changed|user_created|roles_changed|user_disabled|user_enabled|user_deleted|throttled)$"
+    )]
     pub kind: Option<String>,
-    /// Only events at or after this time (RFC 3339).
+    /// Only events at or after this time (RFC 3339, years 1 to 9999 in UTC).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub since: Option<String>,
     /// Page size, 1–200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
     pub cursor: Option<String>,
 }
 
@@ -173,10 +180,13 @@ async fn list_events(
 #[into_params(parameter_in = Query)]
 pub struct MailParams {
     /// `pending`, `sent` or `failed`.
+    #[param(pattern = "^(pending|sent|failed)$")]
     pub status: Option<String>,
     /// Page size, 1–200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
     pub cursor: Option<String>,
 }
 
@@ -270,4 +280,23 @@ async fn list_mail(
         messages: page.messages.into_iter().map(MailMessage::from).collect(),
         next_cursor: page.next_before.map(encode_cursor),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_event_types_are_exactly_the_known_ones() {
+        let known: Vec<_> = AuditKind::ALL.iter().map(|k| k.as_str()).collect();
+        let spec = serde_json::to_value(super::super::openapi()).unwrap();
+        let params = spec["paths"]["/admin/audit"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let kind = params.iter().find(|p| p["name"] == "type").unwrap();
+        assert_eq!(
+            kind["schema"]["pattern"],
+            format!("^({})$", known.join("|"))
+        );
+    }
 }
