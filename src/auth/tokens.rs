@@ -22,8 +22,15 @@ pub enum TokenRejection {
     WrongType,
     UnknownKey,
     WrongIssuerOrAudience,
+    /// Issued in the future, or valid for longer than this service issues
+    /// tokens for: not a token this service signed as it stands.
+    ImplausibleTimes,
     Revoked,
 }
+
+/// How far in the future a token's `iat` may lie: instances on one database
+/// may run on clocks a little apart.
+const IAT_LEEWAY_SECS: i64 = 30;
 
 /// RFC 9068 §2.1: access tokens are typed so that no other JWT (an ID token,
 /// say) can be passed off as one (RFC 8725 §3.11).
@@ -157,10 +164,22 @@ impl TokenService {
                 _ => TokenRejection::Malformed,
             },
         )?;
-        if data.claims.exp <= now.unix_timestamp() {
+        let claims = data.claims;
+        if claims.exp <= now.unix_timestamp() {
             return Err(TokenRejection::Expired);
         }
-        Ok(data.claims)
+        // RFC 8725 §3.10: check every claim that bounds the token's life. A
+        // token from the future or one living longer than any this service
+        // issues was not signed by it as it is (a leaked key, a bug, a
+        // misconfigured issuer elsewhere): refuse it rather than honour it
+        // for years.
+        let lifetime = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        if claims.iat > now.unix_timestamp().saturating_add(IAT_LEEWAY_SECS)
+            || claims.exp.saturating_sub(claims.iat) > lifetime
+        {
+            return Err(TokenRejection::ImplausibleTimes);
+        }
+        Ok(claims)
     }
 }
 
@@ -284,6 +303,55 @@ mod tests {
                 .verify(&issued.token, OffsetDateTime::now_utc())
                 .unwrap_err(),
             TokenRejection::WrongIssuerOrAudience
+        );
+    }
+
+    #[test]
+    fn a_token_from_the_future_is_refused() {
+        let svc = service(&KeyMaterial::generate());
+        let now = OffsetDateTime::now_utc();
+        let later = now + time::Duration::days(3650);
+        let issued = svc
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                later,
+                later + time::Duration::days(1),
+            )
+            .unwrap();
+        assert_eq!(
+            svc.verify(&issued.token, now).unwrap_err(),
+            TokenRejection::ImplausibleTimes
+        );
+        let soon = svc
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                now + time::Duration::seconds(10),
+                far(),
+            )
+            .unwrap();
+        assert!(svc.verify(&soon.token, now).is_ok(), "within the leeway");
+    }
+
+    #[test]
+    fn a_token_living_longer_than_this_service_issues_is_refused() {
+        let key = KeyMaterial::generate();
+        let generous = TokenService::new(
+            &key,
+            &[],
+            "iss".into(),
+            "aud".into(),
+            Duration::from_secs(10 * 86_400),
+        );
+        let issued = any_token(&generous);
+        assert_eq!(
+            service(&key)
+                .verify(&issued.token, OffsetDateTime::now_utc())
+                .unwrap_err(),
+            TokenRejection::ImplausibleTimes
         );
     }
 }

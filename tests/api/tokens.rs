@@ -23,6 +23,7 @@ on_both_databases!(
     an_access_token_expires_after_its_ttl,
     tokens_carry_typ_kid_and_the_standard_claims,
     an_access_token_never_outlives_its_session,
+    a_token_from_the_future_or_living_too_long_is_refused_even_with_the_key,
 );
 
 fn claims_of(token: &str) -> Value {
@@ -244,4 +245,34 @@ async fn an_access_token_never_outlives_its_session(backend: Backend) {
     let claims = claims_of(&tokens.access);
     let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
     assert!((599..=600).contains(&lifetime), "{lifetime}");
+}
+
+async fn a_token_from_the_future_or_living_too_long_is_refused_even_with_the_key(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let real = logged_in(&app, "gina").await;
+    let kid = header_of(&real)["kid"].as_str().unwrap().to_owned();
+    let claims = claims_of(&real);
+    let secret = TEST_SECRET.as_bytes();
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    let ten_years = 10 * 365 * 86_400;
+
+    let mut future = claims.clone();
+    future["iat"] = json!(iat + ten_years);
+    future["exp"] = json!(exp + ten_years);
+    invalid_token(
+        &app,
+        &sign(&future, Algorithm::HS256, "at+jwt", &kid, secret),
+    )
+    .await;
+
+    let mut long = claims.clone();
+    long["exp"] = json!(iat + 10 * 86_400);
+    invalid_token(&app, &sign(&long, Algorithm::HS256, "at+jwt", &kid, secret)).await;
+
+    // The control: the same claims as issued still work.
+    let resigned = sign(&claims, Algorithm::HS256, "at+jwt", &kid, secret);
+    assert_eq!(app.me_status(&resigned).await, StatusCode::OK);
 }
