@@ -396,13 +396,8 @@ impl Accounts {
             is_active: query.is_active,
         };
         // One extra row tells whether there is a next page.
-        let mut users = self.users.list_users(&filter, limit + 1, after).await?;
-        let next_after = if users.len() > limit as usize {
-            users.truncate(limit as usize);
-            users.last().map(|u| u.id)
-        } else {
-            None
-        };
+        let users = self.users.list_users(&filter, limit + 1, after).await?;
+        let (users, next_after) = super::cut_page(users, limit, |u| u.id);
         Ok(UserPage { users, next_after })
     }
 

@@ -82,13 +82,9 @@ impl Audit {
         limit: u32,
         before: Option<Uuid>,
     ) -> AuthResult<AuditPage> {
-        let mut events = self.store.list_audit(&filter, limit + 1, before).await?;
-        let next_before = if events.len() > limit as usize {
-            events.truncate(limit as usize);
-            events.last().map(|e| e.id)
-        } else {
-            None
-        };
+        // One extra row tells whether there is a next page.
+        let events = self.store.list_audit(&filter, limit + 1, before).await?;
+        let (events, next_before) = super::cut_page(events, limit, |e| e.id);
         Ok(AuditPage {
             events,
             next_before,

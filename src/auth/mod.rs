@@ -120,6 +120,18 @@ pub struct Services {
     readiness: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }
 
+/// A page of a listing read with one row more than `limit`: the rows to
+/// show, and the id to continue from if the extra row says there are more.
+fn cut_page<T>(mut rows: Vec<T>, limit: u32, id: impl Fn(&T) -> Uuid) -> (Vec<T>, Option<Uuid>) {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(id);
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
+
 /// How long a readiness probe's answer stands.
 const READY_PROBE_EVERY: Duration = Duration::from_secs(1);
 

@@ -146,13 +146,9 @@ impl Outbox {
         limit: u32,
         before: Option<Uuid>,
     ) -> AuthResult<MailPage> {
-        let mut messages = self.store.list_mail(status, limit + 1, before).await?;
-        let next_before = if messages.len() > limit as usize {
-            messages.truncate(limit as usize);
-            messages.last().map(|m| m.id)
-        } else {
-            None
-        };
+        // One extra row tells whether there is a next page.
+        let messages = self.store.list_mail(status, limit + 1, before).await?;
+        let (messages, next_before) = super::cut_page(messages, limit, |m| m.id);
         Ok(MailPage {
             messages,
             next_before,
