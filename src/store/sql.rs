@@ -557,6 +557,15 @@ where
     .bind(except)
 }
 
+/// Deletes every link (flow token) mailed to user `user_id`: what a
+/// password change, a reset or disabling the account does to them.
+pub(super) fn end_user_links<DB: Database>(user_id: Uuid) -> Query<'static, DB, DB::Arguments>
+where
+    Uuid: Bind<DB>,
+{
+    sqlx::query("DELETE FROM flow_tokens WHERE user_id = $1").bind(user_id)
+}
+
 /// For a refresh token that did not rotate. RFC 9700 §4.14.2: a used token
 /// presented again means it leaked; this ends the whole session (every
 /// token of it, refresh and access), keeping an earlier end as it was, and
@@ -786,8 +795,7 @@ macro_rules! sql_store {
                         )
                         .execute(&mut *tx)
                         .await?;
-                        sqlx::query("DELETE FROM flow_tokens WHERE user_id = $1")
-                            .bind(id)
+                        sql::end_user_links(id)
                             .execute(&mut *tx)
                             .await?;
                         write_effects(&mut tx, &effects).await?;
@@ -990,8 +998,7 @@ macro_rules! sql_store {
                         if !plan.is_active {
                             // A disabled account's links die with its
                             // sessions: enabling it again must not revive them.
-                            sqlx::query("DELETE FROM flow_tokens WHERE user_id = $1")
-                                .bind(id)
+                            sql::end_user_links(id)
                                 .execute(&mut *tx)
                                 .await?;
                         }
@@ -1319,8 +1326,7 @@ macro_rules! sql_store {
                                     )
                                     .execute(&mut *tx)
                                     .await?;
-                                    sqlx::query("DELETE FROM flow_tokens WHERE user_id = $1")
-                                        .bind(user_id)
+                                    sql::end_user_links(user_id)
                                         .execute(&mut *tx)
                                         .await?;
                                 }
