@@ -45,12 +45,57 @@ pub struct Letters {
     wake: Arc<tokio::sync::Notify>,
 }
 
-/// A letter carrying a link: what to store, and the mail.
-struct Link {
-    token: NewFlowToken,
-    /// The token itself, for the link only; never stored or logged.
-    secret: String,
+/// A letter carrying a single-use link: what it is for, and what it says
+/// around the link.
+struct LinkLetter {
+    purpose: FlowPurpose,
+    /// The outbox's name for the message.
+    kind: &'static str,
+    subject: &'static str,
+    /// The path the link points at, under the public URL.
+    path: &'static str,
+    /// What comes before the link.
+    intro: &'static str,
+    /// What follows "The link works once, for …."
+    outro: &'static str,
 }
+
+const VERIFICATION: LinkLetter = LinkLetter {
+    purpose: FlowPurpose::VerifyEmail,
+    kind: "verify_email",
+    subject: "Confirm your email address",
+    path: "/auth/verify-email",
+    intro: "Please confirm that this is your email address by opening this link:",
+    outro: " If you did not sign up, ignore this message.",
+};
+
+const PASSWORD_RESET: LinkLetter = LinkLetter {
+    purpose: FlowPurpose::ResetPassword,
+    kind: "password_reset",
+    subject: "Reset your password",
+    path: "/auth/password/reset",
+    intro: "Someone asked to reset the password of your account. To choose a new one, \
+            open this link:",
+    outro: " If it was not you, ignore this message: your password stays as it is.",
+};
+
+const INVITATION: LinkLetter = LinkLetter {
+    purpose: FlowPurpose::ResetPassword,
+    kind: "invitation",
+    subject: "Your new account",
+    path: "/auth/password/reset",
+    intro: "An account was created for you. To choose your password, open this link:",
+    outro: "",
+};
+
+const EMAIL_CHANGE: LinkLetter = LinkLetter {
+    purpose: FlowPurpose::ChangeEmail,
+    kind: "email_change",
+    subject: "Confirm your new email address",
+    path: "/auth/email/confirm",
+    intro: "To make this the email address of your account, open this link:",
+    outro: " If you did not ask for this, ignore this message.",
+};
 
 impl Letters {
     pub fn new(policy: LetterPolicy, wake: Arc<tokio::sync::Notify>) -> Self {
@@ -62,31 +107,39 @@ impl Letters {
         self.wake.notify_one();
     }
 
-    fn link(
+    /// Adds `letter` to `effects`: a new link for `user_id`, bound to `to`
+    /// and replacing the user's earlier links of its purpose, mailed to `to`.
+    fn send_link(
         &self,
-        purpose: FlowPurpose,
+        letter: &LinkLetter,
+        effects: &mut Effects,
         user_id: Uuid,
-        email: &Email,
-        now: OffsetDateTime,
+        to: &Email,
         ttl: Duration,
-    ) -> Link {
+        now: OffsetDateTime,
+    ) {
         // 256 random bits; only the SHA-256 hash is stored.
         let issued = refresh::generate();
-        Link {
-            token: NewFlowToken {
-                hash: issued.hash,
-                purpose,
-                user_id,
-                email: email.clone(),
-                created_at: now,
-                expires_at: now + ttl,
-            },
-            secret: issued.token,
-        }
-    }
-
-    fn url(&self, path: &str, secret: &str) -> String {
-        format!("{}{path}?token={secret}", self.policy.public_url)
+        let text = format!(
+            "{}\n\n{}{}?token={}\n\nThe link works once, for {}.{}\n",
+            letter.intro,
+            self.policy.public_url,
+            letter.path,
+            issued.token,
+            in_words(ttl),
+            letter.outro,
+        );
+        effects
+            .mail
+            .push(Self::mail(letter.kind, to, letter.subject, text, now));
+        effects.token = Some(NewFlowToken {
+            hash: issued.hash,
+            purpose: letter.purpose,
+            user_id,
+            email: to.clone(),
+            created_at: now,
+            expires_at: now + ttl,
+        });
     }
 
     fn mail(
@@ -115,21 +168,7 @@ impl Letters {
         now: OffsetDateTime,
     ) {
         let ttl = self.policy.verify_email_ttl;
-        let link = self.link(FlowPurpose::VerifyEmail, user_id, email, now, ttl);
-        let text = format!(
-            "Please confirm that this is your email address by opening this link:\n\n{}\n\n\
-             The link works once, for {}. If you did not sign up, ignore this message.\n",
-            self.url("/auth/verify-email", &link.secret),
-            in_words(ttl),
-        );
-        effects.mail.push(Self::mail(
-            "verify_email",
-            email,
-            "Confirm your email address",
-            text,
-            now,
-        ));
-        effects.token = Some(link.token);
+        self.send_link(&VERIFICATION, effects, user_id, email, ttl, now);
     }
 
     /// A link that sets a new password, mailed to the account's address.
@@ -141,22 +180,7 @@ impl Letters {
         now: OffsetDateTime,
     ) {
         let ttl = self.policy.password_reset_ttl;
-        let link = self.link(FlowPurpose::ResetPassword, user_id, email, now, ttl);
-        let text = format!(
-            "Someone asked to reset the password of your account. To choose a new one, \
-             open this link:\n\n{}\n\nThe link works once, for {}. If it was not you, \
-             ignore this message: your password stays as it is.\n",
-            self.url("/auth/password/reset", &link.secret),
-            in_words(ttl),
-        );
-        effects.mail.push(Self::mail(
-            "password_reset",
-            email,
-            "Reset your password",
-            text,
-            now,
-        ));
-        effects.token = Some(link.token);
+        self.send_link(&PASSWORD_RESET, effects, user_id, email, ttl, now);
     }
 
     /// For an account an admin created without a password: a link to choose one.
@@ -168,21 +192,7 @@ impl Letters {
         now: OffsetDateTime,
     ) {
         let ttl = self.policy.invitation_ttl;
-        let link = self.link(FlowPurpose::ResetPassword, user_id, email, now, ttl);
-        let text = format!(
-            "An account was created for you. To choose your password, open this link:\n\n{}\n\n\
-             The link works once, for {}.\n",
-            self.url("/auth/password/reset", &link.secret),
-            in_words(ttl),
-        );
-        effects.mail.push(Self::mail(
-            "invitation",
-            email,
-            "Your new account",
-            text,
-            now,
-        ));
-        effects.token = Some(link.token);
+        self.send_link(&INVITATION, effects, user_id, email, ttl, now);
     }
 
     /// A change of address: a link to the new address, which changes it,
@@ -196,20 +206,7 @@ impl Letters {
         now: OffsetDateTime,
     ) {
         let ttl = self.policy.email_change_ttl;
-        let link = self.link(FlowPurpose::ChangeEmail, user_id, new, now, ttl);
-        let text = format!(
-            "To make this the email address of your account, open this link:\n\n{}\n\n\
-             The link works once, for {}. If you did not ask for this, ignore this message.\n",
-            self.url("/auth/email/confirm", &link.secret),
-            in_words(ttl),
-        );
-        effects.mail.push(Self::mail(
-            "email_change",
-            new,
-            "Confirm your new email address",
-            text,
-            now,
-        ));
+        self.send_link(&EMAIL_CHANGE, effects, user_id, new, ttl, now);
         if let Some(old) = old {
             let notice = format!(
                 "Someone asked to change the email address of your account to {}. The change \
@@ -225,7 +222,6 @@ impl Letters {
                 now,
             ));
         }
-        effects.token = Some(link.token);
     }
 }
 
@@ -244,6 +240,41 @@ fn in_words(ttl: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_letter_carries_its_link_and_stores_only_the_hash() {
+        let letters = Letters::new(LetterPolicy::default(), Arc::default());
+        let mut effects = Effects::default();
+        let email = Email::parse("ann@example.org").unwrap();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        letters.password_reset(&mut effects, Uuid::nil(), &email, now);
+        let mail = &effects.mail[0];
+        let token = effects.token.as_ref().unwrap();
+        let secret = mail
+            .text
+            .split("?token=")
+            .nth(1)
+            .unwrap()
+            .split('\n')
+            .next()
+            .unwrap();
+        assert_eq!(refresh::hash(secret), token.hash);
+        assert_eq!(
+            mail.text,
+            format!(
+                "Someone asked to reset the password of your account. To choose a new one, \
+                 open this link:\n\nhttp://127.0.0.1:8010/auth/password/reset?token={secret}\n\n\
+                 The link works once, for 30 minutes. If it was not you, ignore this message: \
+                 your password stays as it is.\n"
+            )
+        );
+        assert_eq!(
+            (mail.kind, mail.subject.as_str()),
+            ("password_reset", "Reset your password")
+        );
+        assert_eq!(token.purpose, FlowPurpose::ResetPassword);
+        assert_eq!(token.expires_at, now + Duration::from_secs(1800));
+    }
 
     #[test]
     fn lifetimes_read_as_words() {
