@@ -13,8 +13,11 @@ use super::{
 use crate::{
     clock::SharedClock,
     limits::{RateLimiter, client_bucket},
-    store::{AuditFilter, AuditKind, AuditRecord, AuditStore},
+    store::AuditStore,
 };
+
+/// The log's vocabulary, as the service's callers use it.
+pub use crate::store::{AuditFilter, AuditKind, AuditRecord};
 
 #[derive(Clone)]
 pub struct Audit {

@@ -13,8 +13,11 @@ use super::error::AuthResult;
 use crate::{
     clock::SharedClock,
     mail::{Mailer, Message},
-    store::{MailInfo, MailStatus, MailStore, QueuedMail},
+    store::{MailStore, QueuedMail},
 };
+
+/// A message's state as admins see it, as the service's callers use it.
+pub use crate::store::{MailInfo, MailStatus};
 
 /// Sending rules, fixed at start-up.
 #[derive(Debug, Clone, Copy)]

@@ -17,7 +17,10 @@ use super::{
     error::{AppError, AppResult, FieldError, Problem},
     extract::{Admin, RequireRole},
 };
-use crate::store::{AuditFilter, AuditKind, AuditRecord, MailInfo, MailStatus};
+use crate::auth::{
+    audit::{AuditFilter, AuditKind, AuditRecord},
+    outbox::{MailInfo, MailStatus},
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
