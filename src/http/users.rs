@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    error::{AppError, AppResult, FieldError, Problem},
+    auth::parse_field,
+    error::{AppError, AppResult, Problem},
     extract::{ApiJson, AuthUser, ClientInfo, PathId},
 };
 use crate::{
@@ -275,22 +276,13 @@ async fn update_me(
     ApiJson(req): ApiJson<UpdateProfileRequest>,
 ) -> AppResult<(StatusCode, Json<UserResponse>)> {
     let mut errors = Vec::new();
-    let username = req
-        .username
-        .as_deref()
-        .map(Username::parse)
-        .transpose()
-        .map_err(|e| errors.push(FieldError::new("username", e)))
-        .ok()
-        .flatten();
-    let email = req
-        .email
-        .as_deref()
-        .map(Email::parse)
-        .transpose()
-        .map_err(|e| errors.push(FieldError::new("email", e)))
-        .ok()
-        .flatten();
+    let username = parse_field(
+        &mut errors,
+        "username",
+        req.username.as_deref(),
+        Username::parse,
+    );
+    let email = parse_field(&mut errors, "email", req.email.as_deref(), Email::parse);
     if !errors.is_empty() {
         return Err(AppError::Validation(errors));
     }
