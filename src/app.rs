@@ -8,10 +8,10 @@ use tokio::net::TcpListener;
 
 use crate::{
     auth::{
-        Accounts, Services, Settings,
+        Accounts, Audit, Services, Settings,
         accounts::{AccountPolicy, AdminOutcome, IfExists},
         flows::FlowPolicy,
-        keys::KeyRing,
+        keys::{KeyPolicy, Keys},
         letters::LetterPolicy,
         liveness::RECHECK_INTERVAL,
         login::LoginPolicy,
@@ -19,7 +19,7 @@ use crate::{
         sessions::SessionPolicy,
     },
     clock::{SharedClock, SystemClock},
-    config::{Argon2Args, Config, DatabaseArgs},
+    config::{Argon2Args, Config, DatabaseArgs, KeyArgs},
     crypto::passwords::PasswordHasher,
     domain::{Email, Password},
     http::{self, AppState},
@@ -62,6 +62,7 @@ impl Application {
             state: AppState {
                 services,
                 trusted_proxies: config.trusted_proxies.clone().into(),
+                public_url: config.mail.public_url.trim_end_matches('/').into(),
             },
             purge_interval: config.purge_interval,
             audit_retention: config.audit_retention,
@@ -93,6 +94,7 @@ impl Application {
             )),
             tokio::spawn(prune_memory(services.clone())),
             tokio::spawn(services.outbox.clone().run()),
+            tokio::spawn(maintain_keys(services.clone())),
         ];
         tracing::info!(address = %self.local_addr(), "authgate listening");
         let app = http::router(self.state);
@@ -116,8 +118,7 @@ pub async fn build_services(
     store: Arc<dyn Store>,
     clock: SharedClock,
 ) -> anyhow::Result<Services> {
-    let secret = config.jwt_secret.as_ref().map(|s| s.expose().as_bytes());
-    let keys = KeyRing::load(secret, store.as_ref(), clock.now()).await?;
+    let keys = load_keys(config, store.clone(), clock.clone()).await?;
     let hasher = PasswordHasher::new(
         config.argon2.params()?,
         config.hash_workers(),
@@ -127,7 +128,7 @@ pub async fn build_services(
     const HOUR: Duration = Duration::from_secs(3600);
     let mail = &config.mail;
     let settings = Settings {
-        issuer: config.issuer.clone(),
+        issuer: config.issuer(),
         audience: config.audience.clone(),
         access_token_ttl: config.access_token_ttl,
         sessions: SessionPolicy {
@@ -178,13 +179,59 @@ pub async fn build_services(
     let limiter = Arc::new(InMemoryRateLimiter::new()) as Arc<dyn RateLimiter>;
     Ok(Services::new(
         &settings,
-        &keys,
+        keys,
         store,
         hasher,
         limiter,
         Some(mailer),
         clock,
     ))
+}
+
+/// The signing keys as configured: the JWT secret, or the stored keys.
+pub async fn load_keys(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+) -> anyhow::Result<Keys> {
+    let keys = &config.keys;
+    keys.check()?;
+    let secret = config.jwt_secret.as_ref().map(|s| s.expose().as_bytes());
+    let policy = KeyPolicy {
+        algorithm: keys.algorithm(secret.is_some())?,
+        publish_lead: keys.key_publish_lead,
+        rotation: keys.key_rotation.0,
+        access_token_ttl: config.access_token_ttl,
+    };
+    Keys::load(
+        secret,
+        store,
+        keys.key_encryption_key.clone(),
+        policy,
+        clock,
+    )
+    .await
+}
+
+/// The signing keys and the audit log, for a key command run outside the
+/// service.
+pub async fn command_keys(
+    database: &DatabaseArgs,
+    keys: &KeyArgs,
+    access_token_ttl: Duration,
+) -> anyhow::Result<(Keys, Audit)> {
+    keys.check()?;
+    let store = store::open(&database.url).await?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let policy = KeyPolicy {
+        algorithm: keys.algorithm(false)?,
+        publish_lead: keys.key_publish_lead,
+        rotation: keys.key_rotation.0,
+        access_token_ttl,
+    };
+    let audit = Services::command_audit(store.clone());
+    let keys = Keys::load(None, store, keys.key_encryption_key.clone(), policy, clock).await?;
+    Ok((keys, audit))
 }
 
 /// Connects to the database and applies pending migrations.
@@ -249,6 +296,36 @@ async fn purge_expired(services: Services, every: Duration, retention: Duration)
         match services.outbox.purge(retention).await {
             Ok(n) => tracing::debug!(rows = n, "purged old mail"),
             Err(e) => tracing::warn!(error = %e, "mail purge failed"),
+        }
+    }
+}
+
+/// How often the signing keys are read again: another instance's rotation
+/// or revocation shows here within this time.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often scheduled rotation and the deletion of expired keys are due.
+const KEY_MAINTENANCE_EVERY: u32 = 30;
+
+/// Keeps the signing keys current: reloads them, rotates on schedule (once
+/// across all instances) and deletes keys whose tokens have all expired.
+async fn maintain_keys(services: Services) {
+    let mut ticker = tokio::time::interval(KEY_RELOAD_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u32;
+    loop {
+        ticker.tick().await;
+        if let Err(e) = services.keys.reload().await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot reload the signing keys");
+        }
+        round = round.wrapping_add(1);
+        if round % KEY_MAINTENANCE_EVERY == 1 {
+            if let Err(e) = services.keys.rotate_if_due().await {
+                tracing::warn!(error = %format!("{e:#}"), "scheduled key rotation failed");
+            }
+            if let Err(e) = services.keys.purge().await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot delete expired keys");
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The command line: `serve` (default), `migrate`, `create-admin`.
+//! The command line: `serve` (default), `migrate`, `create-admin`, `keys`.
 
 use std::{
     ffi::OsString,
@@ -15,7 +15,7 @@ use clap::{
 use crate::{
     app::{self, Application},
     auth::accounts::{AdminOutcome, IfExists},
-    config::{self, Argon2Args, Config, DatabaseArgs, LogFormat},
+    config::{self, Argon2Args, Config, DatabaseArgs, KeyArgs, LogFormat},
     crypto::passwords::PasswordHasher,
     domain::{Email, Password, Username},
     http, telemetry,
@@ -63,6 +63,10 @@ pub enum Command {
         #[command(flatten)]
         argon2: Argon2Args,
     },
+    /// List, rotate, revoke or import the token signing keys in the
+    /// database. Every running instance sees the change within seconds.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the OpenAPI document of the HTTP API (JSON) and exit.
     Openapi,
     /// Measure this machine's password hashing rate with the configured
@@ -80,10 +84,50 @@ pub enum Command {
     },
 }
 
-const COMMANDS: [&str; 6] = [
+/// `authgate keys …`: each prints JSON.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Every key and its state (standby, active, retiring, expired, revoked).
+    List(KeyCommandArgs),
+    /// Add a key of AUTHGATE_JWT_ALG: published at once, signing after
+    /// AUTHGATE_KEY_PUBLISH_LEAD.
+    Rotate(KeyCommandArgs),
+    /// Revoke a key at once: tokens it signed are refused everywhere. If it
+    /// was signing, a new key signs in its place at once.
+    Revoke {
+        /// The key id (`kid`).
+        kid: String,
+        #[command(flatten)]
+        args: KeyCommandArgs,
+    },
+    /// Add a key from a PEM private key (PKCS#8 Ed25519, P-256 or RSA of at
+    /// least 2048 bits), on standby like a rotation.
+    Import {
+        /// The PEM file.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        args: KeyCommandArgs,
+    },
+}
+
+/// What a key command needs: the database and the key settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyCommandArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Lifetime of access tokens: how long a replaced key stays published.
+    #[arg(long, env = "AUTHGATE_ACCESS_TOKEN_TTL", default_value = "15m",
+          value_parser = humantime::parse_duration)]
+    pub access_token_ttl: std::time::Duration,
+}
+
+const COMMANDS: [&str; 7] = [
     "serve",
     "migrate",
     "create-admin",
+    "keys",
     "openapi",
     "hash-benchmark",
     "help",
@@ -112,7 +156,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let argon2 = match &cli.command {
         Command::Serve(config) => Some(&config.argon2),
         Command::CreateAdmin { argon2, .. } | Command::HashBenchmark { argon2, .. } => Some(argon2),
-        Command::Migrate(_) | Command::Openapi => None,
+        Command::Migrate(_) | Command::Openapi | Command::Keys(_) => None,
     };
     if let Some(Err(why)) = argon2.map(Argon2Args::try_params) {
         return Err(Cli::command().error(ErrorKind::ValueValidation, why));
@@ -141,6 +185,7 @@ pub fn run() -> ExitCode {
         match cli.command {
             Command::Serve(config) => serve(*config).await,
             Command::Migrate(database) => migrate(&database).await,
+            Command::Keys(command) => keys(command).await,
             Command::Openapi => {
                 println!("{}", http::openapi().to_pretty_json()?);
                 Ok(())
@@ -224,6 +269,41 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
     app::migrate(database).await?;
     println!("migrations applied");
+    Ok(())
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let args = match &command {
+        KeysCommand::List(args) | KeysCommand::Rotate(args) => args,
+        KeysCommand::Revoke { args, .. } | KeysCommand::Import { args, .. } => args,
+    };
+    let (keys, audit) =
+        app::command_keys(&args.database, &args.keys, args.access_token_ttl).await?;
+    let client = crate::auth::Client::new(
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        Some("authgate keys (command line)"),
+    );
+    let shown = |key| serde_json::to_string(&http::KeyView::from(key));
+    match command {
+        KeysCommand::List(_) => {
+            let list: Vec<http::KeyView> = keys.list().into_iter().map(Into::into).collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        KeysCommand::Rotate(_) => {
+            let key = keys.rotate(&client, None, &audit).await?;
+            println!("{}", shown(key)?);
+        }
+        KeysCommand::Revoke { kid, .. } => match keys.revoke(&kid, &client, None, &audit).await {
+            Err(crate::auth::AuthError::NotFound) => anyhow::bail!("no key {kid}"),
+            result => println!("{}", shown(result?)?),
+        },
+        KeysCommand::Import { file, .. } => {
+            let pem = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let key = keys.import(&pem, &client, None, &audit).await?;
+            println!("{}", shown(key)?);
+        }
+    }
     Ok(())
 }
 

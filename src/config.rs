@@ -11,6 +11,8 @@ use clap::{Args, ValueEnum, builder::TypedValueParser as _};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::crypto::{sealing::SealingKey, signing::SigningAlgorithm};
+
 /// Where the data lives; every command that touches the database takes it.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -73,14 +75,16 @@ pub struct Config {
     #[arg(long, env = "AUTHGATE_LISTEN", default_value = "127.0.0.1:8010")]
     pub listen: SocketAddr,
 
-    /// HS256 signing key, at least 32 bytes. If unset, a 256-bit key is
-    /// generated once and stored in the database.
+    /// HS256 signing key, at least 32 bytes, for a single service that
+    /// verifies its own tokens. If unset, signing keys are generated and
+    /// kept in the database (see AUTHGATE_JWT_ALG).
     #[arg(long, env = "AUTHGATE_JWT_SECRET", hide_env_values = true, value_parser = parse_jwt_secret)]
     pub jwt_secret: Option<Secret>,
 
-    /// `iss` claim of issued access tokens, and the only issuer accepted.
-    #[arg(long, env = "AUTHGATE_ISSUER", default_value = "authgate", value_parser = non_empty)]
-    pub issuer: String,
+    /// `iss` claim of issued access tokens, and the only issuer accepted
+    /// (default: AUTHGATE_PUBLIC_URL, as OpenID Connect discovery expects).
+    #[arg(long, env = "AUTHGATE_ISSUER", value_parser = non_empty)]
+    pub issuer: Option<String>,
 
     /// `aud` claim of issued access tokens, and the only audience accepted.
     #[arg(long, env = "AUTHGATE_AUDIENCE", default_value = "authgate", value_parser = non_empty)]
@@ -185,6 +189,80 @@ pub struct Config {
 
     #[command(flatten)]
     pub mail: MailArgs,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// Signing keys: their algorithm, sealing and rotation.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// Algorithm of new signing keys: EdDSA (Ed25519, the default), ES256,
+    /// RS256, or HS256 (symmetric, never published: for a single service
+    /// only). With AUTHGATE_JWT_SECRET the only choice is HS256.
+    #[arg(long, env = "AUTHGATE_JWT_ALG")]
+    pub jwt_alg: Option<SigningAlgorithm>,
+
+    /// 32 random bytes (base64 or hex, e.g. `openssl rand -base64 32`) that
+    /// seal private signing keys in the database with AES-256-GCM.
+    #[arg(long, env = "AUTHGATE_KEY_ENCRYPTION_KEY", hide_env_values = true,
+          value_parser = parse_sealing_key)]
+    pub key_encryption_key: Option<SealingKey>,
+
+    /// How long a new signing key is published before it signs: at least
+    /// twice the 5-minute JWKS cache time, so every verifier has it first.
+    #[arg(long, env = "AUTHGATE_KEY_PUBLISH_LEAD", default_value = "1h",
+          value_parser = duration_within("10m", "30d"))]
+    pub key_publish_lead: Duration,
+
+    /// How often a new signing key is made (`off`: only by `authgate keys
+    /// rotate` or `POST /admin/keys/rotate`).
+    #[arg(long, env = "AUTHGATE_KEY_ROTATION", default_value = "30d",
+          value_parser = parse_rotation)]
+    pub key_rotation: KeyRotation,
+}
+
+/// `AUTHGATE_KEY_ROTATION`: a period, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRotation(pub Option<Duration>);
+
+fn parse_rotation(raw: &str) -> Result<KeyRotation, String> {
+    if raw.trim().eq_ignore_ascii_case("off") {
+        return Ok(KeyRotation(None));
+    }
+    duration_within("1h", "3650d")(raw).map(|d| KeyRotation(Some(d)))
+}
+
+fn parse_sealing_key(raw: &str) -> Result<SealingKey, String> {
+    SealingKey::parse(raw)
+}
+
+impl KeyArgs {
+    /// The algorithm of new keys, given whether a JWT secret is configured.
+    pub fn algorithm(&self, has_secret: bool) -> anyhow::Result<SigningAlgorithm> {
+        match (self.jwt_alg, has_secret) {
+            (None, false) => Ok(SigningAlgorithm::EdDsa),
+            (None | Some(SigningAlgorithm::Hs256), true) => Ok(SigningAlgorithm::Hs256),
+            (Some(alg), true) => anyhow::bail!(
+                "AUTHGATE_JWT_SECRET is an HS256 key but AUTHGATE_JWT_ALG is {alg}: \
+                 unset one of them"
+            ),
+            (Some(alg), false) => Ok(alg),
+        }
+    }
+
+    /// Settings that cannot work together.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let KeyRotation(Some(period)) = self.key_rotation
+            && period <= self.key_publish_lead
+        {
+            anyhow::bail!(
+                "AUTHGATE_KEY_ROTATION must be longer than AUTHGATE_KEY_PUBLISH_LEAD, \
+                 or every new key would be replaced before it signs"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Mail, and the flows that go through a mailed link.
@@ -249,6 +327,13 @@ pub struct MailArgs {
 }
 
 impl Config {
+    /// The `iss` of issued tokens.
+    pub fn issuer(&self) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| self.mail.public_url.trim_end_matches('/').to_owned())
+    }
+
     pub fn hash_workers(&self) -> usize {
         hash_workers(self.hash_workers)
     }

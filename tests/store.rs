@@ -11,7 +11,7 @@ use authgate::{
     store::{
         self, AuditContext, AuditFilter, AuditKind, Effects, FlowPurpose, MailStatus, NewFlowToken,
         NewSession, NewUser, OutboxMail, Redeemed, Redemption, RevokeReason, Rotation, Store,
-        StoreError, StoredKey, UserChanges, UserFilter,
+        KeyGuard, StoreError, StoredKey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
@@ -79,7 +79,9 @@ on_both_databases!(
     a_hash_upgrade_never_undoes_a_password_change,
     the_last_active_admin_cannot_be_demoted_or_disabled,
     revoking_by_refresh_token_and_by_user_ends_sessions,
-    the_first_signing_key_wins,
+    a_key_is_inserted_only_if_its_guard_allows_it,
+    keys_are_listed_in_the_order_they_activate_with_every_field,
+    revoking_a_key_can_put_a_replacement_in_its_place_in_one_step,
     instances_starting_together_store_one_signing_key,
     purge_deletes_expired_sessions_and_tokens_only,
     a_used_token_outlives_the_purge_so_its_reuse_is_still_caught,
@@ -526,21 +528,96 @@ fn key(kid: &str) -> StoredKey {
         kid: kid.into(),
         algorithm: "HS256".into(),
         secret: kid.as_bytes().repeat(8),
+        sealed: false,
+        public_jwk: None,
         created_at: clock::now(),
+        activates_at: clock::now(),
+        revoked_at: None,
     }
 }
 
-async fn the_first_signing_key_wins(backend: Backend) {
+/// A guard that lets a key in only if there is none.
+fn if_none() -> KeyGuard {
+    Arc::new(|keys: &[StoredKey]| keys.is_empty())
+}
+
+fn always() -> KeyGuard {
+    Arc::new(|_: &[StoredKey]| true)
+}
+
+async fn a_key_is_inserted_only_if_its_guard_allows_it(backend: Backend) {
     let (store, _db) = open(backend).await;
     assert!(store.signing_keys().await.unwrap().is_empty());
     let first = key("first");
-    let keys = store.insert_first_signing_key(&first).await.unwrap();
-    assert_eq!(keys, vec![first.clone()]);
-    let keys = store
-        .insert_first_signing_key(&key("second"))
-        .await
-        .unwrap();
-    assert_eq!(keys, vec![first]);
+    assert!(store.insert_signing_key(&first, if_none()).await.unwrap());
+    assert!(
+        !store
+            .insert_signing_key(&key("second"), if_none())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.signing_keys().await.unwrap(), vec![first]);
+}
+
+async fn keys_are_listed_in_the_order_they_activate_with_every_field(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let mut later = key("later");
+    later.activates_at = clock::now() + Duration::hours(1);
+    later.sealed = true;
+    later.algorithm = "EdDSA".into();
+    later.public_jwk = Some(r#"{"kty":"OKP"}"#.into());
+    let sooner = key("sooner");
+    assert!(store.insert_signing_key(&later, always()).await.unwrap());
+    assert!(store.insert_signing_key(&sooner, always()).await.unwrap());
+    assert_eq!(store.signing_keys().await.unwrap(), vec![sooner, later]);
+}
+
+async fn revoking_a_key_can_put_a_replacement_in_its_place_in_one_step(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let old = key("old");
+    assert!(store.insert_signing_key(&old, always()).await.unwrap());
+    let at = clock::now() + Duration::minutes(1);
+    let mut new = key("new");
+    new.activates_at = at;
+    // The guard sees the revocation already made.
+    let sees_revoked: KeyGuard = Arc::new(move |keys: &[StoredKey]| {
+        keys.iter()
+            .any(|k| k.kid == "old" && k.revoked_at == Some(at))
+    });
+    assert!(
+        store
+            .revoke_signing_key("old", at, Some((new.clone(), sees_revoked)))
+            .await
+            .unwrap()
+    );
+    let keys = store.signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].revoked_at, Some(at));
+    assert_eq!(keys[1], new);
+    // Revoking again keeps the first revocation's time; an unknown key is
+    // not found, and nothing is inserted for it.
+    assert!(
+        store
+            .revoke_signing_key("old", at + Duration::hours(1), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.signing_keys().await.unwrap()[0].revoked_at, Some(at));
+    assert!(
+        !store
+            .revoke_signing_key("nope", at, Some((key("never"), always())))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.signing_keys().await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .delete_signing_keys(&["old".into(), "nope".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.signing_keys().await.unwrap(), vec![new]);
 }
 
 async fn purge_deletes_expired_sessions_and_tokens_only(backend: Backend) {
@@ -786,8 +863,11 @@ async fn timestamps_round_trip_to_the_millisecond_in_the_stored_form(backend: Ba
     );
     let mut first = key("first");
     first.created_at = created_at;
-    let keys = store.insert_first_signing_key(&first).await.unwrap();
+    first.activates_at = created_at;
+    assert!(store.insert_signing_key(&first, always()).await.unwrap());
+    let keys = store.signing_keys().await.unwrap();
     assert_eq!(keys[0].created_at, created_at);
+    assert_eq!(keys[0].activates_at, created_at);
     let mut session = session_for(user.id, 1, Duration::days(1));
     session.expires_at = session_end;
     store
@@ -872,8 +952,8 @@ async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backen
              VALUES ({session}, {user}, {created}, {ends}); \
              INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
              VALUES ({token}, {session}, {created}, {ends}); \
-             INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
-             VALUES ('old', 'HS256', {secret}, {created});",
+             INSERT INTO signing_keys (kid, algorithm, secret, created_at, activates_at) \
+             VALUES ('old', 'HS256', {secret}, {created}, {created});",
             secret = bytes("0102"),
         ),
     )
@@ -914,6 +994,7 @@ async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backen
             session_id,
             user: expected,
             session_expires_at: time::macros::datetime!(2100-01-01 00:00:00.001 UTC),
+            session_created_at: created_at,
         }
     );
     let keys = store.signing_keys().await.unwrap();
@@ -923,7 +1004,11 @@ async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backen
             kid: "old".into(),
             algorithm: "HS256".into(),
             secret: vec![1, 2],
+            sealed: false,
+            public_jwk: None,
             created_at,
+            activates_at: created_at,
+            revoked_at: None,
         }]
     );
 }
@@ -1221,15 +1306,18 @@ async fn instances_starting_together_store_one_signing_key(backend: Backend) {
         instances.push(store::connect(&url).await.unwrap());
     }
     let starts = instances.iter().enumerate().map(|(i, store)| async move {
-        store.insert_first_signing_key(&key(&format!("k{i}"))).await
+        store
+            .insert_signing_key(&key(&format!("k{i}")), if_none())
+            .await
+            .unwrap()
     });
-    let seen: Vec<_> = futures::future::join_all(starts)
+    let inserted = futures::future::join_all(starts)
         .await
         .into_iter()
-        .map(|keys| keys.unwrap())
-        .collect();
-    assert_eq!(seen[0].len(), 1, "{seen:?}");
-    assert!(seen.iter().all(|keys| keys == &seen[0]), "{seen:?}");
+        .filter(|inserted| *inserted)
+        .count();
+    assert_eq!(inserted, 1);
+    assert_eq!(instances[0].signing_keys().await.unwrap().len(), 1);
 }
 
 fn link(user: &NewUser, purpose: FlowPurpose, secret: u8, lifetime: Duration) -> Effects {

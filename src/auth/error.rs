@@ -33,6 +33,9 @@ pub enum AuthError {
     /// The username is reserved (it would impersonate the service).
     #[error("reserved username")]
     ReservedUsername,
+    /// Keys come from `AUTHGATE_JWT_SECRET`: they cannot be rotated or revoked.
+    #[error("keys come from configuration")]
+    KeysConfigured,
     /// The change would leave no active admin.
     #[error("the last active admin cannot be demoted or disabled")]
     LastAdmin,

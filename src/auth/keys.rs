@@ -1,126 +1,811 @@
-//! The key ring: the keys that sign and verify access tokens, by key id.
+//! Signing keys and their life.
 //!
-//! A key comes from configuration (`AUTHGATE_JWT_SECRET`) or, by default, is
-//! generated on the first start and kept in the database, so that a restart
-//! (or a second instance) keeps accepting the tokens already issued.
+//! Keys live in the database, so every instance on it signs and verifies with
+//! the same ones. Each key goes through these states, derived from its times
+//! so that every instance agrees without coordination:
+//!
+//! - **standby**: published in the JWKS, not yet signing. A new key waits
+//!   here for the publish lead, so no verifier ever meets a `kid` it could
+//!   not have fetched (verifiers cache the JWKS).
+//! - **active**: the newest key whose activation time has come signs.
+//! - **retiring**: replaced, still published and verifying until every token
+//!   it signed has expired (its successor's activation + the token lifetime).
+//! - **expired**: gone from the JWKS; the purge deletes it.
+//! - **revoked**: refused at once, everywhere, whatever it signed.
+//!
+//! With `AUTHGATE_JWT_SECRET` the ring is that one HS256 key instead, and
+//! nothing is stored.
+
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use parking_lot::RwLock;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
-use crate::store::{KeyStore, StoredKey};
+use super::{AuthError, AuthResult, Client, audit::Audit};
+use crate::{
+    clock::SharedClock,
+    crypto::{
+        sealing::SealingKey,
+        signing::{PrivateKey, SigningAlgorithm},
+    },
+    store::{AuditKind, KeyGuard, Store, StoredKey},
+};
 
-/// The algorithm of every key this ring holds today.
-const HS256: &str = "HS256";
+/// How long verifiers may cache the JWKS (`Cache-Control: max-age`). The
+/// publish lead must be at least twice this.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 
-/// A symmetric signing key and its id.
-#[derive(Clone)]
-pub struct KeyMaterial {
+/// How far apart the clocks of instances and verifiers may be: a retiring
+/// key stays published this much longer than its last token could live.
+const CLOCK_LEEWAY: Duration = Duration::from_secs(60);
+
+/// How the keys are chosen and rotated.
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    /// The algorithm new keys use.
+    pub algorithm: SigningAlgorithm,
+    /// How long a new key is published before it signs.
+    pub publish_lead: Duration,
+    /// How often a new key is made; `None`: only on demand.
+    pub rotation: Option<Duration>,
+    /// The access tokens' lifetime: how long a replaced key keeps verifying.
+    pub access_token_ttl: Duration,
+}
+
+/// Where a key is in its life (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Standby,
+    Active,
+    Retiring,
+    Expired,
+    Revoked,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Standby => "standby",
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Expired => "expired",
+            KeyState::Revoked => "revoked",
+        }
+    }
+
+    /// Whether tokens it signed verify, and the JWKS shows it.
+    pub fn is_published(self) -> bool {
+        matches!(
+            self,
+            KeyState::Standby | KeyState::Active | KeyState::Retiring
+        )
+    }
+}
+
+/// What the key list shows of a key: never key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
     pub kid: String,
-    pub secret: Vec<u8>,
+    pub algorithm: SigningAlgorithm,
+    pub state: KeyState,
+    pub created_at: OffsetDateTime,
+    pub activates_at: OffsetDateTime,
+    /// When a replaced key leaves the JWKS.
+    pub retires_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Whether the private key is stored sealed.
+    pub sealed: bool,
 }
 
-impl KeyMaterial {
-    /// A key given in configuration. Its id is derived from a hash of the key,
-    /// so every instance sharing the secret agrees on it without revealing it.
-    pub fn from_configured_secret(secret: &[u8]) -> Self {
-        let digest = Sha256::digest(secret);
-        Self {
-            kid: format!("cfg-{}", URL_SAFE_NO_PAD.encode(&digest[..9])),
-            secret: secret.to_vec(),
-        }
-    }
+/// A key of the ring, ready to use.
+#[derive(Clone)]
+pub struct RingKey {
+    pub kid: String,
+    pub algorithm: SigningAlgorithm,
+    pub created_at: OffsetDateTime,
+    pub activates_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub sealed: bool,
+    /// The public JWK, for published algorithms.
+    pub jwk: Option<Value>,
+    pub(super) encoding: Option<EncodingKey>,
+    pub(super) decoding: DecodingKey,
+}
 
-    /// A fresh 256-bit key with a random id.
-    pub fn generate() -> Self {
-        let mut secret = vec![0u8; 32];
-        rand::fill(&mut secret[..]);
-        let mut id = [0u8; 9];
-        rand::fill(&mut id);
-        Self {
-            kid: format!("gen-{}", URL_SAFE_NO_PAD.encode(id)),
-            secret,
-        }
-    }
-
-    fn stored(&self, created_at: OffsetDateTime) -> StoredKey {
-        StoredKey {
-            kid: self.kid.clone(),
-            algorithm: HS256.into(),
-            secret: self.secret.clone(),
-            created_at,
-        }
+impl RingKey {
+    /// A usable key from its private part, signing from `activates_at`.
+    pub fn new(
+        kid: String,
+        private: &PrivateKey,
+        activates_at: OffsetDateTime,
+    ) -> anyhow::Result<Self> {
+        let algorithm = private.algorithm();
+        Ok(Self {
+            jwk: private.public_jwk(&kid),
+            kid,
+            algorithm,
+            created_at: activates_at,
+            activates_at,
+            revoked_at: None,
+            sealed: false,
+            encoding: Some(private.encoding_key()),
+            decoding: private.decoding_key()?,
+        })
     }
 }
 
-impl std::fmt::Debug for KeyMaterial {
+impl std::fmt::Debug for RingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyMaterial")
+        f.debug_struct("RingKey")
             .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("activates_at", &self.activates_at)
+            .field("revoked_at", &self.revoked_at)
             .finish_non_exhaustive()
     }
 }
 
-/// The key that signs, and the other keys that still verify.
+/// The keys as loaded at one moment, in the order they activate.
 #[derive(Debug, Clone)]
-pub struct KeyRing {
-    pub signing: KeyMaterial,
-    pub verifying: Vec<KeyMaterial>,
+pub struct KeySet {
+    keys: Vec<RingKey>,
+    /// How long a replaced key keeps verifying.
+    retire_after: Duration,
 }
 
-impl KeyRing {
-    /// The configured secret if there is one; else the stored keys, after
-    /// generating and storing the first one if there are none.
-    pub async fn load(
-        configured: Option<&[u8]>,
-        store: &dyn KeyStore,
-        now: OffsetDateTime,
-    ) -> anyhow::Result<Self> {
-        if let Some(secret) = configured {
-            return Ok(Self {
-                signing: KeyMaterial::from_configured_secret(secret),
-                verifying: Vec::new(),
-            });
+impl KeySet {
+    /// The state of every key at `now`, in order.
+    pub fn states(&self, now: OffsetDateTime) -> Vec<KeyState> {
+        let times: Vec<_> = self
+            .keys
+            .iter()
+            .map(|k| (k.activates_at, k.revoked_at))
+            .collect();
+        key_states(&times, now, self.retire_after)
+    }
+
+    /// The key that signs at `now`.
+    pub fn signer(&self, now: OffsetDateTime) -> Option<&RingKey> {
+        let states = self.states(now);
+        self.keys
+            .iter()
+            .zip(states)
+            .find(|(_, s)| *s == KeyState::Active)
+            .map(|(k, _)| k)
+    }
+
+    /// The key with that id, if tokens it signed verify at `now`.
+    pub fn verifier(&self, kid: &str, now: OffsetDateTime) -> Option<&RingKey> {
+        let i = self.keys.iter().position(|k| k.kid == kid)?;
+        let state = self.states(now)[i];
+        state.is_published().then(|| &self.keys[i])
+    }
+
+    /// The JWKS document (RFC 7517) at `now`: every published key of a
+    /// published algorithm.
+    pub fn jwks(&self, now: OffsetDateTime) -> Value {
+        let keys: Vec<&Value> = self
+            .keys
+            .iter()
+            .zip(self.states(now))
+            .filter(|(_, s)| s.is_published())
+            .filter_map(|(k, _)| k.jwk.as_ref())
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// Every key as the key list shows it.
+    pub fn infos(&self, now: OffsetDateTime) -> Vec<KeyInfo> {
+        let states = self.states(now);
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| KeyInfo {
+                kid: k.kid.clone(),
+                algorithm: k.algorithm,
+                state: states[i],
+                created_at: k.created_at,
+                activates_at: k.activates_at,
+                retires_at: self.retires_at(i, now),
+                revoked_at: k.revoked_at,
+                sealed: k.sealed,
+            })
+            .collect()
+    }
+
+    /// When the `i`th key, replaced, stops verifying.
+    fn retires_at(&self, i: usize, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let key = &self.keys[i];
+        if key.revoked_at.is_some() || key.activates_at > now {
+            return None;
         }
-        let mut stored = store
+        let successor = self.keys[i + 1..]
+            .iter()
+            .map(|k| k.activates_at)
+            .find(|at| *at <= now)?;
+        Some(successor + self.retire_after)
+    }
+
+    /// The algorithms of the keys that may sign or verify.
+    pub fn algorithms(&self) -> Vec<SigningAlgorithm> {
+        let mut algs: Vec<_> = self.keys.iter().map(|k| k.algorithm).collect();
+        algs.sort_by_key(|a| a.as_str());
+        algs.dedup();
+        algs
+    }
+
+    /// What identifies this set: its keys and their revocations.
+    fn fingerprint(&self) -> Vec<(String, Option<OffsetDateTime>)> {
+        self.keys
+            .iter()
+            .map(|k| (k.kid.clone(), k.revoked_at))
+            .collect()
+    }
+}
+
+/// Each key's state at `now`, for keys given as (activation, revocation) in
+/// the order they activate.
+fn key_states(
+    keys: &[(OffsetDateTime, Option<OffsetDateTime>)],
+    now: OffsetDateTime,
+    retire_after: Duration,
+) -> Vec<KeyState> {
+    // The newest key whose time has come signs; a revoked one never does.
+    let signing = keys
+        .iter()
+        .rposition(|(activates, revoked)| revoked.is_none() && *activates <= now);
+    keys.iter()
+        .enumerate()
+        .map(|(i, (activates, revoked))| {
+            if revoked.is_some() {
+                KeyState::Revoked
+            } else if Some(i) == signing {
+                KeyState::Active
+            } else if *activates > now {
+                KeyState::Standby
+            } else {
+                // Replaced when the next key activated (revoked or not: from
+                // then on this one signed nothing); its tokens live at most
+                // the token lifetime after that.
+                let replaced = keys[i + 1..]
+                    .iter()
+                    .map(|(at, _)| *at)
+                    .find(|at| *at <= now);
+                match replaced {
+                    Some(at) if now < at + retire_after => KeyState::Retiring,
+                    _ => KeyState::Expired,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The key ring of the running service: the current [`KeySet`], reloaded
+/// from the database so that every instance sees a rotation or revocation
+/// within seconds. Cheap to clone.
+#[derive(Clone)]
+pub struct Keys {
+    /// Where the keys live; none when they come from configuration
+    /// (`AUTHGATE_JWT_SECRET`): nothing to store or rotate then.
+    store: Option<Arc<dyn Store>>,
+    sealing: Option<SealingKey>,
+    policy: KeyPolicy,
+    clock: SharedClock,
+    current: Arc<RwLock<Arc<KeySet>>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("policy", &self.policy)
+            .field("configured", &self.store.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// The keys from `configured_secret` if there is one; else the stored
+    /// keys, after adding one of the configured algorithm if none is live: on
+    /// the first start it signs at once, after a change of algorithm it waits
+    /// for the publish lead like any rotation.
+    pub async fn load(
+        configured_secret: Option<&[u8]>,
+        store: Arc<dyn Store>,
+        sealing: Option<SealingKey>,
+        policy: KeyPolicy,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        if let Some(secret) = configured_secret {
+            return Self::fixed(vec![configured_key(secret)?], policy, clock);
+        }
+        let empty = KeySet {
+            keys: Vec::new(),
+            retire_after: policy.access_token_ttl + CLOCK_LEEWAY,
+        };
+        let keys = Self {
+            store: Some(store),
+            sealing,
+            policy,
+            clock,
+            current: Arc::new(RwLock::new(Arc::new(empty))),
+        };
+        keys.ensure_key().await?;
+        keys.reload().await?;
+        let unsealed = keys
+            .current()
+            .keys
+            .iter()
+            .filter(|k| k.revoked_at.is_none() && !k.sealed)
+            .count();
+        if keys.sealing.is_none() {
+            tracing::warn!(
+                "AUTHGATE_KEY_ENCRYPTION_KEY is not set: private signing keys are stored \
+                 unsealed in the database"
+            );
+        } else if unsealed > 0 {
+            tracing::warn!(
+                keys = unsealed,
+                "some signing keys were stored before AUTHGATE_KEY_ENCRYPTION_KEY was set and \
+                 are not sealed; rotate, then revoke them once retired"
+            );
+        }
+        Ok(keys)
+    }
+
+    /// A ring of these keys, in the order they activated (the last signs),
+    /// kept nowhere: configured keys, and tests.
+    pub fn fixed(
+        keys: Vec<RingKey>,
+        policy: KeyPolicy,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let set = KeySet {
+            keys,
+            retire_after: policy.access_token_ttl + CLOCK_LEEWAY,
+        };
+        Ok(Self {
+            store: None,
+            sealing: None,
+            policy,
+            clock,
+            current: Arc::new(RwLock::new(Arc::new(set))),
+        })
+    }
+
+    /// The store the keys live in; refused for configured keys.
+    fn store(&self) -> AuthResult<&Arc<dyn Store>> {
+        self.store.as_ref().ok_or(AuthError::KeysConfigured)
+    }
+
+    /// The keys as last loaded.
+    pub fn current(&self) -> Arc<KeySet> {
+        self.current.read().clone()
+    }
+
+    pub fn policy(&self) -> &KeyPolicy {
+        &self.policy
+    }
+
+    /// Whether the keys come from configuration rather than the database.
+    pub fn is_configured(&self) -> bool {
+        self.store.is_none()
+    }
+
+    /// Adds a key of the configured algorithm unless a live one exists (one
+    /// active or waiting to be).
+    async fn ensure_key(&self) -> anyhow::Result<()> {
+        let now = self.clock.now();
+        let alg = self.policy.algorithm;
+        let lead = self.policy.publish_lead;
+        let retire_after = self.current().retire_after;
+        // A first key signs at once: there is nothing else to sign with and
+        // no verifier can have cached an older JWKS.
+        let store = self.store()?;
+        let first = store
+            .signing_keys()
+            .await
+            .context("cannot load signing keys")?
+            .iter()
+            .all(|k| k.revoked_at.is_some());
+        let activates_at = if first { now } else { now + lead };
+        let key = self.new_key(alg, now, activates_at)?;
+        let guard: KeyGuard = Arc::new(move |stored: &[StoredKey]| {
+            !has_current_key_of(stored, alg, now, retire_after)
+        });
+        if store
+            .insert_signing_key(&key, guard)
+            .await
+            .context("cannot store a generated signing key")?
+        {
+            tracing::info!(kid = %key.kid, algorithm = %alg, activates_at = %key.activates_at,
+                "generated a signing key and stored it in the database");
+        }
+        Ok(())
+    }
+
+    /// A new key of `alg`, sealed if a sealing key is set.
+    fn new_key(
+        &self,
+        alg: SigningAlgorithm,
+        now: OffsetDateTime,
+        activates_at: OffsetDateTime,
+    ) -> anyhow::Result<StoredKey> {
+        let private = PrivateKey::generate(alg)?;
+        self.stored(private, now, activates_at)
+    }
+
+    fn stored(
+        &self,
+        private: PrivateKey,
+        now: OffsetDateTime,
+        activates_at: OffsetDateTime,
+    ) -> anyhow::Result<StoredKey> {
+        let kid = new_kid();
+        let public_jwk = private.public_jwk(&kid).map(|jwk| jwk.to_string());
+        let plain = private.to_stored();
+        // Why: a database dump or backup must not hand out the power to mint
+        // tokens; the key id as associated data keeps a sealed key from being
+        // moved to another row.
+        let (secret, sealed) = match &self.sealing {
+            Some(sealing) => (sealing.seal(&plain, kid.as_bytes()), true),
+            None => (plain, false),
+        };
+        Ok(StoredKey {
+            kid,
+            algorithm: private.algorithm().as_str().into(),
+            secret,
+            sealed,
+            public_jwk,
+            created_at: now,
+            activates_at,
+            revoked_at: None,
+        })
+    }
+
+    /// Reads the keys again; `true` if they changed. A set that cannot be
+    /// built (a key this instance cannot open) leaves the current one.
+    pub async fn reload(&self) -> anyhow::Result<bool> {
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let stored = store
             .signing_keys()
             .await
             .context("cannot load signing keys")?;
-        if stored.is_empty() {
-            stored = store
-                .insert_first_signing_key(&KeyMaterial::generate().stored(now))
-                .await
-                .context("cannot store a generated signing key")?;
-            tracing::info!("generated a signing key and stored it in the database");
+        let current = self.current();
+        let unchanged = stored.len() == current.keys.len()
+            && stored
+                .iter()
+                .zip(current.fingerprint())
+                .all(|(s, (kid, revoked))| s.kid == kid && s.revoked_at == revoked);
+        if unchanged {
+            return Ok(false);
         }
-        let mut keys: Vec<KeyMaterial> = stored
-            .into_iter()
-            .filter(|k| k.algorithm == HS256)
-            .map(|k| KeyMaterial {
-                kid: k.kid,
-                secret: k.secret,
-            })
-            .collect();
-        // The newest key signs; older ones keep verifying tokens they signed.
-        let signing = keys.pop().context("no signing key available")?;
-        Ok(Self {
-            signing,
-            verifying: keys,
-        })
+        let mut keys = Vec::with_capacity(stored.len());
+        for key in stored {
+            keys.push(self.ring_key(key)?);
+        }
+        let set = KeySet {
+            keys,
+            retire_after: current.retire_after,
+        };
+        *self.current.write() = Arc::new(set);
+        Ok(true)
     }
+
+    /// A stored key made usable: unsealed, parsed.
+    fn ring_key(&self, key: StoredKey) -> anyhow::Result<RingKey> {
+        let algorithm: SigningAlgorithm = key
+            .algorithm
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("signing key {}: {e}", key.kid))?;
+        if key.revoked_at.is_some() {
+            // Never used again: no need to open it.
+            return Ok(RingKey {
+                kid: key.kid,
+                algorithm,
+                created_at: key.created_at,
+                activates_at: key.activates_at,
+                revoked_at: key.revoked_at,
+                sealed: key.sealed,
+                jwk: None,
+                encoding: None,
+                decoding: DecodingKey::from_secret(&[]),
+            });
+        }
+        let plain = if key.sealed {
+            let sealing = self.sealing.as_ref().with_context(|| {
+                format!(
+                    "signing key {} is sealed: set AUTHGATE_KEY_ENCRYPTION_KEY",
+                    key.kid
+                )
+            })?;
+            sealing
+                .open(&key.secret, key.kid.as_bytes())
+                .with_context(|| {
+                    format!(
+                        "signing key {} does not open with AUTHGATE_KEY_ENCRYPTION_KEY",
+                        key.kid
+                    )
+                })?
+        } else {
+            key.secret.clone()
+        };
+        let private = PrivateKey::from_stored(algorithm, plain)
+            .with_context(|| format!("signing key {} is damaged", key.kid))?;
+        let mut ring_key = RingKey::new(key.kid.clone(), &private, key.activates_at)?;
+        ring_key.created_at = key.created_at;
+        ring_key.sealed = key.sealed;
+        Ok(ring_key)
+    }
+
+    /// Adds a standby key of the configured algorithm, signing after the
+    /// publish lead.
+    pub async fn rotate(
+        &self,
+        client: &Client,
+        actor: Option<Uuid>,
+        audit: &Audit,
+    ) -> AuthResult<KeyInfo> {
+        let now = self.clock.now();
+        let key = self.new_key(self.policy.algorithm, now, now + self.policy.publish_lead)?;
+        self.add(key, client, actor, audit).await
+    }
+
+    /// Adds a standby key from a PEM private key.
+    pub async fn import(
+        &self,
+        pem: &str,
+        client: &Client,
+        actor: Option<Uuid>,
+        audit: &Audit,
+    ) -> AuthResult<KeyInfo> {
+        let private = PrivateKey::from_pem(pem).map_err(|e| AuthError::Invalid {
+            field: "key",
+            message: format!("{e:#}"),
+        })?;
+        let now = self.clock.now();
+        let key = self.stored(private, now, now + self.policy.publish_lead)?;
+        self.add(key, client, actor, audit).await
+    }
+
+    async fn add(
+        &self,
+        key: StoredKey,
+        client: &Client,
+        actor: Option<Uuid>,
+        audit: &Audit,
+    ) -> AuthResult<KeyInfo> {
+        let kid = key.kid.clone();
+        self.store()?
+            .insert_signing_key(&key, Arc::new(|_: &[StoredKey]| true))
+            .await?;
+        audit
+            .record(
+                audit
+                    .event(client, actor, AuditKind::KeyRotated)
+                    .detail(kid.clone()),
+            )
+            .await;
+        self.reload().await?;
+        self.info(&kid).ok_or(AuthError::NotFound)
+    }
+
+    /// Adds a key if the newest live one is older than the rotation period,
+    /// once across all instances; the new key's id if one was added.
+    pub async fn rotate_if_due(&self) -> anyhow::Result<Option<String>> {
+        let Some(period) = self.policy.rotation else {
+            return Ok(None);
+        };
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let newest = self
+            .current()
+            .keys
+            .iter()
+            .filter(|k| k.revoked_at.is_none())
+            .map(|k| k.created_at)
+            .max();
+        if newest.is_some_and(|at| now < at + period) {
+            return Ok(None);
+        }
+        let key = self.new_key(self.policy.algorithm, now, now + self.policy.publish_lead)?;
+        let kid = key.kid.clone();
+        // Every instance may decide this at once; the guard, run with key
+        // writers held off, lets only the first insert.
+        let since = now - period;
+        let guard: KeyGuard = Arc::new(move |stored: &[StoredKey]| {
+            !stored
+                .iter()
+                .any(|k| k.revoked_at.is_none() && k.created_at > since)
+        });
+        if !store.insert_signing_key(&key, guard).await? {
+            self.reload().await?;
+            return Ok(None);
+        }
+        tracing::info!(kid = %kid, "rotated the signing key on schedule");
+        self.reload().await?;
+        Ok(Some(kid))
+    }
+
+    /// Revokes a key at once. If it was signing, a new key signs in its place
+    /// at once: a compromised key must stop signing now, and verifiers meeting
+    /// the new `kid` fetch the JWKS again.
+    pub async fn revoke(
+        &self,
+        kid: &str,
+        client: &Client,
+        actor: Option<Uuid>,
+        audit: &Audit,
+    ) -> AuthResult<KeyInfo> {
+        let store = self.store()?;
+        let now = self.clock.now();
+        let replacement = self.new_key(self.policy.algorithm, now, now)?;
+        let revoked = kid.to_owned();
+        let guard: KeyGuard = Arc::new(move |stored: &[StoredKey]| {
+            // Whether the key was the one signing until this revocation.
+            stored
+                .iter()
+                .rev()
+                .find(|k| {
+                    k.activates_at <= now
+                        && (k.revoked_at.is_none() || k.kid == revoked && k.revoked_at == Some(now))
+                })
+                .is_some_and(|k| k.kid == revoked)
+        });
+        if !store
+            .revoke_signing_key(kid, now, Some((replacement, guard)))
+            .await?
+        {
+            return Err(AuthError::NotFound);
+        }
+        audit
+            .record(
+                audit
+                    .event(client, actor, AuditKind::KeyRevoked)
+                    .detail(kid.to_owned()),
+            )
+            .await;
+        self.reload().await?;
+        self.info(kid).ok_or(AuthError::NotFound)
+    }
+
+    /// The JWKS document as of now.
+    pub fn jwks(&self) -> Value {
+        self.current().jwks(self.clock.now())
+    }
+
+    /// The key with that id, as the list shows it.
+    pub fn info(&self, kid: &str) -> Option<KeyInfo> {
+        self.list().into_iter().find(|k| k.kid == kid)
+    }
+
+    /// Every key, as the list shows it.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        self.current().infos(self.clock.now())
+    }
+
+    /// Deletes the keys that expired or were revoked more than a token
+    /// lifetime ago.
+    pub async fn purge(&self) -> anyhow::Result<u64> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let now = self.clock.now();
+        let set = self.current();
+        let gone: Vec<String> = set
+            .keys
+            .iter()
+            .zip(set.states(now))
+            .filter(|(k, s)| match s {
+                KeyState::Expired => true,
+                KeyState::Revoked => k.revoked_at.is_some_and(|at| at + set.retire_after < now),
+                _ => false,
+            })
+            .map(|(k, _)| k.kid.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let deleted = store.delete_signing_keys(&gone).await?;
+        self.reload().await?;
+        Ok(deleted)
+    }
+}
+
+/// Whether `stored` holds a key of `alg` that is active or waiting to be.
+fn has_current_key_of(
+    stored: &[StoredKey],
+    alg: SigningAlgorithm,
+    now: OffsetDateTime,
+    retire_after: Duration,
+) -> bool {
+    let times: Vec<_> = stored
+        .iter()
+        .map(|k| (k.activates_at, k.revoked_at))
+        .collect();
+    stored
+        .iter()
+        .zip(key_states(&times, now, retire_after))
+        .any(|(k, s)| {
+            k.algorithm == alg.as_str() && matches!(s, KeyState::Active | KeyState::Standby)
+        })
+}
+
+/// A random key id: 72 bits, URL-safe.
+fn new_kid() -> String {
+    let mut id = [0u8; 9];
+    rand::fill(&mut id);
+    URL_SAFE_NO_PAD.encode(id)
+}
+
+/// The key given in configuration. Its id is derived from a hash of the key,
+/// so every instance sharing the secret agrees on it without revealing it.
+fn configured_key(secret: &[u8]) -> anyhow::Result<RingKey> {
+    let digest = Sha256::digest(secret);
+    let private = PrivateKey::from_stored(SigningAlgorithm::Hs256, secret.to_vec())?;
+    RingKey::new(
+        format!("cfg-{}", URL_SAFE_NO_PAD.encode(&digest[..9])),
+        &private,
+        OffsetDateTime::UNIX_EPOCH,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const TTL: Duration = Duration::from_secs(900);
+
+    fn at(minutes: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::minutes(minutes)
+    }
+
     #[test]
-    fn configured_keys_get_a_stable_id_that_does_not_reveal_them() {
-        let a = KeyMaterial::from_configured_secret(b"0123456789abcdef0123456789abcdef");
-        let b = KeyMaterial::from_configured_secret(b"0123456789abcdef0123456789abcdef");
-        assert_eq!(a.kid, b.kid);
-        assert!(!a.kid.contains("0123"));
-        assert!(!format!("{a:?}").contains("0123"));
+    fn the_newest_activated_key_signs_and_a_new_one_waits_on_standby() {
+        let keys = [(at(0), None), (at(60), None)];
+        assert_eq!(
+            key_states(&keys, at(30), TTL),
+            [KeyState::Active, KeyState::Standby]
+        );
+        assert_eq!(
+            key_states(&keys, at(60), TTL),
+            [KeyState::Retiring, KeyState::Active]
+        );
+    }
+
+    #[test]
+    fn a_replaced_key_verifies_until_its_last_token_has_expired() {
+        let keys = [(at(0), None), (at(60), None)];
+        assert_eq!(key_states(&keys, at(74), TTL)[0], KeyState::Retiring);
+        assert_eq!(key_states(&keys, at(75), TTL)[0], KeyState::Expired);
+    }
+
+    #[test]
+    fn a_revoked_key_neither_signs_nor_verifies_and_the_one_before_it_signs() {
+        let keys = [(at(0), None), (at(60), Some(at(61)))];
+        assert_eq!(
+            key_states(&keys, at(62), TTL),
+            [KeyState::Active, KeyState::Revoked]
+        );
+        assert!(!KeyState::Revoked.is_published());
+    }
+
+    #[test]
+    fn a_key_replaced_by_a_revoked_one_still_retires_from_that_ones_start() {
+        let keys = [(at(0), None), (at(60), Some(at(61))), (at(61), None)];
+        assert_eq!(
+            key_states(&keys, at(62), TTL),
+            [KeyState::Retiring, KeyState::Revoked, KeyState::Active]
+        );
+        assert_eq!(key_states(&keys, at(75), TTL)[0], KeyState::Expired);
     }
 }

@@ -35,7 +35,7 @@ use crate::{
 };
 use accounts::AccountPolicy;
 use flows::FlowPolicy;
-use keys::KeyRing;
+use keys::Keys;
 use letters::{LetterPolicy, Letters};
 use liveness::SessionCache;
 use login::{LoginPolicy, PasswordCheck};
@@ -113,6 +113,10 @@ pub struct Services {
     pub flows: Flows,
     pub audit: Audit,
     pub outbox: Outbox,
+    /// The signing keys, for publication and rotation.
+    pub keys: Keys,
+    /// Signs and verifies access tokens.
+    pub tokens: Arc<TokenService>,
     store: Arc<dyn Store>,
     limiter: Arc<dyn RateLimiter>,
     clock: SharedClock,
@@ -138,7 +142,7 @@ const READY_PROBE_EVERY: Duration = Duration::from_secs(1);
 impl Services {
     pub fn new(
         settings: &Settings,
-        keys: &KeyRing,
+        keys: Keys,
         store: Arc<dyn Store>,
         hasher: PasswordHasher,
         limiter: Arc<dyn RateLimiter>,
@@ -153,8 +157,7 @@ impl Services {
             clock: clock.clone(),
         };
         let tokens = Arc::new(TokenService::new(
-            &keys.signing,
-            &keys.verifying,
+            keys.clone(),
             settings.issuer.clone(),
             settings.audience.clone(),
             settings.access_token_ttl,
@@ -162,7 +165,7 @@ impl Services {
         let liveness = Arc::new(SessionCache::new());
         let sessions = Sessions {
             store: store.clone(),
-            tokens,
+            tokens: tokens.clone(),
             cache: liveness.clone(),
             limiter: limiter.clone(),
             audit: audit.clone(),
@@ -220,10 +223,21 @@ impl Services {
             flows,
             audit,
             outbox,
+            keys,
+            tokens,
             store,
             limiter,
             clock,
             readiness: Arc::default(),
+        }
+    }
+
+    /// The audit log for a command run outside the service.
+    pub fn command_audit(store: Arc<dyn Store>) -> Audit {
+        Audit {
+            store,
+            limiter: Arc::new(crate::limits::InMemoryRateLimiter::new()),
+            clock: Arc::new(crate::clock::SystemClock),
         }
     }
 

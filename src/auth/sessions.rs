@@ -12,7 +12,7 @@ use super::{
     audit::Audit,
     error::{AuthError, AuthResult},
     liveness::{LiveUser, Liveness, Lookup, SessionCache},
-    tokens::{AccessClaims, TokenRejection, TokenService},
+    tokens::{AccessClaims, Authentication, TokenRejection, TokenService},
 };
 use crate::{
     clock::SharedClock,
@@ -127,6 +127,7 @@ impl Sessions {
         self.pair(
             user,
             session.id,
+            &Authentication::password(now),
             session_end,
             refresh.token,
             refresh_expires_at,
@@ -170,12 +171,14 @@ impl Sessions {
                 session_id,
                 user,
                 session_expires_at,
+                session_created_at,
             } => {
                 let expires_at =
                     refresh_expiry(now, self.policy.refresh_token_ttl, session_expires_at);
                 self.pair(
                     &user,
                     session_id,
+                    &Authentication::password(session_created_at),
                     session_expires_at,
                     next.token,
                     expires_at,
@@ -420,14 +423,20 @@ impl Sessions {
         &self,
         user: &User,
         session_id: Uuid,
+        auth: &Authentication,
         session_end: OffsetDateTime,
         refresh_token: String,
         refresh_expires_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> AuthResult<TokenPair> {
-        let access =
-            self.tokens
-                .issue(user.id, session_id, user.roles.names(), now, session_end)?;
+        let access = self.tokens.issue(
+            user.id,
+            session_id,
+            user.roles.names(),
+            auth,
+            now,
+            session_end,
+        )?;
         let seconds_left = |until: i64| u64::try_from(until - now.unix_timestamp()).unwrap_or(0);
         Ok(TokenPair {
             access_token: access.token,

@@ -1,16 +1,19 @@
 //! Access tokens: short-lived JWTs (RFC 9068 profile), verified per RFC 8725.
 //!
-//! Keys are held by key id (`kid`) so that several can verify at once (key
-//! rotation, and asymmetric keys later); one of them signs.
+//! The key ring ([`Keys`]) says which key signs now and which verify; each
+//! key has one algorithm, and a token verifies only under its key's.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{Header, Validation, errors::ErrorKind};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::keys::KeyMaterial;
+use super::keys::Keys;
+use crate::crypto::signing::SigningAlgorithm;
 
 /// Why a bearer token was refused. Only logged: the client always sees the
 /// same `invalid_token` answer so it learns nothing about which check failed.
@@ -36,6 +39,27 @@ const IAT_LEEWAY_SECS: i64 = 30;
 /// say) can be passed off as one (RFC 8725 §3.11).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
+/// How the session was authenticated: when, how strongly, by what methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authentication {
+    pub time: OffsetDateTime,
+    /// The authentication assurance level (`aal1`, `aal2`).
+    pub level: &'static str,
+    /// RFC 8176 method names.
+    pub methods: Vec<&'static str>,
+}
+
+impl Authentication {
+    /// A login with a password alone, at `time`.
+    pub fn password(time: OffsetDateTime) -> Self {
+        Self {
+            time,
+            level: "aal1",
+            methods: vec!["pwd"],
+        }
+    }
+}
+
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -49,6 +73,15 @@ pub struct AccessClaims {
     pub iat: i64,
     pub exp: i64,
     pub roles: Vec<String>,
+    /// When the session was authenticated (OpenID Connect Core §2).
+    #[serde(default)]
+    pub auth_time: i64,
+    /// How strongly (NIST SP 800-63B assurance level).
+    #[serde(default)]
+    pub aal: String,
+    /// By what methods (RFC 8176).
+    #[serde(default)]
+    pub amr: Vec<String>,
 }
 
 /// A freshly signed access token.
@@ -58,54 +91,65 @@ pub struct IssuedAccessToken {
     pub claims: AccessClaims,
 }
 
+/// How many verified tokens are remembered.
+const VERIFIED_CAPACITY: usize = 16_384;
+
 /// Signs and verifies access tokens.
 pub struct TokenService {
-    signing_kid: String,
-    signing_key: EncodingKey,
-    verifying: HashMap<String, DecodingKey>,
-    validation: Validation,
+    keys: Keys,
+    validations: HashMap<SigningAlgorithm, Validation>,
     issuer: String,
     audience: String,
     ttl: Duration,
+    /// Tokens whose signature verified, by the SHA-256 of the whole token.
+    /// Why: an Ed25519 or RSA verification costs tens of microseconds on every
+    /// request; the same bytes verify the same way, so only the checks that
+    /// change with time (expiry, the key's state) run again.
+    verified: RwLock<HashMap<[u8; 32], (Arc<str>, AccessClaims)>>,
 }
 
 impl TokenService {
-    /// `signing` signs new tokens; it and every key in `others` verify.
-    pub fn new(
-        signing: &KeyMaterial,
-        others: &[KeyMaterial],
-        issuer: String,
-        audience: String,
-        ttl: Duration,
-    ) -> Self {
-        let mut verifying = HashMap::new();
-        for key in std::iter::once(signing).chain(others) {
-            verifying.insert(key.kid.clone(), DecodingKey::from_secret(&key.secret));
-        }
-        // RFC 8725 §3.1: the algorithm is pinned; the token's `alg` header is
-        // never trusted to choose it (this is what refuses `alg: none`).
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&issuer]);
-        validation.set_audience(&[&audience]);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        // Expiry is checked against the service's clock in `verify`, not the
-        // crate's: this service both issues and verifies on that one clock, so
-        // there is no skew to allow for.
-        validation.validate_exp = false;
-        validation.leeway = 0;
+    pub fn new(keys: Keys, issuer: String, audience: String, ttl: Duration) -> Self {
+        let validations = SigningAlgorithm::ALL
+            .iter()
+            .map(|alg| {
+                // RFC 8725 §3.1: the algorithm is pinned per key; the token's
+                // `alg` header never chooses it (this refuses `alg: none`).
+                let mut validation = Validation::new(alg.jwt());
+                validation.set_issuer(&[&issuer]);
+                validation.set_audience(&[&audience]);
+                validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+                // Expiry is checked against the service's clock in `verify`,
+                // not the crate's (tests move that clock).
+                validation.validate_exp = false;
+                validation.leeway = 0;
+                (*alg, validation)
+            })
+            .collect();
         Self {
-            signing_kid: signing.kid.clone(),
-            signing_key: EncodingKey::from_secret(&signing.secret),
-            verifying,
-            validation,
+            keys,
+            validations,
             issuer,
             audience,
             ttl,
+            verified: RwLock::new(HashMap::new()),
         }
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// Signs an access token for the session, valid for the configured
@@ -115,6 +159,7 @@ impl TokenService {
         user_id: Uuid,
         session_id: Uuid,
         roles: Vec<String>,
+        auth: &Authentication,
         now: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> anyhow::Result<IssuedAccessToken> {
@@ -129,30 +174,75 @@ impl TokenService {
             iat,
             exp: (iat + lifetime).min(not_after.unix_timestamp()),
             roles,
+            auth_time: auth.time.unix_timestamp(),
+            aal: auth.level.into(),
+            amr: auth.methods.iter().map(|m| (*m).into()).collect(),
         };
-        let mut header = Header::new(Algorithm::HS256);
+        let keys = self.keys.current();
+        let key = keys
+            .signer(now)
+            .ok_or_else(|| anyhow::anyhow!("no signing key is active"))?;
+        let encoding = key
+            .encoding
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("signing key {} cannot sign", key.kid))?;
+        let mut header = Header::new(key.algorithm.jwt());
         header.typ = Some(ACCESS_TOKEN_TYP.into());
-        header.kid = Some(self.signing_kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.signing_key)?;
+        header.kid = Some(key.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, encoding)?;
         Ok(IssuedAccessToken { token, claims })
     }
 
     /// Verifies signature, algorithm, type, expiry (at `now`), issuer and
     /// audience. Revocation is checked by the caller, against the session.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<AccessClaims, TokenRejection> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
-        if header.alg != Algorithm::HS256 {
-            return Err(TokenRejection::BadSignature);
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let keys = self.keys.current();
+        let remembered = self.verified.read().get(&digest).cloned();
+        let (kid, claims) = match remembered {
+            Some((kid, claims)) => (kid, claims),
+            None => {
+                let (kid, claims) = self.verify_signed(token, &keys, now)?;
+                let kid: Arc<str> = kid.into();
+                let mut verified = self.verified.write();
+                if verified.len() >= VERIFIED_CAPACITY {
+                    let now = now.unix_timestamp();
+                    verified.retain(|_, (_, c)| c.exp > now);
+                    if verified.len() >= VERIFIED_CAPACITY {
+                        verified.clear();
+                    }
+                }
+                verified.insert(digest, (kid.clone(), claims.clone()));
+                (kid, claims)
+            }
+        };
+        // What can change after the signature verified: the clock and the key.
+        if keys.verifier(&kid, now).is_none() {
+            return Err(TokenRejection::UnknownKey);
         }
+        self.check_times(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// The signature and static checks of a token not seen before; the key id
+    /// it verified under, and its claims.
+    fn verify_signed(
+        &self,
+        token: &str,
+        keys: &super::keys::KeySet,
+        now: OffsetDateTime,
+    ) -> Result<(String, AccessClaims), TokenRejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
         if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
             return Err(TokenRejection::WrongType);
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying.get(kid))
-            .ok_or(TokenRejection::UnknownKey)?;
-        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).map_err(
+        let kid = header.kid.ok_or(TokenRejection::UnknownKey)?;
+        let key = keys.verifier(&kid, now).ok_or(TokenRejection::UnknownKey)?;
+        if header.alg != key.algorithm.jwt() {
+            return Err(TokenRejection::BadSignature);
+        }
+        let validation = &self.validations[&key.algorithm];
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenRejection::Expired,
                 ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
@@ -165,6 +255,20 @@ impl TokenService {
             },
         )?;
         let claims = data.claims;
+        // Checked here too, before the token is remembered: the crate checks
+        // `iss` and `aud`, and this is the place where a token is first seen.
+        if claims.iss != self.issuer || claims.aud != self.audience {
+            return Err(TokenRejection::WrongIssuerOrAudience);
+        }
+        self.check_times(&claims, now)?;
+        Ok((kid, claims))
+    }
+
+    fn check_times(
+        &self,
+        claims: &AccessClaims,
+        now: OffsetDateTime,
+    ) -> Result<(), TokenRejection> {
         if claims.exp <= now.unix_timestamp() {
             return Err(TokenRejection::Expired);
         }
@@ -179,13 +283,17 @@ impl TokenService {
         {
             return Err(TokenRejection::ImplausibleTimes);
         }
-        Ok(claims)
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        auth::keys::{KeyPolicy, RingKey},
+        crypto::signing::PrivateKey,
+    };
 
     /// A session end that caps nothing.
     fn far() -> OffsetDateTime {
@@ -194,29 +302,48 @@ mod tests {
 
     /// A token for some user and session, issued now.
     fn any_token(svc: &TokenService) -> IssuedAccessToken {
+        let now = OffsetDateTime::now_utc();
         svc.issue(
             Uuid::new_v4(),
             Uuid::new_v4(),
             vec![],
-            OffsetDateTime::now_utc(),
+            &Authentication::password(now),
+            now,
             far(),
         )
         .unwrap()
     }
 
-    fn service(key: &KeyMaterial) -> TokenService {
-        TokenService::new(
-            key,
-            &[],
-            "iss".into(),
-            "aud".into(),
-            Duration::from_secs(60),
-        )
+    /// A key of `alg` with a random id.
+    fn key(alg: SigningAlgorithm) -> RingKey {
+        let kid = Uuid::new_v4().simple().to_string();
+        let private = PrivateKey::generate(alg).unwrap();
+        RingKey::new(kid, &private, OffsetDateTime::UNIX_EPOCH).unwrap()
+    }
+
+    fn hs256() -> RingKey {
+        key(SigningAlgorithm::Hs256)
+    }
+
+    fn service_with(key: &RingKey, issuer: &str, ttl: Duration) -> TokenService {
+        let policy = KeyPolicy {
+            algorithm: key.algorithm,
+            publish_lead: Duration::from_secs(3600),
+            rotation: None,
+            access_token_ttl: ttl,
+        };
+        let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+        let keys = Keys::fixed(vec![key.clone()], policy, clock).unwrap();
+        TokenService::new(keys, issuer.into(), "aud".into(), ttl)
+    }
+
+    fn service(key: &RingKey) -> TokenService {
+        service_with(key, "iss", Duration::from_secs(60))
     }
 
     #[test]
     fn an_issued_token_verifies_and_carries_its_claims() {
-        let key = KeyMaterial::generate();
+        let key = hs256();
         let svc = service(&key);
         let (user, sid) = (Uuid::new_v4(), Uuid::new_v4());
         let issued = svc
@@ -224,6 +351,7 @@ mod tests {
                 user,
                 sid,
                 vec!["user".into()],
+                &Authentication::password(OffsetDateTime::now_utc()),
                 OffsetDateTime::now_utc(),
                 far(),
             )
@@ -242,8 +370,8 @@ mod tests {
 
     #[test]
     fn a_token_signed_with_another_key_is_refused() {
-        let svc = service(&KeyMaterial::generate());
-        let mut other = KeyMaterial::generate();
+        let svc = service(&hs256());
+        let mut other = hs256();
         let forged = any_token(&service(&other));
         assert_eq!(
             svc.verify(&forged.token, OffsetDateTime::now_utc())
@@ -251,7 +379,7 @@ mod tests {
             TokenRejection::UnknownKey
         );
         // Same kid, other secret: the signature check must catch it.
-        let ours = KeyMaterial::generate();
+        let ours = hs256();
         other.kid = ours.kid.clone();
         let forged = any_token(&service(&other));
         assert_eq!(
@@ -264,21 +392,35 @@ mod tests {
 
     #[test]
     fn a_token_never_outlives_its_session() {
-        let svc = service(&KeyMaterial::generate());
+        let svc = service(&hs256());
         let now = OffsetDateTime::now_utc();
         let end = now + time::Duration::seconds(10);
         let issued = svc
-            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], now, end)
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                &Authentication::password(now),
+                now,
+                end,
+            )
             .unwrap();
         assert_eq!(issued.claims.exp, end.unix_timestamp());
     }
 
     #[test]
     fn an_expired_token_is_refused() {
-        let svc = service(&KeyMaterial::generate());
+        let svc = service(&hs256());
         let long_ago = OffsetDateTime::now_utc() - time::Duration::hours(1);
         let issued = svc
-            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], long_ago, far())
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                &Authentication::password(long_ago),
+                long_ago,
+                far(),
+            )
             .unwrap();
         assert_eq!(
             svc.verify(&issued.token, OffsetDateTime::now_utc())
@@ -289,14 +431,8 @@ mod tests {
 
     #[test]
     fn another_issuers_or_audiences_token_is_refused() {
-        let key = KeyMaterial::generate();
-        let theirs = TokenService::new(
-            &key,
-            &[],
-            "other".into(),
-            "aud".into(),
-            Duration::from_secs(60),
-        );
+        let key = hs256();
+        let theirs = service_with(&key, "other", Duration::from_secs(60));
         let issued = any_token(&theirs);
         assert_eq!(
             service(&key)
@@ -308,7 +444,7 @@ mod tests {
 
     #[test]
     fn a_token_from_the_future_is_refused() {
-        let svc = service(&KeyMaterial::generate());
+        let svc = service(&hs256());
         let now = OffsetDateTime::now_utc();
         let later = now + time::Duration::days(3650);
         let issued = svc
@@ -316,6 +452,7 @@ mod tests {
                 Uuid::new_v4(),
                 Uuid::new_v4(),
                 vec![],
+                &Authentication::password(later),
                 later,
                 later + time::Duration::days(1),
             )
@@ -329,6 +466,7 @@ mod tests {
                 Uuid::new_v4(),
                 Uuid::new_v4(),
                 vec![],
+                &Authentication::password(now + time::Duration::seconds(10)),
                 now + time::Duration::seconds(10),
                 far(),
             )
@@ -338,14 +476,8 @@ mod tests {
 
     #[test]
     fn a_token_living_longer_than_this_service_issues_is_refused() {
-        let key = KeyMaterial::generate();
-        let generous = TokenService::new(
-            &key,
-            &[],
-            "iss".into(),
-            "aud".into(),
-            Duration::from_secs(10 * 86_400),
-        );
+        let key = hs256();
+        let generous = service_with(&key, "iss", Duration::from_secs(10 * 86_400));
         let issued = any_token(&generous);
         assert_eq!(
             service(&key)
@@ -353,5 +485,68 @@ mod tests {
                 .unwrap_err(),
             TokenRejection::ImplausibleTimes
         );
+    }
+
+    #[test]
+    fn every_algorithm_signs_tokens_that_verify_under_its_key_alone() {
+        for alg in SigningAlgorithm::ALL {
+            let key = key(alg);
+            let svc = service(&key);
+            let issued = any_token(&svc);
+            let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+            assert_eq!(header.alg, alg.jwt());
+            let now = OffsetDateTime::now_utc();
+            assert_eq!(svc.verify(&issued.token, now).unwrap(), issued.claims);
+            // Verified again from memory, with the same answer.
+            assert_eq!(svc.verify(&issued.token, now).unwrap(), issued.claims);
+            assert_eq!(
+                svc.verify(&issued.token, now + time::Duration::minutes(2))
+                    .unwrap_err(),
+                TokenRejection::Expired,
+                "a remembered token still expires"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_naming_another_algorithm_than_its_key_is_refused() {
+        // The classic confusion: HS256 "signed" with the public key as secret.
+        let ed = key(SigningAlgorithm::EdDsa);
+        let svc = service(&ed);
+        let issued = any_token(&svc);
+        let public = serde_json::to_vec(ed.jwk.as_ref().unwrap()).unwrap();
+        let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+        header.typ = Some(ACCESS_TOKEN_TYP.into());
+        header.kid = Some(ed.kid.clone());
+        let forged = jsonwebtoken::encode(
+            &header,
+            &issued.claims,
+            &jsonwebtoken::EncodingKey::from_secret(&public),
+        )
+        .unwrap();
+        assert_eq!(
+            svc.verify(&forged, OffsetDateTime::now_utc()).unwrap_err(),
+            TokenRejection::BadSignature
+        );
+    }
+
+    #[test]
+    fn tokens_carry_how_and_when_the_session_was_authenticated() {
+        let svc = service(&hs256());
+        let now = OffsetDateTime::now_utc();
+        let logged_in = now - time::Duration::hours(2);
+        let issued = svc
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                &Authentication::password(logged_in),
+                now,
+                far(),
+            )
+            .unwrap();
+        assert_eq!(issued.claims.auth_time, logged_in.unix_timestamp());
+        assert_eq!(issued.claims.aal, "aal1");
+        assert_eq!(issued.claims.amr, ["pwd"]);
     }
 }

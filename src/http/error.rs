@@ -67,6 +67,8 @@ pub enum AppError {
     Conflict(&'static str),
     #[error("the last active admin cannot be demoted or disabled")]
     LastAdmin,
+    #[error("keys come from configuration")]
+    KeysConfigured,
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
     #[error("overloaded")]
@@ -87,6 +89,7 @@ impl From<AuthError> for AppError {
             AuthError::Overloaded(retry_after) => AppError::Overloaded { retry_after },
             AuthError::Conflict(field) => AppError::Conflict(field),
             AuthError::LastAdmin => AppError::LastAdmin,
+            AuthError::KeysConfigured => AppError::KeysConfigured,
             AuthError::WrongPassword => AppError::WrongPassword,
             AuthError::ReservedUsername => AppError::validation("username", "is reserved"),
             AuthError::NotFound => AppError::NotFound,
@@ -133,7 +136,9 @@ impl AppError {
             }
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::Conflict(_) | AppError::LastAdmin => StatusCode::CONFLICT,
+            AppError::Conflict(_) | AppError::LastAdmin | AppError::KeysConfigured => {
+                StatusCode::CONFLICT
+            }
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Overloaded { .. } | AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -189,6 +194,12 @@ impl AppError {
                 "This resource does not support that method.".into(),
             ),
             AppError::Conflict(field) => ("conflict", format!("That {field} is already taken.")),
+            AppError::KeysConfigured => (
+                "keys_configured",
+                "The signing key comes from AUTHGATE_JWT_SECRET; unset it to keep rotating \
+                 keys in the database."
+                    .into(),
+            ),
             AppError::LastAdmin => (
                 "last_admin",
                 "This is the last active admin; make another user admin first.".into(),

@@ -7,6 +7,7 @@ mod client_ip;
 pub mod error;
 pub mod extract;
 mod health;
+mod keys;
 mod links;
 mod users;
 
@@ -34,6 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{OAuthError, TokenResponse};
+pub use keys::KeyView;
 pub use users::UserResponse;
 
 use crate::auth::Services;
@@ -45,6 +47,9 @@ use error::AppError;
 pub struct AppState {
     pub services: Services,
     pub trusted_proxies: Arc<[IpNet]>,
+    /// Where clients reach the service (`AUTHGATE_PUBLIC_URL`), without a
+    /// trailing slash: the base of the URLs in discovery documents.
+    pub public_url: Arc<str>,
 }
 
 /// Request bodies larger than this are refused with 413.
@@ -63,6 +68,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "users", description = "The current user"),
         (name = "admin", description = "User management (role `admin`)"),
         (name = "health", description = "Probes"),
+        (name = "keys", description = "Signing keys and discovery, for services that verify tokens"),
     )
 )]
 struct ApiDoc;
@@ -168,6 +174,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(audit::router())
         .merge(health::router())
+        .merge(keys::router())
 }
 
 /// Each request's span carries the method, the matched route (not the raw

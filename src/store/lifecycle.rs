@@ -175,6 +175,8 @@ audit_kinds! {
     UserEnabled = "user_enabled",
     UserDeleted = "user_deleted",
     Throttled = "throttled",
+    KeyRotated = "key_rotated",
+    KeyRevoked = "key_revoked",
 }
 
 impl AuditKind {

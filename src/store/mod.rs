@@ -119,6 +119,8 @@ pub enum Rotation {
         user: User,
         /// The absolute end of the session.
         session_expires_at: OffsetDateTime,
+        /// When the session was opened (its authentication time).
+        session_created_at: OffsetDateTime,
     },
     /// The token had been used before: the session is now revoked.
     Reused { session_id: Uuid, user_id: Uuid },
@@ -184,14 +186,26 @@ impl RevokeReason {
     }
 }
 
-/// A signing key as stored: plain bytes, interpreted by the key ring.
+/// A signing key as stored: bytes and times, interpreted by the key ring.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredKey {
     pub kid: String,
+    /// The JOSE algorithm name (`EdDSA`, `ES256`, `RS256`, `HS256`).
     pub algorithm: String,
+    /// The private key (or the HMAC secret); sealed if `sealed`.
     pub secret: Vec<u8>,
+    pub sealed: bool,
+    /// The public key as a JWK (JSON text); none for a symmetric key.
+    pub public_jwk: Option<String>,
     pub created_at: OffsetDateTime,
+    /// When it starts signing.
+    pub activates_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
 }
+
+/// Whether a key may be inserted, decided with every stored key in view
+/// while no other writer can insert or revoke one.
+pub type KeyGuard = Arc<dyn Fn(&[StoredKey]) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for StoredKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -351,11 +365,22 @@ pub trait SessionStore: Send + Sync + 'static {
 /// Token signing keys.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    /// Every stored key, oldest first.
+    /// Every stored key, revoked ones included, in the order they activate.
     async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>>;
-    /// Inserts the key unless one already exists (another instance may have
-    /// won the race); then returns all keys, oldest first.
-    async fn insert_first_signing_key(&self, key: &StoredKey) -> StoreResult<Vec<StoredKey>>;
+    /// Inserts `key` if `guard` allows it; `true` if inserted. Of instances
+    /// racing to insert, each sees what the others inserted before it.
+    async fn insert_signing_key(&self, key: &StoredKey, guard: KeyGuard) -> StoreResult<bool>;
+    /// Marks the key revoked at `at` (unless it already is), then inserts
+    /// `then`'s key if its guard allows, in one transaction. `false` if there
+    /// is no such key (and nothing changes).
+    async fn revoke_signing_key(
+        &self,
+        kid: &str,
+        at: OffsetDateTime,
+        then: Option<(StoredKey, KeyGuard)>,
+    ) -> StoreResult<bool>;
+    /// Deletes these keys (their tokens have all expired).
+    async fn delete_signing_keys(&self, kids: &[String]) -> StoreResult<u64>;
 }
 
 /// Single-use links, and changes with no other home.

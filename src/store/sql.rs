@@ -205,6 +205,7 @@ impl From<SessionInfoRow> for SessionInfo {
 pub(super) struct RotatedRow {
     session_id: Uuid,
     session_expires_at: Timestamp,
+    session_created_at: Timestamp,
     #[sqlx(flatten, try_from = "UserRow")]
     user: User,
 }
@@ -215,6 +216,7 @@ impl From<RotatedRow> for Rotation {
             session_id: row.session_id,
             user: row.user,
             session_expires_at: row.session_expires_at.0,
+            session_created_at: row.session_created_at.0,
         }
     }
 }
@@ -241,7 +243,11 @@ pub(super) struct KeyRow {
     kid: String,
     algorithm: String,
     secret: Vec<u8>,
+    sealed: bool,
+    public_jwk: Option<String>,
     created_at: Timestamp,
+    activates_at: Timestamp,
+    revoked_at: Option<Timestamp>,
 }
 
 impl From<KeyRow> for StoredKey {
@@ -250,10 +256,18 @@ impl From<KeyRow> for StoredKey {
             kid: row.kid,
             algorithm: row.algorithm,
             secret: row.secret,
+            sealed: row.sealed,
+            public_jwk: row.public_jwk,
             created_at: row.created_at.0,
+            activates_at: row.activates_at.0,
+            revoked_at: row.revoked_at.map(|t| t.0),
         }
     }
 }
+
+/// Every signing key, in the order they activate.
+pub(super) const SELECT_KEYS: &str = "SELECT kid, algorithm, secret, sealed, public_jwk, \
+     created_at, activates_at, revoked_at FROM signing_keys ORDER BY activates_at, created_at, kid";
 
 /// A live flow token.
 #[derive(FromRow)]
@@ -614,14 +628,15 @@ macro_rules! sql_store {
                 domain::{Email, User, Username},
                 store::{
                     AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
-                    Effects, FlowPurpose, FlowStore, FlowToken, KeyStore, MailInfo, MailStatus,
+                    Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore, MailInfo,
+                    MailStatus,
                     MailStore, NewSession, NewUser, QueuedMail, Redeemed, Redemption,
                     RevokeReason, Rotation, SessionInfo, SessionStore, Store, StoreError,
                     StoreResult, StoredKey, UpdatePlan, UpdatedUser, UserChanges, UserFilter,
                     UserStore, detached, map_unique,
                     sql::{
                         self, AuditRow, CredentialsRow, Dialect, FlowTokenRow, KeyRow,
-                        MailInfoRow, Refresh, SessionInfoRow, Timestamp, UserRow,
+                        MailInfoRow, Refresh, SELECT_KEYS, SessionInfoRow, Timestamp, UserRow,
                     },
                 },
             };
@@ -1548,46 +1563,110 @@ macro_rules! sql_store {
                 }
             }
 
+            impl $store {
+                /// Inserts `key` in `tx` if `guard`, seeing every key, allows it.
+                async fn insert_key_if(
+                    tx: &mut Tx,
+                    key: &StoredKey,
+                    guard: &KeyGuard,
+                ) -> sqlx::Result<bool> {
+                    let keys: Vec<StoredKey> = sqlx::query_as::<_, KeyRow>(SELECT_KEYS)
+                        .fetch_all(&mut **tx)
+                        .await?
+                        .into_iter()
+                        .map(StoredKey::from)
+                        .collect();
+                    if !guard(&keys) {
+                        return Ok(false);
+                    }
+                    sqlx::query(
+                        "INSERT INTO signing_keys \
+                         (kid, algorithm, secret, sealed, public_jwk, created_at, activates_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(key.kid.clone())
+                    .bind(key.algorithm.clone())
+                    .bind(key.secret.clone())
+                    .bind(key.sealed)
+                    .bind(key.public_jwk.clone())
+                    .bind(Timestamp(key.created_at))
+                    .bind(Timestamp(key.activates_at))
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(true)
+                }
+            }
+
             #[async_trait]
             impl KeyStore for $store {
                 async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
-                    let rows: Vec<KeyRow> = sqlx::query_as(
-                        "SELECT kid, algorithm, secret, created_at FROM signing_keys \
-                         ORDER BY created_at, kid",
-                    )
-                    .fetch_all(self.reader())
-                    .await?;
+                    let rows: Vec<KeyRow> = sqlx::query_as(SELECT_KEYS)
+                        .fetch_all(self.reader())
+                        .await?;
                     Ok(rows.into_iter().map(StoredKey::from).collect())
                 }
 
-                async fn insert_first_signing_key(
+                async fn insert_signing_key(
                     &self,
                     key: &StoredKey,
-                ) -> StoreResult<Vec<StoredKey>> {
-                    // Only if the table is empty: two instances starting together on one
-                    // database must end up with one key, not one each. The lock makes
-                    // the second wait for the first's insert, and then see it.
+                    guard: KeyGuard,
+                ) -> StoreResult<bool> {
+                    // Instances deciding together (two first starts, two
+                    // scheduled rotations) must end up with one new key, not
+                    // one each: the lock makes the second wait for the
+                    // first's insert, and its guard then sees it.
                     let writer = self.writer().clone();
                     let key = key.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         Self::lock_for_key_generation(&mut tx).await?;
-                        sqlx::query(
-                            "INSERT INTO signing_keys (kid, algorithm, secret, created_at) \
-                             SELECT $1, $2, $3, $4 \
-                             WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
-                        )
-                        .bind(&key.kid)
-                        .bind(&key.algorithm)
-                        .bind(&key.secret)
-                        .bind(Timestamp(key.created_at))
-                        .execute(&mut *tx)
-                        .await?;
+                        let inserted = Self::insert_key_if(&mut tx, &key, &guard).await?;
                         tx.commit().await?;
-                        Ok(())
+                        Ok(inserted)
                     })
-                    .await?;
-                    self.signing_keys().await
+                    .await
+                }
+
+                async fn revoke_signing_key(
+                    &self,
+                    kid: &str,
+                    at: OffsetDateTime,
+                    then: Option<(StoredKey, KeyGuard)>,
+                ) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    let kid = kid.to_owned();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        Self::lock_for_key_generation(&mut tx).await?;
+                        let found = sqlx::query(
+                            "UPDATE signing_keys SET revoked_at = COALESCE(revoked_at, $2) \
+                             WHERE kid = $1",
+                        )
+                        .bind(&kid)
+                        .bind(Timestamp(at))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            > 0;
+                        if found && let Some((key, guard)) = &then {
+                            Self::insert_key_if(&mut tx, key, guard).await?;
+                        }
+                        tx.commit().await?;
+                        Ok(found)
+                    })
+                    .await
+                }
+
+                async fn delete_signing_keys(&self, kids: &[String]) -> StoreResult<u64> {
+                    let mut deleted = 0;
+                    for kid in kids {
+                        deleted += sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+                            .bind(kid)
+                            .execute(self.writer())
+                            .await?
+                            .rows_affected();
+                    }
+                    Ok(deleted)
                 }
             }
         };
