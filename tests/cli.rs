@@ -270,3 +270,85 @@ fn odd_settings_are_warned_about_at_start_up() {
     assert!(all.contains("AUTHGATE_REFRESH_TOKEN_TTL"), "{all}");
     assert!(all.contains("203.0.113.0/24"), "{all}");
 }
+
+#[test]
+fn keys_are_listed_rotated_imported_and_revoked_from_the_command_line() {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    use serde_json::Value;
+
+    let dir = std::env::temp_dir().join(format!("authgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}/authgate.db?mode=rwc", dir.display());
+    let env = [("DATABASE_URL", db.as_str())];
+    let keys = |args: &[&str]| {
+        let out = authgate_args(&[&["keys"], args].concat(), &env, None);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr(&out),
+        )
+    };
+
+    // The first command finds no key and makes one that signs at once.
+    let (ok, listed, err) = keys(&["list"]);
+    assert!(ok, "{err}");
+    let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["state"], "active");
+    assert_eq!(listed[0]["algorithm"], "EdDSA");
+
+    let (ok, rotated, err) = keys(&["rotate"]);
+    assert!(ok, "{err}");
+    let rotated: Value = serde_json::from_str(&rotated).unwrap();
+    assert_eq!(rotated["state"], "standby");
+
+    // An ES256 key from a PEM file joins on standby too.
+    let private = authgate::crypto::signing::PrivateKey::generate(
+        authgate::crypto::signing::SigningAlgorithm::Es256,
+    )
+    .unwrap();
+    let body = STANDARD.encode(private.to_stored());
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    );
+    let pem_file = dir.join("key.pem");
+    std::fs::write(&pem_file, pem).unwrap();
+    let (ok, imported, err) = keys(&["import", pem_file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let imported: Value = serde_json::from_str(&imported).unwrap();
+    assert_eq!(imported["algorithm"], "ES256");
+    assert_eq!(imported["state"], "standby");
+    std::fs::write(&pem_file, "not a key").unwrap();
+    let (ok, _, err) = keys(&["import", pem_file.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let kid = listed[0]["kid"].as_str().unwrap();
+    let (ok, revoked, err) = keys(&["revoke", kid]);
+    assert!(ok, "{err}");
+    let revoked: Value = serde_json::from_str(&revoked).unwrap();
+    assert_eq!(revoked["state"], "revoked");
+    let (ok, _, err) = keys(&["revoke", "no-such-key"]);
+    assert!(!ok);
+    assert!(err.contains("no key no-such-key"), "{err}");
+
+    // The revoked key was signing: a new one signs in its place at once.
+    let (_, listed, _) = keys(&["list"]);
+    let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    let states: Vec<&str> = listed
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["revoked", "active", "standby", "standby"],
+        "{listed:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

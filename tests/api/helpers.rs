@@ -25,6 +25,9 @@ struct Args {
 /// A known signing key, so that tests can forge tokens with it.
 pub const TEST_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 pub const PASSWORD: &str = "correct horse battery staple";
+/// The admin `with_admin` servers create at start-up.
+pub const ADMIN_EMAIL: &str = "root@example.com";
+pub const ADMIN_PASSWORD: &str = "a long admin passphrase";
 
 /// Settings for a test server; `spawn` starts it.
 pub struct TestAppBuilder {
@@ -42,6 +45,12 @@ impl TestAppBuilder {
             self.args.push(value.into());
         }
         self
+    }
+
+    /// Creates the admin `ADMIN_EMAIL` at start-up.
+    pub fn with_admin(self) -> Self {
+        self.arg("--admin-email", ADMIN_EMAIL)
+            .arg("--admin-password", ADMIN_PASSWORD)
     }
 
     /// Sends the server's mail to `sink` (by default each server gets its own).
@@ -238,6 +247,13 @@ impl TestApp {
         let res = self.login(username, PASSWORD).await;
         assert_eq!(res.status(), StatusCode::OK, "login of {username}");
         Tokens::from(res.json::<Value>().await.unwrap())
+    }
+
+    /// An access token of the admin a `with_admin` server created.
+    pub async fn admin_token(&self) -> String {
+        let res = self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::OK, "admin login");
+        Tokens::from(res.json::<Value>().await.unwrap()).access
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Response {

@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod disk;
 mod health;
+mod keys;
 mod links;
 mod login;
 mod me;
@@ -28,6 +29,7 @@ fn main() {
         disk::trials,
         health::trials,
         health::postgres_only_trials,
+        keys::trials,
         links::trials,
         login::trials,
         me::trials,
