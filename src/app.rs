@@ -11,6 +11,7 @@ use crate::{
         Accounts, Audit, Services, Settings,
         accounts::{AccountPolicy, AdminOutcome, IfExists},
         flows::FlowPolicy,
+        introspection::IntrospectionClients,
         keys::{KeyPolicy, Keys},
         letters::LetterPolicy,
         liveness::RECHECK_INTERVAL,
@@ -170,6 +171,12 @@ pub async fn build_services(
             max_attempts: mail.mail_max_attempts,
             first_retry: mail.mail_retry_after,
         },
+        introspection_clients: IntrospectionClients::new(
+            config
+                .introspection_clients
+                .iter()
+                .map(|c| (c.id.as_str(), c.secret.expose())),
+        ),
     };
     let mailer = Mailer::new(
         mail.smtp_url.as_ref().map(|url| url.expose()),

@@ -192,6 +192,45 @@ pub struct Config {
 
     #[command(flatten)]
     pub keys: KeyArgs,
+
+    /// Comma-separated `id:secret` pairs of resource servers that may call
+    /// `POST /auth/introspect` with HTTP Basic or form credentials (admins
+    /// may with their token). Each secret at least 16 characters.
+    #[arg(long, env = "AUTHGATE_INTROSPECTION_CLIENTS", hide_env_values = true,
+          value_delimiter = ',', value_parser = parse_client)]
+    pub introspection_clients: Vec<ClientSecret>,
+}
+
+/// A client id and its secret.
+#[derive(Clone)]
+pub struct ClientSecret {
+    pub id: String,
+    pub secret: Secret,
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:[REDACTED]", self.id)
+    }
+}
+
+fn parse_client(raw: &str) -> Result<ClientSecret, String> {
+    let (id, secret) = raw
+        .trim()
+        .split_once(':')
+        .ok_or("expected id:secret pairs")?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a client id must be printable ASCII without spaces".into());
+    }
+    if secret.chars().count() < 16 {
+        return Err(format!(
+            "the secret of client {id} must be at least 16 characters"
+        ));
+    }
+    Ok(ClientSecret {
+        id: id.to_owned(),
+        secret: Secret::from(secret.to_owned()),
+    })
 }
 
 /// Signing keys: their algorithm, sealing and rotation.

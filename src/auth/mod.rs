@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod audit;
 pub mod error;
 pub mod flows;
+pub mod introspection;
 pub mod keys;
 pub mod letters;
 pub mod liveness;
@@ -20,6 +21,7 @@ pub use accounts::Accounts;
 pub use audit::Audit;
 pub use error::{AuthError, AuthResult};
 pub use flows::Flows;
+pub use introspection::Introspection;
 pub use login::Login;
 pub use outbox::Outbox;
 pub use sessions::Sessions;
@@ -102,6 +104,8 @@ pub struct Settings {
     pub letters: LetterPolicy,
     pub flows: FlowPolicy,
     pub outbox: OutboxPolicy,
+    /// Who may introspect tokens with a client secret.
+    pub introspection_clients: introspection::IntrospectionClients,
 }
 
 /// Every service, wired to one store, hasher, limiter and clock. Cheap to clone.
@@ -113,6 +117,7 @@ pub struct Services {
     pub flows: Flows,
     pub audit: Audit,
     pub outbox: Outbox,
+    pub introspection: Introspection,
     /// The signing keys, for publication and rotation.
     pub keys: Keys,
     /// Signs and verifies access tokens.
@@ -216,9 +221,15 @@ impl Services {
             owner: Uuid::new_v4(),
             wake,
         };
+        let introspection = Introspection {
+            sessions: sessions.clone(),
+            store: store.clone(),
+            clients: settings.introspection_clients.clone(),
+        };
         Self {
             accounts,
             login,
+            introspection,
             sessions,
             flows,
             audit,

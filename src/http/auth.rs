@@ -242,7 +242,7 @@ pub struct OAuthError {
     pub error_description: String,
 }
 
-fn oauth_error(
+pub(super) fn oauth_error(
     status: StatusCode,
     error: &'static str,
     description: impl Into<String>,
@@ -324,7 +324,7 @@ fn parse_grant(
 }
 
 /// Maps our errors onto RFC 6749 §5.2 codes, keeping throttling headers.
-fn to_oauth(err: AppError) -> Response {
+pub(super) fn to_oauth(err: AppError) -> Response {
     match err {
         AppError::InvalidCredentials => oauth_error(
             StatusCode::BAD_REQUEST,

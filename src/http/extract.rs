@@ -174,7 +174,7 @@ impl FromRequestParts<AppState> for ClientInfo {
 pub struct AuthUser(pub Authenticated);
 
 /// The token of an `Authorization: Bearer …` header (RFC 6750 §2.1).
-fn bearer_token(headers: &HeaderMap) -> Result<&str, AppError> {
+pub(super) fn bearer_token(headers: &HeaderMap) -> Result<&str, AppError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(AppError::MissingToken)?;

@@ -107,6 +107,10 @@ fn metadata(state: &AppState) -> Value {
         "issuer": tokens.issuer(),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "token_endpoint": format!("{base}/auth/token"),
+        "introspection_endpoint": format!("{base}/auth/introspect"),
+        "revocation_endpoint": format!("{base}/auth/revoke"),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
         "grant_types_supported": ["password", "refresh_token"],
         // The password grant's clients are first-party apps without secrets.
         "token_endpoint_auth_methods_supported": ["none"],

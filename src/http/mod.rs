@@ -9,6 +9,7 @@ pub mod extract;
 mod health;
 mod keys;
 mod links;
+mod oauth;
 mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -169,6 +170,7 @@ fn document_errors(spec: &mut utoipa::openapi::OpenApi) {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
+        .merge(oauth::router())
         .merge(links::router())
         .merge(users::router())
         .merge(admin::router())

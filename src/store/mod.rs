@@ -128,6 +128,15 @@ pub enum Rotation {
     Invalid,
 }
 
+/// A live refresh token and its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRefreshToken {
+    pub session_id: Uuid,
+    pub user: User,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
 /// An admin's change to a user; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct UserChanges {
@@ -303,6 +312,13 @@ pub trait SessionStore: Send + Sync + 'static {
         now: OffsetDateTime,
         by: &AuditContext,
     ) -> StoreResult<Rotation>;
+    /// The live session of an unused, unexpired refresh token, without
+    /// using it (introspection).
+    async fn refresh_token_session(
+        &self,
+        token_hash: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<LiveRefreshToken>>;
     /// Ends the session the refresh token belongs to, audited with `by`; its
     /// id if one was live.
     async fn revoke_session_by_refresh(

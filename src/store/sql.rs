@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     AuditContext, AuditKind, AuditRecord, Credentials, FlowToken, MailInfo, MailStatus, NewUser,
-    Outcome, RevokeReason, Rotation, SessionInfo, StoreResult, StoredKey,
+    LiveRefreshToken, Outcome, RevokeReason, Rotation, SessionInfo, StoreResult, StoredKey,
 };
 use crate::domain::{Roles, User};
 
@@ -268,6 +268,27 @@ impl From<KeyRow> for StoredKey {
 /// Every signing key, in the order they activate.
 pub(super) const SELECT_KEYS: &str = "SELECT kid, algorithm, secret, sealed, public_jwk, \
      created_at, activates_at, revoked_at FROM signing_keys ORDER BY activates_at, created_at, kid";
+
+/// A live refresh token, with its session and user.
+#[derive(FromRow)]
+pub(super) struct LiveRefreshRow {
+    session_id: Uuid,
+    issued_at: Timestamp,
+    token_expires_at: Timestamp,
+    #[sqlx(flatten, try_from = "UserRow")]
+    user: User,
+}
+
+impl From<LiveRefreshRow> for LiveRefreshToken {
+    fn from(row: LiveRefreshRow) -> Self {
+        LiveRefreshToken {
+            session_id: row.session_id,
+            user: row.user,
+            issued_at: row.issued_at.0,
+            expires_at: row.token_expires_at.0,
+        }
+    }
+}
 
 /// A live flow token.
 #[derive(FromRow)]
@@ -630,13 +651,13 @@ macro_rules! sql_store {
                     AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore, MailInfo,
                     MailStatus,
-                    MailStore, NewSession, NewUser, QueuedMail, Redeemed, Redemption,
+                    LiveRefreshToken, MailStore, NewSession, NewUser, QueuedMail, Redeemed, Redemption,
                     RevokeReason, Rotation, SessionInfo, SessionStore, Store, StoreError,
                     StoreResult, StoredKey, UpdatePlan, UpdatedUser, UserChanges, UserFilter,
                     UserStore, detached, map_unique,
                     sql::{
                         self, AuditRow, CredentialsRow, Dialect, FlowTokenRow, KeyRow,
-                        MailInfoRow, Refresh, SELECT_KEYS, SessionInfoRow, Timestamp, UserRow,
+                        LiveRefreshRow, MailInfoRow, Refresh, SELECT_KEYS, SessionInfoRow, Timestamp, UserRow,
                     },
                 },
             };
@@ -1034,6 +1055,28 @@ macro_rules! sql_store {
 
             #[async_trait]
             impl SessionStore for $store {
+                async fn refresh_token_session(
+                    &self,
+                    token_hash: &[u8; 32],
+                    now: OffsetDateTime,
+                ) -> StoreResult<Option<LiveRefreshToken>> {
+                    let row: Option<LiveRefreshRow> = sqlx::query_as(
+                        "SELECT t.session_id, t.created_at AS issued_at, \
+                         t.expires_at AS token_expires_at, u.id, u.username, u.email, \
+                         u.email_verified, u.roles, u.is_active, u.created_at \
+                         FROM refresh_tokens t \
+                         JOIN sessions s ON s.id = t.session_id \
+                         JOIN users u ON u.id = s.user_id \
+                         WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > $2 \
+                           AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
+                    )
+                    .bind(&token_hash[..])
+                    .bind(Timestamp(now))
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(LiveRefreshToken::from))
+                }
+
                 async fn create_session(
                     &self,
                     s: &NewSession,
