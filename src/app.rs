@@ -136,6 +136,7 @@ pub async fn build_services(
             refresh_token_ttl: config.refresh_token_ttl,
             session_max_age: config.session_max_age,
             refresh_per_minute: config.refresh_per_minute,
+            reuse_grace: config.refresh_reuse_grace,
         },
         login: LoginPolicy {
             free_failures: config.login_free_failures,

@@ -98,6 +98,12 @@ pub struct Config {
     #[arg(long, env = "AUTHGATE_REFRESH_TOKEN_TTL", default_value = "7d", value_parser = duration_within("1m", "3650d"))]
     pub refresh_token_ttl: Duration,
 
+    /// How long after a refresh the refresh token just used still gives the
+    /// same new pair (tabs refreshing at once converge instead of logging
+    /// the user out); `0s`: strict, any second use ends the session.
+    #[arg(long, env = "AUTHGATE_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = duration_within("0s", "1m"))]
+    pub refresh_reuse_grace: Duration,
+
     /// Absolute lifetime of a session: refreshing never extends it past this.
     #[arg(long, env = "AUTHGATE_SESSION_MAX_AGE", default_value = "30d", value_parser = duration_within("1m", "3650d"))]
     pub session_max_age: Duration,

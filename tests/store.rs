@@ -9,9 +9,9 @@ use authgate::{
     config::DatabaseUrl,
     domain::{Email, Role, Roles, Username},
     store::{
-        self, AuditContext, AuditFilter, AuditKind, Effects, FlowPurpose, MailStatus, NewFlowToken,
-        NewSession, NewUser, OutboxMail, Redeemed, Redemption, RevokeReason, Rotation, Store,
-        KeyGuard, StoreError, StoredKey, UserChanges, UserFilter,
+        self, AuditContext, AuditFilter, AuditKind, Effects, FlowPurpose, KeyGuard, MailStatus,
+        NewFlowToken, NewSession, NewUser, OutboxMail, Redeemed, Redemption, RefreshRequest,
+        RevokeReason, Rotation, Store, StoreError, StoredKey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
@@ -70,6 +70,7 @@ on_both_databases!(
     create_user_if_absent_creates_once,
     users_are_listed_in_id_order_after_the_cursor,
     a_refresh_token_rotates_once_and_its_reuse_revokes_the_session,
+    within_the_grace_window_a_used_token_gives_its_sealed_successor_again,
     a_rotation_never_outlives_the_session,
     an_expired_refresh_token_does_not_rotate,
     updating_a_user_ends_their_sessions_in_the_same_change,
@@ -192,6 +193,94 @@ async fn users_are_listed_in_id_order_after_the_cursor(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(rest.iter().map(|u| u.id).collect::<Vec<_>>(), ids[2..]);
+}
+
+fn graced(presented: u8, next: u8, now: time::OffsetDateTime) -> RefreshRequest {
+    RefreshRequest {
+        presented: [presented; 32],
+        next: [next; 32],
+        next_expires_at: now + Duration::hours(1),
+        now,
+        sealed_next: Some(vec![next; 5]),
+        grace_since: Some(now - Duration::seconds(10)),
+    }
+}
+
+async fn within_the_grace_window_a_used_token_gives_its_sealed_successor_again(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store
+        .create_user(&new_user("tabs"), &Default::default())
+        .await
+        .unwrap();
+    let session = session_for(user.id, 1, Duration::days(1));
+    store
+        .create_session(&session, &Default::default())
+        .await
+        .unwrap();
+    let now = clock::now();
+    let by = AuditContext::default();
+    assert!(matches!(
+        store.rotate_refresh(&graced(1, 2, now), &by).await.unwrap(),
+        Rotation::Rotated { .. }
+    ));
+    // Presented again moments later: the successor, sealed as stored.
+    let later = now + Duration::seconds(5);
+    match store
+        .rotate_refresh(&graced(1, 3, later), &by)
+        .await
+        .unwrap()
+    {
+        Rotation::Repeated {
+            session_id,
+            sealed_next,
+            rotated_at,
+            next_expires_at,
+            ..
+        } => {
+            assert_eq!(session_id, session.id);
+            assert_eq!(sealed_next, vec![2; 5]);
+            assert_eq!(rotated_at, now);
+            assert_eq!(next_expires_at, now + Duration::hours(1));
+        }
+        other => panic!("expected the successor again, got {other:?}"),
+    }
+    // Nothing changed: the successor still rotates, once.
+    assert!(matches!(
+        store
+            .rotate_refresh(&graced(2, 4, later), &by)
+            .await
+            .unwrap(),
+        Rotation::Rotated { .. }
+    ));
+    // Now the first token's successor is used: presenting it is reuse.
+    assert_eq!(
+        store
+            .rotate_refresh(&graced(1, 5, later), &by)
+            .await
+            .unwrap(),
+        Rotation::Reused {
+            session_id: session.id,
+            user_id: user.id
+        }
+    );
+    assert!(
+        store
+            .session_user(session.id, later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // And an ended session gives nothing back, even within the window.
+    assert_eq!(
+        store
+            .rotate_refresh(&graced(2, 6, later), &by)
+            .await
+            .unwrap(),
+        Rotation::Reused {
+            session_id: session.id,
+            user_id: user.id
+        }
+    );
 }
 
 async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_session(backend: Backend) {

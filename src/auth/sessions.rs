@@ -12,14 +12,14 @@ use super::{
     audit::Audit,
     error::{AuthError, AuthResult},
     liveness::{LiveUser, Liveness, Lookup, SessionCache},
-    tokens::{AccessClaims, Authentication, TokenRejection, TokenService},
+    tokens::{AccessClaims, Authentication, Subject, TokenRejection, TokenService},
 };
 use crate::{
     clock::SharedClock,
     crypto::refresh,
     domain::User,
     limits::{RateLimiter, client_bucket},
-    store::{AuditKind, Effects, NewSession, RevokeReason, Rotation, SessionStore},
+    store::{AuditKind, Effects, NewSession, RefreshRequest, RevokeReason, Rotation, SessionStore},
 };
 
 /// Session lifetimes and the refresh quota, fixed at start-up.
@@ -30,6 +30,9 @@ pub struct SessionPolicy {
     /// No session lasts longer, however often it is refreshed.
     pub session_max_age: Duration,
     pub refresh_per_minute: u32,
+    /// How long after a rotation the token just rotated away gives the same
+    /// successor again (several tabs refreshing at once); zero: never.
+    pub reuse_grace: Duration,
 }
 
 /// The one rule for when a refresh token expires: after its own lifetime,
@@ -125,12 +128,15 @@ impl Sessions {
             return Err(AuthError::InvalidCredentials);
         }
         self.pair(
-            user,
-            session.id,
-            &Authentication::password(now),
-            session_end,
-            refresh.token,
-            refresh_expires_at,
+            PairParts {
+                user,
+                session_id: session.id,
+                auth: Authentication::password(now),
+                session_end,
+                refresh_token: refresh.token,
+                refresh_expires_at,
+                issued_at: now,
+            },
             now,
         )
     }
@@ -156,15 +162,22 @@ impl Sessions {
         }
         let now = self.clock.now();
         let next = refresh::generate();
+        let grace = self.policy.reuse_grace;
+        let request = RefreshRequest {
+            presented: refresh::hash(presented),
+            next: next.hash,
+            next_expires_at: now + self.policy.refresh_token_ttl,
+            now,
+            // Why sealed under the presented token: the successor must be
+            // given again to a tab presenting that token moments later, yet
+            // no usable token may rest in the database.
+            sealed_next: (!grace.is_zero())
+                .then(|| refresh::seal_successor(presented, &next.token)),
+            grace_since: (!grace.is_zero()).then(|| now - grace),
+        };
         let rotation = self
             .store
-            .rotate_refresh_token(
-                &refresh::hash(presented),
-                &next.hash,
-                now + self.policy.refresh_token_ttl,
-                now,
-                &client.context(None),
-            )
+            .rotate_refresh(&request, &client.context(None))
             .await?;
         match rotation {
             Rotation::Rotated {
@@ -172,16 +185,47 @@ impl Sessions {
                 user,
                 session_expires_at,
                 session_created_at,
-            } => {
-                let expires_at =
-                    refresh_expiry(now, self.policy.refresh_token_ttl, session_expires_at);
-                self.pair(
-                    &user,
+            } => self.pair(
+                PairParts {
+                    user: &user,
                     session_id,
-                    &Authentication::password(session_created_at),
-                    session_expires_at,
-                    next.token,
-                    expires_at,
+                    auth: Authentication::password(session_created_at),
+                    session_end: session_expires_at,
+                    refresh_expires_at: refresh_expiry(
+                        now,
+                        self.policy.refresh_token_ttl,
+                        session_expires_at,
+                    ),
+                    refresh_token: next.token,
+                    issued_at: now,
+                },
+                now,
+            ),
+            Rotation::Repeated {
+                session_id,
+                user,
+                session_expires_at,
+                session_created_at,
+                rotated_at,
+                sealed_next,
+                next_expires_at,
+            } => {
+                // Another tab rotated this token moments ago: every tab
+                // converges on the pair it got (RFC 9700 §4.14.2 allows the
+                // refresh token to be reused within a window).
+                let successor = refresh::open_successor(presented, &sealed_next)
+                    .ok_or(AuthError::InvalidRefreshToken)?;
+                tracing::debug!(%session_id, "refresh token repeated within the grace window");
+                self.pair(
+                    PairParts {
+                        user: &user,
+                        session_id,
+                        auth: Authentication::password(session_created_at),
+                        session_end: session_expires_at,
+                        refresh_expires_at: next_expires_at.min(session_expires_at),
+                        refresh_token: successor,
+                        issued_at: rotated_at,
+                    },
                     now,
                 )
             }
@@ -418,33 +462,40 @@ impl Sessions {
     }
 
     /// A new access token for the session (never outliving it), with the
-    /// refresh token issued beside it.
-    fn pair(
-        &self,
-        user: &User,
-        session_id: Uuid,
-        auth: &Authentication,
-        session_end: OffsetDateTime,
-        refresh_token: String,
-        refresh_expires_at: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> AuthResult<TokenPair> {
-        let access = self.tokens.issue(
-            user.id,
-            session_id,
-            user.roles.names(),
-            auth,
-            now,
-            session_end,
-        )?;
+    /// refresh token issued beside it. The access token's id follows from
+    /// the refresh token and its times from `issued_at`, so a pair given
+    /// again within the grace window is the same pair.
+    fn pair(&self, parts: PairParts<'_>, now: OffsetDateTime) -> AuthResult<TokenPair> {
+        let subject = Subject {
+            user_id: parts.user.id,
+            session_id: parts.session_id,
+            roles: parts.user.roles.names(),
+            auth: parts.auth,
+            jti: refresh::access_token_id(&parts.refresh_token),
+        };
+        let access = self
+            .tokens
+            .issue(subject, parts.issued_at, parts.session_end)?;
         let seconds_left = |until: i64| u64::try_from(until - now.unix_timestamp()).unwrap_or(0);
         Ok(TokenPair {
             access_token: access.token,
-            refresh_token,
+            refresh_token: parts.refresh_token,
             expires_in: seconds_left(access.claims.exp),
-            refresh_expires_in: seconds_left(refresh_expires_at.unix_timestamp()),
+            refresh_expires_in: seconds_left(parts.refresh_expires_at.unix_timestamp()),
         })
     }
+}
+
+/// What a token pair is made of.
+struct PairParts<'a> {
+    user: &'a User,
+    session_id: Uuid,
+    auth: Authentication,
+    session_end: OffsetDateTime,
+    refresh_token: String,
+    refresh_expires_at: OffsetDateTime,
+    /// When the pair was first issued.
+    issued_at: OffsetDateTime,
 }
 
 #[cfg(test)]

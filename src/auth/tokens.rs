@@ -84,6 +84,20 @@ pub struct AccessClaims {
     pub amr: Vec<String>,
 }
 
+/// Whom an access token speaks for, and its id.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub roles: Vec<String>,
+    pub auth: Authentication,
+    pub jti: Uuid,
+}
+
+/// Verified tokens by the SHA-256 of the whole token: the key id they
+/// verified under, and their claims.
+type Verified = HashMap<[u8; 32], (Arc<str>, AccessClaims)>;
+
 /// A freshly signed access token.
 #[derive(Debug, Clone)]
 pub struct IssuedAccessToken {
@@ -105,7 +119,7 @@ pub struct TokenService {
     /// Why: an Ed25519 or RSA verification costs tens of microseconds on every
     /// request; the same bytes verify the same way, so only the checks that
     /// change with time (expiry, the key's state) run again.
-    verified: RwLock<HashMap<[u8; 32], (Arc<str>, AccessClaims)>>,
+    verified: RwLock<Verified>,
 }
 
 impl TokenService {
@@ -156,13 +170,17 @@ impl TokenService {
     /// lifetime but never past `not_after` (the session's end).
     pub fn issue(
         &self,
-        user_id: Uuid,
-        session_id: Uuid,
-        roles: Vec<String>,
-        auth: &Authentication,
+        subject: Subject,
         now: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> anyhow::Result<IssuedAccessToken> {
+        let Subject {
+            user_id,
+            session_id,
+            roles,
+            auth,
+            jti,
+        } = subject;
         let iat = now.unix_timestamp();
         let lifetime = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = AccessClaims {
@@ -170,7 +188,7 @@ impl TokenService {
             aud: self.audience.clone(),
             sub: user_id,
             sid: session_id,
-            jti: Uuid::new_v4(),
+            jti,
             iat,
             exp: (iat + lifetime).min(not_after.unix_timestamp()),
             roles,
@@ -304,10 +322,13 @@ mod tests {
     fn any_token(svc: &TokenService) -> IssuedAccessToken {
         let now = OffsetDateTime::now_utc();
         svc.issue(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            vec![],
-            &Authentication::password(now),
+            Subject {
+                user_id: Uuid::new_v4(),
+                session_id: Uuid::new_v4(),
+                roles: vec![],
+                auth: Authentication::password(now),
+                jti: Uuid::new_v4(),
+            },
             now,
             far(),
         )
@@ -348,10 +369,13 @@ mod tests {
         let (user, sid) = (Uuid::new_v4(), Uuid::new_v4());
         let issued = svc
             .issue(
-                user,
-                sid,
-                vec!["user".into()],
-                &Authentication::password(OffsetDateTime::now_utc()),
+                Subject {
+                    user_id: user,
+                    session_id: sid,
+                    roles: vec!["user".into()],
+                    auth: Authentication::password(OffsetDateTime::now_utc()),
+                    jti: Uuid::new_v4(),
+                },
                 OffsetDateTime::now_utc(),
                 far(),
             )
@@ -397,10 +421,13 @@ mod tests {
         let end = now + time::Duration::seconds(10);
         let issued = svc
             .issue(
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                vec![],
-                &Authentication::password(now),
+                Subject {
+                    user_id: Uuid::new_v4(),
+                    session_id: Uuid::new_v4(),
+                    roles: vec![],
+                    auth: Authentication::password(now),
+                    jti: Uuid::new_v4(),
+                },
                 now,
                 end,
             )
@@ -414,10 +441,13 @@ mod tests {
         let long_ago = OffsetDateTime::now_utc() - time::Duration::hours(1);
         let issued = svc
             .issue(
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                vec![],
-                &Authentication::password(long_ago),
+                Subject {
+                    user_id: Uuid::new_v4(),
+                    session_id: Uuid::new_v4(),
+                    roles: vec![],
+                    auth: Authentication::password(long_ago),
+                    jti: Uuid::new_v4(),
+                },
                 long_ago,
                 far(),
             )
@@ -449,10 +479,13 @@ mod tests {
         let later = now + time::Duration::days(3650);
         let issued = svc
             .issue(
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                vec![],
-                &Authentication::password(later),
+                Subject {
+                    user_id: Uuid::new_v4(),
+                    session_id: Uuid::new_v4(),
+                    roles: vec![],
+                    auth: Authentication::password(later),
+                    jti: Uuid::new_v4(),
+                },
                 later,
                 later + time::Duration::days(1),
             )
@@ -463,10 +496,13 @@ mod tests {
         );
         let soon = svc
             .issue(
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                vec![],
-                &Authentication::password(now + time::Duration::seconds(10)),
+                Subject {
+                    user_id: Uuid::new_v4(),
+                    session_id: Uuid::new_v4(),
+                    roles: vec![],
+                    auth: Authentication::password(now + time::Duration::seconds(10)),
+                    jti: Uuid::new_v4(),
+                },
                 now + time::Duration::seconds(10),
                 far(),
             )
@@ -537,10 +573,13 @@ mod tests {
         let logged_in = now - time::Duration::hours(2);
         let issued = svc
             .issue(
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                vec![],
-                &Authentication::password(logged_in),
+                Subject {
+                    user_id: Uuid::new_v4(),
+                    session_id: Uuid::new_v4(),
+                    roles: vec![],
+                    auth: Authentication::password(logged_in),
+                    jti: Uuid::new_v4(),
+                },
                 now,
                 far(),
             )

@@ -82,7 +82,8 @@ impl SealingKey {
         Self::from_bytes(&bytes)
     }
 
-    fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
         let key = RandomizedNonceKey::new(&AES_256_GCM, bytes)
             .expect("AES-256-GCM accepts any 32-byte key");
         Self(Arc::new(key))

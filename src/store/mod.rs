@@ -124,8 +124,35 @@ pub enum Rotation {
     },
     /// The token had been used before: the session is now revoked.
     Reused { session_id: Uuid, user_id: Uuid },
+    /// The token was used moments ago (within the grace window) and its
+    /// successor is still unused: that successor, sealed for the presented
+    /// token, to be given again. Nothing changed.
+    Repeated {
+        session_id: Uuid,
+        user: User,
+        session_expires_at: OffsetDateTime,
+        session_created_at: OffsetDateTime,
+        /// When the token was used: the successor pair's issue time.
+        rotated_at: OffsetDateTime,
+        sealed_next: Vec<u8>,
+        next_expires_at: OffsetDateTime,
+    },
     /// Unknown, expired, or its session has ended.
     Invalid,
+}
+
+/// A refresh token presented for rotation, and what to store in its place.
+#[derive(Debug, Clone)]
+pub struct RefreshRequest {
+    pub presented: [u8; 32],
+    pub next: [u8; 32],
+    pub next_expires_at: OffsetDateTime,
+    pub now: OffsetDateTime,
+    /// The next token sealed for the presented one, kept beside the used
+    /// token for the reuse grace window; none in strict mode.
+    pub sealed_next: Option<Vec<u8>>,
+    /// Tokens used after this may be presented again (the grace window).
+    pub grace_since: Option<OffsetDateTime>,
 }
 
 /// A live refresh token and its session.
@@ -310,6 +337,25 @@ pub trait SessionStore: Send + Sync + 'static {
         next: &[u8; 32],
         next_expires_at: OffsetDateTime,
         now: OffsetDateTime,
+        by: &AuditContext,
+    ) -> StoreResult<Rotation> {
+        let request = RefreshRequest {
+            presented: *presented,
+            next: *next,
+            next_expires_at,
+            now,
+            sealed_next: None,
+            grace_since: None,
+        };
+        self.rotate_refresh(&request, by).await
+    }
+    /// [`SessionStore::rotate_refresh_token`], keeping the successor sealed
+    /// beside the used token; and a used token presented again whose use
+    /// came after `grace_since` and whose successor is unused gives back
+    /// [`Rotation::Repeated`] instead of counting as reuse.
+    async fn rotate_refresh(
+        &self,
+        request: &RefreshRequest,
         by: &AuditContext,
     ) -> StoreResult<Rotation>;
     /// The live session of an unused, unexpired refresh token, without

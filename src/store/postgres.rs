@@ -112,7 +112,8 @@ impl Dialect for PgStore {
                  WHERE t.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active \
                  FOR UPDATE OF s \
              ), used AS ( \
-                 UPDATE refresh_tokens SET used_at = $2 \
+                 UPDATE refresh_tokens SET used_at = $2, successor_hash = $3, \
+                     successor_sealed = $11 \
                  WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
                    AND session_id IN (SELECT session_id FROM live) \
                  RETURNING session_id \
@@ -140,12 +141,31 @@ impl Dialect for PgStore {
         .bind(refresh.by.ip.as_deref())
         .bind(refresh.by.user_agent.as_deref())
         .bind(refresh.by.request_id.as_deref())
+        .bind(refresh.sealed_next.as_deref())
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = rotated {
             return Ok(row.into());
         }
-        // Not rotated: perhaps a used token presented again.
+        // Not rotated: perhaps a used token presented again, moments after
+        // its use by another tab (the grace window), or long after (reuse).
+        if let Some(since) = refresh.grace_since
+            && let Some(row) = sql::repeat_within_grace(&refresh, since)
+                .fetch_optional(&self.pool)
+                .await?
+        {
+            let repeated = Rotation::from(row);
+            if let Rotation::Repeated {
+                user, session_id, ..
+            } = &repeated
+            {
+                let record = refresh
+                    .audit(AuditKind::Refresh, user.id, *session_id)
+                    .detail("repeated within the reuse grace window");
+                sql::insert_audit(&record).execute(&self.pool).await?;
+            }
+            return Ok(repeated);
+        }
         let mut tx = self.pool.begin().await?;
         let reused = sql::revoke_reused(&refresh)
             .fetch_optional(&mut *tx)

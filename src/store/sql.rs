@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditContext, AuditKind, AuditRecord, Credentials, FlowToken, MailInfo, MailStatus, NewUser,
-    LiveRefreshToken, Outcome, RevokeReason, Rotation, SessionInfo, StoreResult, StoredKey,
+    AuditContext, AuditKind, AuditRecord, Credentials, FlowToken, LiveRefreshToken, MailInfo,
+    MailStatus, NewUser, Outcome, RevokeReason, Rotation, SessionInfo, StoreResult, StoredKey,
 };
 use crate::domain::{Roles, User};
 
@@ -269,6 +269,34 @@ impl From<KeyRow> for StoredKey {
 pub(super) const SELECT_KEYS: &str = "SELECT kid, algorithm, secret, sealed, public_jwk, \
      created_at, activates_at, revoked_at FROM signing_keys ORDER BY activates_at, created_at, kid";
 
+/// A used token presented again within the grace window, with what gives
+/// its successor back.
+#[derive(FromRow)]
+pub(super) struct RepeatedRow {
+    session_id: Uuid,
+    session_expires_at: Timestamp,
+    session_created_at: Timestamp,
+    rotated_at: Timestamp,
+    successor_sealed: Vec<u8>,
+    next_expires_at: Timestamp,
+    #[sqlx(flatten, try_from = "UserRow")]
+    user: User,
+}
+
+impl From<RepeatedRow> for Rotation {
+    fn from(row: RepeatedRow) -> Self {
+        Rotation::Repeated {
+            session_id: row.session_id,
+            user: row.user,
+            session_expires_at: row.session_expires_at.0,
+            session_created_at: row.session_created_at.0,
+            rotated_at: row.rotated_at.0,
+            sealed_next: row.successor_sealed,
+            next_expires_at: row.next_expires_at.0,
+        }
+    }
+}
+
 /// A live refresh token, with its session and user.
 #[derive(FromRow)]
 pub(super) struct LiveRefreshRow {
@@ -476,6 +504,10 @@ pub(super) struct Refresh {
     pub next: [u8; 32],
     pub next_expires_at: Timestamp,
     pub now: Timestamp,
+    /// The next token sealed for the presented one (the grace window).
+    pub sealed_next: Option<Vec<u8>>,
+    /// Tokens used after this may be presented again.
+    pub grace_since: Option<Timestamp>,
     /// Who presented it, for the audit log.
     pub by: AuditContext,
 }
@@ -626,6 +658,36 @@ where
     .bind(RevokeReason::RefreshTokenReuse.as_str())
 }
 
+/// The successor of a token presented again within the grace window: only
+/// if the token was used after `since`, its successor is still unused and
+/// the session live. Reads only.
+pub(super) fn repeat_within_grace<'a, DB: Database>(
+    refresh: &'a Refresh,
+    since: Timestamp,
+) -> QueryAs<'a, DB, RepeatedRow, DB::Arguments>
+where
+    &'a [u8]: Bind<DB>,
+    Timestamp: Bind<DB>,
+    RepeatedRow: for<'r> FromRow<'r, DB::Row>,
+{
+    sqlx::query_as(
+        "SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
+         s.created_at AS session_created_at, p.used_at AS rotated_at, p.successor_sealed, \
+         c.expires_at AS next_expires_at, \
+         u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
+         FROM refresh_tokens p \
+         JOIN refresh_tokens c ON c.token_hash = p.successor_hash \
+         JOIN sessions s ON s.id = p.session_id \
+         JOIN users u ON u.id = s.user_id \
+         WHERE p.token_hash = $1 AND p.used_at > $3 AND p.successor_sealed IS NOT NULL \
+           AND c.used_at IS NULL AND c.expires_at > $2 \
+           AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
+    )
+    .bind(&refresh.presented[..])
+    .bind(refresh.now)
+    .bind(since)
+}
+
 /// Implements `Store`, `UserStore`, `SessionStore` and `KeyStore` for
 /// `$store`, a [`Dialect`] whose migrations are in the folder `$migrations`.
 ///
@@ -651,7 +713,7 @@ macro_rules! sql_store {
                     AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore, MailInfo,
                     MailStatus,
-                    LiveRefreshToken, MailStore, NewSession, NewUser, QueuedMail, Redeemed, Redemption,
+                    LiveRefreshToken, MailStore, NewSession, NewUser, QueuedMail, RefreshRequest, Redeemed, Redemption,
                     RevokeReason, Rotation, SessionInfo, SessionStore, Store, StoreError,
                     StoreResult, StoredKey, UpdatePlan, UpdatedUser, UserChanges, UserFilter,
                     UserStore, detached, map_unique,
@@ -1123,19 +1185,18 @@ macro_rules! sql_store {
                     .await
                 }
 
-                async fn rotate_refresh_token(
+                async fn rotate_refresh(
                     &self,
-                    presented: &[u8; 32],
-                    next: &[u8; 32],
-                    next_expires_at: OffsetDateTime,
-                    now: OffsetDateTime,
+                    request: &RefreshRequest,
                     by: &AuditContext,
                 ) -> StoreResult<Rotation> {
                     self.rotate(Refresh {
-                        presented: *presented,
-                        next: *next,
-                        next_expires_at: Timestamp(next_expires_at),
-                        now: Timestamp(now),
+                        presented: request.presented,
+                        next: request.next,
+                        next_expires_at: Timestamp(request.next_expires_at),
+                        now: Timestamp(request.now),
+                        sealed_next: request.sealed_next.clone(),
+                        grace_since: request.grace_since.map(Timestamp),
                         by: by.clone(),
                     })
                     .await

@@ -114,16 +114,39 @@ impl Dialect for SqliteStore {
             // one token exactly one sees `used_at IS NULL`.
             let mut tx = Self::begin_write(&writer).await?;
             let used: Option<Uuid> = sqlx::query_scalar(
-                "UPDATE refresh_tokens SET used_at = $2 \
+                "UPDATE refresh_tokens SET used_at = $2, successor_hash = $3, \
+                 successor_sealed = $4 \
                  WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
                  RETURNING session_id",
             )
             .bind(&refresh.presented[..])
             .bind(refresh.now)
+            .bind(&refresh.next[..])
+            .bind(refresh.sealed_next.as_deref())
             .fetch_optional(&mut *tx)
             .await?;
             let Some(session_id) = used else {
-                // Not rotated: perhaps a used token presented again.
+                // Not rotated: perhaps a used token presented again, moments
+                // after its use by another tab (the grace window), or long
+                // after (reuse).
+                if let Some(since) = refresh.grace_since
+                    && let Some(row) = sql::repeat_within_grace(&refresh, since)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                {
+                    let repeated = Rotation::from(row);
+                    if let Rotation::Repeated {
+                        user, session_id, ..
+                    } = &repeated
+                    {
+                        let record = refresh
+                            .audit(AuditKind::Refresh, user.id, *session_id)
+                            .detail("repeated within the reuse grace window");
+                        sql::insert_audit(&record).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    return Ok(repeated);
+                }
                 let reused = sql::revoke_reused(&refresh)
                     .fetch_optional(&mut *tx)
                     .await?;

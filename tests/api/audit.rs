@@ -241,7 +241,9 @@ async fn an_accounts_life_writes_its_events_with_who_where_and_which_request(bac
         &Tokens::from(res.json::<Value>().await.unwrap()),
         &mut secrets,
     );
-    // The used token again: a reuse, which ends the session.
+    // The used token again, after the grace window: a reuse, which ends
+    // the session.
+    app.advance(Duration::from_secs(11));
     let res = send(
         &app,
         Method::POST,

@@ -12,7 +12,12 @@ use crate::{
 on_both_databases!(
     a_refresh_rotates_both_tokens,
     reusing_a_refresh_token_revokes_the_whole_session,
-    of_racing_refreshes_with_one_token_exactly_one_wins,
+    of_racing_refreshes_with_one_token_exactly_one_wins_in_strict_mode,
+    tabs_racing_to_refresh_one_token_all_get_the_same_new_pair,
+    the_token_just_rotated_away_gives_the_same_pair_until_the_window_closes,
+    a_token_whose_successor_was_used_too_is_reuse_even_in_the_window,
+    two_instances_racing_one_refresh_token_converge_on_one_pair,
+    no_usable_token_rests_in_the_database,
     refreshing_never_extends_past_the_session_maximum_age,
     an_unused_refresh_token_expires_after_its_ttl,
     logout_ends_the_session_and_its_access_tokens_within_a_second,
@@ -55,6 +60,8 @@ async fn reusing_a_refresh_token_revokes_the_whole_session(backend: Backend) {
     let first = logged_in(&app, "bob").await;
     let second = refreshed(&app, &first.refresh).await;
 
+    // Past the grace window, the used token again is a reuse.
+    app.advance(Duration::from_secs(11));
     let res = app.refresh(&first.refresh).await;
     let body = problem(res, StatusCode::UNAUTHORIZED).await;
     assert_eq!(body["code"], "invalid_refresh_token");
@@ -74,8 +81,11 @@ async fn reusing_a_refresh_token_revokes_the_whole_session(backend: Backend) {
     );
 }
 
-async fn of_racing_refreshes_with_one_token_exactly_one_wins(backend: Backend) {
-    let app = spawn_app(backend).await;
+async fn of_racing_refreshes_with_one_token_exactly_one_wins_in_strict_mode(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--refresh-reuse-grace", "0s")
+        .spawn(backend)
+        .await;
     let tokens = logged_in(&app, "carol").await;
     let races = (0..10).map(|_| app.refresh(&tokens.refresh));
     let results = futures::future::join_all(races).await;
@@ -287,4 +297,108 @@ async fn an_old_used_refresh_token_is_caught_as_reuse_after_the_purge(backend: B
         app.refresh(&third.refresh).await.status(),
         StatusCode::UNAUTHORIZED
     );
+}
+
+async fn tabs_racing_to_refresh_one_token_all_get_the_same_new_pair(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tokens = logged_in(&app, "tabs").await;
+    let races = (0..10).map(|_| app.refresh(&tokens.refresh));
+    let results = futures::future::join_all(races).await;
+    let mut pairs = Vec::new();
+    for res in results {
+        assert_eq!(res.status(), StatusCode::OK);
+        pairs.push(Tokens::from(res.json::<Value>().await.unwrap()));
+    }
+    // One chain: every tab holds the same refresh token and access token.
+    for pair in &pairs {
+        assert_eq!(pair.refresh, pairs[0].refresh);
+        assert_eq!(pair.access, pairs[0].access);
+    }
+    assert_eq!(app.me_status(&pairs[0].access).await, StatusCode::OK);
+    let next = refreshed(&app, &pairs[0].refresh).await;
+    assert_eq!(app.me_status(&next.access).await, StatusCode::OK);
+}
+
+async fn the_token_just_rotated_away_gives_the_same_pair_until_the_window_closes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = logged_in(&app, "late-tab").await;
+    let second = refreshed(&app, &first.refresh).await;
+    app.advance(Duration::from_secs(9));
+    let again = refreshed(&app, &first.refresh).await;
+    assert_eq!(again.refresh, second.refresh);
+    assert_eq!(again.access, second.access);
+    // The same pair, so the same expiry, counted from the first answer.
+    let left = again.body["expires_in"].as_u64().unwrap();
+    assert!((890..=891).contains(&left), "{left}");
+    // Ten seconds after the rotation the window is closed: reuse.
+    app.advance(Duration::from_secs(1));
+    assert_eq!(
+        app.refresh(&first.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.assert_refused_within(&second.access, Duration::from_secs(1))
+        .await;
+    assert_eq!(
+        app.refresh(&second.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn a_token_whose_successor_was_used_too_is_reuse_even_in_the_window(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // The chain moved on twice: the first token's successor is used too, so
+    // presenting it is no tab catching up but a stale copy.
+    let first = logged_in(&app, "old-tab").await;
+    let second = refreshed(&app, &first.refresh).await;
+    let third = refreshed(&app, &second.refresh).await;
+    assert_eq!(
+        app.refresh(&first.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.assert_refused_within(&third.access, Duration::from_secs(1))
+        .await;
+}
+
+async fn two_instances_racing_one_refresh_token_converge_on_one_pair(backend: Backend) {
+    let a = spawn_app(backend).await;
+    let b = TestApp::builder()
+        .spawn_on(crate::common::TestDb::attach(a.db()))
+        .await;
+    let tokens = logged_in(&a, "two-tabs").await;
+    let races = (0..6).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        app.refresh(&tokens.refresh)
+    });
+    let mut refreshes = Vec::new();
+    for res in futures::future::join_all(races).await {
+        assert_eq!(res.status(), StatusCode::OK);
+        refreshes.push(Tokens::from(res.json::<Value>().await.unwrap()).refresh);
+    }
+    refreshes.dedup();
+    assert_eq!(refreshes.len(), 1, "{refreshes:?}");
+    let next = refreshed(&b, &refreshes[0]).await;
+    assert_eq!(a.me_status(&next.access).await, StatusCode::OK);
+}
+
+async fn no_usable_token_rests_in_the_database(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = logged_in(&app, "dumped").await;
+    let second = refreshed(&app, &first.refresh).await;
+    // Whatever the database holds, neither token appears in it, as text or
+    // as the bytes it encodes.
+    let stored = app.db().refresh_token_bytes().await;
+    assert!(stored.len() > 3 * 32, "the successor is kept, sealed");
+    for token in [&first.refresh, &second.refresh] {
+        let raw = base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.as_bytes(),
+        )
+        .unwrap();
+        for needle in [token.as_bytes(), &raw[..16], &raw[16..]] {
+            assert!(
+                !stored.windows(needle.len()).any(|w| w == needle),
+                "a token is stored in the clear"
+            );
+        }
+    }
 }

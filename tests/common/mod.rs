@@ -130,6 +130,27 @@ impl TestDb {
         }
     }
 
+    /// Every byte the refresh token table holds in its binary columns, row
+    /// after row: what a copy of the database would reveal of tokens.
+    pub async fn refresh_token_bytes(&self) -> Vec<u8> {
+        use sqlx::Connection;
+        const SQL: &str = "SELECT token_hash, successor_hash, successor_sealed FROM refresh_tokens";
+        type Row = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let rows: Vec<Row> = match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_as(SQL).fetch_all(&mut conn).await.unwrap()
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_as(SQL).fetch_all(&mut conn).await.unwrap()
+            }
+        };
+        rows.into_iter()
+            .flat_map(|(a, b, c)| [a, b.unwrap_or_default(), c.unwrap_or_default()].concat())
+            .collect()
+    }
+
     /// A second handle on the same database, for a second instance. Only the
     /// original removes the database.
     pub fn attach(other: &TestDb) -> TestDb {
