@@ -199,6 +199,17 @@ pub struct Config {
     #[command(flatten)]
     pub keys: KeyArgs,
 
+    /// Comma-separated origins (`https://app.example.com`) whose pages may
+    /// use cookie sessions (`?transport=cookie`); default: the origin of
+    /// AUTHGATE_PUBLIC_URL.
+    #[arg(long, env = "AUTHGATE_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub allowed_origins: Vec<String>,
+
+    /// Comma-separated origins allowed to call the API from browsers (CORS,
+    /// with credentials). Empty (the default): no CORS headers at all.
+    #[arg(long, env = "AUTHGATE_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+
     /// Comma-separated `id:secret` pairs of resource servers that may call
     /// `POST /auth/introspect` with HTTP Basic or form credentials (admins
     /// may with their token). Each secret at least 16 characters.
@@ -218,6 +229,21 @@ impl fmt::Debug for ClientSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:[REDACTED]", self.id)
     }
+}
+
+/// An origin exactly as browsers send it: `scheme://host[:port]`, nothing
+/// more (a trailing slash or path would never match).
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let url = url::Url::parse(raw).map_err(|e| format!("{raw} is not an origin: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{raw} is not an http(s) origin"));
+    }
+    let origin = url.origin().ascii_serialization();
+    if origin != raw {
+        return Err(format!("{raw} is not an origin; write it as {origin}"));
+    }
+    Ok(origin)
 }
 
 fn parse_client(raw: &str) -> Result<ClientSecret, String> {

@@ -3,7 +3,7 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::State,
+    extract::{RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
-    AppState,
+    AppState, cookies,
     error::{AppError, AppResult, FieldError, Problem, retry_after_secs},
     extract::{ApiJson, AuthUser, ClientInfo, body_rejection, has_content_type},
     users::UserResponse,
@@ -128,7 +128,15 @@ pub struct LoginRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
-    pub refresh_token: String,
+    /// Absent with `transport=cookie`: the refresh token is then in an
+    /// `HttpOnly` cookie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// With `transport=cookie` only: echo it in `X-CSRF-Token` when
+    /// refreshing or logging out with the cookie (also in the readable
+    /// `authgate_csrf` cookie).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
     /// Always `bearer`.
     #[schema(example = "bearer")]
     pub token_type: &'static str,
@@ -142,7 +150,8 @@ impl From<TokenPair> for TokenResponse {
     fn from(pair: TokenPair) -> Self {
         Self {
             access_token: pair.access_token,
-            refresh_token: pair.refresh_token,
+            refresh_token: Some(pair.refresh_token),
+            csrf_token: None,
             token_type: "bearer",
             expires_in: pair.expires_in,
             refresh_expires_in: pair.refresh_expires_in,
@@ -150,27 +159,62 @@ impl From<TokenPair> for TokenResponse {
     }
 }
 
-/// Token responses must not be stored by any cache (RFC 6749 §5.1).
-fn no_store(pair: TokenPair) -> Response {
-    let body = TokenResponse::from(pair);
-    (
-        [
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            (header::PRAGMA, HeaderValue::from_static("no-cache")),
-        ],
-        Json(body),
-    )
-        .into_response()
+/// Where the refresh token goes: in the body (default) or in a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transport {
+    Body,
+    Cookie,
+}
+
+/// `?transport=body|cookie`.
+pub(super) fn transport(query: Option<&str>) -> Result<Transport, AppError> {
+    #[derive(Deserialize)]
+    struct Params {
+        transport: Option<String>,
+    }
+    let params: Params = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| AppError::BadRequest(format!("Malformed query: {e}")))?;
+    match params.transport.as_deref() {
+        None | Some("body") => Ok(Transport::Body),
+        Some("cookie") => Ok(Transport::Cookie),
+        Some(_) => Err(AppError::validation(
+            "transport",
+            "must be body or cookie",
+        )),
+    }
+}
+
+/// Token responses must not be stored by any cache (RFC 6749 §5.1). With
+/// the cookie transport the refresh token travels only in its cookie.
+pub(super) fn token_response(state: &AppState, pair: TokenPair, transport: Transport) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    let body = match transport {
+        Transport::Body => TokenResponse::from(pair),
+        Transport::Cookie => {
+            state.cookies.set(&mut headers, &pair);
+            let csrf = cookies::csrf_token(&pair.refresh_token);
+            TokenResponse {
+                refresh_token: None,
+                csrf_token: Some(csrf),
+                ..TokenResponse::from(pair)
+            }
+        }
+    };
+    (headers, Json(body)).into_response()
 }
 
 /// Log in with a username or email and a password.
 #[utoipa::path(
     post, path = "/auth/login", tag = "auth",
+    params(("transport" = Option<String>, Query, pattern = "^(body|cookie)$",
+        description = "`cookie`: the refresh token goes in an HttpOnly cookie, not the body (needs an allowed Origin)")),
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Invalid credentials", body = Problem),
-        (status = 403, description = "Right password, but the email is not verified and the service requires it (`email_not_verified`)", body = Problem),
+        (status = 403, description = "Right password, but the email is not verified and the service requires it (`email_not_verified`); or `transport=cookie` from an Origin not allowed (`cross_site_request`)", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
         (status = 429, description = "Too many failed attempts", body = Problem),
         (status = 503, description = "Too many logins at once", body = Problem),
@@ -179,8 +223,15 @@ fn no_store(pair: TokenPair) -> Response {
 async fn login(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> AppResult<Response> {
+    let transport = transport(query.as_deref())?;
+    if transport == Transport::Cookie {
+        // A page of another site must not log the browser in (login CSRF).
+        state.cookies.check_origin(&headers)?;
+    }
     let Some(login) = req.username.or(req.email) else {
         return Err(AppError::validation(
             "username",
@@ -192,36 +243,73 @@ async fn login(
         .login
         .with_password(&client, &login, &req.password)
         .await?;
-    Ok(no_store(pair))
+    Ok(token_response(&state, pair, transport))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    /// Absent for a cookie session: the `authgate_refresh` cookie is used,
+    /// with an allowed `Origin` and the CSRF token in `X-CSRF-Token`.
+    pub refresh_token: Option<String>,
+}
+
+/// The refresh token of a request: the body's, or else the session cookie's
+/// (checked against cross-site use), and how to answer.
+fn presented_refresh_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    in_body: Option<String>,
+    field: &'static str,
+) -> AppResult<(String, Transport)> {
+    if let Some(token) = in_body {
+        return Ok((token, Transport::Body));
+    }
+    match state.cookies.refresh_token(headers)? {
+        Some(token) => Ok((token, Transport::Cookie)),
+        None => Err(AppError::validation(
+            field,
+            format!("{field} is required (or the session cookie)"),
+        )),
+    }
 }
 
 /// Exchange a refresh token for a new pair. The presented token is used up;
-/// presenting it again ends the session.
+/// presenting it again ends the session, but within the reuse grace window
+/// (several tabs at once) it gives the same new pair. Without
+/// `refresh_token` in the body, the session cookie is used and renewed.
 #[utoipa::path(
     post, path = "/auth/refresh", tag = "auth",
     request_body = RefreshRequest,
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),
         (status = 401, description = "Invalid, expired, used or revoked refresh token", body = Problem),
+        (status = 403, description = "A cookie session without an allowed Origin or the CSRF token (`cross_site_request`)", body = Problem),
         (status = 429, description = "Too many refreshes from this address", body = Problem),
     )
 )]
 async fn refresh_tokens(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<RefreshRequest>,
-) -> AppResult<Response> {
-    let pair = state
-        .services
-        .sessions
-        .refresh(&client, &req.refresh_token)
-        .await?;
-    Ok(no_store(pair))
+) -> Response {
+    let (token, transport) =
+        match presented_refresh_token(&state, &headers, req.refresh_token, "refresh_token") {
+            Ok(presented) => presented,
+            Err(e) => return e.into_response(),
+        };
+    match state.services.sessions.refresh(&client, &token).await {
+        Ok(pair) => token_response(&state, pair, transport),
+        Err(e) => {
+            let refused = matches!(e, AuthError::InvalidRefreshToken);
+            let mut response = AppError::from(e).into_response();
+            if refused && transport == Transport::Cookie {
+                // A dead session's cookies are of no use to the browser.
+                state.cookies.clear(response.headers_mut());
+            }
+            response
+        }
+    }
 }
 
 /// The form fields of the token endpoint (RFC 6749 §4.3 and §6). Other
@@ -293,7 +381,8 @@ impl IntoResponse for TokenRefusal {
 /// A token request, parsed.
 enum Grant {
     Password { username: String, password: String },
-    RefreshToken { refresh_token: String },
+    /// Without the form field, the session cookie's.
+    RefreshToken { refresh_token: Option<String> },
 }
 
 fn parse_grant(
@@ -314,10 +403,9 @@ fn parse_grant(
             (Some(username), Some(password)) => Ok(Grant::Password { username, password }),
             _ => Err(AppError::validation("username", "username and password are required").into()),
         },
-        Some("refresh_token") => match form.refresh_token {
-            Some(refresh_token) => Ok(Grant::RefreshToken { refresh_token }),
-            None => Err(AppError::validation("refresh_token", "refresh_token is required").into()),
-        },
+        Some("refresh_token") => Ok(Grant::RefreshToken {
+            refresh_token: form.refresh_token,
+        }),
         Some(_) => Err(TokenRefusal::UnsupportedGrantType),
         None => Err(AppError::validation("grant_type", "grant_type is required").into()),
     }
@@ -379,6 +467,8 @@ pub(super) fn to_oauth(err: AppError) -> Response {
 /// `grant_type=refresh_token`, form-encoded. Swagger UI's Authorize button uses it.
 #[utoipa::path(
     post, path = "/auth/token", tag = "auth",
+    params(("transport" = Option<String>, Query, pattern = "^(body|cookie)$",
+        description = "`cookie`: the refresh token goes in an HttpOnly cookie, not the body (needs an allowed Origin)")),
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),
@@ -390,56 +480,66 @@ pub(super) fn to_oauth(err: AppError) -> Response {
 async fn token(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let result: Result<TokenPair, TokenRefusal> = async {
-        let pair = match parse_grant(&headers, body)? {
+    let result: Result<(TokenPair, Transport), TokenRefusal> = async {
+        let asked = transport(query.as_deref())?;
+        match parse_grant(&headers, body)? {
             Grant::Password { username, password } => {
-                state
+                if asked == Transport::Cookie {
+                    state.cookies.check_origin(&headers)?;
+                }
+                let pair = state
                     .services
                     .login
                     .with_password(&client, &username, &password)
-                    .await?
+                    .await?;
+                Ok((pair, asked))
             }
             Grant::RefreshToken { refresh_token } => {
-                state
-                    .services
-                    .sessions
-                    .refresh(&client, &refresh_token)
-                    .await?
+                let (token, transport) =
+                    presented_refresh_token(&state, &headers, refresh_token, "refresh_token")?;
+                let pair = state.services.sessions.refresh(&client, &token).await?;
+                Ok((pair, transport))
             }
-        };
-        Ok(pair)
+        }
     }
     .await;
     match result {
-        Ok(pair) => no_store(pair),
+        Ok((pair, transport)) => token_response(&state, pair, transport),
         Err(refusal) => refusal.into_response(),
     }
 }
 
 /// End the session a refresh token belongs to. Answers 204 whether or not the
-/// token was live, as RFC 7009 §2.2 does, so it reveals nothing.
+/// token was live, as RFC 7009 §2.2 does, so it reveals nothing. Without
+/// `refresh_token` in the body, the session cookie's session ends and the
+/// cookies are deleted.
 #[utoipa::path(
     post, path = "/auth/logout", tag = "auth",
     request_body = RefreshRequest,
     responses(
         (status = 204, description = "Session ended (or no such session)"),
+        (status = 403, description = "A cookie session without an allowed Origin or the CSRF token (`cross_site_request`)", body = Problem),
         (status = 429, description = "Too many logouts from this address", body = Problem),
     )
 )]
 async fn logout(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<RefreshRequest>,
-) -> AppResult<StatusCode> {
-    state
-        .services
-        .sessions
-        .logout(&client, &req.refresh_token)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> AppResult<Response> {
+    let (token, transport) =
+        presented_refresh_token(&state, &headers, req.refresh_token, "refresh_token")?;
+    state.services.sessions.logout(&client, &token).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if transport == Transport::Cookie {
+        state.cookies.clear(response.headers_mut());
+    }
+    Ok(response)
 }
 
 /// End every session of the current user, on every device.

@@ -69,6 +69,8 @@ pub enum AppError {
     LastAdmin,
     #[error("keys come from configuration")]
     KeysConfigured,
+    #[error("cross-site request refused: {0}")]
+    CrossSite(&'static str),
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
     #[error("overloaded")]
@@ -131,7 +133,10 @@ impl AppError {
             | AppError::MissingToken
             | AppError::InvalidToken(_)
             | AppError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden | AppError::WrongPassword | AppError::EmailNotVerified => {
+            AppError::Forbidden
+            | AppError::WrongPassword
+            | AppError::EmailNotVerified
+            | AppError::CrossSite(_) => {
                 StatusCode::FORBIDDEN
             }
             AppError::NotFound => StatusCode::NOT_FOUND,
@@ -194,6 +199,13 @@ impl AppError {
                 "This resource does not support that method.".into(),
             ),
             AppError::Conflict(field) => ("conflict", format!("That {field} is already taken.")),
+            AppError::CrossSite(why) => (
+                "cross_site_request",
+                format!(
+                    "Refused: {why}. Cookie sessions need an allowed Origin and the CSRF token \
+                     in X-CSRF-Token."
+                ),
+            ),
             AppError::KeysConfigured => (
                 "keys_configured",
                 "The signing key comes from AUTHGATE_JWT_SECRET; unset it to keep rotating \

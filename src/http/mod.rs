@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod auth;
 mod client_ip;
+pub mod cookies;
 pub mod error;
 pub mod extract;
 mod health;
@@ -21,6 +22,7 @@ use axum::{
 };
 use ipnet::IpNet;
 use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::{DefaultOnFailure, TraceLayer},
@@ -51,6 +53,10 @@ pub struct AppState {
     /// Where clients reach the service (`AUTHGATE_PUBLIC_URL`), without a
     /// trailing slash: the base of the URLs in discovery documents.
     pub public_url: Arc<str>,
+    /// How browser session cookies are set and checked.
+    pub cookies: Arc<cookies::CookiePolicy>,
+    /// Origins allowed by CORS; none: no CORS layer.
+    pub cors_origins: Arc<[String]>,
 }
 
 /// Request bodies larger than this are refused with 413.
@@ -224,7 +230,9 @@ pub fn router(state: AppState) -> Router {
     let (api, mut spec) = api_router().split_for_parts();
     document_errors(&mut spec);
     let request_id = HeaderName::from_static(REQUEST_ID);
-    api.with_state(state)
+    let cors = cors_layer(&state.cors_origins);
+    let router = api
+        .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -242,5 +250,45 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::map_request(screen_request_id))
+        .layer(axum::middleware::map_request(screen_request_id));
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the listed origins only, with credentials (cookie sessions);
+/// none without a list: browsers then keep other sites' pages out.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    use axum::http::{HeaderValue, Method, header};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(cookies::CSRF_HEADER),
+                HeaderName::from_static(REQUEST_ID),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                HeaderName::from_static(REQUEST_ID),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
