@@ -29,6 +29,8 @@
 #   BENCH_HASH_QUEUE  AUTHGATE_HASH_QUEUE of the server under test ("default",
 #                     the default, keeps authgate's own)
 #   BENCH_KEEP=1      keep the work directory (server log, wrk outputs)
+#   BENCH_JWT_ALG     AUTHGATE_JWT_ALG of the server under test (EdDSA, ES256,
+#                     RS256, HS256; default: authgate's own, EdDSA)
 
 set -Eeuo pipefail
 trap 'echo "bench: error: line $LINENO: $BASH_COMMAND failed" >&2' ERR
@@ -196,6 +198,9 @@ export RUST_LOG=warn,authgate::cli=info
 if [[ $HASH_QUEUE != default ]]; then
     export AUTHGATE_HASH_QUEUE=$HASH_QUEUE
 fi
+if [[ -n ${BENCH_JWT_ALG:-} ]]; then
+    export AUTHGATE_JWT_ALG=$BENCH_JWT_ALG
+fi
 
 # Machine and run description.
 meta timestamp "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -215,6 +220,7 @@ meta clk_tck "$(getconf CLK_TCK)"
 meta server.hash_workers "${AUTHGATE_HASH_WORKERS:-$NPROC}"
 meta server.hash_queue "${AUTHGATE_HASH_QUEUE:-256}"
 meta server.rust_log "$RUST_LOG"
+meta server.jwt_alg "${AUTHGATE_JWT_ALG:-EdDSA}"
 meta binary_bytes "$(stat -c %s "$BIN")"
 
 # ---------------------------------------------------------------- 2. start

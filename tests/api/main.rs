@@ -7,8 +7,10 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod cookies;
 mod disk;
 mod health;
+mod introspection;
 mod keys;
 mod links;
 mod login;
@@ -18,6 +20,7 @@ mod refresh;
 mod signup;
 mod throttling;
 mod tokens;
+mod verifiers;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -26,9 +29,11 @@ fn main() {
     let modules: &[fn(bool) -> Vec<Trial>] = &[
         admin::trials,
         audit::trials,
+        cookies::trials,
         disk::trials,
         health::trials,
         health::postgres_only_trials,
+        introspection::trials,
         keys::trials,
         links::trials,
         login::trials,
@@ -39,6 +44,7 @@ fn main() {
         signup::trials,
         throttling::trials,
         tokens::trials,
+        verifiers::trials,
     ];
     let trials = modules.iter().flat_map(|trials| trials(pg)).collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
