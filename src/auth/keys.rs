@@ -162,29 +162,33 @@ pub struct KeySet {
 impl KeySet {
     /// The state of every key at `now`, in order.
     pub fn states(&self, now: OffsetDateTime) -> Vec<KeyState> {
-        let times: Vec<_> = self
-            .keys
-            .iter()
-            .map(|k| (k.activates_at, k.revoked_at))
-            .collect();
-        key_states(&times, now, self.retire_after)
+        (0..self.keys.len()).map(|i| self.state(i, now)).collect()
     }
 
-    /// The key that signs at `now`.
+    /// The `i`th key's state at `now`, without allocating: this runs for
+    /// every verified token.
+    fn state(&self, i: usize, now: OffsetDateTime) -> KeyState {
+        key_state(
+            &self.keys,
+            |k| (k.activates_at, k.revoked_at),
+            i,
+            now,
+            self.retire_after,
+        )
+    }
+
+    /// The key that signs at `now`: the newest whose time has come.
     pub fn signer(&self, now: OffsetDateTime) -> Option<&RingKey> {
-        let states = self.states(now);
         self.keys
             .iter()
-            .zip(states)
-            .find(|(_, s)| *s == KeyState::Active)
-            .map(|(k, _)| k)
+            .rev()
+            .find(|k| k.revoked_at.is_none() && k.activates_at <= now)
     }
 
     /// The key with that id, if tokens it signed verify at `now`.
     pub fn verifier(&self, kid: &str, now: OffsetDateTime) -> Option<&RingKey> {
         let i = self.keys.iter().position(|k| k.kid == kid)?;
-        let state = self.states(now)[i];
-        state.is_published().then(|| &self.keys[i])
+        self.state(i, now).is_published().then(|| &self.keys[i])
     }
 
     /// The JWKS document (RFC 7517) at `now`: every published key of a
@@ -249,6 +253,39 @@ impl KeySet {
     }
 }
 
+/// The `i`th key's state at `now`, for keys in the order they activate,
+/// each read as (activation, revocation) by `times`.
+fn key_state<T>(
+    keys: &[T],
+    times: impl Fn(&T) -> (OffsetDateTime, Option<OffsetDateTime>),
+    i: usize,
+    now: OffsetDateTime,
+    retire_after: Duration,
+) -> KeyState {
+    let (activates, revoked) = times(&keys[i]);
+    if revoked.is_some() {
+        return KeyState::Revoked;
+    }
+    if activates > now {
+        return KeyState::Standby;
+    }
+    // Activated: it signs unless a newer key's time has come. Replaced when
+    // the next key activated (revoked or not: from then on this one signed
+    // nothing); its tokens live at most the token lifetime after that.
+    let later = &keys[i + 1..];
+    let superseded = later.iter().any(|k| {
+        let (at, revoked) = times(k);
+        revoked.is_none() && at <= now
+    });
+    if !superseded {
+        return KeyState::Active;
+    }
+    match later.iter().map(|k| times(k).0).find(|at| *at <= now) {
+        Some(at) if now < at + retire_after => KeyState::Retiring,
+        _ => KeyState::Expired,
+    }
+}
+
 /// Each key's state at `now`, for keys given as (activation, revocation) in
 /// the order they activate.
 fn key_states(
@@ -256,33 +293,8 @@ fn key_states(
     now: OffsetDateTime,
     retire_after: Duration,
 ) -> Vec<KeyState> {
-    // The newest key whose time has come signs; a revoked one never does.
-    let signing = keys
-        .iter()
-        .rposition(|(activates, revoked)| revoked.is_none() && *activates <= now);
-    keys.iter()
-        .enumerate()
-        .map(|(i, (activates, revoked))| {
-            if revoked.is_some() {
-                KeyState::Revoked
-            } else if Some(i) == signing {
-                KeyState::Active
-            } else if *activates > now {
-                KeyState::Standby
-            } else {
-                // Replaced when the next key activated (revoked or not: from
-                // then on this one signed nothing); its tokens live at most
-                // the token lifetime after that.
-                let replaced = keys[i + 1..]
-                    .iter()
-                    .map(|(at, _)| *at)
-                    .find(|at| *at <= now);
-                match replaced {
-                    Some(at) if now < at + retire_after => KeyState::Retiring,
-                    _ => KeyState::Expired,
-                }
-            }
-        })
+    (0..keys.len())
+        .map(|i| key_state(keys, |k| *k, i, now, retire_after))
         .collect()
 }
 
