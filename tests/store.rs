@@ -638,10 +638,15 @@ async fn a_key_is_inserted_only_if_its_guard_allows_it(backend: Backend) {
     let (store, _db) = open(backend).await;
     assert!(store.signing_keys().await.unwrap().is_empty());
     let first = key("first");
-    assert!(store.insert_signing_key(&first, if_none()).await.unwrap());
+    assert!(
+        store
+            .insert_signing_key(&first, if_none(), &Default::default())
+            .await
+            .unwrap()
+    );
     assert!(
         !store
-            .insert_signing_key(&key("second"), if_none())
+            .insert_signing_key(&key("second"), if_none(), &Default::default())
             .await
             .unwrap()
     );
@@ -656,15 +661,30 @@ async fn keys_are_listed_in_the_order_they_activate_with_every_field(backend: Ba
     later.algorithm = "EdDSA".into();
     later.public_jwk = Some(r#"{"kty":"OKP"}"#.into());
     let sooner = key("sooner");
-    assert!(store.insert_signing_key(&later, always()).await.unwrap());
-    assert!(store.insert_signing_key(&sooner, always()).await.unwrap());
+    assert!(
+        store
+            .insert_signing_key(&later, always(), &Default::default())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .insert_signing_key(&sooner, always(), &Default::default())
+            .await
+            .unwrap()
+    );
     assert_eq!(store.signing_keys().await.unwrap(), vec![sooner, later]);
 }
 
 async fn revoking_a_key_can_put_a_replacement_in_its_place_in_one_step(backend: Backend) {
     let (store, _db) = open(backend).await;
     let old = key("old");
-    assert!(store.insert_signing_key(&old, always()).await.unwrap());
+    assert!(
+        store
+            .insert_signing_key(&old, always(), &Default::default())
+            .await
+            .unwrap()
+    );
     let at = clock::now() + Duration::minutes(1);
     let mut new = key("new");
     new.activates_at = at;
@@ -675,7 +695,12 @@ async fn revoking_a_key_can_put_a_replacement_in_its_place_in_one_step(backend: 
     });
     assert!(
         store
-            .revoke_signing_key("old", at, Some((new.clone(), sees_revoked)))
+            .revoke_signing_key(
+                "old",
+                at,
+                Some((new.clone(), sees_revoked)),
+                &Default::default()
+            )
             .await
             .unwrap()
     );
@@ -687,14 +712,19 @@ async fn revoking_a_key_can_put_a_replacement_in_its_place_in_one_step(backend: 
     // not found, and nothing is inserted for it.
     assert!(
         store
-            .revoke_signing_key("old", at + Duration::hours(1), None)
+            .revoke_signing_key("old", at + Duration::hours(1), None, &Default::default())
             .await
             .unwrap()
     );
     assert_eq!(store.signing_keys().await.unwrap()[0].revoked_at, Some(at));
     assert!(
         !store
-            .revoke_signing_key("nope", at, Some((key("never"), always())))
+            .revoke_signing_key(
+                "nope",
+                at,
+                Some((key("never"), always())),
+                &Default::default()
+            )
             .await
             .unwrap()
     );
@@ -953,7 +983,12 @@ async fn timestamps_round_trip_to_the_millisecond_in_the_stored_form(backend: Ba
     let mut first = key("first");
     first.created_at = created_at;
     first.activates_at = created_at;
-    assert!(store.insert_signing_key(&first, always()).await.unwrap());
+    assert!(
+        store
+            .insert_signing_key(&first, always(), &Default::default())
+            .await
+            .unwrap()
+    );
     let keys = store.signing_keys().await.unwrap();
     assert_eq!(keys[0].created_at, created_at);
     assert_eq!(keys[0].activates_at, created_at);
@@ -1396,7 +1431,7 @@ async fn instances_starting_together_store_one_signing_key(backend: Backend) {
     }
     let starts = instances.iter().enumerate().map(|(i, store)| async move {
         store
-            .insert_signing_key(&key(&format!("k{i}")), if_none())
+            .insert_signing_key(&key(&format!("k{i}")), if_none(), &Default::default())
             .await
             .unwrap()
     });

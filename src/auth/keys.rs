@@ -34,7 +34,7 @@ use crate::{
         sealing::SealingKey,
         signing::{PrivateKey, SigningAlgorithm},
     },
-    store::{AuditKind, KeyGuard, Store, StoredKey},
+    store::{AuditContext, AuditKind, Effects, KeyGuard, Store, StoredKey},
 };
 
 /// How long verifiers may cache the JWKS (`Cache-Control: max-age`). The
@@ -431,7 +431,7 @@ impl Keys {
             !has_current_key_of(stored, alg, now, retire_after)
         });
         if store
-            .insert_signing_key(&key, guard)
+            .insert_signing_key(&key, guard, &key_event(&key.kid, now))
             .await
             .context("cannot store a generated signing key")?
         {
@@ -595,16 +595,16 @@ impl Keys {
         audit: &Audit,
     ) -> AuthResult<KeyInfo> {
         let kid = key.kid.clone();
+        let event = audit
+            .event(client, actor, AuditKind::KeyRotated)
+            .detail(kid.clone());
         self.store()?
-            .insert_signing_key(&key, Arc::new(|_: &[StoredKey]| true))
-            .await?;
-        audit
-            .record(
-                audit
-                    .event(client, actor, AuditKind::KeyRotated)
-                    .detail(kid.clone()),
+            .insert_signing_key(
+                &key,
+                Arc::new(|_: &[StoredKey]| true),
+                &Effects::audit(event),
             )
-            .await;
+            .await?;
         self.reload().await?;
         self.info(&kid).ok_or(AuthError::NotFound)
     }
@@ -639,7 +639,8 @@ impl Keys {
                 .iter()
                 .any(|k| k.revoked_at.is_none() && k.created_at > since)
         });
-        if !store.insert_signing_key(&key, guard).await? {
+        let event = key_event(&kid, now);
+        if !store.insert_signing_key(&key, guard, &event).await? {
             self.reload().await?;
             return Ok(None);
         }
@@ -674,18 +675,20 @@ impl Keys {
                 .is_some_and(|k| k.kid == revoked)
         });
         if !store
-            .revoke_signing_key(kid, now, Some((replacement, guard)))
+            .revoke_signing_key(
+                kid,
+                now,
+                Some((replacement, guard)),
+                &Effects::audit(
+                    audit
+                        .event(client, actor, AuditKind::KeyRevoked)
+                        .detail(kid.to_owned()),
+                ),
+            )
             .await?
         {
             return Err(AuthError::NotFound);
         }
-        audit
-            .record(
-                audit
-                    .event(client, actor, AuditKind::KeyRevoked)
-                    .detail(kid.to_owned()),
-            )
-            .await;
         self.reload().await?;
         self.info(kid).ok_or(AuthError::NotFound)
     }
@@ -750,6 +753,16 @@ fn has_current_key_of(
         .any(|(k, s)| {
             k.algorithm == alg.as_str() && matches!(s, KeyState::Active | KeyState::Standby)
         })
+}
+
+/// The event of a key added by the service itself (the first key, a new
+/// algorithm, a scheduled rotation): no actor.
+fn key_event(kid: &str, at: OffsetDateTime) -> Effects {
+    Effects::audit(
+        AuditContext::default()
+            .record(AuditKind::KeyRotated, at)
+            .detail(kid),
+    )
 }
 
 /// A random key id: 72 bits, URL-safe.

@@ -318,21 +318,21 @@ mod tests {
         OffsetDateTime::now_utc() + time::Duration::days(365)
     }
 
+    /// Some user's session, authenticated at `at`.
+    fn subject(at: OffsetDateTime) -> Subject {
+        Subject {
+            user_id: Uuid::new_v4(),
+            session_id: Uuid::new_v4(),
+            roles: vec![],
+            auth: Authentication::password(at),
+            jti: Uuid::new_v4(),
+        }
+    }
+
     /// A token for some user and session, issued now.
     fn any_token(svc: &TokenService) -> IssuedAccessToken {
         let now = OffsetDateTime::now_utc();
-        svc.issue(
-            Subject {
-                user_id: Uuid::new_v4(),
-                session_id: Uuid::new_v4(),
-                roles: vec![],
-                auth: Authentication::password(now),
-                jti: Uuid::new_v4(),
-            },
-            now,
-            far(),
-        )
-        .unwrap()
+        svc.issue(subject(now), now, far()).unwrap()
     }
 
     /// A key of `alg` with a random id.
@@ -419,19 +419,7 @@ mod tests {
         let svc = service(&hs256());
         let now = OffsetDateTime::now_utc();
         let end = now + time::Duration::seconds(10);
-        let issued = svc
-            .issue(
-                Subject {
-                    user_id: Uuid::new_v4(),
-                    session_id: Uuid::new_v4(),
-                    roles: vec![],
-                    auth: Authentication::password(now),
-                    jti: Uuid::new_v4(),
-                },
-                now,
-                end,
-            )
-            .unwrap();
+        let issued = svc.issue(subject(now), now, end).unwrap();
         assert_eq!(issued.claims.exp, end.unix_timestamp());
     }
 
@@ -439,19 +427,7 @@ mod tests {
     fn an_expired_token_is_refused() {
         let svc = service(&hs256());
         let long_ago = OffsetDateTime::now_utc() - time::Duration::hours(1);
-        let issued = svc
-            .issue(
-                Subject {
-                    user_id: Uuid::new_v4(),
-                    session_id: Uuid::new_v4(),
-                    roles: vec![],
-                    auth: Authentication::password(long_ago),
-                    jti: Uuid::new_v4(),
-                },
-                long_ago,
-                far(),
-            )
-            .unwrap();
+        let issued = svc.issue(subject(long_ago), long_ago, far()).unwrap();
         assert_eq!(
             svc.verify(&issued.token, OffsetDateTime::now_utc())
                 .unwrap_err(),
@@ -478,17 +454,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let later = now + time::Duration::days(3650);
         let issued = svc
-            .issue(
-                Subject {
-                    user_id: Uuid::new_v4(),
-                    session_id: Uuid::new_v4(),
-                    roles: vec![],
-                    auth: Authentication::password(later),
-                    jti: Uuid::new_v4(),
-                },
-                later,
-                later + time::Duration::days(1),
-            )
+            .issue(subject(later), later, later + time::Duration::days(1))
             .unwrap();
         assert_eq!(
             svc.verify(&issued.token, now).unwrap_err(),
@@ -496,13 +462,7 @@ mod tests {
         );
         let soon = svc
             .issue(
-                Subject {
-                    user_id: Uuid::new_v4(),
-                    session_id: Uuid::new_v4(),
-                    roles: vec![],
-                    auth: Authentication::password(now + time::Duration::seconds(10)),
-                    jti: Uuid::new_v4(),
-                },
+                subject(now + time::Duration::seconds(10)),
                 now + time::Duration::seconds(10),
                 far(),
             )
@@ -571,19 +531,7 @@ mod tests {
         let svc = service(&hs256());
         let now = OffsetDateTime::now_utc();
         let logged_in = now - time::Duration::hours(2);
-        let issued = svc
-            .issue(
-                Subject {
-                    user_id: Uuid::new_v4(),
-                    session_id: Uuid::new_v4(),
-                    roles: vec![],
-                    auth: Authentication::password(logged_in),
-                    jti: Uuid::new_v4(),
-                },
-                now,
-                far(),
-            )
-            .unwrap();
+        let issued = svc.issue(subject(logged_in), now, far()).unwrap();
         assert_eq!(issued.claims.auth_time, logged_in.unix_timestamp());
         assert_eq!(issued.claims.aal, "aal1");
         assert_eq!(issued.claims.amr, ["pwd"]);

@@ -431,15 +431,22 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>>;
     /// Inserts `key` if `guard` allows it; `true` if inserted. Of instances
     /// racing to insert, each sees what the others inserted before it.
-    async fn insert_signing_key(&self, key: &StoredKey, guard: KeyGuard) -> StoreResult<bool>;
+    /// With `effects` in the same transaction, if inserted.
+    async fn insert_signing_key(
+        &self,
+        key: &StoredKey,
+        guard: KeyGuard,
+        effects: &Effects,
+    ) -> StoreResult<bool>;
     /// Marks the key revoked at `at` (unless it already is), then inserts
-    /// `then`'s key if its guard allows, in one transaction. `false` if there
-    /// is no such key (and nothing changes).
+    /// `then`'s key if its guard allows, with `effects`, in one transaction.
+    /// `false` if there is no such key (and nothing changes).
     async fn revoke_signing_key(
         &self,
         kid: &str,
         at: OffsetDateTime,
         then: Option<(StoredKey, KeyGuard)>,
+        effects: &Effects,
     ) -> StoreResult<bool>;
     /// Deletes these keys (their tokens have all expired).
     async fn delete_signing_keys(&self, kids: &[String]) -> StoreResult<u64>;

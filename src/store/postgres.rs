@@ -155,13 +155,7 @@ impl Dialect for PgStore {
                 .await?
         {
             let repeated = Rotation::from(row);
-            if let Rotation::Repeated {
-                user, session_id, ..
-            } = &repeated
-            {
-                let record = refresh
-                    .audit(AuditKind::Refresh, user.id, *session_id)
-                    .detail("repeated within the reuse grace window");
+            if let Some(record) = refresh.repeated_audit(&repeated) {
                 sql::insert_audit(&record).execute(&self.pool).await?;
             }
             return Ok(repeated);

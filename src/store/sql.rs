@@ -513,6 +513,19 @@ pub(super) struct Refresh {
 }
 
 impl Refresh {
+    /// The event recording that the token gave its successor again.
+    pub fn repeated_audit(&self, repeated: &Rotation) -> Option<AuditRecord> {
+        match repeated {
+            Rotation::Repeated {
+                user, session_id, ..
+            } => Some(
+                self.audit(AuditKind::Refresh, user.id, *session_id)
+                    .detail("repeated within the reuse grace window"),
+            ),
+            _ => None,
+        }
+    }
+
     /// The event recording what became of the token.
     pub fn audit(&self, kind: AuditKind, user_id: Uuid, session_id: Uuid) -> AuditRecord {
         let record = self
@@ -1714,6 +1727,7 @@ macro_rules! sql_store {
                     &self,
                     key: &StoredKey,
                     guard: KeyGuard,
+                    effects: &Effects,
                 ) -> StoreResult<bool> {
                     // Instances deciding together (two first starts, two
                     // scheduled rotations) must end up with one new key, not
@@ -1721,10 +1735,14 @@ macro_rules! sql_store {
                     // first's insert, and its guard then sees it.
                     let writer = self.writer().clone();
                     let key = key.clone();
+                    let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         Self::lock_for_key_generation(&mut tx).await?;
                         let inserted = Self::insert_key_if(&mut tx, &key, &guard).await?;
+                        if inserted {
+                            write_effects(&mut tx, &effects).await?;
+                        }
                         tx.commit().await?;
                         Ok(inserted)
                     })
@@ -1736,9 +1754,11 @@ macro_rules! sql_store {
                     kid: &str,
                     at: OffsetDateTime,
                     then: Option<(StoredKey, KeyGuard)>,
+                    effects: &Effects,
                 ) -> StoreResult<bool> {
                     let writer = self.writer().clone();
                     let kid = kid.to_owned();
+                    let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         Self::lock_for_key_generation(&mut tx).await?;
@@ -1752,11 +1772,15 @@ macro_rules! sql_store {
                         .await?
                         .rows_affected()
                             > 0;
-                        if found && let Some((key, guard)) = &then {
+                        if !found {
+                            return Ok(false);
+                        }
+                        if let Some((key, guard)) = &then {
                             Self::insert_key_if(&mut tx, key, guard).await?;
                         }
+                        write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
-                        Ok(found)
+                        Ok(true)
                     })
                     .await
                 }

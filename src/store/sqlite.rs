@@ -135,13 +135,7 @@ impl Dialect for SqliteStore {
                         .await?
                 {
                     let repeated = Rotation::from(row);
-                    if let Rotation::Repeated {
-                        user, session_id, ..
-                    } = &repeated
-                    {
-                        let record = refresh
-                            .audit(AuditKind::Refresh, user.id, *session_id)
-                            .detail("repeated within the reuse grace window");
+                    if let Some(record) = refresh.repeated_audit(&repeated) {
                         sql::insert_audit(&record).execute(&mut *tx).await?;
                     }
                     tx.commit().await?;

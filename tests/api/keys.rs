@@ -306,9 +306,24 @@ async fn a_rotated_key_is_published_a_lead_time_before_it_signs(backend: Backend
     let keys = jwks(&app).await;
     verify_with(&keys, &before, "http://127.0.0.1:8010").unwrap();
     verify_with(&keys, &after, "http://127.0.0.1:8010").unwrap();
-    let list = keys_list(&app, &app.admin_token().await).await;
+    let admin = app.admin_token().await;
+    let list = keys_list(&app, &admin).await;
     assert_eq!(state_of(&list, &old), "retiring");
     assert_eq!(state_of(&list, &new), "active");
+    // Both keys' births are in the audit log; the rotation names its admin.
+    let res = app.get("/admin/audit?type=key_rotated", Some(&admin)).await;
+    let events: Value = res.json().await.unwrap();
+    let events = events["events"].as_array().unwrap();
+    let details: Vec<&str> = events
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(details, [new.as_str(), old.as_str()]);
+    assert!(events[0]["actor_id"].is_string());
+    assert!(
+        events[1]["actor_id"].is_null(),
+        "the first key is the service's own"
+    );
 }
 
 async fn a_replaced_key_leaves_the_key_set_once_its_tokens_have_expired(backend: Backend) {
@@ -328,7 +343,10 @@ async fn a_replaced_key_leaves_the_key_set_once_its_tokens_have_expired(backend:
     };
     assert_eq!(published_kids(&last_of_old), [old.clone(), new.clone()]);
     app.advance(Duration::from_secs(31));
-    assert_eq!(published_kids(&jwks(&app).await), std::slice::from_ref(&new));
+    assert_eq!(
+        published_kids(&jwks(&app).await),
+        std::slice::from_ref(&new)
+    );
     let list = keys_list(&app, &app.admin_token().await).await;
     assert_eq!(state_of(&list, &old), "expired");
     // The purge deletes it.
@@ -376,6 +394,15 @@ async fn a_revoked_key_is_refused_at_once_and_a_new_one_signs_in_its_place(backe
     );
     assert_eq!(published_kids(&jwks(&app).await), [kid_of(&fresh)]);
     assert_eq!(app.me_status(&fresh).await, StatusCode::OK);
+    let res = app.get("/admin/audit?type=key_revoked", Some(&admin)).await;
+    let events: Value = res.json().await.unwrap();
+    let details: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(details, [standby.as_str(), old.as_str(), old.as_str()]);
 }
 
 /// Waits (on the wall clock) until `check` holds, up to `within`.
@@ -399,10 +426,7 @@ async fn a_second_instance_sees_rotations_and_revocations_within_seconds(backend
     let token = user_token(&a, "ada").await;
     assert_eq!(b.me_status(&token).await, StatusCode::OK);
     let admin = a.admin_token().await;
-    let new = rotate(&a, &admin).await["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let new = rotate(&a, &admin).await["kid"].as_str().unwrap().to_owned();
     assert!(
         eventually(Duration::from_secs(5), async || {
             published_kids(&jwks(&b).await).contains(&new)
