@@ -20,7 +20,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::DecodingKey;
 use parking_lot::RwLock;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -32,7 +32,7 @@ use crate::{
     clock::SharedClock,
     crypto::{
         sealing::SealingKey,
-        signing::{PrivateKey, SigningAlgorithm},
+        signing::{JwtSigner, PrivateKey, SigningAlgorithm},
     },
     store::{AuditContext, AuditKind, Effects, KeyGuard, Store, StoredKey},
 };
@@ -114,7 +114,7 @@ pub struct RingKey {
     pub sealed: bool,
     /// The public JWK, for published algorithms.
     pub jwk: Option<Value>,
-    pub(super) encoding: Option<EncodingKey>,
+    pub(super) signer: Option<JwtSigner>,
     pub(super) decoding: DecodingKey,
 }
 
@@ -134,7 +134,7 @@ impl RingKey {
             activates_at,
             revoked_at: None,
             sealed: false,
-            encoding: Some(private.encoding_key()),
+            signer: Some(private.signer()?),
             decoding: private.decoding_key()?,
         })
     }
@@ -527,7 +527,7 @@ impl Keys {
                 revoked_at: key.revoked_at,
                 sealed: key.sealed,
                 jwk: None,
-                encoding: None,
+                signer: None,
                 decoding: DecodingKey::from_secret(&[]),
             });
         }
