@@ -86,13 +86,15 @@ impl Introspection {
         token: &str,
         hint: Option<&str>,
     ) -> AuthResult<Option<Introspected>> {
-        if hint == Some("refresh_token")
-            && let Some(found) = self.refresh(token).await?
-        {
+        let refresh_first = hint == Some("refresh_token");
+        if refresh_first && let Some(found) = self.refresh(token).await? {
             return Ok(Some(found));
         }
         if let Some(found) = self.access(token).await? {
             return Ok(Some(found));
+        }
+        if refresh_first {
+            return Ok(None);
         }
         self.refresh(token).await
     }
