@@ -12,6 +12,7 @@ use super::{
 use crate::{
     crypto::refresh,
     domain::User,
+    limits::client_bucket,
     store::{LiveRefreshToken, SessionStore},
 };
 use sha2::{Digest, Sha256};
@@ -56,6 +57,9 @@ impl IntrospectionClients {
     }
 }
 
+/// Wrong client secrets from one address before back-off starts.
+const CLIENT_FREE_FAILURES: u32 = 10;
+
 /// What introspection found live.
 #[derive(Debug, Clone)]
 pub enum Introspected {
@@ -75,8 +79,24 @@ pub struct Introspection {
 
 impl Introspection {
     /// Whether a client id and secret are a configured introspection client.
-    pub fn is_client(&self, id: &str, secret: &str) -> bool {
-        self.clients.check(id, secret)
+    /// Wrong secrets from one client address back off as failed logins do
+    /// (429 with the wait), so secrets cannot be guessed at request speed.
+    pub async fn is_client(&self, client: &Client, id: &str, secret: &str) -> AuthResult<bool> {
+        let limiter = &self.sessions.limiter;
+        let key = format!("introspection-client:{}", client_bucket(client.ip));
+        let reserved = limiter
+            .reserve(&key, CLIENT_FREE_FAILURES, self.sessions.clock.instant())
+            .map_err(AuthError::Throttled);
+        self.sessions
+            .audit
+            .note_throttling(client, "introspection-client", None, reserved)
+            .await?;
+        if self.clients.check(id, secret) {
+            limiter.release(&key, CLIENT_FREE_FAILURES);
+            return Ok(true);
+        }
+        tracing::info!(client_id = %id.chars().take(64).collect::<String>(), "introspection client refused");
+        Ok(false)
     }
 
     /// The token if it is live, whatever its kind; `hint` (`access_token`,

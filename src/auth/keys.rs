@@ -179,16 +179,34 @@ impl KeySet {
 
     /// The key that signs at `now`: the newest whose time has come.
     pub fn signer(&self, now: OffsetDateTime) -> Option<&RingKey> {
+        let signs = |k: &&RingKey| k.revoked_at.is_none() && k.signer.is_some();
         self.keys
             .iter()
             .rev()
-            .find(|k| k.revoked_at.is_none() && k.activates_at <= now)
+            .filter(signs)
+            .find(|k| k.activates_at <= now)
+            // A key that replaced a revoked one starts at the revoking
+            // instance's clock; on a clock a little behind, it is the one to
+            // sign with, not none.
+            .or_else(|| {
+                self.keys
+                    .iter()
+                    .filter(signs)
+                    .find(|k| k.activates_at <= now + CLOCK_LEEWAY)
+            })
     }
 
-    /// The key with that id, if tokens it signed verify at `now`.
+    /// The key with that id, if tokens it signed verify at `now`. A standby
+    /// key verifies only from shortly before its activation (clocks of
+    /// instances differ a little): a token it signed earlier was not signed
+    /// by any instance of this service.
     pub fn verifier(&self, kid: &str, now: OffsetDateTime) -> Option<&RingKey> {
         let i = self.keys.iter().position(|k| k.kid == kid)?;
-        self.state(i, now).is_published().then(|| &self.keys[i])
+        let key = &self.keys[i];
+        match self.state(i, now) {
+            KeyState::Standby if key.activates_at > now + CLOCK_LEEWAY => None,
+            state => state.is_published().then_some(key),
+        }
     }
 
     /// The JWKS document (RFC 7517) at `now`: every published key of a
@@ -348,7 +366,7 @@ impl Keys {
             current: Arc::new(RwLock::new(Arc::new(empty))),
         };
         keys.ensure_key().await?;
-        keys.reload().await?;
+        keys.reload_with(true).await?;
         let unsealed = keys
             .current()
             .keys
@@ -483,6 +501,13 @@ impl Keys {
     /// Reads the keys again; `true` if they changed. A set that cannot be
     /// built (a key this instance cannot open) leaves the current one.
     pub async fn reload(&self) -> anyhow::Result<bool> {
+        self.reload_with(false).await
+    }
+
+    /// [`Self::reload`]; `strict`: a key that cannot be opened is an error
+    /// (at start-up, where a wrong key-encryption key must stop the service)
+    /// rather than a key that only verifies.
+    async fn reload_with(&self, strict: bool) -> anyhow::Result<bool> {
         let Some(store) = &self.store else {
             return Ok(false);
         };
@@ -501,7 +526,21 @@ impl Keys {
         }
         let mut keys = Vec::with_capacity(stored.len());
         for key in stored {
-            keys.push(self.ring_key(key)?);
+            match self.ring_key(key.clone()) {
+                Ok(ring_key) => keys.push(ring_key),
+                Err(e) if !strict => {
+                    // One key this instance cannot open (sealed under another
+                    // key-encryption key) must not hold back the others'
+                    // changes, revocations above all: it verifies with its
+                    // public key, and never signs here.
+                    tracing::error!(kid = %key.kid, error = %format!("{e:#}"),
+                        "cannot open a signing key; it only verifies here");
+                    if let Some(ring_key) = verify_only(key) {
+                        keys.push(ring_key);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
         let set = KeySet {
             keys,
@@ -693,6 +732,11 @@ impl Keys {
         self.info(kid).ok_or(AuthError::NotFound)
     }
 
+    /// The time on the keys' clock.
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
     /// The JWKS document as of now.
     pub fn jwks(&self) -> Value {
         self.current().jwks(self.clock.now())
@@ -753,6 +797,24 @@ fn has_current_key_of(
         .any(|(k, s)| {
             k.algorithm == alg.as_str() && matches!(s, KeyState::Active | KeyState::Standby)
         })
+}
+
+/// A key known only by its public JWK: it verifies, and never signs.
+fn verify_only(key: StoredKey) -> Option<RingKey> {
+    let algorithm: SigningAlgorithm = key.algorithm.parse().ok()?;
+    let jwk: Value = serde_json::from_str(key.public_jwk.as_deref()?).ok()?;
+    let parsed: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).ok()?;
+    Some(RingKey {
+        kid: key.kid,
+        algorithm,
+        created_at: key.created_at,
+        activates_at: key.activates_at,
+        revoked_at: key.revoked_at,
+        sealed: key.sealed,
+        jwk: Some(jwk),
+        signer: None,
+        decoding: DecodingKey::from_jwk(&parsed).ok()?,
+    })
 }
 
 /// The event of a key added by the service itself (the first key, a new

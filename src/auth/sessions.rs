@@ -224,7 +224,15 @@ impl Sessions {
                         session_end: session_expires_at,
                         refresh_expires_at: next_expires_at.min(session_expires_at),
                         refresh_token: successor,
-                        issued_at: rotated_at,
+                        // The first answer's access token, unless it would
+                        // be expired already (a lifetime shorter than the
+                        // grace window): then a fresh one.
+                        issued_at: if rotated_at + self.tokens.ttl() > now + Duration::from_secs(1)
+                        {
+                            rotated_at
+                        } else {
+                            now
+                        },
                     },
                     now,
                 )

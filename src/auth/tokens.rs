@@ -82,6 +82,9 @@ pub struct AccessClaims {
     /// By what methods (RFC 8176).
     #[serde(default)]
     pub amr: Vec<String>,
+    /// Never set by this service; a token that has one is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 /// Whom an access token speaks for, and its id.
@@ -195,10 +198,14 @@ impl TokenService {
             auth_time: auth.time.unix_timestamp(),
             aal: auth.level.into(),
             amr: auth.methods.iter().map(|m| (*m).into()).collect(),
+            nbf: None,
         };
         let keys = self.keys.current();
+        // The key that signs now, not when the pair was first issued (a pair
+        // given again) nor when the request began: a key revoked meanwhile
+        // signs nothing more.
         let key = keys
-            .signer(now)
+            .signer(self.keys.now().max(now))
             .ok_or_else(|| anyhow::anyhow!("no signing key is active"))?;
         let signer = key
             .signer
@@ -251,6 +258,11 @@ impl TokenService {
         now: OffsetDateTime,
     ) -> Result<(String, AccessClaims), TokenRejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+        // RFC 7515 §4.1.11: a critical extension this service does not know
+        // (it knows none) makes the token invalid.
+        if header.crit.is_some() {
+            return Err(TokenRejection::Malformed);
+        }
         if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
             return Err(TokenRejection::WrongType);
         }
@@ -296,7 +308,9 @@ impl TokenService {
         // misconfigured issuer elsewhere): refuse it rather than honour it
         // for years.
         let lifetime = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
-        if claims.iat > now.unix_timestamp().saturating_add(IAT_LEEWAY_SECS)
+        let soon = now.unix_timestamp().saturating_add(IAT_LEEWAY_SECS);
+        if claims.iat > soon
+            || claims.nbf.is_some_and(|nbf| nbf > soon)
             || claims.exp.saturating_sub(claims.iat) > lifetime
         {
             return Err(TokenRejection::ImplausibleTimes);
@@ -564,5 +578,69 @@ mod tests {
                 "{alg}: sign {sign:?}, verify first {first:?}, verify remembered {remembered:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_token_with_critical_extensions_or_a_future_nbf_is_refused() {
+        let ed = key(SigningAlgorithm::EdDsa);
+        let svc = service(&ed);
+        let issued = any_token(&svc);
+        let private = |header: &Header, claims: &AccessClaims| {
+            ed.signer.as_ref().unwrap().sign(header, claims).unwrap()
+        };
+        let mut header = Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.typ = Some(ACCESS_TOKEN_TYP.into());
+        header.kid = Some(ed.kid.clone());
+        let now = OffsetDateTime::now_utc();
+        assert!(svc.verify(&private(&header, &issued.claims), now).is_ok());
+        header.crit = Some(vec!["x-unknown".into()]);
+        assert_eq!(
+            svc.verify(&private(&header, &issued.claims), now)
+                .unwrap_err(),
+            TokenRejection::Malformed
+        );
+        header.crit = None;
+        let mut later = issued.claims.clone();
+        later.nbf = Some(now.unix_timestamp() + 3600);
+        assert_eq!(
+            svc.verify(&private(&header, &later), now).unwrap_err(),
+            TokenRejection::ImplausibleTimes
+        );
+    }
+
+    #[test]
+    fn a_standby_key_verifies_nothing_until_shortly_before_it_signs() {
+        let active = key(SigningAlgorithm::EdDsa);
+        let mut standby = key(SigningAlgorithm::EdDsa);
+        let now = OffsetDateTime::now_utc();
+        standby.activates_at = now + time::Duration::hours(1);
+        let policy = KeyPolicy {
+            algorithm: SigningAlgorithm::EdDsa,
+            publish_lead: Duration::from_secs(3600),
+            rotation: None,
+            access_token_ttl: Duration::from_secs(60),
+        };
+        let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+        let keys = Keys::fixed(vec![active.clone(), standby.clone()], policy, clock).unwrap();
+        let svc = TokenService::new(keys, "iss".into(), "aud".into(), Duration::from_secs(60));
+        // Signed with the standby key, as only a thief of it could.
+        let claims = any_token(&svc).claims;
+        let mut header = Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.typ = Some(ACCESS_TOKEN_TYP.into());
+        header.kid = Some(standby.kid.clone());
+        let early = standby
+            .signer
+            .as_ref()
+            .unwrap()
+            .sign(&header, &claims)
+            .unwrap();
+        assert_eq!(
+            svc.verify(&early, now).unwrap_err(),
+            TokenRejection::UnknownKey
+        );
+        // The service itself signs with the active key meanwhile.
+        let ours = any_token(&svc);
+        let kid = jsonwebtoken::decode_header(&ours.token).unwrap().kid;
+        assert_eq!(kid.as_deref(), Some(active.kid.as_str()));
     }
 }

@@ -177,10 +177,7 @@ pub(super) fn transport(query: Option<&str>) -> Result<Transport, AppError> {
     match params.transport.as_deref() {
         None | Some("body") => Ok(Transport::Body),
         Some("cookie") => Ok(Transport::Cookie),
-        Some(_) => Err(AppError::validation(
-            "transport",
-            "must be body or cookie",
-        )),
+        Some(_) => Err(AppError::validation("transport", "must be body or cookie")),
     }
 }
 
@@ -380,9 +377,14 @@ impl IntoResponse for TokenRefusal {
 
 /// A token request, parsed.
 enum Grant {
-    Password { username: String, password: String },
+    Password {
+        username: String,
+        password: String,
+    },
     /// Without the form field, the session cookie's.
-    RefreshToken { refresh_token: Option<String> },
+    RefreshToken {
+        refresh_token: Option<String>,
+    },
 }
 
 fn parse_grant(
@@ -438,6 +440,11 @@ pub(super) fn to_oauth(err: AppError) -> Response {
         AppError::BadRequest(why) | AppError::UnsupportedMediaType(why) => {
             oauth_error(StatusCode::BAD_REQUEST, "invalid_request", why)
         }
+        AppError::CrossSite(why) => oauth_error(
+            StatusCode::FORBIDDEN,
+            "invalid_request",
+            format!("Refused: {why}; cookie sessions need an allowed Origin and X-CSRF-Token."),
+        ),
         AppError::EmailNotVerified => oauth_error(
             StatusCode::FORBIDDEN,
             "email_not_verified",
@@ -473,8 +480,9 @@ pub(super) fn to_oauth(err: AppError) -> Response {
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),
         (status = 400, description = "RFC 6749 error", body = OAuthError),
-        (status = 403, description = "Right password, but the email is not verified and the service requires it (`error: email_not_verified`)", body = OAuthError),
+        (status = 403, description = "Right password, but the email is not verified and the service requires it (`error: email_not_verified`); or a cookie request without an allowed Origin or the CSRF token", body = OAuthError),
         (status = 429, description = "Throttled", body = OAuthError),
+        (status = 503, description = "Too many logins at once; retry after Retry-After", body = OAuthError),
     )
 )]
 async fn token(

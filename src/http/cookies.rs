@@ -42,10 +42,7 @@ impl CookiePolicy {
         };
         let local = url::Url::parse(public_url).is_ok_and(|u| {
             u.scheme() == "http"
-                && matches!(
-                    u.host_str(),
-                    Some("localhost" | "127.0.0.1" | "[::1]")
-                )
+                && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
         });
         Self {
             allowed_origins,
@@ -224,7 +221,8 @@ mod tests {
             ]),
         ] {
             assert!(
-                policy.refresh_token(&bad).is_err() || policy.refresh_token(&bad).unwrap().is_none()
+                policy.refresh_token(&bad).is_err()
+                    || policy.refresh_token(&bad).unwrap().is_none()
             );
         }
         assert_eq!(policy.refresh_token(&HeaderMap::new()).unwrap(), None);

@@ -136,9 +136,7 @@ impl AppError {
             AppError::Forbidden
             | AppError::WrongPassword
             | AppError::EmailNotVerified
-            | AppError::CrossSite(_) => {
-                StatusCode::FORBIDDEN
-            }
+            | AppError::CrossSite(_) => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) | AppError::LastAdmin | AppError::KeysConfigured => {

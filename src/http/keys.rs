@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -268,8 +268,12 @@ async fn revoke_key(
     State(state): State<AppState>,
     admin: RequireRole<Admin>,
     ClientInfo(client): ClientInfo,
-    Path(kid): Path<String>,
+    kid: Result<Path<String>, PathRejection>,
 ) -> AppResult<Json<KeyView>> {
+    // A path that is not even text names no key.
+    let Ok(Path(kid)) = kid else {
+        return Err(AppError::NotFound);
+    };
     if kid.is_empty()
         || kid.len() > 64
         || !kid

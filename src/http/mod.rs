@@ -142,6 +142,14 @@ fn document_errors(spec: &mut utoipa::openapi::OpenApi) {
         for op in operations.into_iter().flatten() {
             let json_body = matches!(&op.request_body,
                 Some(RefOr::T(body)) if body.content.contains_key("application/json"));
+            let form_body = matches!(&op.request_body,
+                Some(RefOr::T(body)) if body.content.contains_key("application/x-www-form-urlencoded"));
+            if form_body {
+                op.responses
+                    .responses
+                    .entry("413".to_owned())
+                    .or_insert_with(|| problem("The body is larger than 64 KiB"));
+            }
             if json_body {
                 for (status, why) in [
                     ("400", "The body is not JSON"),
@@ -272,12 +280,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_credentials(true)
-            .allow_methods([
-                Method::GET,
-                Method::POST,
-                Method::PATCH,
-                Method::DELETE,
-            ])
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,

@@ -20,7 +20,7 @@ use super::{
     extract::{ClientInfo, bearer_token, body_rejection, has_content_type},
 };
 use crate::{
-    auth::introspection::Introspected,
+    auth::{Client, introspection::Introspected},
     domain::{Role, User},
 };
 
@@ -114,30 +114,38 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((unescape(id)?, unescape(secret)?))
 }
 
-async fn caller(state: &AppState, headers: &HeaderMap, form: &TokenQueryForm) -> Caller {
+async fn caller(
+    state: &AppState,
+    client: &Client,
+    headers: &HeaderMap,
+    form: &TokenQueryForm,
+) -> Result<Caller, AppError> {
     let introspection = &state.services.introspection;
-    if let Some((id, secret)) = basic_credentials(headers) {
-        return if introspection.is_client(&id, &secret) {
+    let known = |known: bool| {
+        if known {
             Caller::Allowed
         } else {
             Caller::Unknown
-        };
+        }
+    };
+    if let Some((id, secret)) = basic_credentials(headers) {
+        return Ok(known(introspection.is_client(client, &id, &secret).await?));
     }
     if headers.contains_key(header::AUTHORIZATION) {
         let Ok(token) = bearer_token(headers) else {
-            return Caller::Unknown;
+            return Ok(Caller::Unknown);
         };
-        return match state.services.sessions.authenticate(token).await {
+        return Ok(match state.services.sessions.authenticate(token).await {
             // The roles as of the last session check: a demoted admin stops
             // introspecting as soon as other admin routes refuse them.
             Ok(who) if who.user.user.roles.contains(Role::ADMIN) => Caller::Allowed,
             Ok(_) => Caller::NotAdmin,
             Err(_) => Caller::Unknown,
-        };
+        });
     }
     match (&form.client_id, &form.client_secret) {
-        (Some(id), Some(secret)) if introspection.is_client(id, secret) => Caller::Allowed,
-        _ => Caller::Unknown,
+        (Some(id), Some(secret)) => Ok(known(introspection.is_client(client, id, secret).await?)),
+        _ => Ok(Caller::Unknown),
     }
 }
 
@@ -204,10 +212,12 @@ fn no_store(status: StatusCode, body: Value) -> Response {
         (status = 400, description = "RFC 6749 error (`invalid_request`)", body = OAuthError),
         (status = 401, description = "No or wrong client credentials (`invalid_client`)", body = OAuthError),
         (status = 403, description = "A Bearer token without the admin role", body = OAuthError),
+        (status = 429, description = "Too many wrong client secrets from this address; retry after Retry-After", body = OAuthError),
     )
 )]
 async fn introspect(
     State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -215,9 +225,10 @@ async fn introspect(
         Ok(parsed) => parsed,
         Err(e) => return to_oauth(e),
     };
-    match caller(&state, &headers, &form).await {
-        Caller::Allowed => {}
-        Caller::Unknown => {
+    match caller(&state, &client, &headers, &form).await {
+        Err(e) => return to_oauth(e),
+        Ok(Caller::Allowed) => {}
+        Ok(Caller::Unknown) => {
             let mut res = oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -229,7 +240,7 @@ async fn introspect(
             );
             return res;
         }
-        Caller::NotAdmin => {
+        Ok(Caller::NotAdmin) => {
             return oauth_error(
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",

@@ -14,6 +14,7 @@ use crate::{
 
 on_both_databases!(
     introspection_needs_client_credentials_or_an_admin_token,
+    wrong_client_secrets_back_off_like_failed_logins,
     a_live_access_token_is_described_and_never_cached,
     an_access_token_of_an_ended_session_is_inactive_at_once,
     a_refresh_token_is_active_until_it_is_used,
@@ -290,4 +291,30 @@ async fn a_revocation_on_one_instance_is_refused_on_another_within_a_second(back
     b.assert_refused_within(&ada.access, Duration::from_secs(1))
         .await;
     assert_eq!(introspect(&b, &ada.access).await, json!({"active": false}));
+}
+
+async fn wrong_client_secrets_back_off_like_failed_logins(backend: Backend) {
+    let app = with_client().spawn(backend).await;
+    app.stop_clock();
+    let wrong = basic(CLIENT, "not-the-secret-at-all");
+    for _ in 0..10 {
+        let res = introspect_req(&app, &[("token", "x")])
+            .header("authorization", &wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Backing off now: even the right secret waits, so a guess learns nothing.
+    for auth in [&wrong, &basic(CLIENT, SECRET)] {
+        let res = introspect_req(&app, &[("token", "x")])
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(res.headers().contains_key("retry-after"));
+    }
+    app.advance(Duration::from_secs(2));
+    assert_eq!(introspect(&app, "x").await, json!({"active": false}));
 }

@@ -29,6 +29,8 @@ on_both_databases!(
     sealed_keys_are_stored_sealed_and_do_not_open_without_the_key,
     changing_the_algorithm_publishes_a_key_of_the_new_one_ahead,
     key_routes_are_for_admins_and_refuse_configured_keys,
+    a_pair_given_again_after_a_revocation_is_signed_by_the_new_key,
+    a_key_an_instance_cannot_open_holds_back_no_revocation,
 );
 
 const LEAD: Duration = Duration::from_secs(3600);
@@ -580,4 +582,63 @@ async fn key_routes_are_for_admins_and_refuse_configured_keys(backend: Backend) 
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["algorithm"], "HS256");
     assert_eq!(list[0]["published"], false);
+}
+
+async fn a_pair_given_again_after_a_revocation_is_signed_by_the_new_key(backend: Backend) {
+    let app = keyed().spawn(backend).await;
+    app.create_user("tabs").await;
+    let first = app.tokens("tabs").await;
+    let res = app.refresh(&first.refresh).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let second: Value = res.json().await.unwrap();
+    let admin = app.admin_token().await;
+    let old = kid_of(second["access_token"].as_str().unwrap());
+    assert_eq!(revoke(&app, &admin, &old).await.status(), StatusCode::OK);
+    // The other tab, moments later: the same refresh token, and an access
+    // token the new key signed.
+    let res = app.refresh(&first.refresh).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let again: Value = res.json().await.unwrap();
+    assert_eq!(again["refresh_token"], second["refresh_token"]);
+    let access = again["access_token"].as_str().unwrap();
+    assert_ne!(kid_of(access), old);
+    assert_eq!(app.me_status(access).await, StatusCode::OK);
+}
+
+async fn a_key_an_instance_cannot_open_holds_back_no_revocation(backend: Backend) {
+    const KEK: &str = "q0Lr9D9bZs7W1uJ2vV5m8Xo3kN6pT4cA0hE2fG1iJ3k=";
+    let plain = keyed().spawn(backend).await;
+    let sealing = keyed()
+        .arg("--key-encryption-key", KEK)
+        .spawn_on(TestDb::attach(plain.db()))
+        .await;
+    let token = user_token(&plain, "ada").await;
+    let admin = sealing.admin_token().await;
+    // A key sealed under a key the first instance lacks...
+    let sealed = rotate(&sealing, &admin).await["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            published_kids(&jwks(&plain).await).contains(&sealed)
+        })
+        .await,
+        "still published by the instance that cannot open it"
+    );
+    // ...does not stop a revocation from reaching it.
+    assert_eq!(
+        revoke(&sealing, &admin, &kid_of(&token)).await.status(),
+        StatusCode::OK
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            plain.me_status(&token).await == StatusCode::UNAUTHORIZED
+        })
+        .await
+    );
+    // It verifies what the key it cannot open signed, with the public key.
+    let fresh = user_token(&sealing, "ada").await;
+    assert_ne!(kid_of(&fresh), kid_of(&token));
+    assert_eq!(plain.me_status(&fresh).await, StatusCode::OK);
 }

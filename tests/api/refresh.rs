@@ -18,6 +18,7 @@ on_both_databases!(
     a_token_whose_successor_was_used_too_is_reuse_even_in_the_window,
     two_instances_racing_one_refresh_token_converge_on_one_pair,
     no_usable_token_rests_in_the_database,
+    a_pair_given_again_never_carries_an_expired_access_token,
     refreshing_never_extends_past_the_session_maximum_age,
     an_unused_refresh_token_expires_after_its_ttl,
     logout_ends_the_session_and_its_access_tokens_within_a_second,
@@ -401,4 +402,18 @@ async fn no_usable_token_rests_in_the_database(backend: Backend) {
             );
         }
     }
+}
+
+async fn a_pair_given_again_never_carries_an_expired_access_token(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--access-token-ttl", "2s")
+        .spawn(backend)
+        .await;
+    let first = logged_in(&app, "short").await;
+    let second = refreshed(&app, &first.refresh).await;
+    app.advance(Duration::from_secs(3));
+    let again = refreshed(&app, &first.refresh).await;
+    assert_eq!(again.refresh, second.refresh);
+    assert!(again.body["expires_in"].as_u64().unwrap() >= 1);
+    assert_eq!(app.me_status(&again.access).await, StatusCode::OK);
 }
