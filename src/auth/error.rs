@@ -33,6 +33,9 @@ pub enum AuthError {
     /// The username is reserved (it would impersonate the service).
     #[error("reserved username")]
     ReservedUsername,
+    /// As many keys as allowed already wait to sign.
+    #[error("too many keys on standby")]
+    TooManyKeys,
     /// Keys come from `AUTHGATE_JWT_SECRET`: they cannot be rotated or revoked.
     #[error("keys come from configuration")]
     KeysConfigured,

@@ -41,6 +41,9 @@ use crate::{
 /// publish lead must be at least twice this.
 pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 
+/// How many keys may wait on standby at once.
+pub const MAX_STANDBY_KEYS: usize = 3;
+
 /// How far apart the clocks of instances and verifiers may be: a retiring
 /// key stays published this much longer than its last token could live.
 const CLOCK_LEEWAY: Duration = Duration::from_secs(60);
@@ -637,13 +640,23 @@ impl Keys {
         let event = audit
             .event(client, actor, AuditKind::KeyRotated)
             .detail(kid.clone());
-        self.store()?
-            .insert_signing_key(
-                &key,
-                Arc::new(|_: &[StoredKey]| true),
-                &Effects::audit(event),
-            )
-            .await?;
+        let now = self.clock.now();
+        // Why a bound: every key waiting is published and parsed by every
+        // instance; a runaway script must not grow the key set without end.
+        let room: KeyGuard = Arc::new(move |stored: &[StoredKey]| {
+            stored
+                .iter()
+                .filter(|k| k.revoked_at.is_none() && k.activates_at > now)
+                .count()
+                < MAX_STANDBY_KEYS
+        });
+        if !self
+            .store()?
+            .insert_signing_key(&key, room, &Effects::audit(event))
+            .await?
+        {
+            return Err(AuthError::TooManyKeys);
+        }
         self.reload().await?;
         self.info(&kid).ok_or(AuthError::NotFound)
     }

@@ -69,6 +69,8 @@ pub enum AppError {
     LastAdmin,
     #[error("keys come from configuration")]
     KeysConfigured,
+    #[error("too many keys on standby")]
+    TooManyKeys,
     #[error("cross-site request refused: {0}")]
     CrossSite(&'static str),
     #[error("rate limited")]
@@ -92,6 +94,7 @@ impl From<AuthError> for AppError {
             AuthError::Conflict(field) => AppError::Conflict(field),
             AuthError::LastAdmin => AppError::LastAdmin,
             AuthError::KeysConfigured => AppError::KeysConfigured,
+            AuthError::TooManyKeys => AppError::TooManyKeys,
             AuthError::WrongPassword => AppError::WrongPassword,
             AuthError::ReservedUsername => AppError::validation("username", "is reserved"),
             AuthError::NotFound => AppError::NotFound,
@@ -139,9 +142,10 @@ impl AppError {
             | AppError::CrossSite(_) => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::Conflict(_) | AppError::LastAdmin | AppError::KeysConfigured => {
-                StatusCode::CONFLICT
-            }
+            AppError::Conflict(_)
+            | AppError::LastAdmin
+            | AppError::KeysConfigured
+            | AppError::TooManyKeys => StatusCode::CONFLICT,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Overloaded { .. } | AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -202,6 +206,13 @@ impl AppError {
                 format!(
                     "Refused: {why}. Cookie sessions need an allowed Origin and the CSRF token \
                      in X-CSRF-Token."
+                ),
+            ),
+            AppError::TooManyKeys => (
+                "too_many_keys",
+                format!(
+                    "{} keys already wait to sign; revoke one or wait for them to activate.",
+                    crate::auth::keys::MAX_STANDBY_KEYS
                 ),
             ),
             AppError::KeysConfigured => (

@@ -231,9 +231,9 @@ async fn list_keys(State(state): State<AppState>, _admin: RequireRole<Admin>) ->
     security(("bearer" = []), ("oauth2" = [])),
     responses(
         (status = 201, description = "The new key, on standby", body = KeyView),
+        (status = 409, description = "Three keys already wait on standby (`code: too_many_keys`), or the key comes from AUTHGATE_JWT_SECRET (`code: keys_configured`)", body = Problem),
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The token lacks the admin role", body = Problem),
-        (status = 409, description = "The key comes from AUTHGATE_JWT_SECRET (`code: keys_configured`)", body = Problem),
     )
 )]
 async fn rotate_key(

@@ -31,6 +31,7 @@ on_both_databases!(
     key_routes_are_for_admins_and_refuse_configured_keys,
     a_pair_given_again_after_a_revocation_is_signed_by_the_new_key,
     a_key_an_instance_cannot_open_holds_back_no_revocation,
+    no_more_than_three_keys_wait_on_standby,
 );
 
 const LEAD: Duration = Duration::from_secs(3600);
@@ -641,4 +642,38 @@ async fn a_key_an_instance_cannot_open_holds_back_no_revocation(backend: Backend
     let fresh = user_token(&sealing, "ada").await;
     assert_ne!(kid_of(&fresh), kid_of(&token));
     assert_eq!(plain.me_status(&fresh).await, StatusCode::OK);
+}
+
+async fn no_more_than_three_keys_wait_on_standby(backend: Backend) {
+    let app = keyed().spawn(backend).await;
+    let admin = app.admin_token().await;
+    // Racing rotations still stop at three.
+    let rotations = (0..5).map(|_| {
+        app.client
+            .post(app.url("/admin/keys/rotate"))
+            .bearer_auth(&admin)
+            .send()
+    });
+    let mut statuses: Vec<u16> = futures::future::join_all(rotations)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 201, 201, 409, 409]);
+    let res = app
+        .client
+        .post(app.url("/admin/keys/rotate"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(res, StatusCode::CONFLICT).await["code"],
+        "too_many_keys"
+    );
+    assert_eq!(jwks(&app).await.len(), 4);
+    // Once they sign (the newest of them), there is room again.
+    app.advance(LEAD);
+    rotate(&app, &app.admin_token().await).await;
 }
