@@ -131,17 +131,17 @@ impl Dialect for PgStore {
              ) \
              SELECT live.* FROM live JOIN used USING (session_id)",
         )
-        .bind(&refresh.presented[..])
-        .bind(refresh.now)
-        .bind(&refresh.next[..])
-        .bind(refresh.next_expires_at)
+        .bind(&refresh.request.presented[..])
+        .bind(refresh.now())
+        .bind(&refresh.request.next[..])
+        .bind(refresh.next_expires_at())
         .bind(Uuid::now_v7())
         .bind(AuditKind::Refresh.as_str())
         .bind(refresh.by.actor_id)
         .bind(refresh.by.ip.as_deref())
         .bind(refresh.by.user_agent.as_deref())
         .bind(refresh.by.request_id.as_deref())
-        .bind(refresh.sealed_next.as_deref())
+        .bind(refresh.request.sealed_next.as_deref())
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = rotated {
@@ -149,7 +149,7 @@ impl Dialect for PgStore {
         }
         // Not rotated: perhaps a used token presented again, moments after
         // its use by another tab (the grace window), or long after (reuse).
-        if let Some(since) = refresh.grace_since
+        if let Some(since) = refresh.grace_since()
             && let Some(row) = sql::repeat_within_grace(&refresh, since)
                 .fetch_optional(&self.pool)
                 .await?

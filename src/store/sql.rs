@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use super::{
     AuditContext, AuditKind, AuditRecord, Credentials, FlowToken, LiveRefreshToken, MailInfo,
-    MailStatus, NewUser, Outcome, RevokeReason, Rotation, SessionInfo, StoreResult, StoredKey,
+    MailStatus, NewUser, Outcome, RefreshRequest, RevokeReason, Rotation, SessionInfo, StoreResult,
+    StoredKey,
 };
 use crate::domain::{Roles, User};
 
@@ -498,21 +499,26 @@ pub(super) trait Dialect: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<(Uuid, User)>>> + Send;
 }
 
-/// A refresh token presented for rotation, with the one to store in its place.
+/// A refresh token presented for rotation, with who presented it.
 pub(super) struct Refresh {
-    pub presented: [u8; 32],
-    pub next: [u8; 32],
-    pub next_expires_at: Timestamp,
-    pub now: Timestamp,
-    /// The next token sealed for the presented one (the grace window).
-    pub sealed_next: Option<Vec<u8>>,
-    /// Tokens used after this may be presented again.
-    pub grace_since: Option<Timestamp>,
+    pub request: RefreshRequest,
     /// Who presented it, for the audit log.
     pub by: AuditContext,
 }
 
 impl Refresh {
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.request.now)
+    }
+
+    pub fn next_expires_at(&self) -> Timestamp {
+        Timestamp(self.request.next_expires_at)
+    }
+
+    pub fn grace_since(&self) -> Option<Timestamp> {
+        self.request.grace_since.map(Timestamp)
+    }
+
     /// The event recording that the token gave its successor again.
     pub fn repeated_audit(&self, repeated: &Rotation) -> Option<AuditRecord> {
         match repeated {
@@ -530,7 +536,7 @@ impl Refresh {
     pub fn audit(&self, kind: AuditKind, user_id: Uuid, session_id: Uuid) -> AuditRecord {
         let record = self
             .by
-            .record(kind, self.now.0)
+            .record(kind, self.request.now)
             .user(user_id)
             .session(session_id);
         if kind == AuditKind::RefreshTokenReuse {
@@ -666,8 +672,8 @@ where
                      WHERE token_hash = $1 AND used_at IS NOT NULL) \
          RETURNING id, user_id",
     )
-    .bind(&refresh.presented[..])
-    .bind(refresh.now)
+    .bind(&refresh.request.presented[..])
+    .bind(refresh.now())
     .bind(RevokeReason::RefreshTokenReuse.as_str())
 }
 
@@ -696,8 +702,8 @@ where
            AND c.used_at IS NULL AND c.expires_at > $2 \
            AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
     )
-    .bind(&refresh.presented[..])
-    .bind(refresh.now)
+    .bind(&refresh.request.presented[..])
+    .bind(refresh.now())
     .bind(since)
 }
 
@@ -724,15 +730,16 @@ macro_rules! sql_store {
                 domain::{Email, User, Username},
                 store::{
                     AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
-                    Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore, MailInfo,
-                    MailStatus,
-                    LiveRefreshToken, MailStore, NewSession, NewUser, QueuedMail, RefreshRequest, Redeemed, Redemption,
-                    RevokeReason, Rotation, SessionInfo, SessionStore, Store, StoreError,
-                    StoreResult, StoredKey, UpdatePlan, UpdatedUser, UserChanges, UserFilter,
-                    UserStore, detached, map_unique,
+                    Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore,
+                    LiveRefreshToken, MailInfo, MailStatus, MailStore, NewSession, NewUser,
+                    QueuedMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
+                    SessionInfo, SessionStore, Store, StoreError, StoreResult, StoredKey,
+                    UpdatePlan, UpdatedUser, UserChanges, UserFilter, UserStore, detached,
+                    map_unique,
                     sql::{
                         self, AuditRow, CredentialsRow, Dialect, FlowTokenRow, KeyRow,
-                        LiveRefreshRow, MailInfoRow, Refresh, SELECT_KEYS, SessionInfoRow, Timestamp, UserRow,
+                        LiveRefreshRow, MailInfoRow, Refresh, SELECT_KEYS, SessionInfoRow,
+                        Timestamp, UserRow,
                     },
                 },
             };
@@ -1204,12 +1211,7 @@ macro_rules! sql_store {
                     by: &AuditContext,
                 ) -> StoreResult<Rotation> {
                     self.rotate(Refresh {
-                        presented: request.presented,
-                        next: request.next,
-                        next_expires_at: Timestamp(request.next_expires_at),
-                        now: Timestamp(request.now),
-                        sealed_next: request.sealed_next.clone(),
-                        grace_since: request.grace_since.map(Timestamp),
+                        request: request.clone(),
                         by: by.clone(),
                     })
                     .await

@@ -119,17 +119,17 @@ impl Dialect for SqliteStore {
                  WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
                  RETURNING session_id",
             )
-            .bind(&refresh.presented[..])
-            .bind(refresh.now)
-            .bind(&refresh.next[..])
-            .bind(refresh.sealed_next.as_deref())
+            .bind(&refresh.request.presented[..])
+            .bind(refresh.now())
+            .bind(&refresh.request.next[..])
+            .bind(refresh.request.sealed_next.as_deref())
             .fetch_optional(&mut *tx)
             .await?;
             let Some(session_id) = used else {
                 // Not rotated: perhaps a used token presented again, moments
                 // after its use by another tab (the grace window), or long
                 // after (reuse).
-                if let Some(since) = refresh.grace_since
+                if let Some(since) = refresh.grace_since()
                     && let Some(row) = sql::repeat_within_grace(&refresh, since)
                         .fetch_optional(&mut *tx)
                         .await?
@@ -160,7 +160,7 @@ impl Dialect for SqliteStore {
                  WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
             )
             .bind(session_id)
-            .bind(refresh.now)
+            .bind(refresh.now())
             .fetch_optional(&mut *tx)
             .await?;
             let Some(live) = live else {
@@ -169,16 +169,16 @@ impl Dialect for SqliteStore {
                 return Ok(Rotation::Invalid);
             };
             sql::insert_refresh_token(
-                &refresh.next,
+                &refresh.request.next,
                 session_id,
-                refresh.now,
-                refresh.next_expires_at,
+                refresh.now(),
+                refresh.next_expires_at(),
             )
             .execute(&mut *tx)
             .await?;
             sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1")
                 .bind(session_id)
-                .bind(refresh.now)
+                .bind(refresh.now())
                 .execute(&mut *tx)
                 .await?;
             let rotation = Rotation::from(live);
