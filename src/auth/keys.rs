@@ -122,6 +122,27 @@ pub struct RingKey {
 }
 
 impl RingKey {
+    /// A stored key with what this instance can do with it.
+    fn of_stored(
+        key: StoredKey,
+        algorithm: SigningAlgorithm,
+        jwk: Option<Value>,
+        signer: Option<JwtSigner>,
+        decoding: DecodingKey,
+    ) -> Self {
+        Self {
+            kid: key.kid,
+            algorithm,
+            created_at: key.created_at,
+            activates_at: key.activates_at,
+            revoked_at: key.revoked_at,
+            sealed: key.sealed,
+            jwk,
+            signer,
+            decoding,
+        }
+    }
+
     /// A usable key from its private part, signing from `activates_at`.
     pub fn new(
         kid: String,
@@ -561,17 +582,13 @@ impl Keys {
             .map_err(|e: String| anyhow::anyhow!("signing key {}: {e}", key.kid))?;
         if key.revoked_at.is_some() {
             // Never used again: no need to open it.
-            return Ok(RingKey {
-                kid: key.kid,
+            return Ok(RingKey::of_stored(
+                key,
                 algorithm,
-                created_at: key.created_at,
-                activates_at: key.activates_at,
-                revoked_at: key.revoked_at,
-                sealed: key.sealed,
-                jwk: None,
-                signer: None,
-                decoding: DecodingKey::from_secret(&[]),
-            });
+                None,
+                None,
+                DecodingKey::from_secret(&[]),
+            ));
         }
         let plain = if key.sealed {
             let sealing = self.sealing.as_ref().with_context(|| {
@@ -593,10 +610,15 @@ impl Keys {
         };
         let private = PrivateKey::from_stored(algorithm, plain)
             .with_context(|| format!("signing key {} is damaged", key.kid))?;
-        let mut ring_key = RingKey::new(key.kid.clone(), &private, key.activates_at)?;
-        ring_key.created_at = key.created_at;
-        ring_key.sealed = key.sealed;
-        Ok(ring_key)
+        let jwk = private.public_jwk(&key.kid);
+        let (signer, decoding) = (private.signer()?, private.decoding_key()?);
+        Ok(RingKey::of_stored(
+            key,
+            algorithm,
+            jwk,
+            Some(signer),
+            decoding,
+        ))
     }
 
     /// Adds a standby key of the configured algorithm, signing after the
@@ -817,17 +839,14 @@ fn verify_only(key: StoredKey) -> Option<RingKey> {
     let algorithm: SigningAlgorithm = key.algorithm.parse().ok()?;
     let jwk: Value = serde_json::from_str(key.public_jwk.as_deref()?).ok()?;
     let parsed: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).ok()?;
-    Some(RingKey {
-        kid: key.kid,
+    let decoding = DecodingKey::from_jwk(&parsed).ok()?;
+    Some(RingKey::of_stored(
+        key,
         algorithm,
-        created_at: key.created_at,
-        activates_at: key.activates_at,
-        revoked_at: key.revoked_at,
-        sealed: key.sealed,
-        jwk: Some(jwk),
-        signer: None,
-        decoding: DecodingKey::from_jwk(&parsed).ok()?,
-    })
+        Some(jwk),
+        None,
+        decoding,
+    ))
 }
 
 /// The event of a key added by the service itself (the first key, a new
