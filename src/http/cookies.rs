@@ -52,29 +52,26 @@ impl CookiePolicy {
 
     /// The cookies that carry a new pair's refresh token and its CSRF token.
     pub fn set(&self, headers: &mut HeaderMap, pair: &TokenPair) {
-        let max_age = pair.refresh_expires_in;
-        let secure = if self.secure { "; Secure" } else { "" };
-        let refresh = format!(
-            "{REFRESH_COOKIE}={}; Max-Age={max_age}; Path=/auth; HttpOnly; SameSite=Strict{secure}",
-            pair.refresh_token
-        );
-        let csrf = format!(
-            "{CSRF_COOKIE}={}; Max-Age={max_age}; Path=/; SameSite=Strict{secure}",
-            csrf_token(&pair.refresh_token)
-        );
-        for cookie in [refresh, csrf] {
-            if let Ok(value) = HeaderValue::from_str(&cookie) {
-                headers.append(header::SET_COOKIE, value);
-            }
-        }
+        let csrf = csrf_token(&pair.refresh_token);
+        self.append(headers, &pair.refresh_token, &csrf, pair.refresh_expires_in);
     }
 
     /// Cookies that delete both.
     pub fn clear(&self, headers: &mut HeaderMap) {
+        self.append(headers, "", "", 0);
+    }
+
+    /// Both cookies with these values, living `max_age` seconds: the refresh
+    /// token for `/auth` only and out of scripts' reach, the CSRF token for
+    /// the app's scripts to read.
+    fn append(&self, headers: &mut HeaderMap, refresh: &str, csrf: &str, max_age: u64) {
         let secure = if self.secure { "; Secure" } else { "" };
         for cookie in [
-            format!("{REFRESH_COOKIE}=; Max-Age=0; Path=/auth; HttpOnly; SameSite=Strict{secure}"),
-            format!("{CSRF_COOKIE}=; Max-Age=0; Path=/; SameSite=Strict{secure}"),
+            format!(
+                "{REFRESH_COOKIE}={refresh}; Max-Age={max_age}; Path=/auth; HttpOnly; \
+                 SameSite=Strict{secure}"
+            ),
+            format!("{CSRF_COOKIE}={csrf}; Max-Age={max_age}; Path=/; SameSite=Strict{secure}"),
         ] {
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 headers.append(header::SET_COOKIE, value);
