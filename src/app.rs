@@ -20,11 +20,11 @@ use crate::{
         sessions::SessionPolicy,
     },
     clock::{SharedClock, SystemClock},
-    config::{Argon2Args, Config, DatabaseArgs, KeyArgs},
+    config::{Argon2Args, Config, DatabaseArgs, KeyArgs, LimitBackend, Secret},
     crypto::passwords::PasswordHasher,
     domain::{Email, Password},
     http::{self, AppState, cookies::CookiePolicy},
-    limits::{InMemoryRateLimiter, Quota, RateLimiter},
+    limits::{InMemoryRateLimiter, Quota, RateLimiter, RedisRateLimiter, StoreRateLimiter},
     mail::Mailer,
     store::{self, Store},
 };
@@ -189,7 +189,25 @@ pub async fn build_services(
         &mail.mail_from,
         &mail.mail_outbox,
     )?;
-    let limiter = Arc::new(InMemoryRateLimiter::new()) as Arc<dyn RateLimiter>;
+    let limiter: Arc<dyn RateLimiter> = match config.limit_backend()? {
+        LimitBackend::Redis => {
+            let url = config
+                .redis_url
+                .as_ref()
+                .map(Secret::expose)
+                .unwrap_or_default();
+            let limiter = RedisRateLimiter::connect(url, &config.redis_prefix)
+                .await
+                .context("cannot connect to AUTHGATE_REDIS_URL")?;
+            tracing::info!("throttling state is shared in Redis");
+            Arc::new(limiter)
+        }
+        LimitBackend::Database => {
+            tracing::info!("throttling state is shared in the database");
+            Arc::new(StoreRateLimiter::new(store.clone()))
+        }
+        LimitBackend::Memory | LimitBackend::Auto => Arc::new(InMemoryRateLimiter::new()),
+    };
     Ok(Services::new(
         &settings,
         keys,
@@ -350,6 +368,6 @@ async fn prune_memory(services: Services) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        services.prune_memory();
+        services.prune().await;
     }
 }

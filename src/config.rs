@@ -184,6 +184,21 @@ pub struct Config {
     )]
     pub reserved_usernames: Vec<String>,
 
+    /// Where throttling state lives: `memory` (this process only), `database`
+    /// (shared by every instance on the database), `redis` (shared, in
+    /// AUTHGATE_REDIS_URL), or `auto`: redis if AUTHGATE_REDIS_URL is set,
+    /// else the database with PostgreSQL and memory with SQLite.
+    #[arg(long, env = "AUTHGATE_RATE_LIMIT_STORE", value_enum, default_value_t = LimitBackend::Auto)]
+    pub rate_limit_store: LimitBackend,
+
+    /// Redis server for shared throttling state: `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
+    #[arg(long, env = "AUTHGATE_REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
+    pub redis_url: Option<Secret>,
+
+    /// Prefix of every Redis key, so that deployments can share one server.
+    #[arg(long, env = "AUTHGATE_REDIS_PREFIX", default_value = "authgate", value_parser = redis_prefix)]
+    pub redis_prefix: String,
+
     /// How often expired sessions and tokens are deleted.
     #[arg(long, env = "AUTHGATE_PURGE_INTERVAL", default_value = "10m", value_parser = duration_within("100ms", "1d"))]
     pub purge_interval: Duration,
@@ -608,6 +623,58 @@ fn parse_trusted_proxy(raw: &str) -> Result<IpNet, String> {
 /// OWASP's argon2id settings all do at least this much work (m·t, in KiB):
 /// 47104·1, 19456·2, 12288·3, 9216·4, 7168·5.
 const OWASP_MIN_WORK: u64 = 7168 * 5;
+
+/// Where throttling state lives (see `Config::rate_limit_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LimitBackend {
+    Auto,
+    Memory,
+    Database,
+    Redis,
+}
+
+impl Config {
+    /// Where throttling state lives, `auto` resolved.
+    pub fn limit_backend(&self) -> anyhow::Result<LimitBackend> {
+        Ok(match self.rate_limit_store {
+            LimitBackend::Auto if self.redis_url.is_some() => LimitBackend::Redis,
+            // Several instances on one PostgreSQL database are the reason to
+            // choose PostgreSQL: their throttling must be shared, or N
+            // instances give an attacker N times the attempts.
+            LimitBackend::Auto => match self.database.url.backend() {
+                Backend::Postgres => LimitBackend::Database,
+                Backend::Sqlite => LimitBackend::Memory,
+            },
+            LimitBackend::Redis if self.redis_url.is_none() => {
+                anyhow::bail!("AUTHGATE_RATE_LIMIT_STORE=redis needs AUTHGATE_REDIS_URL")
+            }
+            chosen => chosen,
+        })
+    }
+}
+
+/// A Redis URL: `redis://` or `redis+unix://`. TLS (`rediss://`) is not
+/// built in: a URL asking for it is refused rather than sent in the clear.
+fn parse_redis_url(s: &str) -> Result<Secret, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("is not a URL: {e}"))?;
+    match url.scheme() {
+        "redis" | "redis+unix" | "unix" => Ok(Secret::from(s.to_owned())),
+        "rediss" => Err("uses TLS (rediss://), which this build does not support".into()),
+        other => Err(format!("has scheme {other}; expected redis://")),
+    }
+}
+
+fn redis_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err("must be 1 to 64 letters, digits, `-`, `_`, `.` or `:`".into());
+    }
+    Ok(s.to_owned())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

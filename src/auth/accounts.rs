@@ -23,7 +23,7 @@ use crate::{
         refresh,
     },
     domain::{Email, Password, Role, Roles, User, Username, login_key, passes_for},
-    limits::{RateLimiter, client_bucket},
+    limits::{Key, Quota, RateLimiter, client_bucket},
     store::{
         AuditContext, AuditKind, Effects, FlowStore, NewUser, UserChanges, UserFilter, UserStore,
     },
@@ -145,11 +145,12 @@ impl Accounts {
         let taken = self
             .limiter
             .take(
-                &format!("signup:{ip}"),
-                self.policy.signup_per_minute,
-                self.clock.instant(),
+                &Key::new("signup", ip),
+                Quota::per_minute(self.policy.signup_per_minute),
+                self.clock.now(),
             )
-            .map_err(AuthError::Throttled);
+            .await
+            .map_err(AuthError::from);
         self.audit
             .note_throttling(client, "signup", None, taken)
             .await?;
@@ -175,17 +176,24 @@ impl Accounts {
             // other: signing up (and deleting) again and again must not be a
             // way to flood an inbox. Past a quota the account is created
             // without it; a verification can be asked for later.
-            let quota = self.mail_quota.take_mail(
-                self.limiter.as_ref(),
-                client.ip,
-                &email.normalized(),
-                self.clock.instant(),
-            );
-            if quota.is_ok() {
-                self.letters
-                    .verification(&mut effects, id, email, self.clock.now());
-            } else {
-                self.audit.throttled(client, "verify_email", None).await;
+            let quota = self
+                .mail_quota
+                .take_mail(
+                    self.limiter.as_ref(),
+                    client.ip,
+                    &email.normalized(),
+                    self.clock.now(),
+                )
+                .await;
+            match quota {
+                Ok(()) => {
+                    self.letters
+                        .verification(&mut effects, id, email, self.clock.now());
+                }
+                Err(AuthError::Throttled(_)) => {
+                    self.audit.throttled(client, "verify_email", None).await;
+                }
+                Err(e) => return Err(e),
             }
         }
         let password_hash = self.hash(ip, account.password.expose()).await?;
@@ -514,12 +522,15 @@ impl Accounts {
             return Err(AuthError::ReservedUsername);
         }
         if let Some(new) = &new_email {
-            let taken = self.mail_quota.take_mail(
-                self.limiter.as_ref(),
-                client.ip,
-                &new.normalized(),
-                self.clock.instant(),
-            );
+            let taken = self
+                .mail_quota
+                .take_mail(
+                    self.limiter.as_ref(),
+                    client.ip,
+                    &new.normalized(),
+                    self.clock.now(),
+                )
+                .await;
             self.audit
                 .note_throttling(client, "email_change", Some(user.id), taken)
                 .await?;
@@ -548,21 +559,27 @@ impl Accounts {
         // The notice goes to the old address only if it is verified (an
         // unverified one protects nobody) and within its own quota, which
         // the client pays for too: repeated changes must not flood it.
-        let old = user
+        let mut old = user
             .email
             .as_deref()
             .filter(|_| user.email_verified)
-            .and_then(|e| Email::parse(e).ok())
-            .filter(|old| {
-                self.mail_quota
-                    .take_mail(
-                        self.limiter.as_ref(),
-                        client.ip,
-                        &old.normalized(),
-                        self.clock.instant(),
-                    )
-                    .is_ok()
-            });
+            .and_then(|e| Email::parse(e).ok());
+        if let Some(address) = &old {
+            let quota = self
+                .mail_quota
+                .take_mail(
+                    self.limiter.as_ref(),
+                    client.ip,
+                    &address.normalized(),
+                    self.clock.now(),
+                )
+                .await;
+            match quota {
+                Ok(()) => {}
+                Err(AuthError::Throttled(_)) => old = None,
+                Err(e) => return Err(e),
+            }
+        }
         let mut effects = Effects::audit(
             self.audit
                 .event(client, Some(user.id), AuditKind::EmailChangeRequested)

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     clock::SharedClock,
-    limits::{RateLimiter, client_bucket},
+    limits::{Key, Quota, RateLimiter, client_bucket},
     store::AuditStore,
 };
 
@@ -52,8 +52,17 @@ impl Audit {
     /// and limit at most: a flood of refused requests must not become a
     /// flood of writes.
     pub async fn throttled(&self, client: &Client, what: &str, user_id: Option<Uuid>) {
-        let key = format!("audit-throttled:{what}:{}", client_bucket(client.ip));
-        if self.limiter.take(&key, 1, self.clock.instant()).is_err() {
+        let key = Key::new(
+            "audit_throttled",
+            format!("{what}:{}", client_bucket(client.ip)),
+        );
+        let once_a_minute = Quota::per_minute(1);
+        if self
+            .limiter
+            .take(&key, once_a_minute, self.clock.now())
+            .await
+            .is_err()
+        {
             return;
         }
         let mut record = self

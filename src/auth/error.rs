@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use crate::{crypto::passwords::HashError, store::StoreError};
+use crate::{
+    crypto::passwords::HashError,
+    limits::{LimitError, Throttle},
+    store::StoreError,
+};
 
 use super::tokens::TokenRejection;
 
@@ -21,9 +25,9 @@ pub enum AuthError {
     /// A logged-in user's confirmation of their current password was wrong.
     #[error("wrong current password")]
     WrongPassword,
-    /// Too many attempts; retry after the duration.
-    #[error("throttled for {0:?}")]
-    Throttled(Duration),
+    /// Too many attempts; retry after the wait, under the named policy.
+    #[error("throttled for {:?} by {}", .0.wait, .0.policy)]
+    Throttled(Throttle),
     /// The password hashing queue is full; retry after the duration.
     #[error("overloaded")]
     Overloaded(Duration),
@@ -58,8 +62,25 @@ pub enum AuthError {
         field: &'static str,
         message: String,
     },
+    /// Something the request needs (the database, the shared throttling
+    /// state) cannot be reached; retry after the duration.
+    #[error("unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// How long a client should wait before retrying when something the
+/// service depends on is unreachable.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
+
+impl From<LimitError> for AuthError {
+    fn from(err: LimitError) -> Self {
+        match err {
+            LimitError::Throttled(throttle) => AuthError::Throttled(throttle),
+            LimitError::Unavailable(e) => AuthError::Unavailable(e),
+        }
+    }
 }
 
 pub type AuthResult<T> = Result<T, AuthError>;
@@ -81,7 +102,12 @@ impl From<HashError> for AuthError {
             HashError::Overloaded => AuthError::Overloaded(Duration::from_secs(1)),
             // One client's own checks fill its share of the queue: it is
             // sending too much at once, not the service that is busy.
-            HashError::ClientBusy => AuthError::Throttled(Duration::from_secs(1)),
+            HashError::ClientBusy { per_client } => AuthError::Throttled(Throttle {
+                wait: Duration::from_secs(1),
+                policy: "password_checks",
+                limit: per_client,
+                window: None,
+            }),
             HashError::Failed(why) => AuthError::Internal(anyhow::anyhow!(why)),
         }
     }

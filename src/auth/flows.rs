@@ -5,6 +5,8 @@
 
 use std::{net::IpAddr, sync::Arc};
 
+use time::OffsetDateTime;
+
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -20,7 +22,7 @@ use crate::{
     clock::SharedClock,
     crypto::{passwords::PasswordHasher, refresh},
     domain::{Email, Password, User, login_key},
-    limits::{Quota, RateLimiter, client_bucket},
+    limits::{Key, Quota, RateLimiter, client_bucket},
     store::{AuditKind, Effects, FlowPurpose, Redeemed, Redemption, Store},
 };
 
@@ -38,20 +40,25 @@ pub struct FlowPolicy {
 
 impl FlowPolicy {
     /// Takes one mail of `client`'s and of `recipient`'s quotas.
-    pub(super) fn take_mail(
+    pub(super) async fn take_mail(
         &self,
         limiter: &dyn RateLimiter,
         client: IpAddr,
         recipient: &str,
-        now: std::time::Instant,
+        now: OffsetDateTime,
     ) -> AuthResult<()> {
         let ip = client_bucket(client);
         limiter
-            .take_quota(&format!("mail-ip:{ip}"), self.per_ip, now)
-            .and_then(|()| {
-                limiter.take_quota(&format!("mail-to:{recipient}"), self.per_recipient, now)
-            })
-            .map_err(AuthError::Throttled)
+            .take(&Key::new("mail_per_ip", ip), self.per_ip, now)
+            .await?;
+        limiter
+            .take(
+                &Key::new("mail_per_recipient", recipient),
+                self.per_recipient,
+                now,
+            )
+            .await?;
+        Ok(())
     }
 }
 
@@ -103,12 +110,15 @@ impl Flows {
             field: "email",
             message,
         })?;
-        let taken = self.policy.take_mail(
-            self.limiter.as_ref(),
-            client.ip,
-            &email.normalized(),
-            self.clock.instant(),
-        );
+        let taken = self
+            .policy
+            .take_mail(
+                self.limiter.as_ref(),
+                client.ip,
+                &email.normalized(),
+                self.clock.now(),
+            )
+            .await;
         self.audit
             .note_throttling(client, "verify_email", Some(user.id), taken)
             .await?;
@@ -154,12 +164,10 @@ impl Flows {
     /// content nor its timing tells whether the account exists.
     pub async fn forgot_password(&self, email: &Email, client: &Client) -> AuthResult<()> {
         let address = email.normalized();
-        let taken = self.policy.take_mail(
-            self.limiter.as_ref(),
-            client.ip,
-            &address,
-            self.clock.instant(),
-        );
+        let taken = self
+            .policy
+            .take_mail(self.limiter.as_ref(), client.ip, &address, self.clock.now())
+            .await;
         self.audit
             .note_throttling(client, "password_forgot", None, taken)
             .await?;
@@ -294,12 +302,13 @@ impl Flows {
     ) -> AuthResult<([u8; 32], Uuid)> {
         let taken = self
             .limiter
-            .take_quota(
-                &format!("link:{}", client_bucket(client.ip)),
+            .take(
+                &Key::new("links", client_bucket(client.ip)),
                 self.policy.links_per_ip,
-                self.clock.instant(),
+                self.clock.now(),
             )
-            .map_err(AuthError::Throttled);
+            .await
+            .map_err(AuthError::from);
         self.audit
             .note_throttling(client, "link", None, taken)
             .await?;

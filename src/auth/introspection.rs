@@ -12,7 +12,7 @@ use super::{
 use crate::{
     crypto::refresh,
     domain::User,
-    limits::client_bucket,
+    limits::{Key, client_bucket},
     store::{LiveRefreshToken, SessionStore},
 };
 use sha2::{Digest, Sha256};
@@ -83,16 +83,19 @@ impl Introspection {
     /// (429 with the wait), so secrets cannot be guessed at request speed.
     pub async fn is_client(&self, client: &Client, id: &str, secret: &str) -> AuthResult<bool> {
         let limiter = &self.sessions.limiter;
-        let key = format!("introspection-client:{}", client_bucket(client.ip));
+        let key = Key::new("introspection_client_failures", client_bucket(client.ip));
         let reserved = limiter
-            .reserve(&key, CLIENT_FREE_FAILURES, self.sessions.clock.instant())
-            .map_err(AuthError::Throttled);
+            .reserve(&key, CLIENT_FREE_FAILURES, self.sessions.clock.now())
+            .await
+            .map_err(AuthError::from);
         self.sessions
             .audit
             .note_throttling(client, "introspection-client", None, reserved)
             .await?;
         if self.clients.check(id, secret) {
-            limiter.release(&key, CLIENT_FREE_FAILURES);
+            if let Err(e) = limiter.release(&key).await {
+                tracing::warn!(error = %format!("{e:#}"), "attempt not taken back");
+            }
             return Ok(true);
         }
         tracing::info!(client_id = %id.chars().take(64).collect::<String>(), "introspection client refused");

@@ -17,7 +17,7 @@ use crate::{
     clock::SharedClock,
     crypto::passwords::PasswordHasher,
     domain::{Email, Password, User, login_key},
-    limits::{RateLimiter, client_bucket},
+    limits::{Key, Quota, RateLimiter, client_bucket},
     store::{AuditKind, Credentials, UserStore},
 };
 
@@ -133,14 +133,23 @@ impl PasswordCheck {
             return Err(AuthError::InvalidCredentials);
         }
         let login = login_key(login);
-        self.take(&format!("login-rate:{ip}"), self.policy.ip_per_minute)?;
-        let ip_attempt = self.reserve(format!("login:{ip}"), self.policy.ip_free_failures)?;
+        self.take(Key::new("login_rate", ip), self.policy.ip_per_minute)
+            .await?;
+        let ip_attempt = self
+            .reserve(Key::new("login_failures", ip), self.policy.ip_free_failures)
+            .await?;
         // No account's name has a control character (and PostgreSQL refuses
         // a NUL): such a name is unknown, checked against the dummy hash.
         let found = if login.chars().any(char::is_control) {
             None
         } else {
-            self.users.find_credentials(&login).await?
+            match self.users.find_credentials(&login).await {
+                Ok(found) => found,
+                Err(e) => {
+                    ip_attempt.released().await;
+                    return Err(e.into());
+                }
+            }
         };
         *found_account = found.as_ref().map(|c| c.user.id);
         // One counter per account whatever identifier was typed (username or
@@ -208,12 +217,22 @@ impl PasswordCheck {
         found: Option<Credentials>,
         password: &str,
     ) -> AuthResult<Option<Checked>> {
-        self.take(
-            &format!("login-rate:{ip}:{account}"),
-            self.policy.account_per_minute,
-        )?;
-        let account_attempt =
-            self.reserve(format!("login:{ip}:{account}"), self.policy.free_failures)?;
+        let mut held = Held(ip_attempt.into_iter().collect());
+        let taken = self
+            .take(
+                Key::new("account_login_rate", format!("{ip}:{account}")),
+                self.policy.account_per_minute,
+            )
+            .await;
+        held.unless_failed(taken).await?;
+        let reserved = self
+            .reserve(
+                Key::new("account_login_failures", format!("{ip}:{account}")),
+                self.policy.free_failures,
+            )
+            .await;
+        let account_attempt = held.unless_failed(reserved).await?;
+        held.0.push(account_attempt);
         let (stored_hash, user) = match found {
             Some(c) => (Some(c.password_hash), Some(c.user)),
             None => (None, None),
@@ -227,7 +246,11 @@ impl PasswordCheck {
                 SecretString::from(password.to_owned()),
                 stored_hash.clone(),
             )
-            .await?;
+            .await
+            .map_err(AuthError::from);
+        let check = held.unless_failed(check).await?;
+        let account_attempt = held.0.pop().expect("the account's attempt");
+        let ip_attempt = held.0.pop();
         let user = match user {
             Some(user) if check.matches && user.is_active => user,
             _ => {
@@ -241,8 +264,10 @@ impl PasswordCheck {
         };
         // A right password is no failure: the IP gets its attempt back, and
         // the account's count starts over.
-        drop(ip_attempt);
-        account_attempt.succeeded();
+        if let Some(attempt) = ip_attempt {
+            attempt.released().await;
+        }
+        account_attempt.succeeded().await;
         let mut password_hash = stored_hash.unwrap_or_default();
         if check.needs_rehash {
             password_hash = self
@@ -255,20 +280,16 @@ impl PasswordCheck {
         }))
     }
 
-    fn take(&self, key: &str, per_minute: u32) -> AuthResult<()> {
-        self.limiter
-            .take(key, per_minute, self.clock.instant())
-            .map_err(AuthError::Throttled)
+    async fn take(&self, key: Key, per_minute: u32) -> AuthResult<()> {
+        let quota = Quota::per_minute(per_minute);
+        Ok(self.limiter.take(&key, quota, self.clock.now()).await?)
     }
 
-    fn reserve(&self, key: String, free: u32) -> AuthResult<Attempt> {
-        self.limiter
-            .reserve(&key, free, self.clock.instant())
-            .map_err(AuthError::Throttled)?;
+    async fn reserve(&self, key: Key, free: u32) -> AuthResult<Attempt> {
+        self.limiter.reserve(&key, free, self.clock.now()).await?;
         Ok(Attempt {
             limiter: self.limiter.clone(),
             key,
-            free,
             settled: false,
         })
     }
@@ -313,8 +334,7 @@ impl PasswordCheck {
 /// away, an error) taught the client nothing and costs it nothing.
 struct Attempt {
     limiter: Arc<dyn RateLimiter>,
-    key: String,
-    free: u32,
+    key: Key,
     settled: bool,
 }
 
@@ -325,16 +345,57 @@ impl Attempt {
     }
 
     /// The password was right: the key's failures are forgotten.
-    fn succeeded(mut self) {
-        self.limiter.clear(&self.key);
+    async fn succeeded(mut self) {
         self.settled = true;
+        if let Err(e) = self.limiter.clear(&self.key).await {
+            tracing::warn!(error = %format!("{e:#}"), "failures not cleared");
+        }
+    }
+
+    /// The attempt was no failure: it is taken back.
+    async fn released(mut self) {
+        self.settled = true;
+        if let Err(e) = self.limiter.release(&self.key).await {
+            tracing::warn!(error = %format!("{e:#}"), "attempt not taken back");
+        }
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.settled {
-            self.limiter.release(&self.key, self.free);
+            let (limiter, key) = (self.limiter.clone(), self.key.clone());
+            settle(async move { limiter.release(&key).await });
         }
+    }
+}
+
+/// The attempts one password check holds. If the check ends in an error
+/// before the password was judged (a throttle further on, a full hashing
+/// queue, the database), they are all given back before the answer: the
+/// client learnt nothing, and its next request must find its place free.
+struct Held(Vec<Attempt>);
+
+impl Held {
+    async fn unless_failed<T>(&mut self, result: AuthResult<T>) -> AuthResult<T> {
+        if result.is_err() {
+            for attempt in self.0.drain(..) {
+                attempt.released().await;
+            }
+        }
+        result
+    }
+}
+
+/// Runs a settlement of the limiter as a task of its own: a request that
+/// goes away (the client hung up) still gives its attempt back, and the
+/// answer never waits for it.
+fn settle(change: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            if let Err(e) = change.await {
+                tracing::warn!(error = %format!("{e:#}"), "throttling state not settled");
+            }
+        });
     }
 }

@@ -316,10 +316,12 @@ impl Services {
         Ok(())
     }
 
-    /// Drops in-memory state that no longer affects any decision: throttling
-    /// entries and unusable session answers.
-    pub fn prune_memory(&self) {
-        self.limiter.prune(self.clock.instant());
+    /// Drops state that no longer affects any decision: unusable session
+    /// answers, and throttling entries (in memory, or shared).
+    pub async fn prune(&self) {
         self.sessions.prune_cache();
+        if let Err(e) = self.limiter.prune(self.clock.now()).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot prune throttling state");
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::{
     clock::SharedClock,
     crypto::refresh,
     domain::User,
-    limits::{RateLimiter, client_bucket},
+    limits::{Key, Quota, RateLimiter, client_bucket},
     store::{AuditKind, Effects, NewSession, RefreshRequest, RevokeReason, Rotation, SessionStore},
 };
 
@@ -149,11 +149,12 @@ impl Sessions {
         let taken = self
             .limiter
             .take(
-                &format!("refresh:{ip}"),
-                self.policy.refresh_per_minute,
-                self.clock.instant(),
+                &Key::new("refresh", ip),
+                Quota::per_minute(self.policy.refresh_per_minute),
+                self.clock.now(),
             )
-            .map_err(AuthError::Throttled);
+            .await
+            .map_err(AuthError::from);
         self.audit
             .note_throttling(client, "refresh", None, taken)
             .await?;
@@ -256,11 +257,12 @@ impl Sessions {
         let taken = self
             .limiter
             .take(
-                &format!("logout:{}", client_bucket(client.ip)),
-                self.policy.refresh_per_minute,
-                self.clock.instant(),
+                &Key::new("logout", client_bucket(client.ip)),
+                Quota::per_minute(self.policy.refresh_per_minute),
+                self.clock.now(),
             )
-            .map_err(AuthError::Throttled);
+            .await
+            .map_err(AuthError::from);
         self.audit
             .note_throttling(client, "logout", None, taken)
             .await?;

@@ -36,7 +36,10 @@ pub enum HashError {
     #[error("the password hashing queue is full")]
     Overloaded,
     #[error("this client has too many password checks waiting")]
-    ClientBusy,
+    ClientBusy {
+        /// The most checks one client may have waiting.
+        per_client: u32,
+    },
     #[error("password hashing failed: {0}")]
     Failed(String),
 }
@@ -134,7 +137,9 @@ impl PasswordHasher {
         });
         self.inner.jobs.push(client, job).map_err(|e| match e {
             Refused::Full => HashError::Overloaded,
-            Refused::ClientFull => HashError::ClientBusy,
+            Refused::ClientFull => HashError::ClientBusy {
+                per_client: u32::try_from(self.inner.jobs.per_client()).unwrap_or(u32::MAX),
+            },
             Refused::Closed => HashError::Failed("hashing pool stopped".into()),
         })?;
         result

@@ -53,6 +53,11 @@ impl<K: Clone + Eq + std::hash::Hash, J> FairQueue<K, J> {
         }
     }
 
+    /// The most jobs one client may have waiting.
+    pub fn per_client(&self) -> usize {
+        self.per_client
+    }
+
     pub fn push(&self, client: K, job: J) -> Result<(), Refused> {
         let mut state = self.state.lock();
         if state.closed {

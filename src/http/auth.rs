@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState, cookies,
-    error::{AppError, AppResult, FieldError, Problem, retry_after_secs},
+    error::{AppError, AppResult, FieldError, Problem},
     extract::{ApiJson, AuthUser, ClientInfo, body_rejection, has_content_type},
     users::UserResponse,
 };
@@ -450,20 +450,13 @@ pub(super) fn to_oauth(err: AppError) -> Response {
             "email_not_verified",
             "The account's email address is not verified yet.",
         ),
-        AppError::RateLimited { retry_after } | AppError::Overloaded { retry_after } => {
-            let status = if matches!(err, AppError::RateLimited { .. }) {
-                StatusCode::TOO_MANY_REQUESTS
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
+        AppError::RateLimited(_) | AppError::Overloaded { .. } | AppError::Unavailable(_) => {
             let mut response = oauth_error(
-                status,
+                err.status(),
                 "temporarily_unavailable",
                 "Retry after the time in Retry-After.",
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, retry_after_secs(retry_after).into());
+            err.insert_retry_headers(response.headers_mut());
             response
         }
         other => other.into_response(),

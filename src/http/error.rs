@@ -15,7 +15,10 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::auth::{AuthError, tokens::TokenRejection};
+use crate::{
+    auth::{AuthError, error::UNAVAILABLE_RETRY, tokens::TokenRejection},
+    limits::Throttle,
+};
 
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -74,11 +77,11 @@ pub enum AppError {
     #[error("cross-site request refused: {0}")]
     CrossSite(&'static str),
     #[error("rate limited")]
-    RateLimited { retry_after: Duration },
+    RateLimited(Throttle),
     #[error("overloaded")]
     Overloaded { retry_after: Duration },
-    #[error("service unavailable")]
-    Unavailable,
+    #[error("service unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -89,7 +92,8 @@ impl From<AuthError> for AppError {
             AuthError::InvalidCredentials => AppError::InvalidCredentials,
             AuthError::InvalidRefreshToken => AppError::InvalidRefreshToken,
             AuthError::InvalidToken(why) => AppError::InvalidToken(why),
-            AuthError::Throttled(retry_after) => AppError::RateLimited { retry_after },
+            AuthError::Throttled(throttle) => AppError::RateLimited(throttle),
+            AuthError::Unavailable(e) => AppError::Unavailable(e),
             AuthError::Overloaded(retry_after) => AppError::Overloaded { retry_after },
             AuthError::Conflict(field) => AppError::Conflict(field),
             AuthError::LastAdmin => AppError::LastAdmin,
@@ -146,8 +150,10 @@ impl AppError {
             | AppError::LastAdmin
             | AppError::KeysConfigured
             | AppError::TooManyKeys => StatusCode::CONFLICT,
-            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Overloaded { .. } | AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Overloaded { .. } | AppError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -225,7 +231,7 @@ impl AppError {
                 "last_admin",
                 "This is the last active admin; make another user admin first.".into(),
             ),
-            AppError::RateLimited { .. } => (
+            AppError::RateLimited(_) => (
                 "rate_limited",
                 "Too many requests; retry after the time in Retry-After.".into(),
             ),
@@ -233,7 +239,12 @@ impl AppError {
                 "overloaded",
                 "The server is busy; retry after the time in Retry-After.".into(),
             ),
-            AppError::Unavailable => ("unavailable", "The service is not ready.".into()),
+            AppError::Unavailable(_) => (
+                "unavailable",
+                "A service authgate depends on cannot be reached; retry after the time in \
+                 Retry-After."
+                    .into(),
+            ),
             AppError::Internal(_) => ("internal_error", "An internal error occurred.".into()),
         }
     }
@@ -244,11 +255,44 @@ pub fn retry_after_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+impl AppError {
+    /// When to come back: `Retry-After` on every 429 and 503, and for a
+    /// throttled request the policy that refused it, as the IETF draft
+    /// `RateLimit-Policy` and `RateLimit` headers (httpapi-ratelimit-headers).
+    pub fn insert_retry_headers(&self, headers: &mut HeaderMap) {
+        let wait = match self {
+            AppError::RateLimited(throttle) => throttle.wait,
+            AppError::Overloaded { retry_after } => *retry_after,
+            AppError::Unavailable(_) => UNAVAILABLE_RETRY,
+            _ => return,
+        };
+        let seconds = retry_after_secs(wait);
+        headers.insert(header::RETRY_AFTER, seconds.into());
+        if let AppError::RateLimited(throttle) = self {
+            let name = throttle.policy;
+            let mut policy = format!("\"{name}\";q={}", throttle.limit);
+            if let Some(window) = throttle.window {
+                policy.push_str(&format!(";w={}", retry_after_secs(window)));
+            }
+            let state = format!("\"{name}\";r=0;t={seconds}");
+            // Policy names are ASCII identifiers: these are always valid values.
+            if let (Ok(policy), Ok(state)) = (
+                HeaderValue::from_str(&policy),
+                HeaderValue::from_str(&state),
+            ) {
+                headers.insert("ratelimit-policy", policy);
+                headers.insert("ratelimit", state);
+            }
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
             AppError::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
+            AppError::Unavailable(e) => tracing::warn!(error = format!("{e:#}"), "unavailable"),
             AppError::InvalidToken(why) => tracing::debug!(reason = ?why, "token refused"),
             _ => tracing::debug!(error = %self, "request failed"),
         }
@@ -275,10 +319,7 @@ impl IntoResponse for AppError {
                     HeaderValue::from_static(r#"Bearer error="insufficient_scope""#),
                 );
             }
-            AppError::RateLimited { retry_after } | AppError::Overloaded { retry_after } => {
-                headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
-            }
-            _ => {}
+            _ => self.insert_retry_headers(&mut headers),
         }
         let errors = match self {
             AppError::Validation(errors) => errors,

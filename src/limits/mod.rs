@@ -1,22 +1,41 @@
-//! Throttling of logins, signups and refreshes.
+//! Throttling of logins, signups, refreshes, mail and links.
 //!
-//! Two mechanisms sit behind one trait so that a store shared between
-//! instances can replace the in-memory one:
+//! Two mechanisms sit behind one trait, with three places to keep their
+//! state: this process's memory ([`InMemoryRateLimiter`]), the database
+//! every instance shares ([`StoreRateLimiter`]) or Redis ([`RedisRateLimiter`]).
+//! Several instances must share the state, or N instances give an attacker N
+//! times the attempts. All three make the same decisions, computed by the
+//! functions of this module (the SQL and the Lua scripts spell out the same
+//! arithmetic in one atomic statement each):
 //! - *back-off*: after a number of free failures, the next attempt waits, and
 //!   each further failure doubles the wait (capped). Attempts are counted
 //!   when they start, not when they fail, so a burst of simultaneous guesses
-//!   gets no more checks than the same guesses one after another. It never locks an account for
-//!   good, and it is keyed per account *and* client IP, so an attacker cannot
-//!   lock a victim out from another address (ASVS V6.3.1).
-//! - *quota*: a token bucket per key (signups and refreshes per IP).
+//!   gets no more checks than the same guesses one after another. It never
+//!   locks an account for good, and it is keyed per account *and* client IP,
+//!   so an attacker cannot lock a victim out from another address (ASVS V6.3.1).
+//! - *quota*: GCRA (the generic cell rate algorithm, a token bucket kept as
+//!   one number) per key: `count` units per period, all of which may be spent
+//!   at once.
+//!
+//! Times are wall-clock milliseconds from the services' clock, so instances
+//! share them and tests can move them.
+
+mod memory;
+mod redis;
+mod shared;
 
 use std::{
-    collections::HashMap,
+    fmt,
     net::{IpAddr, Ipv6Addr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use parking_lot::Mutex;
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+pub use memory::InMemoryRateLimiter;
+pub use redis::RedisRateLimiter;
+pub use shared::StoreRateLimiter;
 
 /// What throttling counts a client address by: an IPv4 address itself, an
 /// IPv6 address by its /64 network. One subscriber usually holds a whole /64
@@ -31,55 +50,85 @@ pub fn client_bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Shared limiter state.
+/// What a limit counts: a named bucket (`login`, `signup`, …, also the name
+/// of its policy in the `RateLimit` headers) and whom in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    bucket: &'static str,
+    id: String,
+}
+
+impl Key {
+    pub fn new(bucket: &'static str, id: impl fmt::Display) -> Self {
+        Self {
+            bucket,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn bucket(&self) -> &'static str {
+        self.bucket
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.bucket, self.id)
+    }
+}
+
+/// A refusal: how long to wait, and the policy that refused, for the
+/// `Retry-After`, `RateLimit-Policy` and `RateLimit` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub wait: Duration,
+    /// The bucket's name.
+    pub policy: &'static str,
+    /// Units (or free failures) the policy allows.
+    pub limit: u32,
+    /// The period the units refill over; none for a back-off.
+    pub window: Option<Duration>,
+}
+
+/// Why a limiter did not allow a request.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("throttled for {:?} by {}", .0.wait, .0.policy)]
+    Throttled(Throttle),
+    /// The shared state cannot be reached: the request is refused, never
+    /// let through unchecked (fail closed).
+    #[error("throttling state unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+pub type LimitResult = Result<(), LimitError>;
+
+/// Limiter state, in memory or shared between instances.
+#[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
     /// Reserves one attempt on `key`, counted as a failure from now on so
     /// that simultaneous attempts see each other: N parallel attempts get
     /// exactly the checks N sequential ones would. After `free` counted
-    /// failures the back-off starts. `Err(wait)` while `key` is backing off.
-    fn reserve(&self, key: &str, free: u32, now: Instant) -> Result<(), Duration>;
+    /// failures the back-off starts.
+    async fn reserve(&self, key: &Key, free: u32, now: OffsetDateTime) -> LimitResult;
     /// Takes back a reserved attempt that turned out not to be a failure (it
     /// succeeded, or was never checked).
-    fn release(&self, key: &str, free: u32);
+    async fn release(&self, key: &Key) -> anyhow::Result<()>;
     /// Forgets the failures of `key` (a successful login).
-    fn clear(&self, key: &str);
-    /// Takes one unit of a `per_minute` quota; `Err(wait)` when it is spent.
-    fn take(&self, key: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
-        self.take_quota(key, Quota::per_minute(per_minute), now)
-    }
-    /// Takes one unit of `quota`; `Err(wait)` when it is spent.
-    fn take_quota(&self, key: &str, quota: Quota, now: Instant) -> Result<(), Duration>;
+    async fn clear(&self, key: &Key) -> anyhow::Result<()>;
+    /// Takes one unit of `quota`.
+    async fn take(&self, key: &Key, quota: Quota, now: OffsetDateTime) -> LimitResult;
     /// Drops state that no longer affects any decision.
-    fn prune(&self, now: Instant);
+    async fn prune(&self, now: OffsetDateTime) -> anyhow::Result<()>;
 }
 
 /// Back-off after the free failures: 1 s, 2 s, 4 s, … up to this cap.
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-const BACKOFF_CAP: Duration = Duration::from_secs(15 * 60);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(15 * 60);
 /// Failures are forgotten this long after the last one.
-const FAILURE_MEMORY: Duration = Duration::from_secs(60 * 60);
-
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    blocked_until: Option<Instant>,
-    last: Instant,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-    quota: Quota,
-}
-
-impl Bucket {
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.quota.rate()).min(f64::from(self.quota.count));
-        self.refilled = now;
-    }
-}
+pub(crate) const FAILURE_MEMORY: Duration = Duration::from_secs(60 * 60);
+/// A quota of nothing never refills: its wait.
+const NEVER: Duration = Duration::from_secs(86_400);
 
 /// `count` units per `per`, of which all may be spent at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,191 +145,130 @@ impl Quota {
         }
     }
 
-    /// Units per second.
-    fn rate(self) -> f64 {
-        f64::from(self.count) / self.per.as_secs_f64()
-    }
-}
-
-/// Per-process limiter state. Requests never sweep the maps: stale entries
-/// are dropped by [`RateLimiter::prune`], which the service runs on a timer,
-/// so no request pays for a scan of every key.
-#[derive(Debug, Default)]
-pub struct InMemoryRateLimiter {
-    failures: Mutex<HashMap<String, Failures>>,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-impl InMemoryRateLimiter {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-/// The wait after the `count`-th failure, with `free` failures free: none
-/// before the `free`-th, then 1 s, 2 s, 4 s, … up to the cap.
-fn backoff_after(count: u32, free: u32) -> Option<Duration> {
-    let over = count.checked_sub(free)?;
-    let shift = over.min(20);
-    Some(BACKOFF_BASE.saturating_mul(1 << shift).min(BACKOFF_CAP))
-}
-
-impl RateLimiter for InMemoryRateLimiter {
-    fn reserve(&self, key: &str, free: u32, now: Instant) -> Result<(), Duration> {
-        let mut map = self.failures.lock();
-        let entry = map.entry(key.to_owned()).or_insert(Failures {
-            count: 0,
-            blocked_until: None,
-            last: now,
-        });
-        if now.saturating_duration_since(entry.last) >= FAILURE_MEMORY {
-            *entry = Failures {
-                count: 0,
-                blocked_until: None,
-                last: now,
-            };
+    /// The GCRA parameters, in milliseconds: the time one unit takes to come
+    /// back, and how far ahead of now the spent units may reach. `None` for
+    /// a quota of nothing.
+    pub(crate) fn gcra(self) -> Option<Gcra> {
+        if self.count == 0 {
+            return None;
         }
-        if let Some(until) = entry.blocked_until
-            && until > now
-        {
-            return Err(until - now);
-        }
-        // Counted before the password is checked: an attempt in flight
-        // already blocks the ones behind it once the free ones are used up.
-        entry.count = entry.count.saturating_add(1);
-        entry.last = now;
-        entry.blocked_until = backoff_after(entry.count, free).map(|wait| now + wait);
-        Ok(())
+        let per = millis(self.per);
+        let interval = per / i64::from(self.count);
+        Some(Gcra {
+            interval,
+            window: interval.saturating_mul(i64::from(self.count)),
+        })
     }
 
-    fn release(&self, key: &str, free: u32) {
-        let mut map = self.failures.lock();
-        if let Some(entry) = map.get_mut(key) {
-            entry.count = entry.count.saturating_sub(1);
-            if entry.count < free {
-                entry.blocked_until = None;
-            }
-            // Nothing left to remember: attempts that were never checked
-            // must not leave entries behind (a flood of unknown names).
-            if entry.count == 0 {
-                map.remove(key);
-            }
-        }
+    fn refusal(self, key: &Key, wait_ms: i64) -> LimitError {
+        LimitError::Throttled(Throttle {
+            wait: Duration::from_millis(wait_ms.max(1).unsigned_abs()),
+            policy: key.bucket,
+            limit: self.count,
+            window: Some(self.per),
+        })
     }
 
-    fn clear(&self, key: &str) {
-        self.failures.lock().remove(key);
+    /// The refusal of a quota of nothing.
+    fn never(self, key: &Key) -> LimitError {
+        self.refusal(key, millis(NEVER))
     }
+}
 
-    fn take_quota(&self, key: &str, quota: Quota, now: Instant) -> Result<(), Duration> {
-        let mut map = self.buckets.lock();
-        let bucket = map.entry(key.to_owned()).or_insert(Bucket {
-            tokens: f64::from(quota.count),
-            refilled: now,
-            quota,
-        });
-        bucket.quota = quota;
-        bucket.refill(now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
+/// A quota as GCRA sees it (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Gcra {
+    pub interval: i64,
+    pub window: i64,
+}
+
+impl Gcra {
+    /// One unit taken at `now` from a bucket whose theoretical arrival time
+    /// is `tat` (none: a full bucket): the new arrival time, or the wait.
+    pub(crate) fn take(self, tat: Option<i64>, now: i64) -> Result<i64, i64> {
+        let next = tat.unwrap_or(now).max(now).saturating_add(self.interval);
+        let ahead = next - now;
+        if ahead <= self.window {
+            Ok(next)
         } else {
-            // A quota of nothing never refills: wait a day rather than panic
-            // on an infinite duration.
-            let wait = (1.0 - bucket.tokens) / quota.rate();
-            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_secs(86_400)))
+            Err(ahead - self.window)
         }
-    }
-
-    fn prune(&self, now: Instant) {
-        self.failures
-            .lock()
-            .retain(|_, f| now.saturating_duration_since(f.last) < FAILURE_MEMORY);
-        prune_buckets(&mut self.buckets.lock(), now);
     }
 }
 
-/// A bucket that has refilled completely carries no information.
-fn prune_buckets(map: &mut HashMap<String, Bucket>, now: Instant) {
-    map.retain(|_, b| {
-        let mut b = *b;
-        b.refill(now);
-        b.tokens < f64::from(b.quota.count)
-    });
+/// A key's counted failures and when the last was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failures {
+    pub count: i64,
+    pub last: i64,
+}
+
+impl Failures {
+    /// The wait `now` is still in, 0 when an attempt may start.
+    pub(crate) fn wait(self, free: u32, now: i64) -> i64 {
+        let backoff = backoff_after(self.count, free);
+        // No back-off due: never a wait, even if another instance counted
+        // the last failure at a later time than this one's `now`.
+        if backoff == 0 || now - self.last >= millis(FAILURE_MEMORY) {
+            return 0;
+        }
+        (self.last + backoff - now).max(0)
+    }
+
+    /// One attempt at `now`: the new state, or the wait.
+    pub(crate) fn reserve(state: Option<Self>, free: u32, now: i64) -> Result<Self, i64> {
+        let Some(state) = state else {
+            return Ok(Self {
+                count: 1,
+                last: now,
+            });
+        };
+        let wait = state.wait(free, now);
+        if wait > 0 {
+            return Err(wait);
+        }
+        let expired = now - state.last >= millis(FAILURE_MEMORY);
+        Ok(Self {
+            count: if expired { 1 } else { state.count + 1 },
+            last: now.max(state.last),
+        })
+    }
+
+    fn refusal(key: &Key, free: u32, wait_ms: i64) -> LimitError {
+        LimitError::Throttled(Throttle {
+            wait: Duration::from_millis(wait_ms.max(1).unsigned_abs()),
+            policy: key.bucket,
+            limit: free,
+            window: None,
+        })
+    }
+}
+
+/// The largest shift of the back-off's doubling; beyond it the cap holds.
+pub(crate) const BACKOFF_MAX_SHIFT: i64 = 20;
+
+/// The wait after the `count`-th failure (ms), with `free` failures free:
+/// none before the `free`-th, then 1 s, 2 s, 4 s, … up to the cap.
+pub(crate) fn backoff_after(count: i64, free: u32) -> i64 {
+    let over = count - i64::from(free);
+    if over < 0 {
+        return 0;
+    }
+    (millis(BACKOFF_BASE) << over.min(BACKOFF_MAX_SHIFT)).min(millis(BACKOFF_CAP))
+}
+
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn unix_millis(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Reserves and fails `n` attempts; the results of each reservation.
-    fn fail(l: &InMemoryRateLimiter, key: &str, free: u32, n: usize, t: Instant) -> Vec<bool> {
-        (0..n).map(|_| l.reserve(key, free, t).is_ok()).collect()
-    }
-
-    #[test]
-    fn after_the_free_failures_the_next_attempt_waits() {
-        let l = InMemoryRateLimiter::new();
-        let t = Instant::now();
-        assert_eq!(fail(&l, "k", 3, 3, t), [true; 3]);
-        assert_eq!(l.reserve("k", 3, t), Err(Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn back_off_doubles_with_each_further_failure_and_is_capped() {
-        let l = InMemoryRateLimiter::new();
-        let mut t = Instant::now();
-        let mut waits = Vec::new();
-        for _ in 0..30 {
-            l.reserve("k", 1, t).unwrap();
-            let wait = l.reserve("k", 1, t).unwrap_err();
-            waits.push(wait);
-            t += wait;
-        }
-        assert_eq!(waits[..3], [1, 2, 4].map(Duration::from_secs));
-        assert_eq!(*waits.last().unwrap(), BACKOFF_CAP);
-    }
-
-    #[test]
-    fn parallel_reservations_get_the_checks_sequential_attempts_would() {
-        let l = InMemoryRateLimiter::new();
-        let t = Instant::now();
-        // Nothing settled yet: only the free attempts get through.
-        let ok = fail(&l, "k", 5, 250, t).iter().filter(|ok| **ok).count();
-        assert_eq!(ok, 5);
-    }
-
-    #[test]
-    fn a_released_attempt_gives_its_place_back() {
-        let l = InMemoryRateLimiter::new();
-        let t = Instant::now();
-        fail(&l, "k", 2, 2, t);
-        assert!(l.reserve("k", 2, t).is_err());
-        l.release("k", 2);
-        assert!(l.reserve("k", 2, t).is_ok());
-    }
-
-    #[test]
-    fn back_off_expires_and_never_locks_for_good() {
-        let l = InMemoryRateLimiter::new();
-        let mut t = Instant::now();
-        for _ in 0..40 {
-            l.reserve("k", 1, t).unwrap();
-            t += l.reserve("k", 1, t).unwrap_err();
-        }
-        assert!(l.reserve("k", 1, t + BACKOFF_CAP).is_ok());
-    }
-
-    #[test]
-    fn clearing_a_key_lifts_its_back_off_but_not_another_keys() {
-        let l = InMemoryRateLimiter::new();
-        let t = Instant::now();
-        fail(&l, "a", 1, 1, t);
-        fail(&l, "b", 1, 1, t);
-        l.clear("a");
-        assert!(l.reserve("a", 1, t).is_ok());
-        assert!(l.reserve("b", 1, t).is_err());
-    }
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64_network() {
@@ -296,28 +284,44 @@ mod tests {
     }
 
     #[test]
-    fn a_quota_allows_a_burst_then_refills_over_time() {
-        let l = InMemoryRateLimiter::new();
-        let t = Instant::now();
+    fn a_gcra_bucket_allows_its_count_at_once_and_then_one_per_interval() {
+        let g = Quota::per_minute(6).gcra().unwrap();
+        assert_eq!(g.interval, 10_000);
+        let mut tat = None;
         for _ in 0..6 {
-            l.take("ip", 6, t).unwrap();
+            tat = Some(g.take(tat, 0).unwrap());
         }
-        let wait = l.take("ip", 6, t).unwrap_err();
-        assert!(
-            wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
-            "{wait:?}"
-        );
-        assert!(l.take("ip", 6, t + Duration::from_secs(10)).is_ok());
+        assert_eq!(g.take(tat, 0), Err(10_000));
+        assert_eq!(g.take(tat, 9_999), Err(1));
+        assert!(g.take(tat, 10_000).is_ok());
     }
 
     #[test]
-    fn pruning_keeps_only_state_that_matters() {
-        let l = InMemoryRateLimiter::new();
-        let t = Instant::now();
-        l.take("full", 6, t).unwrap();
-        l.reserve("old", 0, t).unwrap();
-        l.prune(t + FAILURE_MEMORY);
-        assert!(l.buckets.lock().is_empty());
-        assert!(l.failures.lock().is_empty());
+    fn a_quota_of_nothing_has_no_gcra_and_an_odd_count_keeps_its_burst() {
+        assert_eq!(Quota::per_minute(0).gcra(), None);
+        let g = Quota::per_minute(7).gcra().unwrap();
+        let mut tat = None;
+        for _ in 0..7 {
+            tat = Some(g.take(tat, 0).unwrap());
+        }
+        assert!(g.take(tat, 0).is_err());
+    }
+
+    #[test]
+    fn back_off_starts_at_the_free_failures_doubles_and_is_capped() {
+        assert_eq!(backoff_after(2, 3), 0);
+        assert_eq!(backoff_after(3, 3), 1_000);
+        assert_eq!(backoff_after(5, 3), 4_000);
+        assert_eq!(backoff_after(1_000, 3), millis(BACKOFF_CAP));
+        assert_eq!(backoff_after(i64::MAX, 0), millis(BACKOFF_CAP));
+    }
+
+    #[test]
+    fn failures_are_forgotten_an_hour_after_the_last() {
+        let f = Failures { count: 50, last: 0 };
+        assert!(f.wait(3, 1) > 0);
+        let later = millis(FAILURE_MEMORY);
+        assert_eq!(f.wait(3, later), 0);
+        assert_eq!(Failures::reserve(Some(f), 3, later).unwrap().count, 1);
     }
 }

@@ -530,9 +530,74 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn purge_audit(&self, before: OffsetDateTime) -> StoreResult<u64>;
 }
 
+/// The back-off rule a failure count is checked against, in milliseconds;
+/// the limiter's (`crate::limits`), restated for the statement that applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffRule {
+    /// Failures allowed before the first wait.
+    pub free: i64,
+    /// The first wait; each further failure doubles it …
+    pub base: i64,
+    /// … at most this many times …
+    pub max_shift: i64,
+    /// … and never beyond this.
+    pub cap: i64,
+    /// Failures are forgotten this long after the last.
+    pub memory: i64,
+}
+
+/// A quota's state after a take: whether the unit was granted, and the
+/// key's theoretical arrival time (GCRA), in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaState {
+    pub allowed: bool,
+    pub tat: i64,
+}
+
+/// A back-off key's state after a reservation: whether it was granted, the
+/// failures counted and when the last was (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureState {
+    pub allowed: bool,
+    pub failures: i64,
+    pub last_at: i64,
+}
+
+/// Throttling state every instance shares. Each check is one atomic
+/// statement, so instances racing on one key see each other's units. Keys
+/// are digests: no login name or address is stored in the clear.
+#[async_trait]
+pub trait LimitStore: Send + Sync + 'static {
+    /// Takes one unit of a GCRA quota of one unit per `interval`, reaching at
+    /// most `window` ahead of `now`.
+    async fn take_unit(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+        interval: i64,
+        window: i64,
+    ) -> StoreResult<QuotaState>;
+    /// Counts one attempt unless the key is backing off under `rule`.
+    async fn reserve_attempt(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+        rule: &BackoffRule,
+    ) -> StoreResult<FailureState>;
+    /// Takes one counted attempt back.
+    async fn release_attempt(&self, key: &[u8; 32]) -> StoreResult<()>;
+    /// Forgets a key's failures.
+    async fn clear_failures(&self, key: &[u8; 32]) -> StoreResult<()>;
+    /// Deletes up to `batch` rows that no longer affect a decision at `now`
+    /// (full buckets, failures older than `memory`); how many.
+    async fn purge_limits(&self, now: i64, memory: i64, batch: u32) -> StoreResult<u64>;
+}
+
 /// The whole database: every aggregate's store, and its upkeep.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + KeyStore + FlowStore + MailStore + AuditStore {
+pub trait Store:
+    UserStore + SessionStore + KeyStore + FlowStore + MailStore + AuditStore + LimitStore
+{
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
     /// Readiness: a read and a committed write both succeed.

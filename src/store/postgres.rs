@@ -16,6 +16,9 @@ pub struct PgStore {
     /// Session checks only. Every protected request may depend on one, so they
     /// must not queue behind writes waiting for their commits to reach disk.
     checks: PgPool,
+    /// Throttling checks: one short statement each, on the path of every
+    /// login and refresh, kept from queueing behind multi-statement writes.
+    limits: PgPool,
 }
 
 impl PgStore {
@@ -30,7 +33,16 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Self { pool, checks })
+        let limits = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self {
+            pool,
+            checks,
+            limits,
+        })
     }
 }
 
@@ -47,6 +59,10 @@ impl Dialect for PgStore {
 
     fn writer(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn limits(&self) -> &PgPool {
+        &self.limits
     }
 
     async fn begin_write(writer: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {

@@ -461,6 +461,9 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// The pool writes go to.
     fn writer(&self) -> &Pool<Self::Db>;
 
+    /// The pool throttling checks go to.
+    fn limits(&self) -> &Pool<Self::Db>;
+
     /// Begins a write transaction on the writer pool.
     fn begin_write(
         writer: &Pool<Self::Db>,
@@ -706,6 +709,45 @@ where
     .bind(refresh.now())
     .bind(since)
 }
+
+/// One unit of a GCRA quota, in one statement ($1 key, $2 now, $3 the
+/// interval, $4 the window; milliseconds). Every `SET` sees the old row, so
+/// the grant and the new arrival time are decided on the same state.
+pub(super) static TAKE_UNIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let start = "(CASE WHEN q.tat > $2 THEN q.tat ELSE $2 END)";
+    let fits = format!("{start} + $3 <= $2 + $4");
+    format!(
+        "INSERT INTO limit_quotas AS q (key, tat, allowed) VALUES ($1, $2 + $3, TRUE) \
+         ON CONFLICT (key) DO UPDATE SET \
+         allowed = {fits}, \
+         tat = CASE WHEN {fits} THEN {start} + $3 ELSE q.tat END \
+         RETURNING tat, allowed"
+    )
+});
+
+/// One attempt on a back-off key, in one statement ($1 key, $2 now, $3 free
+/// failures, $4 memory, $5 base wait, $6 cap, $7 the largest doubling;
+/// milliseconds). The arithmetic of `crate::limits::Failures::reserve`.
+pub(super) static RESERVE_ATTEMPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let count = "(CASE WHEN $2 - f.last_at >= $4 THEN 0 ELSE f.failures END)";
+    let over = format!("({count} - $3)");
+    let shift = format!("CAST(CASE WHEN {over} > $7 THEN $7 ELSE {over} END AS INTEGER)");
+    let doubled = format!("(CAST($5 AS BIGINT) << {shift})");
+    let wait =
+        format!("(CASE WHEN {over} < 0 THEN 0 WHEN {doubled} > $6 THEN $6 ELSE {doubled} END)");
+    // No back-off due is never a wait, even if another instance counted the
+    // last failure at a later time than this statement's `now`.
+    let blocked = format!("({wait} > 0 AND f.last_at + {wait} > $2)");
+    format!(
+        "INSERT INTO limit_failures AS f (key, failures, last_at, allowed) \
+         VALUES ($1, 1, $2, TRUE) \
+         ON CONFLICT (key) DO UPDATE SET \
+         failures = CASE WHEN {blocked} THEN f.failures ELSE {count} + 1 END, \
+         last_at = CASE WHEN {blocked} OR f.last_at > $2 THEN f.last_at ELSE $2 END, \
+         allowed = NOT {blocked} \
+         RETURNING failures, last_at, allowed"
+    )
+});
 
 /// Implements `Store`, `UserStore`, `SessionStore` and `KeyStore` for
 /// `$store`, a [`Dialect`] whose migrations are in the folder `$migrations`.
@@ -1679,6 +1721,96 @@ macro_rules! sql_store {
                         .execute(self.writer())
                         .await?;
                     Ok(done.rows_affected())
+                }
+            }
+
+            #[async_trait]
+            impl $crate::store::LimitStore for $store {
+                async fn take_unit(
+                    &self,
+                    key: &[u8; 32],
+                    now: i64,
+                    interval: i64,
+                    window: i64,
+                ) -> StoreResult<$crate::store::QuotaState> {
+                    let (tat, allowed): (i64, bool) =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql::TAKE_UNIT.as_str()))
+                            .bind(&key[..])
+                            .bind(now)
+                            .bind(interval)
+                            .bind(window)
+                            .fetch_one(self.limits())
+                            .await?;
+                    Ok($crate::store::QuotaState { allowed, tat })
+                }
+
+                async fn reserve_attempt(
+                    &self,
+                    key: &[u8; 32],
+                    now: i64,
+                    rule: &$crate::store::BackoffRule,
+                ) -> StoreResult<$crate::store::FailureState> {
+                    let (failures, last_at, allowed): (i64, i64, bool) =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql::RESERVE_ATTEMPT.as_str()))
+                            .bind(&key[..])
+                            .bind(now)
+                            .bind(rule.free)
+                            .bind(rule.memory)
+                            .bind(rule.base)
+                            .bind(rule.cap)
+                            .bind(rule.max_shift)
+                            .fetch_one(self.limits())
+                            .await?;
+                    Ok($crate::store::FailureState { allowed, failures, last_at })
+                }
+
+                async fn release_attempt(&self, key: &[u8; 32]) -> StoreResult<()> {
+                    // Nothing left to remember: an attempt never checked
+                    // must not leave a row behind (a flood of unknown names).
+                    sqlx::query("DELETE FROM limit_failures WHERE key = $1 AND failures <= 1")
+                        .bind(&key[..])
+                        .execute(self.limits())
+                        .await?;
+                    sqlx::query(
+                        "UPDATE limit_failures SET failures = failures - 1 \
+                         WHERE key = $1 AND failures > 0",
+                    )
+                    .bind(&key[..])
+                    .execute(self.limits())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn clear_failures(&self, key: &[u8; 32]) -> StoreResult<()> {
+                    sqlx::query("DELETE FROM limit_failures WHERE key = $1")
+                        .bind(&key[..])
+                        .execute(self.limits())
+                        .await?;
+                    Ok(())
+                }
+
+                async fn purge_limits(&self, now: i64, memory: i64, batch: u32) -> StoreResult<u64> {
+                    // In batches: a purge must not hold locks on a million
+                    // rows that requests are checking.
+                    let quotas = sqlx::query(
+                        "DELETE FROM limit_quotas WHERE key IN \
+                         (SELECT key FROM limit_quotas WHERE tat <= $1 LIMIT $2)",
+                    )
+                    .bind(now)
+                    .bind(i64::from(batch))
+                    .execute(self.limits())
+                    .await?;
+                    let failures = sqlx::query(
+                        "DELETE FROM limit_failures WHERE key IN \
+                         (SELECT key FROM limit_failures \
+                          WHERE last_at <= $1 - $2 OR failures <= 0 LIMIT $3)",
+                    )
+                    .bind(now)
+                    .bind(memory)
+                    .bind(i64::from(batch))
+                    .execute(self.limits())
+                    .await?;
+                    Ok(quotas.rows_affected() + failures.rows_affected())
                 }
             }
 

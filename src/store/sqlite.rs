@@ -81,6 +81,10 @@ impl Dialect for SqliteStore {
         &self.writer
     }
 
+    fn limits(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     async fn begin_write(writer: &SqlitePool) -> sqlx::Result<Transaction<'static, Sqlite>> {
         writer.begin_with(BEGIN_WRITE).await
     }

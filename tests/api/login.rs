@@ -248,9 +248,12 @@ async fn a_stored_hash_with_old_parameters_is_upgraded_on_login(backend: Backend
 }
 
 async fn a_login_flood_beyond_the_hashing_queue_gets_503_with_retry_after(backend: Backend) {
+    // Parallel attempts are counted before they are checked: the back-off
+    // must not be what refuses them here.
     let app = TestApp::builder()
         .arg("--hash-workers", "1")
         .arg("--hash-queue", "1")
+        .arg("--login-free-failures", "100")
         .spawn(backend)
         .await;
     app.create_user("judy").await;

@@ -10,6 +10,7 @@ mod audit;
 mod cookies;
 mod disk;
 mod health;
+mod instances;
 mod introspection;
 mod keys;
 mod links;
@@ -33,6 +34,7 @@ fn main() {
         disk::trials,
         health::trials,
         health::postgres_only_trials,
+        instances::trials,
         introspection::trials,
         keys::trials,
         links::trials,
