@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod cookies;
 mod disk;
+mod headers;
 mod health;
 mod instances;
 mod introspection;
@@ -32,6 +33,7 @@ fn main() {
         audit::trials,
         cookies::trials,
         disk::trials,
+        headers::trials,
         health::trials,
         health::postgres_only_trials,
         instances::trials,
