@@ -90,6 +90,7 @@ impl From<StoreError> for AuthError {
         match err {
             StoreError::Conflict(field) => AuthError::Conflict(field),
             StoreError::LastAdmin => AuthError::LastAdmin,
+            e if e.is_unavailable() => AuthError::Unavailable(e.into()),
             StoreError::Database(e) => AuthError::Internal(e.into()),
         }
     }

@@ -26,11 +26,13 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// The database is reachable.
+/// The service can serve: every migration applied, the tables requests read
+/// present, a write committed, and on SQLite the database file still the one
+/// opened.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Database unreachable", body = Health),
+        (status = 503, description = "Cannot serve: the database is unreachable, its schema incomplete, or it refuses writes", body = Health),
     ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     match state.services.ready().await {

@@ -18,13 +18,12 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::{HeaderName, StatusCode},
+    http::HeaderName,
 };
 use ipnet::IpNet;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    timeout::TimeoutLayer,
     trace::{DefaultOnFailure, TraceLayer},
 };
 use tracing::Level;
@@ -230,6 +229,21 @@ async fn screen_request_id(mut req: Request) -> Request {
     req
 }
 
+/// The longest any request may take: beyond it, 503 with `Retry-After` as a
+/// problem document. Waits for the database end sooner (`store::DB_WAIT`).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+async fn deadline(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => AppError::Unavailable(anyhow::anyhow!(
+            "the request took longer than {REQUEST_DEADLINE:?}"
+        ))
+        .into_response(),
+    }
+}
+
 /// Headers every answer carries (OWASP's REST and HTTP header guidance):
 /// no content sniffing, no referrer leaking a link's token, no framing, and
 /// nothing stored by caches unless the route said otherwise (the JWKS and
@@ -282,10 +296,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
-        ))
+        .layer(axum::middleware::from_fn(deadline))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
             TraceLayer::new_for_http()

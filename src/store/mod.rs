@@ -42,6 +42,50 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The longest a request waits for the database: for a connection, for a
+/// statement, for a lock. Beyond it the request fails as unavailable (503).
+pub const DB_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl StoreError {
+    /// Whether the database could not be reached or could not take the
+    /// request now (down, restarting, out of connections, locked, out of
+    /// disk, a statement over its time), as opposed to refusing the request
+    /// itself: the request may succeed if retried later.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(err) = self else {
+            return false;
+        };
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| unavailable_code(&code)),
+            _ => false,
+        }
+    }
+}
+
+/// SQLSTATE codes (PostgreSQL) and result codes (SQLite) of a database that
+/// cannot serve now.
+fn unavailable_code(code: &str) -> bool {
+    // PostgreSQL: connection exceptions (08…), insufficient resources
+    // (53…: disk full, out of memory, too many connections), shutting down
+    // or starting up (57P0…), a statement or lock wait over its time
+    // (57014, 55P03), a read-only standby (25006).
+    if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") {
+        return true;
+    }
+    if matches!(code, "57014" | "55P03" | "25006") {
+        return true;
+    }
+    // SQLite: the extended code's primary part: BUSY, LOCKED, READONLY
+    // (the file was moved or deleted), IOERR, FULL, CANTOPEN.
+    code.parse::<i32>()
+        .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
+}
+
 /// A user with the password hash, for login only.
 #[derive(Debug, Clone)]
 pub struct Credentials {

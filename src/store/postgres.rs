@@ -1,13 +1,16 @@
 //! PostgreSQL implementation of [`Store`](super::Store): its pools, and what
 //! it does its own way. The rest is [`sql_store!`].
 
-use std::time::Duration;
+use std::str::FromStr;
 
-use sqlx::{PgPool, Postgres, Transaction, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool, Postgres, Transaction,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use uuid::Uuid;
 
 use super::{
-    AuditKind, Rotation, StoreResult, User,
+    AuditKind, DB_WAIT, Rotation, StoreResult, User,
     sql::{self, Dialect, Refresh, RotatedRow, SessionUserRow, Timestamp, sql_store},
 };
 
@@ -23,21 +26,21 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
-        let checks = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
-        let limits = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
+        // No statement may wait longer than DB_WAIT, for a lock held by
+        // someone else included: a request answers 503 in bounded time
+        // instead of hanging with the database.
+        let wait = format!("{}ms", DB_WAIT.as_millis());
+        let options = PgConnectOptions::from_str(url)?.options([
+            ("statement_timeout", wait.as_str()),
+            ("lock_timeout", wait.as_str()),
+        ]);
+        let pool = |size| {
+            PgPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(DB_WAIT)
+                .connect_with(options.clone())
+        };
+        let (pool, checks, limits) = (pool(16).await?, pool(4).await?, pool(8).await?);
         Ok(Self {
             pool,
             checks,
@@ -53,6 +56,8 @@ impl Dialect for PgStore {
 
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
+    const UNBOUNDED: &'static str = "SET statement_timeout = 0; SET lock_timeout = 0";
+
     fn reader(&self) -> &PgPool {
         &self.pool
     }
@@ -63,6 +68,10 @@ impl Dialect for PgStore {
 
     fn limits(&self) -> &PgPool {
         &self.limits
+    }
+
+    fn check_file(&self) -> sqlx::Result<()> {
+        Ok(())
     }
 
     async fn begin_write(writer: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {

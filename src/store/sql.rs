@@ -455,6 +455,10 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// instance is claiming are skipped rather than waited for.
     const SKIP_LOCKED: &'static str;
 
+    /// Lifts the statement time limit on a connection (migrations may build
+    /// indexes over big tables); empty where there is none.
+    const UNBOUNDED: &'static str;
+
     /// The pool reads go to.
     fn reader(&self) -> &Pool<Self::Db>;
 
@@ -463,6 +467,11 @@ pub(super) trait Dialect: Send + Sync + 'static {
 
     /// The pool throttling checks go to.
     fn limits(&self) -> &Pool<Self::Db>;
+
+    /// Whether the database's file is still the one opened (SQLite: deleted
+    /// or replaced under the running process, every later write would be
+    /// lost at the next start).
+    fn check_file(&self) -> sqlx::Result<()>;
 
     /// Begins a write transaction on the writer pool.
     fn begin_write(
@@ -843,14 +852,48 @@ macro_rules! sql_store {
             #[async_trait]
             impl Store for $store {
                 async fn migrate(&self) -> StoreResult<()> {
-                    sqlx::migrate!($migrations)
-                        .run(self.writer())
+                    use sqlx::Connection as _;
+                    // A connection of its own, closed afterwards, so that the
+                    // lifted time limit never goes back to the pool.
+                    let mut conn = self.writer().acquire().await?.detach();
+                    if !Self::UNBOUNDED.is_empty() {
+                        sqlx::raw_sql(Self::UNBOUNDED).execute(&mut conn).await?;
+                    }
+                    let migrated = sqlx::migrate!($migrations)
+                        .run_direct(None, &mut conn, false)
                         .await
-                        .map_err(|e| StoreError::Database(e.into()))
+                        .map_err(|e| StoreError::Database(e.into()));
+                    let _ = conn.close().await;
+                    migrated
                 }
 
                 async fn ping(&self, now: OffsetDateTime) -> StoreResult<()> {
-                    sqlx::query("SELECT 1").execute(self.reader()).await?;
+                    self.check_file()?;
+                    // The schema this build needs is there, not only a
+                    // server that answers: every migration applied, and the
+                    // tables every request reads.
+                    let latest = sqlx::migrate!($migrations)
+                        .iter()
+                        .map(|m| m.version)
+                        .max()
+                        .unwrap_or_default();
+                    let (applied,): (Option<i64>,) = sqlx::query_as(
+                        "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+                    )
+                    .fetch_one(self.reader())
+                    .await?;
+                    if applied.unwrap_or_default() < latest {
+                        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                            "the schema is at migration {applied:?}, not {latest}"
+                        ))));
+                    }
+                    sqlx::query(
+                        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM users LIMIT 1) u) \
+                         + (SELECT COUNT(*) FROM (SELECT 1 FROM sessions LIMIT 1) s) \
+                         + (SELECT COUNT(*) FROM (SELECT 1 FROM refresh_tokens LIMIT 1) r)",
+                    )
+                    .execute(self.reader())
+                    .await?;
                     // A committed write: on a full disk this is what fails.
                     sqlx::query(
                         "INSERT INTO readiness (id, checked_at) VALUES (1, $1) \

@@ -9,7 +9,7 @@
 //! mode, never wait for the writer. Write transactions still start with
 //! `BEGIN IMMEDIATE` for other processes sharing the file.
 
-use std::{str::FromStr, time::Duration};
+use std::str::FromStr;
 
 use sqlx::{
     Connection as _, Sqlite, SqlitePool, Transaction,
@@ -18,7 +18,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    AuditKind, Rotation, StoreResult, User, detached,
+    AuditKind, DB_WAIT, Rotation, StoreResult, User, detached,
     sql::{self, Dialect, Refresh, RotatedRow, SessionUserRow, Timestamp, sql_store},
 };
 
@@ -27,6 +27,25 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The one writer.
     writer: SqlitePool,
+    /// The database file and its identity when opened (none in memory).
+    file: Option<(std::path::PathBuf, (u64, u64))>,
+}
+
+/// A file's device and inode: the same path may later name another file.
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+fn file_gone(path: &std::path::Path, what: &str) -> sqlx::Error {
+    tracing::error!(
+        path = %path.display(),
+        "the SQLite database file {what} while in use: writes from now on would be lost at restart"
+    );
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("the database file {} {what}", path.display()),
+    ))
 }
 
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
@@ -38,10 +57,12 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            // A writer of another process holding the file: give up after
+            // DB_WAIT (503) rather than hang.
+            .busy_timeout(DB_WAIT);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(DB_WAIT)
             // SQLite rolls a transaction back by itself on some errors (a
             // full disk: SQLITE_FULL); sqlx's own ROLLBACK then fails and it
             // keeps counting the connection as inside a transaction, so that
@@ -58,10 +79,15 @@ impl SqliteStore {
             .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .acquire_timeout(DB_WAIT)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool, writer })
+        let path = options.get_filename().to_path_buf();
+        let file = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| (path, file_id(&m)));
+        Ok(Self { pool, writer, file })
     }
 }
 
@@ -73,6 +99,8 @@ impl Dialect for SqliteStore {
     // BEGIN IMMEDIATE serialises writers: a claim never meets another.
     const SKIP_LOCKED: &'static str = "";
 
+    const UNBOUNDED: &'static str = "";
+
     fn reader(&self) -> &SqlitePool {
         &self.pool
     }
@@ -83,6 +111,20 @@ impl Dialect for SqliteStore {
 
     fn limits(&self) -> &SqlitePool {
         &self.writer
+    }
+
+    fn check_file(&self) -> sqlx::Result<()> {
+        let Some((path, opened)) = &self.file else {
+            return Ok(());
+        };
+        match std::fs::metadata(path).map(|m| file_id(&m)) {
+            Ok(now) if now == *opened => Ok(()),
+            Ok(_) => Err(file_gone(path, "was replaced")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(file_gone(path, "was deleted"))
+            }
+            Err(e) => Err(sqlx::Error::Io(e)),
+        }
     }
 
     async fn begin_write(writer: &SqlitePool) -> sqlx::Result<Transaction<'static, Sqlite>> {

@@ -17,6 +17,7 @@ mod keys;
 mod links;
 mod login;
 mod me;
+mod outage;
 mod outbox;
 mod refresh;
 mod signup;
@@ -42,6 +43,8 @@ fn main() {
         links::trials,
         login::trials,
         me::trials,
+        outage::trials,
+        outage::more_trials,
         outbox::trials,
         outbox::postgres_only_trials,
         refresh::trials,
