@@ -191,6 +191,8 @@ export AUTHGATE_LOGIN_ACCOUNT_PER_MINUTE=100000000
 export AUTHGATE_LOGIN_IP_FREE_FAILURES=100000000
 export AUTHGATE_LOGIN_FREE_FAILURES=100000000
 export AUTHGATE_HASH_QUEUE_PER_CLIENT=100000
+# Every load generator connection comes from 127.0.0.1.
+export AUTHGATE_MAX_CONNECTIONS_PER_IP=100000
 export AUTHGATE_LOG_FORMAT=json
 # Signups mail a verification link: into the run's own directory.
 export AUTHGATE_MAIL_OUTBOX=$WORK/outbox

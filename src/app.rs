@@ -23,11 +23,30 @@ use crate::{
     config::{Argon2Args, Config, DatabaseArgs, KeyArgs, LimitBackend, Secret},
     crypto::passwords::PasswordHasher,
     domain::{Email, Password},
-    http::{self, AppState, cookies::CookiePolicy},
+    http::{
+        self, AppState,
+        cookies::CookiePolicy,
+        server::{self, ServerLimits},
+    },
     limits::{InMemoryRateLimiter, Quota, RateLimiter, RedisRateLimiter, StoreRateLimiter},
     mail::Mailer,
     store::{self, Store},
 };
+
+/// How long a background task may take to finish its round after the stop.
+const TASK_STOP: Duration = Duration::from_secs(5);
+
+/// Runs a background task until the stop is given. The task's rounds are
+/// its own: one under way when the stop comes is dropped at its next wait,
+/// which the tasks below only reach between two complete database changes.
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn until_stopped(work: Task, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    tokio::select! {
+        () = work => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+}
 
 /// How often in-memory throttling and session state is pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
@@ -39,6 +58,7 @@ pub struct Application {
     state: AppState,
     purge_interval: Duration,
     audit_retention: Duration,
+    limits: ServerLimits,
 }
 
 impl Application {
@@ -72,6 +92,14 @@ impl Application {
             },
             purge_interval: config.purge_interval,
             audit_retention: config.audit_retention,
+            limits: ServerLimits {
+                header_read_timeout: config.header_read_timeout,
+                body_read_timeout: config.body_read_timeout,
+                max_connections: server::fit_file_limit(config.max_connections),
+                max_connections_per_ip: config.max_connections_per_ip,
+                shutdown_timeout: config.shutdown_timeout,
+                trusted_proxies: config.trusted_proxies.clone().into(),
+            },
         })
     }
 
@@ -85,33 +113,41 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves until `shutdown` completes, then drains: no new connections,
+    /// requests in flight finish (within the shutdown timeout), and the
+    /// background tasks stop between two rounds of their work.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let services = &self.state.services;
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let every = |work: Task| tokio::spawn(until_stopped(work, stopping.clone()));
         let tasks = [
-            tokio::spawn(recheck_sessions(services.clone())),
-            tokio::spawn(purge_expired(
+            every(Box::pin(recheck_sessions(services.clone()))),
+            every(Box::pin(purge_expired(
                 services.clone(),
                 self.purge_interval,
                 self.audit_retention,
-            )),
-            tokio::spawn(prune_memory(services.clone())),
-            tokio::spawn(services.outbox.clone().run()),
-            tokio::spawn(maintain_keys(services.clone())),
+            ))),
+            every(Box::pin(prune_memory(services.clone()))),
+            every(Box::pin(maintain_keys(services.clone()))),
+            // The sender stops between two messages, never in the middle
+            // of one (a message cut off would go out again after its lease).
+            tokio::spawn(services.outbox.clone().run(stopping.clone())),
         ];
-        tracing::info!(address = %self.local_addr(), "authgate listening");
+        let address = self.local_addr();
+        tracing::info!(%address, "authgate listening");
         let app = http::router(self.state);
-        let served = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let limits = self.limits;
+        let served = server::serve(self.listener, app, limits, shutdown).await;
+        tracing::info!("draining finished; stopping background tasks");
+        let _ = stop.send(true);
         for task in tasks {
-            task.abort();
+            let abort = task.abort_handle();
+            if tokio::time::timeout(TASK_STOP, task).await.is_err() {
+                abort.abort();
+            }
         }
         served
     }

@@ -75,6 +75,33 @@ pub struct Config {
     #[arg(long, env = "AUTHGATE_LISTEN", default_value = "127.0.0.1:8010")]
     pub listen: SocketAddr,
 
+    /// A connection must deliver a complete request header within this time
+    /// of opening or of its previous answer; an idle keep-alive connection
+    /// is closed after it too.
+    #[arg(long, env = "AUTHGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_within("100ms", "5m"))]
+    pub header_read_timeout: Duration,
+
+    /// A request body that sends nothing for this long is answered 408.
+    #[arg(long, env = "AUTHGATE_BODY_READ_TIMEOUT", default_value = "10s", value_parser = duration_within("100ms", "5m"))]
+    pub body_read_timeout: Duration,
+
+    /// Connections open at once; one more is answered 503 and closed
+    /// (kept below the open-file limit).
+    #[arg(long, env = "AUTHGATE_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_connections: usize,
+
+    /// Connections open at once from one client address (an IPv6 client
+    /// counted by its /64); one more is answered 503 and closed.
+    #[arg(long, env = "AUTHGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_connections_per_ip: usize,
+
+    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish
+    /// before the process exits anyway.
+    #[arg(long, env = "AUTHGATE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration_within("0s", "5m"))]
+    pub shutdown_timeout: Duration,
+
     /// HS256 signing key, at least 32 bytes, for a single service that
     /// verifies its own tokens. If unset, signing keys are generated and
     /// kept in the database (see AUTHGATE_JWT_ALG).

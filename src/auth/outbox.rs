@@ -58,12 +58,12 @@ pub struct MailPage {
 impl Outbox {
     /// Sends due messages until stopped: woken when mail is written, and
     /// every [`POLL_INTERVAL`] for retries and other instances' mail.
-    pub async fn run(self) {
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let Some(mailer) = self.mailer.clone() else {
             return;
         };
         tracing::info!(transport = %mailer.describe(), "sending mail");
-        loop {
+        while !*stop.borrow() {
             let claimed = self.send_due(&mailer).await;
             if claimed == BATCH as usize {
                 continue;
@@ -71,8 +71,10 @@ impl Outbox {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = stop.changed() => {}
             }
         }
+        tracing::info!("mail sender stopped");
     }
 
     /// Claims one batch of due messages and sends them; how many were claimed.

@@ -46,6 +46,8 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("the request body stalled")]
+    RequestTimeout,
     #[error("invalid credentials")]
     InvalidCredentials,
     #[error("missing bearer token")]
@@ -136,6 +138,7 @@ impl AppError {
             AppError::BadRequest(_) | AppError::InvalidLink => StatusCode::BAD_REQUEST,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::InvalidCredentials
             | AppError::MissingToken
             | AppError::InvalidToken(_)
@@ -169,6 +172,10 @@ impl AppError {
             AppError::PayloadTooLarge => (
                 "payload_too_large",
                 "The request body exceeds the size limit.".into(),
+            ),
+            AppError::RequestTimeout => (
+                "request_timeout",
+                "The request body stopped arriving; send it again whole.".into(),
             ),
             // Why one message: unknown user, wrong password and disabled account must
             // be indistinguishable (ASVS V6.3.8), or the endpoint enumerates accounts.
@@ -303,6 +310,11 @@ impl IntoResponse for AppError {
             HeaderValue::from_static("application/problem+json"),
         );
         match &self {
+            // The rest of a stalled body may still arrive: nothing more is
+            // read from this connection.
+            AppError::RequestTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             // RFC 6750 §3: no error code when the request simply lacked a token.
             AppError::MissingToken | AppError::InvalidCredentials => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

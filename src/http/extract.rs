@@ -58,9 +58,24 @@ pub fn has_content_type(headers: &HeaderMap, expected: &str) -> bool {
 pub fn body_rejection(rejection: BytesRejection) -> AppError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         AppError::PayloadTooLarge
+    } else if stalled(&rejection) {
+        AppError::RequestTimeout
     } else {
         AppError::BadRequest(rejection.body_text())
     }
+}
+
+/// Whether the body failed because it stopped arriving (the listener's
+/// body read timeout).
+fn stalled(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {

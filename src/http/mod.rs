@@ -11,6 +11,7 @@ mod health;
 mod keys;
 mod links;
 mod oauth;
+pub mod server;
 mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -244,6 +245,22 @@ async fn deadline(req: Request, next: axum::middleware::Next) -> axum::response:
     }
 }
 
+/// A body announced larger than the limit is refused before any of it is
+/// read: the client learns at once, and nothing waits for bytes that would
+/// be thrown away.
+async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return AppError::PayloadTooLarge.into_response();
+    }
+    next.run(req).await
+}
+
 /// Headers every answer carries (OWASP's REST and HTTP header guidance):
 /// no content sniffing, no referrer leaking a link's token, no framing, and
 /// nothing stored by caches unless the route said otherwise (the JWKS and
@@ -296,6 +313,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::from_fn(deadline))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(

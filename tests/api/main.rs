@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod connections;
 mod cookies;
 mod disk;
 mod headers;
@@ -32,6 +33,8 @@ fn main() {
     let modules: &[fn(bool) -> Vec<Trial>] = &[
         admin::trials,
         audit::trials,
+        connections::trials,
+        connections::memory_trials,
         cookies::trials,
         disk::trials,
         headers::trials,

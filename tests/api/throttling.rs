@@ -31,6 +31,7 @@ fn generous(builder: crate::helpers::TestAppBuilder) -> crate::helpers::TestAppB
         .arg("--hash-queue", "1000")
         .arg("--hash-queue-per-client", "1000")
         .arg("--signup-per-minute", "1000")
+        .arg("--max-connections-per-ip", "1000")
 }
 
 /// How many answers had each status.

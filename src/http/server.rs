@@ -1,0 +1,283 @@
+//! The listener: HTTP/1.1 connections with bounds a hostile client cannot
+//! stretch, and a drain on shutdown.
+//!
+//! - A connection must deliver a complete request header within
+//!   `header_read_timeout` of opening or of its previous answer: a half-sent
+//!   header (slowloris) or an idle keep-alive connection is closed then.
+//! - At most `max_connections` are open at once, and `max_connections_per_ip`
+//!   from one address; one beyond is answered 503 and closed at once, so
+//!   the process never runs out of file descriptors (it then could not even
+//!   answer `/healthz`).
+//! - On shutdown the listener closes (new connections are refused), every
+//!   connection finishes the request it is in and closes, and whatever is
+//!   still open after `shutdown_timeout` is dropped.
+//!
+//! Only HTTP/1.1: TLS ends at the proxy in front, which speaks HTTP/1.1 to
+//! its upstreams; cleartext HTTP/2 would add an attack surface and nothing
+//! a client of this service needs.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{Router, extract::ConnectInfo};
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::{io::AsyncWriteExt, net::TcpListener, sync::watch};
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
+
+use crate::limits::client_bucket;
+
+/// The bounds of the listener.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    /// A request body that sends nothing for this long fails (408).
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub shutdown_timeout: Duration,
+    /// Proxies (`AUTHGATE_TRUSTED_PROXIES`): every client behind one comes
+    /// from its address, so only the overall cap applies to them.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+}
+
+/// Open connections, overall and per client address (an IPv6 client by its
+/// /64, as throttling counts it).
+#[derive(Default)]
+struct Connections {
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+    /// Wakes the drain when the last connection closes.
+    closed: tokio::sync::Notify,
+}
+
+/// One admitted connection; it leaves the count when dropped.
+struct Admitted {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Connections {
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &ServerLimits) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        let proxy = limits.trusted_proxies.iter().any(|net| net.contains(&ip));
+        let ip = client_bucket(ip);
+        let mut per_ip = self.per_ip.lock();
+        let mine = per_ip.entry(ip).or_default();
+        if (*mine >= limits.max_connections_per_ip && !proxy)
+            || self.total.load(Ordering::Relaxed) >= limits.max_connections
+        {
+            if *mine == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *mine += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(Admitted {
+            connections: self.clone(),
+            ip,
+        })
+    }
+
+    fn open(&self) -> usize {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let mut per_ip = self.connections.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        if self.connections.total.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.connections.closed.notify_waiters();
+        }
+    }
+}
+
+/// What a connection over a limit is told before it is closed.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/problem+json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 144\r\n\r\n\
+{\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\
+\"detail\":\"Too many open connections; retry later.\",\"code\":\"too_many_connections\"}";
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let connections = Arc::new(Connections::default());
+    let (drain, draining) = watch::channel(false);
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors or memory for a moment: wait rather
+                    // than spin; anything else is the peer's problem.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(admitted) = connections.admit(peer.ip(), &limits) else {
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(stream, permit));
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            stream,
+            peer,
+            app.clone(),
+            limits.clone(),
+            draining.clone(),
+            admitted,
+        ));
+    }
+    // New connections are refused from here on.
+    drop(listener);
+    let _ = drain.send(true);
+    let drained = async {
+        while connections.open() > 0 {
+            let closed = connections.closed.notified();
+            if connections.open() == 0 {
+                break;
+            }
+            closed.await;
+        }
+    };
+    if tokio::time::timeout(limits.shutdown_timeout, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.open(),
+            "connections still open at the shutdown timeout are dropped"
+        );
+    }
+    Ok(())
+}
+
+/// Refusals being written at once; beyond, a connection is closed without
+/// a word, so that refusing can never hold many descriptors itself.
+const REFUSALS_AT_ONCE: usize = 256;
+
+/// Answers a connection over a limit with 503 once its client has sent its
+/// request head (an answer before the request confuses clients), or after
+/// a second, and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream, _permit: tokio::sync::OwnedSemaphorePermit) {
+    use tokio::io::AsyncReadExt;
+    let answer = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream.write_all(REFUSAL).await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: ServerLimits,
+    mut draining: watch::Receiver<bool>,
+    admitted: Admitted,
+) {
+    let body_timeout = limits.body_read_timeout;
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let req = req.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)));
+        app.clone().oneshot(req)
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let finished = tokio::select! {
+        result = conn.as_mut() => Some(result),
+        _ = draining.wait_for(|d| *d) => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            // Finish the request in flight, if any, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended");
+    }
+    drop(admitted);
+}
+
+/// Raises this process's soft limit on open files to the hard limit, and
+/// keeps the connection cap below it with room for the database, the log
+/// and the refusals.
+pub fn fit_file_limit(max_connections: usize) -> usize {
+    const RESERVED: u64 = 256;
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    let limit = unsafe {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return max_connections;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+        rl.rlim_cur
+    };
+    let room = usize::try_from(limit.saturating_sub(RESERVED)).unwrap_or(usize::MAX);
+    if max_connections > room {
+        tracing::warn!(
+            open_files = limit,
+            max_connections,
+            using = room,
+            "AUTHGATE_MAX_CONNECTIONS is above what the open-file limit allows"
+        );
+        room
+    } else {
+        max_connections
+    }
+}
