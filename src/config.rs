@@ -796,6 +796,40 @@ impl fmt::Debug for DatabaseUrl {
 
 #[cfg(test)]
 mod tests {
+    mod durations {
+        use proptest::prelude::*;
+
+        use super::super::duration_within;
+
+        proptest! {
+            #[test]
+            fn any_text_is_a_duration_within_the_bounds_or_an_error(raw in "\\PC{0,40}") {
+                let parse = duration_within("1s", "1d");
+                if let Ok(d) = parse(&raw) {
+                    prop_assert!(d >= std::time::Duration::from_secs(1));
+                    prop_assert!(d <= std::time::Duration::from_secs(86_400));
+                }
+            }
+
+            #[test]
+            fn whole_units_within_the_bounds_read_back_exactly(n in 1u64..=1440, unit in 0usize..3) {
+                let (suffix, secs) = [("m", 60), ("h", 3600), ("s", 1)][unit];
+                let parse = duration_within("1s", "100d");
+                prop_assert_eq!(
+                    parse(&format!("{n}{suffix}")),
+                    Ok(std::time::Duration::from_secs(n * secs))
+                );
+            }
+
+            #[test]
+            fn numbers_beyond_any_bound_are_refused_not_wrapped(n in 1_000_000u64..u64::MAX) {
+                let parse = duration_within("1s", "3650d");
+                let raw = format!("{n}d");
+                prop_assert!(parse(&raw).is_err());
+            }
+        }
+    }
+
     use super::*;
     use clap::Parser;
 

@@ -225,6 +225,20 @@ async fn a_quota_spread_over_three_instances_allows_what_one_would(kind: Kind) {
     assert!(l[0].take(&k, quota, t0() + secs(3)).await.is_err());
 }
 
+async fn a_quota_finer_than_a_millisecond_refuses_nothing_even_out_of_order(kind: Kind) {
+    let (l, _db) = instances(kind, 2).await;
+    let k = key("busy");
+    let quota = Quota::per_minute(100_000_000);
+    for i in 0..50u64 {
+        // Instances' clocks and threads arrive a little out of order.
+        let at = t0() + Duration::from_millis(if i % 2 == 0 { 5 } else { 0 });
+        assert!(
+            l[(i % 2) as usize].take(&k, quota, at).await.is_ok(),
+            "take {i}"
+        );
+    }
+}
+
 async fn a_refusal_names_its_policy_for_the_headers(kind: Kind) {
     let (l, _db) = instances(kind, 1).await;
     let k = Key::new("signup", "192.0.2.9");
@@ -285,6 +299,7 @@ fn main() {
         failures_are_forgotten_an_hour_after_the_last,
         a_quota_spread_over_three_instances_allows_what_one_would,
         a_refusal_names_its_policy_for_the_headers,
+        a_quota_finer_than_a_millisecond_refuses_nothing_even_out_of_order,
         pruning_forgets_full_buckets_and_old_failures_only,
     );
     let kinds = [

@@ -406,3 +406,27 @@ async fn end_user_sessions(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn every_issued_cursor_reads_back_as_its_id(bytes in any::<[u8; 16]>()) {
+            let id = Uuid::from_bytes(bytes);
+            prop_assert_eq!(parse_cursor(Some(&encode_cursor(id))).unwrap(), Some(id));
+        }
+
+        #[test]
+        fn any_other_text_is_refused_as_a_field_error_never_a_panic(raw in "\\PC{0,64}") {
+            match parse_cursor(Some(&raw)) {
+                Ok(Some(id)) => prop_assert_eq!(encode_cursor(id), raw),
+                Ok(None) => prop_assert!(false, "a given cursor read as none"),
+                Err(e) => prop_assert_eq!(e.field, "cursor"),
+            }
+        }
+    }
+}

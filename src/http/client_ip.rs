@@ -91,4 +91,56 @@ mod tests {
             peer
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<[u8; 4]>().prop_map(IpAddr::from),
+                any::<[u8; 16]>().prop_map(IpAddr::from),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn an_untrusted_peer_is_the_client_whatever_the_header_says(
+                peer in ip(),
+                xff in "[ -~]{0,200}",
+            ) {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    h.insert("x-forwarded-for", v);
+                }
+                let trusted = nets(&["10.0.0.0/8"]);
+                let peer = if trusted.iter().any(|n| n.contains(&peer.to_canonical())) {
+                    IpAddr::from([192, 0, 2, 1])
+                } else {
+                    peer
+                };
+                prop_assert_eq!(client_ip(peer, &h, &trusted), peer.to_canonical());
+            }
+
+            #[test]
+            fn behind_a_proxy_the_client_is_the_peer_or_a_hop_the_header_names(
+                hops in proptest::collection::vec(ip(), 0..6),
+                junk in "[ -~]{0,40}",
+            ) {
+                let peer: IpAddr = "10.0.0.1".parse().unwrap();
+                let mut listed: Vec<String> = hops.iter().map(ToString::to_string).collect();
+                listed.insert(0, junk);
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&listed.join(",")) {
+                    h.insert("x-forwarded-for", v);
+                }
+                let client = client_ip(peer, &h, &nets(&["10.0.0.0/8"]));
+                prop_assert!(
+                    client == peer || hops.iter().any(|hop| hop.to_canonical() == client)
+                        || listed[0].trim().parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical() == client),
+                    "{} is neither the peer nor a listed hop", client
+                );
+            }
+        }
+    }
 }

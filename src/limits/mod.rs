@@ -145,16 +145,19 @@ impl Quota {
         }
     }
 
-    /// The GCRA parameters, in milliseconds: the time one unit takes to come
-    /// back, and how far ahead of now the spent units may reach. `None` for
-    /// a quota of nothing.
-    pub(crate) fn gcra(self) -> Option<Gcra> {
+    /// How a take from this quota is decided.
+    pub(crate) fn plan(self) -> Plan {
         if self.count == 0 {
-            return None;
+            return Plan::Never;
         }
-        let per = millis(self.per);
-        let interval = per / i64::from(self.count);
-        Some(Gcra {
+        let interval = millis(self.per) / i64::from(self.count);
+        // More than one unit a millisecond: no limit that milliseconds can
+        // keep. Requests of several threads and instances arrive a little
+        // out of order, and with no interval there would be no slack for it.
+        if interval == 0 {
+            return Plan::Unlimited;
+        }
+        Plan::Gcra(Gcra {
             interval,
             window: interval.saturating_mul(i64::from(self.count)),
         })
@@ -173,6 +176,16 @@ impl Quota {
     fn never(self, key: &Key) -> LimitError {
         self.refusal(key, millis(NEVER))
     }
+}
+
+/// How a quota decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// A quota of nothing: every take is refused.
+    Never,
+    /// Finer than a millisecond: every take is granted, nothing is kept.
+    Unlimited,
+    Gcra(Gcra),
 }
 
 /// A quota as GCRA sees it (milliseconds).
@@ -285,7 +298,9 @@ mod tests {
 
     #[test]
     fn a_gcra_bucket_allows_its_count_at_once_and_then_one_per_interval() {
-        let g = Quota::per_minute(6).gcra().unwrap();
+        let Plan::Gcra(g) = Quota::per_minute(6).plan() else {
+            panic!("a GCRA quota");
+        };
         assert_eq!(g.interval, 10_000);
         let mut tat = None;
         for _ in 0..6 {
@@ -297,9 +312,13 @@ mod tests {
     }
 
     #[test]
-    fn a_quota_of_nothing_has_no_gcra_and_an_odd_count_keeps_its_burst() {
-        assert_eq!(Quota::per_minute(0).gcra(), None);
-        let g = Quota::per_minute(7).gcra().unwrap();
+    fn a_quota_of_nothing_refuses_one_finer_than_a_millisecond_grants_and_an_odd_count_keeps_its_burst()
+     {
+        assert_eq!(Quota::per_minute(0).plan(), Plan::Never);
+        assert_eq!(Quota::per_minute(100_000_000).plan(), Plan::Unlimited);
+        let Plan::Gcra(g) = Quota::per_minute(7).plan() else {
+            panic!("a GCRA quota");
+        };
         let mut tat = None;
         for _ in 0..7 {
             tat = Some(g.take(tat, 0).unwrap());

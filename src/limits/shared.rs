@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{
     BACKOFF_BASE, BACKOFF_CAP, BACKOFF_MAX_SHIFT, FAILURE_MEMORY, Failures, Key, LimitError,
-    LimitResult, Quota, RateLimiter, millis, unix_millis,
+    LimitResult, Plan, Quota, RateLimiter, millis, unix_millis,
 };
 use crate::store::{BackoffRule, FailureState, LimitStore, QuotaState};
 
@@ -153,8 +153,10 @@ impl<S: SharedState> RateLimiter for SharedRateLimiter<S> {
     }
 
     async fn take(&self, key: &Key, quota: Quota, now: OffsetDateTime) -> LimitResult {
-        let Some(gcra) = quota.gcra() else {
-            return Err(quota.never(key));
+        let gcra = match quota.plan() {
+            Plan::Never => return Err(quota.never(key)),
+            Plan::Unlimited => return Ok(()),
+            Plan::Gcra(gcra) => gcra,
         };
         let now = unix_millis(now);
         if let Some((until, quota)) = self.spent.lock().get(key)
