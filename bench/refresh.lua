@@ -11,6 +11,7 @@ local pool = {}
 local headers = { ["Content-Type"] = "application/json" }
 
 function init(args)
+  math.randomseed(os.time() + 7919 * thread_id)
   local threads = tonumber(os.getenv("BENCH_THREADS") or "") or error("BENCH_THREADS is not set")
   for i, token in ipairs(read_lines("BENCH_REFRESH_TOKENS")) do
     if (i - 1) % threads == thread_id then
@@ -19,7 +20,14 @@ function init(args)
   end
 end
 
+-- BENCH_SPREAD_CLIENTS=1: each request from one of 65,536 client addresses.
+local spread = os.getenv("BENCH_SPREAD_CLIENTS") == "1"
+
 function request()
+  if spread then
+    headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", thread_id or 0,
+      math.random(0, 255), math.random(0, 255))
+  end
   local token = table.remove(pool)
   if not token then
     -- Every chain of this thread broke; send a request that fails visibly

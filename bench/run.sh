@@ -29,6 +29,11 @@
 #   BENCH_HASH_QUEUE  AUTHGATE_HASH_QUEUE of the server under test ("default",
 #                     the default, keeps authgate's own)
 #   BENCH_KEEP=1      keep the work directory (server log, wrk outputs)
+#   BENCH_SPREAD_CLIENTS=1
+#                     refreshes come from 65,536 client addresses (through
+#                     X-Forwarded-For from a trusted proxy) under the default
+#                     per-IP refresh quota, so each one is checked by the
+#                     limiter, as many clients of a real deployment are
 #   BENCH_JWT_ALG     AUTHGATE_JWT_ALG of the server under test (EdDSA, ES256,
 #                     RS256, HS256; default: authgate's own, EdDSA)
 
@@ -203,6 +208,11 @@ fi
 if [[ -n ${BENCH_JWT_ALG:-} ]]; then
     export AUTHGATE_JWT_ALG=$BENCH_JWT_ALG
 fi
+if [[ ${BENCH_SPREAD_CLIENTS:-} == 1 ]]; then
+    export AUTHGATE_TRUSTED_PROXIES=127.0.0.1/32
+    export AUTHGATE_REFRESH_PER_MINUTE=600
+    export BENCH_SPREAD_CLIENTS
+fi
 
 # Machine and run description.
 meta timestamp "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -223,6 +233,8 @@ meta server.hash_workers "${AUTHGATE_HASH_WORKERS:-$NPROC}"
 meta server.hash_queue "${AUTHGATE_HASH_QUEUE:-256}"
 meta server.rust_log "$RUST_LOG"
 meta server.jwt_alg "${AUTHGATE_JWT_ALG:-EdDSA}"
+meta server.rate_limit_store "${AUTHGATE_RATE_LIMIT_STORE:-auto}"
+meta bench.spread_clients "${BENCH_SPREAD_CLIENTS:-0}"
 meta binary_bytes "$(stat -c %s "$BIN")"
 
 # ---------------------------------------------------------------- 2. start

@@ -4,6 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::{
@@ -30,11 +31,13 @@ use crate::{
     },
     limits::{InMemoryRateLimiter, Quota, RateLimiter, RedisRateLimiter, StoreRateLimiter},
     mail::Mailer,
+    metrics,
     store::{self, Store},
 };
 
-/// How long a background task may take to finish its round after the stop.
-const TASK_STOP: Duration = Duration::from_secs(5);
+/// Background tasks get what is left of the shutdown timeout to finish their
+/// round, and at least this.
+const TASK_STOP_AT_LEAST: Duration = Duration::from_millis(100);
 
 /// Runs a background task until the stop is given. The task's rounds are
 /// its own: one under way when the stop comes is dropped at its next wait,
@@ -48,6 +51,17 @@ async fn until_stopped(work: Task, mut stopping: tokio::sync::watch::Receiver<bo
     }
 }
 
+/// Reads the database pools' use into the metrics until stopped.
+async fn sample_pools(services: Services, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(metrics::SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => services.sample_pools(),
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 /// How often in-memory throttling and session state is pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -55,6 +69,8 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 /// yet serving. Binding here lets callers (tests) use port 0 and learn the port.
 pub struct Application {
     listener: TcpListener,
+    /// The metrics listener and the recorder it renders, if configured.
+    metrics: Option<(TcpListener, PrometheusHandle)>,
     state: AppState,
     purge_interval: Duration,
     audit_retention: Duration,
@@ -78,8 +94,18 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on AUTHGATE_LISTEN {}", config.listen))?;
+        let metrics = match config.metrics_listen {
+            Some(address) => {
+                let listener = TcpListener::bind(address).await.with_context(|| {
+                    format!("cannot listen on AUTHGATE_METRICS_LISTEN {address}")
+                })?;
+                Some((listener, metrics::recorder()?))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics,
             state: AppState {
                 services,
                 trusted_proxies: config.trusted_proxies.clone().into(),
@@ -94,6 +120,7 @@ impl Application {
             audit_retention: config.audit_retention,
             limits: ServerLimits {
                 header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
                 body_read_timeout: config.body_read_timeout,
                 max_connections: server::fit_file_limit(config.max_connections),
                 max_connections_per_ip: config.max_connections_per_ip,
@@ -107,6 +134,11 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where the metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -138,14 +170,40 @@ impl Application {
         ];
         let address = self.local_addr();
         tracing::info!(%address, "authgate listening");
+        let metrics_served = self.metrics.map(|(listener, handle)| {
+            let address = listener.local_addr().ok();
+            tracing::info!(address = ?address, "metrics listening");
+            let mut stopping = stopping.clone();
+            tokio::spawn(metrics::serve(listener, handle, async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            }))
+        });
+        tokio::spawn(sample_pools(services.clone(), stopping.clone()));
         let app = http::router(self.state);
         let limits = self.limits;
+        // The whole stop, drain and background tasks, within the timeout.
+        let deadline = Arc::new(std::sync::OnceLock::new());
+        let shutdown = {
+            let (deadline, timeout) = (deadline.clone(), limits.shutdown_timeout);
+            async move {
+                shutdown.await;
+                let _ = deadline.set(tokio::time::Instant::now() + timeout);
+            }
+        };
         let served = server::serve(self.listener, app, limits, shutdown).await;
         tracing::info!("draining finished; stopping background tasks");
         let _ = stop.send(true);
+        let deadline = deadline
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now)
+            .max(tokio::time::Instant::now() + TASK_STOP_AT_LEAST);
+        if let Some(served) = metrics_served {
+            let _ = tokio::time::timeout_at(deadline, served).await;
+        }
         for task in tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout(TASK_STOP, task).await.is_err() {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
             }
         }

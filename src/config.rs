@@ -75,11 +75,22 @@ pub struct Config {
     #[arg(long, env = "AUTHGATE_LISTEN", default_value = "127.0.0.1:8010")]
     pub listen: SocketAddr,
 
-    /// A connection must deliver a complete request header within this time
-    /// of opening or of its previous answer; an idle keep-alive connection
-    /// is closed after it too.
+    /// Address of a separate listener serving Prometheus metrics at
+    /// `/metrics` (off unless set; keep it off the public network).
+    #[arg(long, env = "AUTHGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// A request head must be whole within this time of its first byte, and
+    /// an answer the client stops reading is abandoned after it.
     #[arg(long, env = "AUTHGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_within("100ms", "5m"))]
     pub header_read_timeout: Duration,
+
+    /// A connection with no request under way and nothing arriving is closed
+    /// after this long. Keep it above the idle timeout of a proxy in front
+    /// (60 s for nginx and most load balancers), so that the proxy closes
+    /// first and never sends on a connection being closed.
+    #[arg(long, env = "AUTHGATE_IDLE_TIMEOUT", default_value = "75s", value_parser = duration_within("100ms", "1h"))]
+    pub idle_timeout: Duration,
 
     /// A request body that sends nothing for this long is answered 408.
     #[arg(long, env = "AUTHGATE_BODY_READ_TIMEOUT", default_value = "10s", value_parser = duration_within("100ms", "5m"))]

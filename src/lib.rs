@@ -18,5 +18,6 @@ pub mod domain;
 pub mod http;
 pub mod limits;
 pub mod mail;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;

@@ -141,6 +141,13 @@ impl Accounts {
     /// (`admin`, `support`, …) is refused.
     #[tracing::instrument(skip_all, fields(ip = %client.ip))]
     pub async fn signup(&self, client: &Client, account: NewAccount) -> AuthResult<User> {
+        let result = self.create_account(client, account).await;
+        metrics::counter!("authgate_signups_total", "outcome" => super::error::outcome(&result))
+            .increment(1);
+        result
+    }
+
+    async fn create_account(&self, client: &Client, account: NewAccount) -> AuthResult<User> {
         let ip = client_bucket(client.ip);
         let taken = self
             .limiter

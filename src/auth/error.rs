@@ -85,6 +85,22 @@ impl From<LimitError> for AuthError {
 
 pub type AuthResult<T> = Result<T, AuthError>;
 
+/// A result's outcome as a metrics label: a few fixed words, never data.
+pub fn outcome<T>(result: &AuthResult<T>) -> &'static str {
+    match result {
+        Ok(_) => "success",
+        Err(AuthError::InvalidCredentials | AuthError::WrongPassword) => "invalid_credentials",
+        Err(AuthError::InvalidRefreshToken | AuthError::InvalidToken(_)) => "invalid_token",
+        Err(AuthError::Throttled(_)) => "throttled",
+        Err(AuthError::Overloaded(_)) => "overloaded",
+        Err(AuthError::Unavailable(_)) => "unavailable",
+        Err(AuthError::EmailNotVerified) => "email_not_verified",
+        Err(AuthError::Conflict(_)) => "conflict",
+        Err(AuthError::Invalid { .. } | AuthError::ReservedUsername) => "invalid",
+        Err(_) => "error",
+    }
+}
+
 impl From<StoreError> for AuthError {
     fn from(err: StoreError) -> Self {
         match err {

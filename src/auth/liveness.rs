@@ -111,6 +111,17 @@ impl SessionCache {
     /// What the cache knows of a session. A dead session never comes back,
     /// so a "dead" answer stays valid for good.
     pub fn get(&self, session_id: Uuid, now: Instant) -> Lookup {
+        let lookup = self.look_up(session_id, now);
+        let result = match &lookup {
+            Lookup::Miss => "miss",
+            Lookup::Revalidate(_) => "stale",
+            _ => "hit",
+        };
+        metrics::counter!("authgate_session_cache_total", "result" => result).increment(1);
+        lookup
+    }
+
+    fn look_up(&self, session_id: Uuid, now: Instant) -> Lookup {
         let map = self.entries.read();
         let Some(e) = map.get(&session_id) else {
             return Lookup::Miss;

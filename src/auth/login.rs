@@ -74,6 +74,18 @@ impl Login {
         login: &str,
         password: &str,
     ) -> AuthResult<TokenPair> {
+        let result = self.open_with_password(client, login, password).await;
+        metrics::counter!("authgate_logins_total", "outcome" => super::error::outcome(&result))
+            .increment(1);
+        result
+    }
+
+    async fn open_with_password(
+        &self,
+        client: &Client,
+        login: &str,
+        password: &str,
+    ) -> AuthResult<TokenPair> {
         let checked = self.check.login(client, login, password).await?;
         if self.check.policy.require_verified_email && !checked.user.email_verified {
             let refused = self

@@ -312,8 +312,22 @@ impl Services {
             return Ok(());
         }
         self.store.ping(self.clock.now()).await?;
+        // Throttling state kept elsewhere (Redis): without it every login
+        // is refused, so the instance cannot serve either.
+        self.limiter.ready().await.map_err(AuthError::Unavailable)?;
         *passed = Some(now);
         Ok(())
+    }
+
+    /// Records the database pools' use in the metrics.
+    pub fn sample_pools(&self) {
+        for (pool, open, idle) in self.store.pool_use() {
+            let open = f64::from(open);
+            let idle = idle as f64;
+            metrics::gauge!("authgate_db_connections", "pool" => pool, "state" => "idle").set(idle);
+            metrics::gauge!("authgate_db_connections", "pool" => pool, "state" => "busy")
+                .set((open - idle).max(0.0));
+        }
     }
 
     /// Drops state that no longer affects any decision: unusable session

@@ -145,6 +145,13 @@ impl Sessions {
     /// up; presenting it again ends the session (RFC 9700 §4.14.2).
     #[tracing::instrument(skip_all, fields(ip = %client.ip))]
     pub async fn refresh(&self, client: &Client, presented: &str) -> AuthResult<TokenPair> {
+        let result = self.rotate(client, presented).await;
+        metrics::counter!("authgate_refreshes_total", "outcome" => super::error::outcome(&result))
+            .increment(1);
+        result
+    }
+
+    async fn rotate(&self, client: &Client, presented: &str) -> AuthResult<TokenPair> {
         let ip = client_bucket(client.ip);
         let taken = self
             .limiter
@@ -243,6 +250,7 @@ impl Sessions {
                 user_id,
             } => {
                 self.cache.revoke(session_id, user_id, self.clock.instant());
+                metrics::counter!("authgate_refresh_reuse_detected_total").increment(1);
                 tracing::warn!(%session_id, %user_id, "refresh token reuse: session revoked");
                 Err(AuthError::InvalidRefreshToken)
             }

@@ -132,7 +132,11 @@ impl PasswordHasher {
     ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
         let params = self.inner.params.clone();
+        let queued = Instant::now();
         let job: Job = Box::new(move |memory| {
+            metrics::gauge!("authgate_hash_queue_depth").decrement(1.0);
+            metrics::histogram!("authgate_hash_wait_seconds")
+                .record(queued.elapsed().as_secs_f64());
             let _ = done.send(work(&params, memory));
         });
         self.inner.jobs.push(client, job).map_err(|e| match e {
@@ -142,6 +146,7 @@ impl PasswordHasher {
             },
             Refused::Closed => HashError::Failed("hashing pool stopped".into()),
         })?;
+        metrics::gauge!("authgate_hash_queue_depth").increment(1.0);
         result
             .await
             .map_err(|_| HashError::Failed("hashing worker dropped the job".into()))

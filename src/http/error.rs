@@ -277,6 +277,7 @@ impl AppError {
         headers.insert(header::RETRY_AFTER, seconds.into());
         if let AppError::RateLimited(throttle) = self {
             let name = throttle.policy;
+            metrics::counter!("authgate_throttled_total", "policy" => name).increment(1);
             let mut policy = format!("\"{name}\";q={}", throttle.limit);
             if let Some(window) = throttle.window {
                 policy.push_str(&format!(";w={}", retry_after_secs(window)));

@@ -20,7 +20,12 @@ use std::{
     collections::HashMap,
     future::Future,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -28,9 +33,13 @@ use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::{io::AsyncWriteExt, net::TcpListener, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpListener,
+    sync::watch,
+};
 use tower::ServiceExt;
-use tower_http::timeout::TimeoutBody;
+use tower_http::timeout::DeadlineBody;
 
 use crate::limits::client_bucket;
 
@@ -38,7 +47,10 @@ use crate::limits::client_bucket;
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub header_read_timeout: Duration,
-    /// A request body that sends nothing for this long fails (408).
+    /// A connection with no request under way and nothing arriving closes
+    /// after this long.
+    pub idle_timeout: Duration,
+    /// A request body not whole within this time fails (408).
     pub body_read_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -108,9 +120,204 @@ impl Drop for Admitted {
     }
 }
 
+/// The largest request head (request line and headers) read, in bytes.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// What the connection's requests tell its socket: how many are being
+/// answered, and whether a request head has begun but not been parsed.
+#[derive(Default)]
+struct Progress {
+    in_flight: AtomicUsize,
+    head_pending: AtomicBool,
+    /// The read waiting while a request was answered: woken when the last
+    /// answer is done, so that the idle clock starts.
+    reader: Mutex<Option<std::task::Waker>>,
+}
+
+/// Counts a request as answered while it lives.
+struct InFlight(Arc<Progress>);
+
+impl InFlight {
+    fn start(progress: &Arc<Progress>) -> Self {
+        progress.head_pending.store(false, Ordering::Relaxed);
+        progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(progress.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1
+            && let Some(reader) = self.0.reader.lock().take()
+        {
+            reader.wake();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection held to three clocks:
+    /// - idle: with no request under way and no byte arriving for
+    ///   `idle`, the connection closes;
+    /// - head: once a request's first byte has arrived, its head must be
+    ///   whole within `head` (a slowloris client gets no more);
+    /// - write: an answer that cannot move on for `head` (a client that
+    ///   stopped reading) fails, and the connection closes, so a reader that
+    ///   never reads holds nothing.
+    struct Watched<S> {
+        #[pin]
+        inner: S,
+        progress: Arc<Progress>,
+        idle: Duration,
+        head: Duration,
+        read_clock: Option<(Clock, Pin<Box<tokio::time::Sleep>>)>,
+        write_clock: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+/// Which wait the read clock times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Idle,
+    Head,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, progress: Arc<Progress>, idle: Duration, head: Duration) -> Self {
+        Self {
+            inner,
+            progress,
+            idle,
+            head,
+            read_clock: None,
+            write_clock: None,
+        }
+    }
+}
+
+fn timed_out(what: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
+}
+
+impl<S: AsyncRead> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let read = this.inner.poll_read(cx, buf);
+        let busy = this.progress.in_flight.load(Ordering::Relaxed) > 0;
+        if let Poll::Ready(Ok(())) = read
+            && buf.filled().len() > before
+            && !busy
+            && !this.progress.head_pending.swap(true, Ordering::Relaxed)
+        {
+            // The first byte of a new request: its head has `head` to arrive.
+            *this.read_clock = Some((Clock::Head, Box::pin(tokio::time::sleep(*this.head))));
+        }
+        if read.is_ready() {
+            return read;
+        }
+        let wanted = if busy {
+            *this.progress.reader.lock() = Some(cx.waker().clone());
+            // The answer may have ended between the count and the waker.
+            if this.progress.in_flight.load(Ordering::Relaxed) == 0 {
+                cx.waker().wake_by_ref();
+            }
+            None
+        } else if this.progress.head_pending.load(Ordering::Relaxed) {
+            Some(Clock::Head)
+        } else {
+            Some(Clock::Idle)
+        };
+        if this.read_clock.as_ref().map(|(c, _)| *c) != wanted {
+            *this.read_clock = wanted.map(|clock| {
+                let wait = if clock == Clock::Head {
+                    *this.head
+                } else {
+                    *this.idle
+                };
+                (clock, Box::pin(tokio::time::sleep(wait)))
+            });
+        }
+        if let Some((clock, sleep)) = this.read_clock
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(timed_out(match clock {
+                Clock::Idle => "the connection was idle too long",
+                Clock::Head => "the request head did not arrive in time",
+            })));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncWrite> Watched<S> {
+    /// `progress` of a write, with the stall clock started, kept or reset.
+    fn watch<T>(
+        stalled: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        timeout: Duration,
+        cx: &mut Context<'_>,
+        progress: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if progress.is_ready() {
+            *stalled = None;
+            return progress;
+        }
+        let sleep = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(timed_out("the client stopped reading")));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let progress = this.inner.poll_write(cx, buf);
+        Self::watch(this.write_clock, *this.head, cx, progress)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let progress = this.inner.poll_flush(cx);
+        Self::watch(this.write_clock, *this.head, cx, progress)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let progress = this.inner.poll_write_vectored(cx, bufs);
+        Self::watch(this.write_clock, *this.head, cx, progress)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// What a connection over a limit is told before it is closed.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/problem+json\r\n\
+x-content-type-options: nosniff\r\n\
+referrer-policy: no-referrer\r\n\
+x-frame-options: DENY\r\n\
+cache-control: no-store\r\n\
+content-security-policy: default-src 'none'; frame-ancestors 'none'\r\n\
 retry-after: 1\r\n\
 connection: close\r\n\
 content-length: 144\r\n\r\n\
@@ -215,15 +422,36 @@ async fn connection(
     admitted: Admitted,
 ) {
     let body_timeout = limits.body_read_timeout;
+    let progress = Arc::new(Progress::default());
+    let requests = progress.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let in_flight = InFlight::start(&requests);
         req.extensions_mut().insert(ConnectInfo(peer));
-        let req = req.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)));
-        app.clone().oneshot(req)
+        // The whole body within the time: a body dribbled a byte at a time
+        // is as stalled as one that stopped.
+        let req = req.map(|body| axum::body::Body::new(DeadlineBody::new(body_timeout, body)));
+        let answer = app.clone().oneshot(req);
+        async move {
+            let answer = answer.await;
+            drop(in_flight);
+            answer
+        }
     });
+    let io = Watched::new(
+        stream,
+        progress,
+        limits.idle_timeout,
+        limits.header_read_timeout,
+    );
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(TokioIo::new(stream), service);
+        // The clocks are the socket's own (`Watched`): hyper's would time
+        // the idle wait and the head as one.
+        .header_read_timeout(None)
+        // A request head larger than this is answered 431: a half-sent
+        // header can hold no more than this much memory.
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let finished = tokio::select! {
         result = conn.as_mut() => Some(result),

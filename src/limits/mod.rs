@@ -120,6 +120,10 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn take(&self, key: &Key, quota: Quota, now: OffsetDateTime) -> LimitResult;
     /// Drops state that no longer affects any decision.
     async fn prune(&self, now: OffsetDateTime) -> anyhow::Result<()>;
+    /// Whether the state can be reached (readiness).
+    async fn ready(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Back-off after the free failures: 1 s, 2 s, 4 s, … up to this cap.

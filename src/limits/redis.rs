@@ -170,4 +170,11 @@ impl SharedState for RedisState {
     async fn purge(&self, _now: i64, _batch: u32) -> anyhow::Result<u64> {
         Ok(0)
     }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
 }

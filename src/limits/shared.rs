@@ -37,6 +37,8 @@ pub(super) trait SharedState: Send + Sync + 'static {
     async fn clear_failures(&self, key: &[u8; 32]) -> anyhow::Result<()>;
     /// Deletes up to `batch` rows that no longer matter; how many.
     async fn purge(&self, now: i64, batch: u32) -> anyhow::Result<u64>;
+    /// Whether the state answers.
+    async fn ping(&self) -> anyhow::Result<()>;
 }
 
 /// Limiter state shared by every instance.
@@ -106,6 +108,11 @@ impl SharedState for DatabaseState {
             .0
             .purge_limits(now, millis(FAILURE_MEMORY), batch)
             .await?)
+    }
+
+    /// The database's readiness is checked on its own.
+    async fn ping(&self) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 
@@ -177,6 +184,10 @@ impl<S: SharedState> RateLimiter for SharedRateLimiter<S> {
         let until = state.tat + gcra.interval - gcra.window;
         self.spent.lock().insert(key.clone(), (until, quota));
         Err(quota.refusal(key, until - now))
+    }
+
+    async fn ready(&self) -> anyhow::Result<()> {
+        self.state.ping().await
     }
 
     async fn prune(&self, now: OffsetDateTime) -> anyhow::Result<()> {

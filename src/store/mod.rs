@@ -646,6 +646,8 @@ pub trait Store:
     async fn migrate(&self) -> StoreResult<()>;
     /// Readiness: a read and a committed write both succeed.
     async fn ping(&self, now: OffsetDateTime) -> StoreResult<()>;
+    /// Each connection pool's name, open connections and idle ones.
+    fn pool_use(&self) -> Vec<(&'static str, u32, usize)>;
 }
 
 /// Connects to the database the URL names.

@@ -40,7 +40,7 @@ impl PgStore {
                 .acquire_timeout(DB_WAIT)
                 .connect_with(options.clone())
         };
-        let (pool, checks, limits) = (pool(16).await?, pool(4).await?, pool(8).await?);
+        let (pool, checks, limits) = (pool(16).await?, pool(4).await?, pool(4).await?);
         Ok(Self {
             pool,
             checks,
@@ -72,6 +72,14 @@ impl Dialect for PgStore {
 
     fn check_file(&self) -> sqlx::Result<()> {
         Ok(())
+    }
+
+    fn pools(&self) -> Vec<(&'static str, &PgPool)> {
+        vec![
+            ("main", &self.pool),
+            ("session_checks", &self.checks),
+            ("limits", &self.limits),
+        ]
     }
 
     async fn begin_write(writer: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {

@@ -468,6 +468,9 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// The pool throttling checks go to.
     fn limits(&self) -> &Pool<Self::Db>;
 
+    /// Every pool, by name, for the metrics.
+    fn pools(&self) -> Vec<(&'static str, &Pool<Self::Db>)>;
+
     /// Whether the database's file is still the one opened (SQLite: deleted
     /// or replaced under the running process, every later write would be
     /// lost at the next start).
@@ -865,6 +868,13 @@ macro_rules! sql_store {
                         .map_err(|e| StoreError::Database(e.into()));
                     let _ = conn.close().await;
                     migrated
+                }
+
+                fn pool_use(&self) -> Vec<(&'static str, u32, usize)> {
+                    self.pools()
+                        .into_iter()
+                        .map(|(name, pool)| (name, pool.size(), pool.num_idle()))
+                        .collect()
                 }
 
                 async fn ping(&self, now: OffsetDateTime) -> StoreResult<()> {

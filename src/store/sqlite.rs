@@ -9,7 +9,7 @@
 //! mode, never wait for the writer. Write transactions still start with
 //! `BEGIN IMMEDIATE` for other processes sharing the file.
 
-use std::str::FromStr;
+use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     Connection as _, Sqlite, SqlitePool, Transaction,
@@ -29,6 +29,36 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// The database file and its identity when opened (none in memory).
     file: Option<(std::path::PathBuf, (u64, u64))>,
+    /// Stops the watch over the file when the store goes.
+    _watch: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// How often the database file is checked to still be the one opened.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Closes the writer once the file at `path` is no longer the one opened
+/// (deleted or replaced under the running process): every write from then
+/// on would land in a file nobody will open again and be lost at restart,
+/// so writes fail (503) instead of being acknowledged. Reads go on.
+async fn watch_file(
+    path: std::path::PathBuf,
+    opened: (u64, u64),
+    writer: SqlitePool,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut ticker = tokio::time::interval(FILE_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut stop => return,
+        }
+        let same = std::fs::metadata(&path).is_ok_and(|m| file_id(&m) == opened);
+        if !same {
+            let _ = file_gone(&path, "is gone or replaced");
+            writer.close().await;
+            return;
+        }
+    }
 }
 
 /// A file's device and inode: the same path may later name another file.
@@ -87,7 +117,17 @@ impl SqliteStore {
             .ok()
             .filter(|m| m.is_file())
             .map(|m| (path, file_id(&m)));
-        Ok(Self { pool, writer, file })
+        let watch = file.as_ref().map(|(path, opened)| {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            tokio::spawn(watch_file(path.clone(), *opened, writer.clone(), stopped));
+            stop
+        });
+        Ok(Self {
+            pool,
+            writer,
+            file,
+            _watch: watch,
+        })
     }
 }
 
@@ -111,6 +151,10 @@ impl Dialect for SqliteStore {
 
     fn limits(&self) -> &SqlitePool {
         &self.writer
+    }
+
+    fn pools(&self) -> Vec<(&'static str, &SqlitePool)> {
+        vec![("readers", &self.pool), ("writer", &self.writer)]
     }
 
     fn check_file(&self) -> sqlx::Result<()> {

@@ -23,8 +23,12 @@ use crate::{
 
 on_both_databases!(
     a_half_sent_header_is_closed_after_the_header_timeout,
-    an_idle_keep_alive_connection_is_closed_after_the_header_timeout,
+    an_idle_keep_alive_connection_is_closed_after_the_idle_timeout,
+    an_idle_connection_outlives_the_header_timeout,
     a_stalled_body_gets_408,
+    a_dribbled_body_gets_408_when_it_is_not_whole_in_time,
+    a_request_head_over_16_kib_gets_431,
+    a_client_that_stops_reading_its_answers_is_closed,
     a_content_length_over_the_limit_is_refused_at_once,
     connections_over_the_per_address_cap_are_refused_and_others_still_served,
     connections_over_the_overall_cap_are_refused_with_503,
@@ -95,9 +99,9 @@ async fn a_half_sent_header_is_closed_after_the_header_timeout(backend: Backend)
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
-async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout(backend: Backend) {
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(backend: Backend) {
     let app = TestApp::builder()
-        .arg("--header-read-timeout", "1s")
+        .arg("--idle-timeout", "1s")
         .spawn(backend)
         .await;
     let mut stream = connect_from("127.0.0.1", address(&app)).await;
@@ -109,6 +113,36 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout(backen
         .await
         .expect("closed within 5 s of going idle");
     assert_eq!(status_of(&answered), 200);
+}
+
+async fn an_idle_connection_outlives_the_header_timeout(backend: Backend) {
+    // A proxy keeps idle connections to reuse: only the idle timeout, which
+    // should outlast the proxy's own, may close them.
+    let app = TestApp::builder()
+        .arg("--header-read-timeout", "1s")
+        .spawn(backend)
+        .await;
+    let mut stream = connect_from("127.0.0.1", address(&app)).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert_eq!(status_of(&buf[..n]), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&answer),
+        200,
+        "the reused connection still answers"
+    );
 }
 
 async fn a_stalled_body_gets_408(backend: Backend) {
@@ -131,6 +165,77 @@ async fn a_stalled_body_gets_408(backend: Backend) {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.contains("application/problem+json"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
+}
+
+async fn a_dribbled_body_gets_408_when_it_is_not_whole_in_time(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--body-read-timeout", "1s")
+        .spawn(backend)
+        .await;
+    let mut stream = connect_from("127.0.0.1", address(&app)).await;
+    stream
+        .write_all(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // A byte every 200 ms for 12 s: never idle for long, never whole either.
+    let (mut reader, mut writer) = stream.into_split();
+    let dribble = tokio::spawn(async move {
+        for _ in 0..60 {
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut answer))
+        .await
+        .expect("answered within 5 s")
+        .unwrap();
+    assert_eq!(status_of(&answer[..n]), 408);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    dribble.abort();
+}
+
+async fn a_request_head_over_16_kib_gets_431(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut stream = connect_from("127.0.0.1", address(&app)).await;
+    let big = "a".repeat(20 * 1024);
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let answer = read_to_close(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("answered and closed");
+    assert_eq!(status_of(&answer), 431);
+    // An ordinary request is still answered.
+    assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
+}
+
+async fn a_client_that_stops_reading_its_answers_is_closed(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--header-read-timeout", "1s")
+        .spawn(backend)
+        .await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(address(&app)).await.unwrap();
+    // Many large answers asked for, none read.
+    let request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&request)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The server gave up on the connection: what it had sent ends, well
+    // short of 200 answers.
+    let received = read_to_close(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("closed by the server");
+    let answers = String::from_utf8_lossy(&received)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(answers < 200, "{answers} answers");
 }
 
 async fn a_content_length_over_the_limit_is_refused_at_once(backend: Backend) {
@@ -176,7 +281,9 @@ async fn connections_over_the_per_address_cap_are_refused_and_others_still_serve
         .await
         .expect("refused and closed");
     assert_eq!(status_of(&refused), 503);
-    assert!(String::from_utf8_lossy(&refused).contains("too_many_connections"));
+    let refused = String::from_utf8_lossy(&refused).to_lowercase();
+    assert!(refused.contains("too_many_connections"));
+    assert!(refused.contains("x-content-type-options: nosniff"));
     // Another address is served as usual.
     assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
     // A connection that closes gives its place back.
@@ -360,7 +467,7 @@ async fn ten_thousand_idle_connections_stay_under_256_mib(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (child, to) = start_process(
         &db,
-        &["--header-read-timeout", "60s", "--max-connections", "12000"],
+        &["--idle-timeout", "60s", "--max-connections", "12000"],
     )
     .await;
     let pid = child.id().unwrap();

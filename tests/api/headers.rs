@@ -12,6 +12,7 @@ use crate::{
 on_both_databases!(
     every_answer_forbids_sniffing_referrers_framing_and_caching,
     public_documents_keep_their_own_cache_policy,
+    cors_preflight_answers_carry_the_headers_too,
     the_docs_page_may_run_only_its_own_scripts_and_never_be_framed,
     the_docs_page_renders_in_chromium_under_its_policy,
 );
@@ -59,6 +60,27 @@ async fn every_answer_forbids_sniffing_referrers_framing_and_caching(backend: Ba
         assert_hardened(res);
         assert_eq!(header(res, "cache-control"), "no-store", "{}", res.url());
     }
+}
+
+async fn cors_preflight_answers_carry_the_headers_too(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--cors-origins", "https://app.example.com")
+        .spawn(backend)
+        .await;
+    let res = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/auth/login"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(
+        header(&res, "access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert_hardened(&res);
 }
 
 async fn public_documents_keep_their_own_cache_policy(backend: Backend) {

@@ -88,6 +88,7 @@ impl TestAppBuilder {
             .await
             .expect("the application builds");
         let address = format!("http://{}", app.local_addr());
+        let metrics = app.metrics_addr().map(|a| format!("http://{a}/metrics"));
         let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -99,6 +100,7 @@ impl TestAppBuilder {
         });
         TestApp {
             address,
+            metrics,
             client: reqwest::Client::new(),
             db: Some(db),
             state,
@@ -113,6 +115,8 @@ impl TestAppBuilder {
 
 pub struct TestApp {
     pub address: String,
+    /// The metrics URL, when `--metrics-listen` is set.
+    pub metrics: Option<String>,
     pub client: reqwest::Client,
     pub state: AppState,
     /// The server's clock: tests move it forward instead of sleeping.

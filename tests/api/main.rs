@@ -18,6 +18,7 @@ mod keys;
 mod links;
 mod login;
 mod me;
+mod metrics;
 mod outage;
 mod outbox;
 mod refresh;
@@ -46,6 +47,7 @@ fn main() {
         links::trials,
         login::trials,
         me::trials,
+        metrics::trials,
         outage::trials,
         outage::more_trials,
         outbox::trials,

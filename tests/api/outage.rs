@@ -99,6 +99,7 @@ async fn readiness_fails_when_the_database_file_is_deleted() {
     assert_eq!(app.get("/readyz", None).await.status(), StatusCode::OK);
     let path = app.db().url.trim_start_matches("sqlite://");
     let path = path.split('?').next().unwrap().to_owned();
+    app.create_user("before").await;
     std::fs::remove_file(&path).unwrap();
     app.advance(Duration::from_secs(2));
     assert_eq!(
@@ -106,6 +107,15 @@ async fn readiness_fails_when_the_database_file_is_deleted() {
         StatusCode::SERVICE_UNAVAILABLE,
         "writes from now on would be lost at restart"
     );
+    // Within the file check's second, writes are refused, not acknowledged
+    // and lost.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let res = app
+        .signup(serde_json::json!({"username": "after", "password": PASSWORD}))
+        .await;
+    assert_unavailable(res).await;
+    // A login writes a session: refused too.
+    assert_unavailable(app.login("before", PASSWORD).await).await;
 }
 
 async fn a_writer_lock_held_by_another_process_gives_503_in_bounded_time() {
