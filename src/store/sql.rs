@@ -1818,12 +1818,8 @@ macro_rules! sql_store {
                 }
 
                 async fn release_attempt(&self, key: &[u8; 32]) -> StoreResult<()> {
-                    // Nothing left to remember: an attempt never checked
-                    // must not leave a row behind (a flood of unknown names).
-                    sqlx::query("DELETE FROM limit_failures WHERE key = $1 AND failures <= 1")
-                        .bind(&key[..])
-                        .execute(self.limits())
-                        .await?;
+                    // One statement on the path of every successful login; a
+                    // row left at no failures is deleted by the next purge.
                     sqlx::query(
                         "UPDATE limit_failures SET failures = failures - 1 \
                          WHERE key = $1 AND failures > 0",
