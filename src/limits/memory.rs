@@ -6,9 +6,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 
-use super::{
-    FAILURE_MEMORY, Failures, Key, LimitResult, Plan, Quota, RateLimiter, millis, unix_millis,
-};
+use super::{FAILURE_MEMORY, Failures, Key, LimitResult, Quota, RateLimiter, millis, unix_millis};
 
 /// Per-process limiter state. Requests never sweep the maps: stale entries
 /// are dropped by [`RateLimiter::prune`], which the service runs on a timer,
@@ -70,10 +68,8 @@ impl RateLimiter for InMemoryRateLimiter {
     }
 
     async fn take(&self, key: &Key, quota: Quota, now: OffsetDateTime) -> LimitResult {
-        let gcra = match quota.plan() {
-            Plan::Never => return Err(quota.never(key)),
-            Plan::Unlimited => return Ok(()),
-            Plan::Gcra(gcra) => gcra,
+        let Some(gcra) = quota.gcra_for(key)? else {
+            return Ok(());
         };
         let now = unix_millis(now);
         let mut map = self.quotas.lock();

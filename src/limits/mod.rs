@@ -167,6 +167,17 @@ impl Quota {
         })
     }
 
+    /// What a take from this quota needs: the GCRA to check it against, none
+    /// when it is granted without a check, or the refusal of a quota of
+    /// nothing.
+    pub(crate) fn gcra_for(self, key: &Key) -> Result<Option<Gcra>, LimitError> {
+        match self.plan() {
+            Plan::Never => Err(self.refusal(key, millis(NEVER))),
+            Plan::Unlimited => Ok(None),
+            Plan::Gcra(gcra) => Ok(Some(gcra)),
+        }
+    }
+
     fn refusal(self, key: &Key, wait_ms: i64) -> LimitError {
         LimitError::Throttled(Throttle {
             wait: Duration::from_millis(wait_ms.max(1).unsigned_abs()),
@@ -174,11 +185,6 @@ impl Quota {
             limit: self.count,
             window: Some(self.per),
         })
-    }
-
-    /// The refusal of a quota of nothing.
-    fn never(self, key: &Key) -> LimitError {
-        self.refusal(key, millis(NEVER))
     }
 }
 

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{
     BACKOFF_BASE, BACKOFF_CAP, BACKOFF_MAX_SHIFT, FAILURE_MEMORY, Failures, Key, LimitError,
-    LimitResult, Plan, Quota, RateLimiter, millis, unix_millis,
+    LimitResult, Quota, RateLimiter, millis, unix_millis,
 };
 use crate::store::{BackoffRule, FailureState, LimitStore, QuotaState};
 
@@ -160,10 +160,8 @@ impl<S: SharedState> RateLimiter for SharedRateLimiter<S> {
     }
 
     async fn take(&self, key: &Key, quota: Quota, now: OffsetDateTime) -> LimitResult {
-        let gcra = match quota.plan() {
-            Plan::Never => return Err(quota.never(key)),
-            Plan::Unlimited => return Ok(()),
-            Plan::Gcra(gcra) => gcra,
+        let Some(gcra) = quota.gcra_for(key)? else {
+            return Ok(());
         };
         let now = unix_millis(now);
         if let Some((until, quota)) = self.spent.lock().get(key)
