@@ -1,9 +1,11 @@
 //! The listener: HTTP/1.1 connections with bounds a hostile client cannot
 //! stretch, and a drain on shutdown.
 //!
-//! - A connection must deliver a complete request header within
-//!   `header_read_timeout` of opening or of its previous answer: a half-sent
-//!   header (slowloris) or an idle keep-alive connection is closed then.
+//! - A request head must be whole within `header_read_timeout` of its first
+//!   byte (a slowloris client gets no more) and at most 16 KiB; a body must
+//!   be whole within `body_read_timeout` (408); an answer the client stops
+//!   reading is abandoned after `header_read_timeout`; a connection with
+//!   nothing under way closes after `idle_timeout`.
 //! - At most `max_connections` are open at once, and `max_connections_per_ip`
 //!   from one address; one beyond is answered 503 and closed at once, so
 //!   the process never runs out of file descriptors (it then could not even
@@ -65,7 +67,7 @@ pub struct ServerLimits {
 #[derive(Default)]
 struct Connections {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    total: std::sync::atomic::AtomicUsize,
+    total: AtomicUsize,
     /// Wakes the drain when the last connection closes.
     closed: tokio::sync::Notify,
 }
@@ -78,7 +80,7 @@ struct Admitted {
 
 impl Connections {
     fn admit(self: &Arc<Self>, ip: IpAddr, limits: &ServerLimits) -> Option<Admitted> {
-        use std::sync::atomic::Ordering;
+        let ip = ip.to_canonical();
         let proxy = limits.trusted_proxies.iter().any(|net| net.contains(&ip));
         let ip = client_bucket(ip);
         let mut per_ip = self.per_ip.lock();
@@ -100,13 +102,12 @@ impl Connections {
     }
 
     fn open(&self) -> usize {
-        self.total.load(std::sync::atomic::Ordering::Relaxed)
+        self.total.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        use std::sync::atomic::Ordering;
         let mut per_ip = self.connections.per_ip.lock();
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -320,7 +321,7 @@ cache-control: no-store\r\n\
 content-security-policy: default-src 'none'; frame-ancestors 'none'\r\n\
 retry-after: 1\r\n\
 connection: close\r\n\
-content-length: 144\r\n\r\n\
+content-length: 146\r\n\r\n\
 {\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\
 \"detail\":\"Too many open connections; retry later.\",\"code\":\"too_many_connections\"}";
 
@@ -507,5 +508,25 @@ pub fn fit_file_limit(max_connections: usize) -> usize {
         room
     } else {
         max_connections
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_one_whole_answer_with_a_problem_document() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["code"], "too_many_connections");
     }
 }
