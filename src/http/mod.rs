@@ -163,10 +163,19 @@ fn document_errors(spec: &mut utoipa::openapi::OpenApi) {
                         .or_insert_with(|| problem(why));
                 }
             }
-            for response in op.responses.responses.values_mut() {
+            for (status, response) in op.responses.responses.iter_mut() {
                 let RefOr::T(response) = response else {
                     continue;
                 };
+                for (name, kind, why) in answer_headers(status) {
+                    response.headers.entry(name.to_owned()).or_insert_with(|| {
+                        let mut header = utoipa::openapi::header::Header::new(
+                            utoipa::openapi::Object::with_type(kind),
+                        );
+                        header.description = Some(why.to_owned());
+                        RefOr::T(header)
+                    });
+                }
                 let is_problem = matches!(response.content.get("application/json"),
                     Some(RefOr::T(c)) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location == PROBLEM));
                 if is_problem
@@ -178,6 +187,38 @@ fn document_errors(spec: &mut utoipa::openapi::OpenApi) {
                 }
             }
         }
+    }
+}
+
+/// The headers an answer of `status` carries, as the document states them.
+fn answer_headers(status: &str) -> Vec<(&'static str, utoipa::openapi::Type, &'static str)> {
+    use utoipa::openapi::Type;
+    let retry = (
+        "Retry-After",
+        Type::Integer,
+        "Seconds to wait before retrying",
+    );
+    match status {
+        "401" => vec![(
+            "WWW-Authenticate",
+            Type::String,
+            "The Bearer challenge (RFC 6750)",
+        )],
+        "429" => vec![
+            retry,
+            (
+                "RateLimit-Policy",
+                Type::String,
+                "The limit that refused the request (IETF draft httpapi-ratelimit-headers), e.g. `\"signup\";q=20;w=60`",
+            ),
+            (
+                "RateLimit",
+                Type::String,
+                "The limit's state: `\"signup\";r=0;t=12`",
+            ),
+        ],
+        "503" => vec![retry],
+        _ => Vec::new(),
     }
 }
 

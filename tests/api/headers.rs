@@ -13,6 +13,7 @@ on_both_databases!(
     every_answer_forbids_sniffing_referrers_framing_and_caching,
     public_documents_keep_their_own_cache_policy,
     cors_preflight_answers_carry_the_headers_too,
+    the_document_states_the_headers_of_throttled_unavailable_and_unauthorized_answers,
     the_docs_page_may_run_only_its_own_scripts_and_never_be_framed,
     the_docs_page_renders_in_chromium_under_its_policy,
 );
@@ -174,4 +175,21 @@ async fn the_docs_page_renders_in_chromium_under_its_policy(backend: Backend) {
         !log.contains("Content Security Policy"),
         "the policy blocked something:\n{log}"
     );
+}
+
+async fn the_document_states_the_headers_of_throttled_unavailable_and_unauthorized_answers(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let spec: serde_json::Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let responses = &spec["paths"]["/auth/signup"]["post"]["responses"];
+    for name in ["Retry-After", "RateLimit-Policy", "RateLimit"] {
+        assert!(responses["429"]["headers"][name].is_object(), "429 {name}");
+    }
+    assert_eq!(
+        responses["503"]["headers"]["Retry-After"]["schema"]["type"],
+        "integer"
+    );
+    let me = &spec["paths"]["/users/me"]["get"]["responses"];
+    assert!(me["401"]["headers"]["WWW-Authenticate"].is_object());
 }
