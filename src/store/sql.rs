@@ -722,6 +722,10 @@ where
     .bind(since)
 }
 
+/// Rows a purge deletes in one statement: each batch is short, so requests
+/// waiting for the writer or a row lock wait little.
+pub(super) const PURGE_BATCH: i64 = 5_000;
+
 /// One unit of a GCRA quota, in one statement ($1 key, $2 now, $3 the
 /// interval, $4 the window; milliseconds). Every `SET` sees the old row, so
 /// the grant and the new arrival time are decided on the same state.
@@ -792,7 +796,7 @@ macro_rules! sql_store {
                     map_unique,
                     sql::{
                         self, AuditRow, CredentialsRow, Dialect, FlowTokenRow, KeyRow,
-                        LiveRefreshRow, MailInfoRow, Refresh, SELECT_KEYS, SessionInfoRow,
+                        LiveRefreshRow, MailInfoRow, PURGE_BATCH, Refresh, SELECT_KEYS, SessionInfoRow,
                         Timestamp, UserRow,
                     },
                 },
@@ -1434,31 +1438,60 @@ macro_rules! sql_store {
                     revoked_before: OffsetDateTime,
                 ) -> StoreResult<u64> {
                     let writer = self.writer().clone();
+                    let (now, revoked_before) = (Timestamp(now), Timestamp(revoked_before));
                     detached(async move {
-                        let mut tx = Self::begin_write(&writer).await?;
-                        // A used token stays while its session lives: presenting
-                        // it again must still be seen as reuse (RFC 9700
-                        // §4.14.2), however old it is. It goes with its session.
-                        let tokens = sqlx::query(
-                            "DELETE FROM refresh_tokens \
-                             WHERE expires_at <= $1 AND used_at IS NULL",
-                        )
-                        .bind(Timestamp(now))
-                        .execute(&mut *tx)
-                        .await?;
-                        let sessions = sqlx::query(
-                            "DELETE FROM sessions WHERE expires_at <= $1 OR revoked_at < $2",
-                        )
-                        .bind(Timestamp(now))
-                        .bind(Timestamp(revoked_before))
-                        .execute(&mut *tx)
-                        .await?;
-                        let links = sqlx::query("DELETE FROM flow_tokens WHERE expires_at <= $1")
-                            .bind(Timestamp(now))
-                            .execute(&mut *tx)
+                        // In batches, each a short statement of its own: a
+                        // purge of a million rows must not hold the writer, or
+                        // locks requests wait for, for long. A used token stays
+                        // while its session lives: presenting it again must
+                        // still be seen as reuse (RFC 9700 §4.14.2), however
+                        // old it is. It goes with its session.
+                        let mut purged = 0;
+                        loop {
+                            let done = sqlx::query(
+                                "DELETE FROM refresh_tokens WHERE token_hash IN \
+                                 (SELECT token_hash FROM refresh_tokens \
+                                  WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)",
+                            )
+                            .bind(now)
+                            .bind(PURGE_BATCH)
+                            .execute(&writer)
                             .await?;
-                        tx.commit().await?;
-                        Ok(tokens.rows_affected() + sessions.rows_affected() + links.rows_affected())
+                            purged += done.rows_affected();
+                            if done.rows_affected() < PURGE_BATCH as u64 {
+                                break;
+                            }
+                        }
+                        loop {
+                            let done = sqlx::query(
+                                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
+                                 WHERE expires_at <= $1 OR revoked_at < $2 LIMIT $3)",
+                            )
+                            .bind(now)
+                            .bind(revoked_before)
+                            .bind(PURGE_BATCH)
+                            .execute(&writer)
+                            .await?;
+                            purged += done.rows_affected();
+                            if done.rows_affected() < PURGE_BATCH as u64 {
+                                break;
+                            }
+                        }
+                        loop {
+                            let done = sqlx::query(
+                                "DELETE FROM flow_tokens WHERE token_hash IN \
+                                 (SELECT token_hash FROM flow_tokens WHERE expires_at <= $1 LIMIT $2)",
+                            )
+                            .bind(now)
+                            .bind(PURGE_BATCH)
+                            .execute(&writer)
+                            .await?;
+                            purged += done.rows_affected();
+                            if done.rows_affected() < PURGE_BATCH as u64 {
+                                break;
+                            }
+                        }
+                        Ok(purged)
                     })
                     .await
                 }
@@ -1725,13 +1758,21 @@ macro_rules! sql_store {
                 }
 
                 async fn purge_mail(&self, before: OffsetDateTime) -> StoreResult<u64> {
-                    let done = sqlx::query(
-                        "DELETE FROM mail_outbox WHERE status <> 'pending' AND created_at < $1",
-                    )
-                    .bind(Timestamp(before))
-                    .execute(self.writer())
-                    .await?;
-                    Ok(done.rows_affected())
+                    let mut purged = 0;
+                    loop {
+                        let done = sqlx::query(
+                            "DELETE FROM mail_outbox WHERE id IN (SELECT id FROM mail_outbox \
+                             WHERE status <> 'pending' AND created_at < $1 LIMIT $2)",
+                        )
+                        .bind(Timestamp(before))
+                        .bind(PURGE_BATCH)
+                        .execute(self.writer())
+                        .await?;
+                        purged += done.rows_affected();
+                        if done.rows_affected() < PURGE_BATCH as u64 {
+                            return Ok(purged);
+                        }
+                    }
                 }
             }
 
@@ -1769,11 +1810,21 @@ macro_rules! sql_store {
                 }
 
                 async fn purge_audit(&self, before: OffsetDateTime) -> StoreResult<u64> {
-                    let done = sqlx::query("DELETE FROM audit_events WHERE occurred_at < $1")
+                    let mut purged = 0;
+                    loop {
+                        let done = sqlx::query(
+                            "DELETE FROM audit_events WHERE id IN \
+                             (SELECT id FROM audit_events WHERE occurred_at < $1 LIMIT $2)",
+                        )
                         .bind(Timestamp(before))
+                        .bind(PURGE_BATCH)
                         .execute(self.writer())
                         .await?;
-                    Ok(done.rows_affected())
+                        purged += done.rows_affected();
+                        if done.rows_affected() < PURGE_BATCH as u64 {
+                            return Ok(purged);
+                        }
+                    }
                 }
             }
 
