@@ -101,6 +101,7 @@ on_both_databases!(
     racing_claims_share_out_the_outbox_and_each_message_once,
     a_claim_that_runs_out_is_claimed_again_and_given_up_after_its_attempts,
     audit_events_page_newest_first_and_filter,
+    a_purge_of_more_rows_than_one_batch_deletes_them_all,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -1874,6 +1875,36 @@ async fn a_claim_that_runs_out_is_claimed_again_and_given_up_after_its_attempts(
         .unwrap();
     assert_eq!(failed.len(), 1, "out of attempts, given up");
     assert!(failed[0].last_error.is_some());
+}
+
+async fn a_purge_of_more_rows_than_one_batch_deletes_them_all(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let old = clock::now() - Duration::days(400);
+    // Written in one change, as a change's events are: 12,001 rows, more
+    // than two batches.
+    let effects = Effects {
+        audit: (0..12_001)
+            .map(|i| {
+                AuditContext::default().record(AuditKind::Login, old + Duration::milliseconds(i))
+            })
+            .collect(),
+        ..Effects::default()
+    };
+    store.apply(&effects).await.unwrap();
+    let kept = AuditContext::default().record(AuditKind::Signup, clock::now());
+    store.record(&kept).await.unwrap();
+    assert_eq!(
+        store
+            .purge_audit(clock::now() - Duration::days(1))
+            .await
+            .unwrap(),
+        12_001
+    );
+    let left = store
+        .list_audit(&AuditFilter::default(), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![kept]);
 }
 
 async fn audit_events_page_newest_first_and_filter(backend: Backend) {
