@@ -144,16 +144,25 @@ fn document_errors(spec: &mut utoipa::openapi::OpenApi) {
                 Some(RefOr::T(body)) if body.content.contains_key("application/json"));
             let form_body = matches!(&op.request_body,
                 Some(RefOr::T(body)) if body.content.contains_key("application/x-www-form-urlencoded"));
-            if form_body {
-                op.responses
-                    .responses
-                    .entry("413".to_owned())
-                    .or_insert_with(|| problem("The body is larger than 64 KiB"));
+            if form_body || json_body {
+                for (status, why) in [
+                    ("408", "The body was not whole within the body read timeout"),
+                    ("413", "The body is larger than 64 KiB"),
+                ] {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(why));
+                }
             }
+            // Any route: too many connections, the database or the
+            // throttling store out of reach, or the request deadline.
+            op.responses.responses.entry("503".to_owned()).or_insert_with(|| {
+                problem("Unavailable for now (too many connections, or a store out of reach); retry after Retry-After")
+            });
             if json_body {
                 for (status, why) in [
                     ("400", "The body is not JSON"),
-                    ("413", "The body is larger than 64 KiB"),
                     ("415", "The body is not application/json"),
                     ("422", "A field is missing or invalid"),
                 ] {

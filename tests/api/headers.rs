@@ -192,4 +192,20 @@ async fn the_document_states_the_headers_of_throttled_unavailable_and_unauthoriz
     );
     let me = &spec["paths"]["/users/me"]["get"]["responses"];
     assert!(me["401"]["headers"]["WWW-Authenticate"].is_object());
+    // Every operation may be refused for the moment, and every body stall.
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            // problem+json, or the OAuth error document on the OAuth routes.
+            assert!(
+                op["responses"]["503"]["content"].is_object(),
+                "{method} {path} lacks 503"
+            );
+            if op["requestBody"].is_object() {
+                assert!(
+                    op["responses"]["408"].is_object(),
+                    "{method} {path} lacks 408"
+                );
+            }
+        }
+    }
 }
