@@ -333,7 +333,7 @@ async fn screen_request_id(mut req: Request) -> Request {
 }
 
 /// The longest any request may take: beyond it, 503 with `Retry-After` as a
-/// problem document. Waits for the database end sooner (`store::DB_WAIT`).
+/// problem document. Waits for the database end sooner, at 5 s.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 async fn deadline(req: Request, next: axum::middleware::Next) -> axum::response::Response {

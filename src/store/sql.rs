@@ -726,6 +726,23 @@ where
 /// waiting for the writer or a row lock wait little.
 pub(super) const PURGE_BATCH: i64 = 5_000;
 
+/// Runs `batch`, a delete of at most [`PURGE_BATCH`] rows, until it deletes
+/// fewer; how many rows in all.
+pub(super) async fn until_drained<F, Fut>(mut batch: F) -> sqlx::Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = sqlx::Result<u64>>,
+{
+    let mut deleted = 0;
+    loop {
+        let done = batch().await?;
+        deleted += done;
+        if done < PURGE_BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// One unit of a GCRA quota, in one statement ($1 key, $2 now, $3 the
 /// interval, $4 the window; milliseconds). Every `SET` sees the old row, so
 /// the grant and the new arrival time are decided on the same state.
@@ -797,6 +814,7 @@ macro_rules! sql_store {
                     sql::{
                         self, AuditRow, CredentialsRow, Dialect, FlowTokenRow, KeyRow,
                         LiveRefreshRow, MailInfoRow, PURGE_BATCH, Refresh, SELECT_KEYS, SessionInfoRow,
+                        until_drained,
                         Timestamp, UserRow,
                     },
                 },
@@ -1446,8 +1464,7 @@ macro_rules! sql_store {
                         // while its session lives: presenting it again must
                         // still be seen as reuse (RFC 9700 §4.14.2), however
                         // old it is. It goes with its session.
-                        let mut purged = 0;
-                        loop {
+                        let tokens = until_drained(|| async {
                             let done = sqlx::query(
                                 "DELETE FROM refresh_tokens WHERE token_hash IN \
                                  (SELECT token_hash FROM refresh_tokens \
@@ -1457,12 +1474,10 @@ macro_rules! sql_store {
                             .bind(PURGE_BATCH)
                             .execute(&writer)
                             .await?;
-                            purged += done.rows_affected();
-                            if done.rows_affected() < PURGE_BATCH as u64 {
-                                break;
-                            }
-                        }
-                        loop {
+                            Ok(done.rows_affected())
+                        })
+                        .await?;
+                        let sessions = until_drained(|| async {
                             let done = sqlx::query(
                                 "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
                                  WHERE expires_at <= $1 OR revoked_at < $2 LIMIT $3)",
@@ -1472,12 +1487,10 @@ macro_rules! sql_store {
                             .bind(PURGE_BATCH)
                             .execute(&writer)
                             .await?;
-                            purged += done.rows_affected();
-                            if done.rows_affected() < PURGE_BATCH as u64 {
-                                break;
-                            }
-                        }
-                        loop {
+                            Ok(done.rows_affected())
+                        })
+                        .await?;
+                        let links = until_drained(|| async {
                             let done = sqlx::query(
                                 "DELETE FROM flow_tokens WHERE token_hash IN \
                                  (SELECT token_hash FROM flow_tokens WHERE expires_at <= $1 LIMIT $2)",
@@ -1486,11 +1499,10 @@ macro_rules! sql_store {
                             .bind(PURGE_BATCH)
                             .execute(&writer)
                             .await?;
-                            purged += done.rows_affected();
-                            if done.rows_affected() < PURGE_BATCH as u64 {
-                                break;
-                            }
-                        }
+                            Ok(done.rows_affected())
+                        })
+                        .await?;
+                        let purged = tokens + sessions + links;
                         Ok(purged)
                     })
                     .await
@@ -1758,8 +1770,7 @@ macro_rules! sql_store {
                 }
 
                 async fn purge_mail(&self, before: OffsetDateTime) -> StoreResult<u64> {
-                    let mut purged = 0;
-                    loop {
+                    Ok(until_drained(|| async {
                         let done = sqlx::query(
                             "DELETE FROM mail_outbox WHERE id IN (SELECT id FROM mail_outbox \
                              WHERE status <> 'pending' AND created_at < $1 LIMIT $2)",
@@ -1768,11 +1779,9 @@ macro_rules! sql_store {
                         .bind(PURGE_BATCH)
                         .execute(self.writer())
                         .await?;
-                        purged += done.rows_affected();
-                        if done.rows_affected() < PURGE_BATCH as u64 {
-                            return Ok(purged);
-                        }
-                    }
+                        Ok(done.rows_affected())
+                    })
+                    .await?)
                 }
             }
 
@@ -1810,8 +1819,7 @@ macro_rules! sql_store {
                 }
 
                 async fn purge_audit(&self, before: OffsetDateTime) -> StoreResult<u64> {
-                    let mut purged = 0;
-                    loop {
+                    Ok(until_drained(|| async {
                         let done = sqlx::query(
                             "DELETE FROM audit_events WHERE id IN \
                              (SELECT id FROM audit_events WHERE occurred_at < $1 LIMIT $2)",
@@ -1820,11 +1828,9 @@ macro_rules! sql_store {
                         .bind(PURGE_BATCH)
                         .execute(self.writer())
                         .await?;
-                        purged += done.rows_affected();
-                        if done.rows_affected() < PURGE_BATCH as u64 {
-                            return Ok(purged);
-                        }
-                    }
+                        Ok(done.rows_affected())
+                    })
+                    .await?)
                 }
             }
 
