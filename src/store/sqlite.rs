@@ -52,12 +52,20 @@ async fn watch_file(
             _ = ticker.tick() => {}
             _ = &mut stop => return,
         }
-        let same = std::fs::metadata(&path).is_ok_and(|m| file_id(&m) == opened);
-        if !same {
-            let _ = file_gone(&path, "is gone or replaced");
+        if same_file(&path, opened).is_err() {
             writer.close().await;
             return;
         }
+    }
+}
+
+/// Whether the file at `path` is still the one `opened` identifies.
+fn same_file(path: &std::path::Path, opened: (u64, u64)) -> sqlx::Result<()> {
+    match std::fs::metadata(path).map(|m| file_id(&m)) {
+        Ok(now) if now == opened => Ok(()),
+        Ok(_) => Err(file_gone(path, "was replaced")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(file_gone(path, "was deleted")),
+        Err(e) => Err(sqlx::Error::Io(e)),
     }
 }
 
@@ -158,16 +166,9 @@ impl Dialect for SqliteStore {
     }
 
     fn check_file(&self) -> sqlx::Result<()> {
-        let Some((path, opened)) = &self.file else {
-            return Ok(());
-        };
-        match std::fs::metadata(path).map(|m| file_id(&m)) {
-            Ok(now) if now == *opened => Ok(()),
-            Ok(_) => Err(file_gone(path, "was replaced")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(file_gone(path, "was deleted"))
-            }
-            Err(e) => Err(sqlx::Error::Io(e)),
+        match &self.file {
+            Some((path, opened)) => same_file(path, *opened),
+            None => Ok(()),
         }
     }
 
