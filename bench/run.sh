@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # authgate benchmark harness.
 #
-#   bench/run.sh [--postgres URL] [--smoke] [--duration SECS]
+#   bench/run.sh [--postgres URL] [--smoke] [--million] [--duration SECS]
 #
 # Builds the release binary, starts it on a fresh database (a temporary SQLite
 # file, or with --postgres a new database authgate_bench_<random> on that
@@ -18,7 +18,20 @@
 #   hash         `authgate hash-benchmark`: the raw argon2id rate on all cores
 #   rss_storm    1,000 concurrent logins: peak RSS and how many get 503
 #
-# Results go to bench/results/<UTC time>.json (with "-smoke" for --smoke runs),
+# --million: does cost grow with the data? On the seeded database it runs
+# healthz, me, login, refresh and two admin searches (GET /admin/users with
+# `q`, the start of a username, and with `role=admin`); then loads 1,000,000
+# accounts, 1,000,000 live sessions and 1,000,000 expired ones (with their
+# refresh tokens) straight through SQL (bench/lib/million.py; every account
+# shares one argon2 hash made by the service), and runs the same scenarios
+# again; then restarts the server so that its purge of the 1,000,000 expired
+# sessions and tokens starts a few seconds later, and drives /users/me and
+# refresh in 1 s slices from before until after it. The report compares the
+# two sizes (p99 within 1.5x) and the p99 during the purge (<= 20 ms).
+# Details: bench/lib/million.sh.
+#
+# Results go to bench/results/<UTC time>.json (with "-smoke" for --smoke runs,
+# "-million" for --million runs),
 # with a table and the target checks on standard output. Any failed request
 # (non-2xx, socket error or timeout), except the 503s expected in the
 # 1,000-login storm, makes the run invalid: it is reported loudly and the
@@ -29,6 +42,7 @@
 #   BENCH_HASH_QUEUE  AUTHGATE_HASH_QUEUE of the server under test ("default",
 #                     the default, keeps authgate's own)
 #   BENCH_KEEP=1      keep the work directory (server log, wrk outputs)
+#   BENCH_NO_BUILD=1  run the release binary already built, without cargo
 #   BENCH_SPREAD_CLIENTS=1
 #                     refreshes come from 65,536 client addresses (through
 #                     X-Forwarded-For from a trusted proxy) under the default
@@ -36,6 +50,12 @@
 #                     limiter, as many clients of a real deployment are
 #   BENCH_JWT_ALG     AUTHGATE_JWT_ALG of the server under test (EdDSA, ES256,
 #                     RS256, HS256; default: authgate's own, EdDSA)
+#   BENCH_MILLION_ACCOUNTS
+#                     accounts --million loads (default 1000000)
+#   BENCH_PURGE_AT    --million: seconds from the last restart to the purge (8)
+#   BENCH_PURGE_TIMEOUT
+#                     --million: give up waiting for the purge after this many
+#                     seconds (900)
 
 set -Eeuo pipefail
 trap 'echo "bench: error: line $LINENO: $BASH_COMMAND failed" >&2' ERR
@@ -55,12 +75,14 @@ die() {
 
 POSTGRES_URL=""
 SMOKE=false
+MILLION=false
 DURATION=""
 while (($#)); do
     case $1 in
         --postgres) (($# >= 2)) || die "--postgres needs a URL"; POSTGRES_URL=$2; shift 2 ;;
         --postgres=*) POSTGRES_URL=${1#*=}; shift ;;
         --smoke) SMOKE=true; shift ;;
+        --million) MILLION=true; shift ;;
         --duration) (($# >= 2)) || die "--duration needs a number of seconds"; DURATION=$2; shift 2 ;;
         --duration=*) DURATION=${1#*=}; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -77,12 +99,12 @@ if $SMOKE; then
     DURATION=${DURATION:-2}
     USERS=8
     C_HEALTHZ=8 C_ME=8 C_LOGIN=4 C_SIGNUP=4 C_REFRESH=4
-    C_STORM=20 C_RSS=50 RSS_SECS=2
+    C_STORM=20 C_RSS=50 RSS_SECS=2 C_ADMIN=2
 else
     DURATION=${DURATION:-6}
     USERS=64
     C_HEALTHZ=64 C_ME=64 C_LOGIN=16 C_SIGNUP=16 C_REFRESH=16
-    C_STORM=200 C_RSS=1000 RSS_SECS=5
+    C_STORM=200 C_RSS=1000 RSS_SECS=5 C_ADMIN=8
 fi
 NPROC=$(nproc)
 THREADS=$NPROC # wrk threads (capped by each scenario's connections)
@@ -90,8 +112,12 @@ HASH_QUEUE=${BENCH_HASH_QUEUE:-default}
 PASSWORD="bench passphrase 2026"
 
 # ---------------------------------------------------------------- 1. build
-echo "==> cargo build --release"
-(cd "$ROOT" && cargo build --release)
+if [[ ${BENCH_NO_BUILD:-} == 1 ]]; then
+    echo "==> using the existing $BIN (BENCH_NO_BUILD=1)"
+else
+    echo "==> cargo build --release"
+    (cd "$ROOT" && cargo build --release)
+fi
 [[ -x $BIN ]] || die "no binary at $BIN after the build"
 
 if ! command -v wrk >/dev/null; then
@@ -159,7 +185,8 @@ ROWS=$WORK/scenarios.tsv
 meta() { printf '%s\t%s\n' "$1" "$2" >>"$META"; }
 
 SUFFIX=""
-if $SMOKE; then SUFFIX=-smoke; fi
+if $MILLION; then SUFFIX=-million; fi
+if $SMOKE; then SUFFIX=$SUFFIX-smoke; fi
 RESULT=$BENCH/results/$(date -u +%Y-%m-%dT%H-%M-%SZ)$SUFFIX.json
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -208,6 +235,13 @@ fi
 if [[ -n ${BENCH_JWT_ALG:-} ]]; then
     export AUTHGATE_JWT_ALG=$BENCH_JWT_ALG
 fi
+if $MILLION; then
+    # The admin of the admin searches, created at start-up.
+    export AUTHGATE_ADMIN_EMAIL=admin@bench.example.com
+    export AUTHGATE_ADMIN_PASSWORD=$PASSWORD
+    # No purge during the scenarios: the expired rows are part of the data.
+    export AUTHGATE_PURGE_INTERVAL=1d
+fi
 if [[ ${BENCH_SPREAD_CLIENTS:-} == 1 ]]; then
     export AUTHGATE_TRUSTED_PROXIES=127.0.0.1/32
     export AUTHGATE_REFRESH_PER_MINUTE=600
@@ -217,6 +251,7 @@ fi
 # Machine and run description.
 meta timestamp "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta smoke "$SMOKE"
+meta bench.million "$MILLION"
 meta backend "$BACKEND"
 meta database.url "$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(netloc=p.netloc.split("@")[-1])) if "@" in p.netloc else sys.argv[1])' "$DATABASE_URL")"
 meta seconds_per_scenario "$DURATION"
@@ -336,6 +371,25 @@ run_wrk() {
 refresh_threads=$(threads_for "$C_REFRESH")
 if ((USERS / refresh_threads < C_REFRESH / refresh_threads + 2)); then
     die "$USERS refresh chains are too few for $C_REFRESH connections on $refresh_threads threads"
+fi
+
+if $MILLION; then
+    # shellcheck source=lib/million.sh
+    source "$BENCH/lib/million.sh"
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        meta failures_list "authgate exited during the run"
+        SERVER_PID=""
+    fi
+    meta machine.loadavg_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+    meta server.log_errors "$(cat "$WORK"/server*.log | grep -c '"level":"ERROR"' || true)"
+    meta server.first_error "$(cat "$WORK"/server*.log | grep -m1 '"level":"ERROR"' | cut -c1-300 || true)"
+    status=0
+    python3 "$BENCH/lib/million_report.py" --work "$WORK" --out "$RESULT" || status=$?
+    if ((status != 0)); then
+        echo "bench: the run had failed requests; see above and $RESULT" >&2
+        exit 1
+    fi
+    exit 0
 fi
 
 echo "==> scenarios, $DURATION s each"

@@ -64,17 +64,27 @@ function done(summary, latency, requests)
     all_non2xx = all_non2xx + (t:get("non2xx") or 0)
   end
   local e = summary.errors
+  -- BENCH_QUANTILES=1: also the latency at every 0.1 percent, so that the
+  -- distributions of several short runs can be merged (bench/run.sh --million).
+  local quantiles = ""
+  if os.getenv("BENCH_QUANTILES") == "1" then
+    local q = {}
+    for i = 1, 1000 do
+      q[i] = tostring(int(latency:percentile(i / 10)))
+    end
+    quantiles = ',"quantiles_us":[' .. table.concat(q, ",") .. "]"
+  end
   io.write(string.format(
     'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
     '"latency_us":{"min":%d,"mean":%.1f,"stdev":%.1f,"p50":%d,"p90":%d,"p99":%d,"p999":%d,"max":%d},' ..
-    '"non2xx":%d,"statuses":%s,"counters":%s,"threads":%d}\n',
+    '"non2xx":%d,"statuses":%s,"counters":%s,"threads":%d%s}\n',
     int(summary.requests), int(summary.duration), int(summary.bytes),
     int(e.connect), int(e.read), int(e.write), int(e.status), int(e.timeout),
     int(latency.min), tonumber(latency.mean) or 0, tonumber(latency.stdev) or 0,
     int(latency:percentile(50)), int(latency:percentile(90)),
     int(latency:percentile(99)), int(latency:percentile(99.9)), int(latency.max),
-    all_non2xx, json_object(all_statuses), json_object(all_counters), #threads))
+    all_non2xx, json_object(all_statuses), json_object(all_counters), #threads, quantiles))
 end
 
 -- The non-empty lines of the file named by environment variable `var`.
