@@ -139,7 +139,7 @@ impl PasswordCheck {
         found_account: &mut Option<Uuid>,
     ) -> AuthResult<Checked> {
         let ip = client_bucket(ip);
-        if password.len() > Password::MAX_BYTES || login.len() > Email::MAX_LEN {
+        if Password::too_long(password) || login.len() > Email::MAX_LEN {
             // No account has such a password or name: refuse without hashing
             // a huge input or keeping a huge throttling key.
             return Err(AuthError::InvalidCredentials);
@@ -207,7 +207,7 @@ impl PasswordCheck {
 
     async fn check_confirm(&self, ip: IpAddr, user_id: Uuid, password: &str) -> AuthResult<User> {
         let ip = client_bucket(ip);
-        if password.len() > Password::MAX_BYTES {
+        if Password::too_long(password) {
             return Err(AuthError::WrongPassword);
         }
         let found = self.users.get_credentials(user_id).await?;

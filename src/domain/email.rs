@@ -1,6 +1,7 @@
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::LazyLock};
 
 use email_address::EmailAddress;
+use regex::Regex;
 
 /// A syntactically valid email address (RFC 5321/5322 as checked by the
 /// `email_address` crate), at most 254 bytes, stored as the user typed it.
@@ -16,6 +17,19 @@ pub struct Email(String);
 impl Email {
     /// RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the brackets.
     pub const MAX_LEN: usize = 254;
+    /// The longest local part (RFC 5321 §4.5.3.1.1).
+    pub const MAX_LOCAL_LEN: usize = 64;
+    /// What [`Email::parse`] accepts, as a regular expression for the API
+    /// document, together with `maxLength` [`Email::MAX_LEN`] and the
+    /// `email` format (which holds the local part to
+    /// [`Email::MAX_LOCAL_LEN`] characters and `xn--` labels to valid IDNA):
+    /// a dot-atom without `%` or `?` (no routes, no encoded words), then a
+    /// domain name ending in a top-level domain of letters or an `xn--` one.
+    pub const PATTERN: &'static str = concat!(
+        "^[A-Za-z0-9!#$&'*+/=^_`{|}~-]+(\\.[A-Za-z0-9!#$&'*+/=^_`{|}~-]+)*",
+        "@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+",
+        "([A-Za-z]{2,63}|xn--[A-Za-z0-9]([A-Za-z0-9-]{0,57}[A-Za-z0-9])?)$"
+    );
 
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.len() > Self::MAX_LEN {
@@ -53,6 +67,10 @@ impl Email {
             Ok(address) if !is_domain_name(address.domain()) => {
                 Err("must have a domain name, not an IP address or a bare host name".into())
             }
+            // Last, the documented pattern itself, so that the API document
+            // states exactly what is accepted (it also keeps out a `?` a
+            // mail server might read as part of an encoded word).
+            Ok(_) if !EMAIL_PATTERN.is_match(raw) => Err("is not a valid email address".into()),
             Ok(_) => Ok(Self(raw.to_owned())),
             Err(_) => Err("is not a valid email address".into()),
         }
@@ -70,17 +88,33 @@ impl Email {
     }
 }
 
+static EMAIL_PATTERN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(Email::PATTERN).expect("the email pattern compiles"));
+
 /// A name in the public DNS: dotted, ending in a top-level domain of letters
 /// (or an internationalized one, `xn--…`), which no IP address is.
 fn is_domain_name(domain: &str) -> bool {
-    match domain.rsplit_once('.') {
+    let shaped = match domain.rsplit_once('.') {
         Some((rest, tld)) => {
             !rest.is_empty()
                 && (tld.bytes().all(|b| b.is_ascii_alphabetic()) || tld.starts_with("xn--"))
                 && tld.len() >= 2
         }
         None => false,
+    };
+    // Hyphens in the third and fourth places mark an encoded label (IDNA
+    // 2008); an `xn--` one must be the encoding of a valid internationalized
+    // label (`xn--p1ai`), not any text after the prefix (`xn--o`).
+    let mut encoded = false;
+    for label in domain.split('.') {
+        if label.get(2..4) == Some("--") {
+            if !label[..2].eq_ignore_ascii_case("xn") {
+                return false;
+            }
+            encoded = true;
+        }
     }
+    shaped && (!encoded || idna::domain_to_unicode(domain).1.is_ok())
 }
 
 impl fmt::Display for Email {
@@ -122,10 +156,29 @@ mod tests {
             "=?utf-8?q?attacker=40evil=2enet=3e=00?=@corp.example",
             "=?x?b?YXR0YWNrZXJAZXZpbC5uZXQ+?=@corp.example",
             "a%evil.net@example.org",
+            // A lone `?` is valid RFC 5322, but no mailbox needs it and it
+            // half-opens an encoded word.
+            "a=b?c@example.org",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
         }
-        assert!(Email::parse("a=b?c@example.org").is_ok());
+        assert!(Email::parse("a=b+c@example.org").is_ok());
+    }
+
+    #[test]
+    fn internationalized_domains_must_be_valid_encodings() {
+        for good in ["a@b.xn--p1ai", "a@xn--bcher-kva.de", "a@XN--BCHER-KVA.de"] {
+            assert!(Email::parse(good).is_ok(), "{good:?} should parse");
+        }
+        for bad in [
+            "a@b.xn--O",
+            "a@xn--abc.com",
+            "a@b.xn--",
+            "a@xn--.com",
+            "a@ab--cd.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 
     #[test]
@@ -172,6 +225,31 @@ mod tests {
         #[test]
         fn parse_never_panics(s in "\\PC*") {
             let _ = Email::parse(&s);
+        }
+
+        /// The documented pattern promises no more than `parse` keeps:
+        /// every address it matches (within the lengths) parses.
+        #[test]
+        fn every_address_the_documented_pattern_matches_parses(
+            s in "[A-Za-z0-9!#$&'*+/=^_`{|}~-]{1,20}(\\.[A-Za-z0-9!#$&'*+/=^_`{|}~-]{1,20}){0,2}@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.){1,3}([A-Za-z]{2,63}|xn--[A-Za-z0-9]([A-Za-z0-9-]{0,57}[A-Za-z0-9])?)",
+        ) {
+            let pattern = regex::Regex::new(Email::PATTERN).unwrap();
+            prop_assert!(pattern.is_match(&s), "{:?}", s);
+            let (local, domain) = s.split_once('@').unwrap();
+            prop_assume!(s.len() <= Email::MAX_LEN && local.len() <= Email::MAX_LOCAL_LEN);
+            // Encoded labels must also be valid IDNA (the `email` format).
+            prop_assume!(!domain.split('.').any(|label| label.get(2..4) == Some("--")));
+            prop_assert!(Email::parse(&s).is_ok(), "{:?}", s);
+        }
+
+        /// And what it does not match, `parse` refuses.
+        #[test]
+        fn an_address_outside_the_documented_pattern_is_refused(
+            s in prop_oneof!["[a-z%?\"()<> .]{1,12}@[a-z0-9.\\[\\]-]{1,16}", "\\PC{0,40}"],
+        ) {
+            let pattern = regex::Regex::new(Email::PATTERN).unwrap();
+            prop_assume!(!pattern.is_match(&s));
+            prop_assert!(Email::parse(&s).is_err(), "{:?}", s);
         }
     }
 }

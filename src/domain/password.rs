@@ -25,7 +25,7 @@ pub struct Password(SecretString);
 pub enum PasswordError {
     #[error("must be at least {} characters long", Password::MIN_CHARS)]
     TooShort,
-    #[error("must be at most {} bytes long", Password::MAX_BYTES)]
+    #[error("must be at most {} characters long", Password::MAX_CHARS)]
     TooLong,
     #[error("is too common; choose a less guessable password")]
     Common,
@@ -35,15 +35,17 @@ pub enum PasswordError {
 
 impl Password {
     pub const MIN_CHARS: usize = 8;
-    /// Bounds the work one hash can cost while allowing long passphrases.
-    pub const MAX_BYTES: usize = 1024;
+    /// Bounds the work one hash can cost (at most 4 KiB of UTF-8) while
+    /// allowing long passphrases. Counted in characters, as JSON Schema's
+    /// `maxLength` counts, so the API document states the rule exactly.
+    pub const MAX_CHARS: usize = 1024;
 
     pub fn parse(
         raw: &str,
         username: Option<&Username>,
         email: Option<&Email>,
     ) -> Result<Self, PasswordError> {
-        if raw.len() > Self::MAX_BYTES {
+        if Self::too_long(raw) {
             return Err(PasswordError::TooLong);
         }
         if raw.chars().count() < Self::MIN_CHARS {
@@ -61,6 +63,14 @@ impl Password {
             return Err(PasswordError::SameAsIdentifier);
         }
         Ok(Self(SecretString::from(raw)))
+    }
+
+    /// Whether `raw` is longer than any password can be (no account has
+    /// one: a login with it fails without hashing it).
+    pub fn too_long(raw: &str) -> bool {
+        // The byte length bounds the count before it is taken: no
+        // character is longer than 4 bytes.
+        raw.len() > 4 * Self::MAX_CHARS || raw.chars().count() > Self::MAX_CHARS
     }
 
     pub fn expose(&self) -> &str {
@@ -122,6 +132,12 @@ mod tests {
             PasswordError::TooLong
         );
         assert!(Password::parse(&"zq9".repeat(341), None, None).is_ok());
+        // 1024 characters of four bytes each: long in bytes, not too long.
+        assert!(Password::parse(&"\u{1F510}".repeat(1024), None, None).is_ok());
+        assert_eq!(
+            Password::parse(&"\u{1F510}".repeat(1025), None, None).unwrap_err(),
+            PasswordError::TooLong
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@ pub struct Role(String);
 impl Role {
     pub const USER: &'static str = "user";
     pub const ADMIN: &'static str = "admin";
+    /// The rule of [`Role::parse`] as a regular expression (for the API
+    /// document).
+    pub const PATTERN: &'static str = "^[a-z][a-z0-9_-]{0,31}$";
 
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut bytes = raw.bytes();
@@ -49,8 +52,12 @@ impl Roles {
     pub const MAX: usize = 32;
 
     /// Parses role names given by a client: each must be a valid role, and
-    /// there may be at most [`Roles::MAX`] distinct ones.
+    /// there may be at most [`Roles::MAX`] of them (repeated or not: the API
+    /// document states a list's length, not its distinct entries).
     pub fn parse(names: &[String]) -> Result<Self, String> {
+        if names.len() > Self::MAX {
+            return Err(format!("at most {} roles", Self::MAX));
+        }
         let roles = Self::new(
             names
                 .iter()
@@ -128,7 +135,22 @@ mod tests {
         assert!(!roles.contains("root"));
     }
 
+    #[test]
+    fn a_list_longer_than_the_maximum_is_refused_even_with_repeats() {
+        let repeated = vec!["user".to_owned(); Roles::MAX + 1];
+        assert!(Roles::parse(&repeated).is_err());
+        assert!(Roles::parse(&repeated[..Roles::MAX]).is_ok());
+    }
+
     proptest! {
+        #[test]
+        fn the_documented_pattern_states_the_rule_exactly(
+            s in prop_oneof!["[a-z][a-z0-9_-]{0,34}", "[A-Za-z0-9_ ,-]{0,34}", "\\PC*"],
+        ) {
+            let pattern = regex::Regex::new(Role::PATTERN).unwrap();
+            prop_assert_eq!(pattern.is_match(&s), Role::parse(&s).is_ok(), "{:?}", s);
+        }
+
         #[test]
         fn the_column_form_round_trips(names in proptest::collection::vec("[a-z][a-z0-9_-]{0,31}", 0..6)) {
             let roles = Roles::new(names.iter().map(|n| Role::parse(n).unwrap()));

@@ -10,6 +10,9 @@ pub struct Username(String);
 impl Username {
     pub const MIN_LEN: usize = 3;
     pub const MAX_LEN: usize = 64;
+    /// The rule of [`Username::parse`] as a regular expression (for the API
+    /// document).
+    pub const PATTERN: &'static str = "^[A-Za-z0-9._-]{3,64}$";
 
     pub fn parse(raw: &str) -> Result<Self, String> {
         let len = raw.len();
@@ -143,6 +146,14 @@ mod tests {
         #[test]
         fn parse_never_panics(s in "\\PC*") {
             let _ = Username::parse(&s);
+        }
+
+        #[test]
+        fn the_documented_pattern_states_the_rule_exactly(
+            s in prop_oneof!["[A-Za-z0-9._-]{0,70}", "[A-Za-z0-9._ @é-]{2,66}", "\\PC*"],
+        ) {
+            let pattern = regex::Regex::new(Username::PATTERN).unwrap();
+            prop_assert_eq!(pattern.is_match(&s), Username::parse(&s).is_ok(), "{:?}", s);
         }
     }
 }
