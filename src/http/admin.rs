@@ -32,6 +32,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
+/// The cursors [`encode_cursor`] makes: 16 bytes in unpadded base64url,
+/// whose last character carries 2 bits and 4 zero bits. Any string of this
+/// form is a cursor (a page after that id).
+pub(super) const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]{21}[AQgw]$";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -47,7 +51,6 @@ pub struct ListParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
     pub cursor: Option<String>,
 }
 
@@ -58,6 +61,8 @@ pub struct UserPage {
     pub next_cursor: Option<String>,
 }
 
+/// An optional text filter: empty is no filter. (A typed parameter, such as
+/// a number or a time, must be one when given.)
 pub(super) fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
 }
@@ -101,9 +106,9 @@ fn parse_query(params: &ListParams) -> Result<(UserQuery, u32, Option<Uuid>), Ap
     let prefix = field(
         &mut errors,
         match non_empty(&params.q) {
-            Some(q) if q.len() > Email::MAX_LEN => Err(FieldError::new(
+            Some(q) if q.chars().count() > Email::MAX_LEN => Err(FieldError::new(
                 "q",
-                format!("must be at most {} bytes", Email::MAX_LEN),
+                format!("must be at most {} characters", Email::MAX_LEN),
             )),
             Some(q) if q.chars().any(char::is_control) => {
                 Err(FieldError::new("q", "must not contain control characters"))
@@ -120,14 +125,14 @@ fn parse_query(params: &ListParams) -> Result<(UserQuery, u32, Option<Uuid>), Ap
     );
     let is_active = field(
         &mut errors,
-        match non_empty(&params.is_active) {
+        match params.is_active.as_deref() {
             None => Ok(None),
             Some("true") => Ok(Some(true)),
             Some("false") => Ok(Some(false)),
             Some(_) => Err(FieldError::new("is_active", "must be true or false")),
         },
     );
-    let limit = field(&mut errors, parse_limit(non_empty(&params.limit)));
+    let limit = field(&mut errors, parse_limit(params.limit.as_deref()));
     let cursor = field(&mut errors, parse_cursor(non_empty(&params.cursor)));
     match (prefix, role, is_active, limit, cursor) {
         (Some(prefix), Some(role), Some(is_active), Some(limit), Some(cursor)) => Ok((
@@ -427,6 +432,14 @@ mod tests {
                 Ok(None) => prop_assert!(false, "a given cursor read as none"),
                 Err(e) => prop_assert_eq!(e.field, "cursor"),
             }
+        }
+
+        #[test]
+        fn the_documented_pattern_states_which_cursors_are_read(
+            raw in prop_oneof!["[A-Za-z0-9_-]{20,23}", "[A-Za-z0-9_+/=-]{22}", "\\PC{0,30}"],
+        ) {
+            let pattern = regex::Regex::new(CURSOR_PATTERN).unwrap();
+            prop_assert_eq!(pattern.is_match(&raw), parse_cursor(Some(&raw)).is_ok(), "{:?}", raw);
         }
     }
 }

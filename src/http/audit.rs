@@ -38,7 +38,7 @@ pub struct AuditParams {
     #[serde(rename = "type")]
     #[param(
         rename = "type",
-        pattern = "^(signup|login|refresh|refresh_token_reuse|logout|logout_all|session_ended|password_changed|password_reset_requested|password_reset|email_verification_requested|email_verified|email_change_requested|email_changed|username_changed|user_created|roles_changed|user_disabled|user_enabled|user_deleted|throttled|key_rotated|key_revoked)$"
+        pattern = "^(signup|login|refresh|refresh_token_reuse|logout|logout_all|session_ended|password_changed|password_reset_requested|password_reset|email_verification_requested|email_verified|email_change_requested|email_changed|username_changed|user_created|roles_changed|user_disabled|user_enabled|user_deleted|throttled|key_rotated|key_revoked)?$"
     )]
     pub kind: Option<String>,
     /// Only events at or after this time (RFC 3339, years 1 to 9999 in UTC).
@@ -48,7 +48,6 @@ pub struct AuditParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
     pub cursor: Option<String>,
 }
 
@@ -104,7 +103,9 @@ fn parse_audit_params(params: &AuditParams) -> Result<(AuditFilter, u32, Option<
     let mut errors = Vec::new();
     let user_id = field(
         &mut errors,
-        non_empty(&params.user_id)
+        params
+            .user_id
+            .as_deref()
             .map(|raw| {
                 Uuid::parse_str(raw).map_err(|_| FieldError::new("user_id", "is not a UUID"))
             })
@@ -123,7 +124,9 @@ fn parse_audit_params(params: &AuditParams) -> Result<(AuditFilter, u32, Option<
     );
     let since = field(
         &mut errors,
-        non_empty(&params.since)
+        params
+            .since
+            .as_deref()
             .map(|raw| {
                 OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
                     .ok()
@@ -136,7 +139,7 @@ fn parse_audit_params(params: &AuditParams) -> Result<(AuditFilter, u32, Option<
             })
             .transpose(),
     );
-    let limit = field(&mut errors, parse_limit(non_empty(&params.limit)));
+    let limit = field(&mut errors, parse_limit(params.limit.as_deref()));
     let cursor = field(&mut errors, parse_cursor(non_empty(&params.cursor)));
     match (user_id, kind, since, limit, cursor) {
         (Some(user_id), Some(kind), Some(since), Some(limit), Some(cursor)) => Ok((
@@ -183,13 +186,12 @@ async fn list_events(
 #[into_params(parameter_in = Query)]
 pub struct MailParams {
     /// `pending`, `sent` or `failed`.
-    #[param(pattern = "^(pending|sent|failed)$")]
+    #[param(pattern = "^(pending|sent|failed)?$")]
     pub status: Option<String>,
     /// Page size, 1–200 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
     pub cursor: Option<String>,
 }
 
@@ -273,7 +275,7 @@ async fn list_mail(
             })
             .transpose(),
     );
-    let limit = field(&mut errors, parse_limit(non_empty(&params.limit)));
+    let limit = field(&mut errors, parse_limit(params.limit.as_deref()));
     let cursor = field(&mut errors, parse_cursor(non_empty(&params.cursor)));
     let (Some(status), Some(limit), Some(cursor)) = (status, limit, cursor) else {
         return Err(AppError::Validation(errors));
@@ -299,7 +301,7 @@ mod tests {
         let kind = params.iter().find(|p| p["name"] == "type").unwrap();
         assert_eq!(
             kind["schema"]["pattern"],
-            format!("^({})$", known.join("|"))
+            format!("^({})?$", known.join("|"))
         );
     }
 }

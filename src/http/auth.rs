@@ -39,7 +39,7 @@ pub struct SignupRequest {
     pub username: Option<String>,
     #[schema(example = "alice@example.com")]
     pub email: Option<String>,
-    /// At least 8 characters, at most 1024 bytes, not a common password.
+    /// 8 to 1024 characters, not a common password, not the username or email.
     #[schema(example = "correct horse battery staple")]
     pub password: String,
 }
@@ -251,23 +251,19 @@ pub struct RefreshRequest {
 }
 
 /// The refresh token of a request: the body's, or else the session cookie's
-/// (checked against cross-site use), and how to answer.
+/// (checked against cross-site use), and how to answer; none if neither.
 fn presented_refresh_token(
     state: &AppState,
     headers: &HeaderMap,
     in_body: Option<String>,
-    field: &'static str,
-) -> AppResult<(String, Transport)> {
+) -> AppResult<Option<(String, Transport)>> {
     if let Some(token) = in_body {
-        return Ok((token, Transport::Body));
+        return Ok(Some((token, Transport::Body)));
     }
-    match state.cookies.refresh_token(headers)? {
-        Some(token) => Ok((token, Transport::Cookie)),
-        None => Err(AppError::validation(
-            field,
-            format!("{field} is required (or the session cookie)"),
-        )),
-    }
+    Ok(state
+        .cookies
+        .refresh_token(headers)?
+        .map(|token| (token, Transport::Cookie)))
 }
 
 /// Exchange a refresh token for a new pair. The presented token is used up;
@@ -279,7 +275,7 @@ fn presented_refresh_token(
     request_body = RefreshRequest,
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),
-        (status = 401, description = "Invalid, expired, used or revoked refresh token", body = Problem),
+        (status = 401, description = "Invalid, expired, used or revoked refresh token (`invalid_refresh_token`); or none, neither in the body nor in a cookie (`missing_refresh_token`)", body = Problem),
         (status = 403, description = "A cookie session without an allowed Origin or the CSRF token (`cross_site_request`)", body = Problem),
         (status = 429, description = "Too many refreshes from this address", body = Problem),
     )
@@ -290,11 +286,14 @@ async fn refresh_tokens(
     headers: HeaderMap,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Response {
-    let (token, transport) =
-        match presented_refresh_token(&state, &headers, req.refresh_token, "refresh_token") {
-            Ok(presented) => presented,
-            Err(e) => return e.into_response(),
-        };
+    // Neither in the body nor in a cookie: no credential, so 401 (as a
+    // missing bearer token is), not a malformed request.
+    let (token, transport) = match presented_refresh_token(&state, &headers, req.refresh_token)
+        .and_then(|presented| presented.ok_or(AppError::MissingRefreshToken))
+    {
+        Ok(presented) => presented,
+        Err(e) => return e.into_response(),
+    };
     match state.services.sessions.refresh(&client, &token).await {
         Ok(pair) => token_response(&state, pair, transport),
         Err(e) => {
@@ -500,8 +499,13 @@ async fn token(
                 Ok((pair, asked))
             }
             Grant::RefreshToken { refresh_token } => {
-                let (token, transport) =
-                    presented_refresh_token(&state, &headers, refresh_token, "refresh_token")?;
+                let (token, transport) = presented_refresh_token(&state, &headers, refresh_token)?
+                    .ok_or_else(|| {
+                        AppError::validation(
+                            "refresh_token",
+                            "refresh_token is required (or the session cookie)",
+                        )
+                    })?;
                 let pair = state.services.sessions.refresh(&client, &token).await?;
                 Ok((pair, transport))
             }
@@ -517,7 +521,7 @@ async fn token(
 /// End the session a refresh token belongs to. Answers 204 whether or not the
 /// token was live, as RFC 7009 §2.2 does, so it reveals nothing. Without
 /// `refresh_token` in the body, the session cookie's session ends and the
-/// cookies are deleted.
+/// cookies are deleted; with neither, there is nothing to end (204).
 #[utoipa::path(
     post, path = "/auth/logout", tag = "auth",
     request_body = RefreshRequest,
@@ -533,11 +537,14 @@ async fn logout(
     headers: HeaderMap,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> AppResult<Response> {
-    let (token, transport) =
-        presented_refresh_token(&state, &headers, req.refresh_token, "refresh_token")?;
-    state.services.sessions.logout(&client, &token).await?;
+    let presented = presented_refresh_token(&state, &headers, req.refresh_token)?;
+    // No token at all ends nothing, and is no error either: a browser whose
+    // cookie is gone is logged out already.
+    if let Some((token, _)) = &presented {
+        state.services.sessions.logout(&client, token).await?;
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    if transport == Transport::Cookie {
+    if !matches!(presented, Some((_, Transport::Body))) {
         state.cookies.clear(response.headers_mut());
     }
     Ok(response)
@@ -546,7 +553,7 @@ async fn logout(
 /// End every session of the current user, on every device.
 #[utoipa::path(
     post, path = "/auth/logout-all", tag = "auth",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("oauth2" = [])),
     responses(
         (status = 204, description = "All sessions ended"),
         (status = 401, description = "Missing or invalid token", body = Problem),

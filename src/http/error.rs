@@ -56,6 +56,8 @@ pub enum AppError {
     InvalidToken(TokenRejection),
     #[error("invalid refresh token")]
     InvalidRefreshToken,
+    #[error("missing refresh token")]
+    MissingRefreshToken,
     #[error("insufficient role")]
     Forbidden,
     #[error("wrong current password")]
@@ -142,7 +144,8 @@ impl AppError {
             AppError::InvalidCredentials
             | AppError::MissingToken
             | AppError::InvalidToken(_)
-            | AppError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
+            | AppError::InvalidRefreshToken
+            | AppError::MissingRefreshToken => StatusCode::UNAUTHORIZED,
             AppError::Forbidden
             | AppError::WrongPassword
             | AppError::EmailNotVerified
@@ -191,6 +194,11 @@ impl AppError {
             AppError::InvalidRefreshToken => (
                 "invalid_refresh_token",
                 "The refresh token is invalid, expired or revoked.".into(),
+            ),
+            AppError::MissingRefreshToken => (
+                "missing_refresh_token",
+                "A refresh token is required: refresh_token in the body, or the session cookie."
+                    .into(),
             ),
             AppError::Forbidden => (
                 "forbidden",

@@ -11,6 +11,7 @@ mod health;
 mod keys;
 mod links;
 mod oauth;
+mod openapi;
 pub mod server;
 mod users;
 
@@ -28,12 +29,7 @@ use tower_http::{
     trace::{DefaultOnFailure, TraceLayer},
 };
 use tracing::Level;
-use utoipa::{
-    Modify, OpenApi,
-    openapi::security::{
-        Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme,
-    },
-};
+use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -80,156 +76,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 )]
 struct ApiDoc;
 
-struct SecuritySchemes;
-
-impl Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-        // Lets Swagger UI's Authorize button log in through the token endpoint.
-        components.add_security_scheme(
-            "oauth2",
-            SecurityScheme::OAuth2(OAuth2::new([Flow::Password(Password::new(
-                "/auth/token",
-                Scopes::new(),
-            ))])),
-        );
-    }
-}
-
-/// The OpenAPI document of the whole API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut spec = api_router().into_openapi();
-    document_errors(&mut spec);
-    spec
-}
-
-/// Makes the document say what every operation really answers: problem
-/// documents as `application/problem+json`, and, for every JSON body, the
-/// answers to a malformed one (400, 413, 415, 422).
-fn document_errors(spec: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-    const PROBLEM: &str = "#/components/schemas/Problem";
-    let problem = |why: &str| {
-        RefOr::T(
-            ResponseBuilder::new()
-                .description(why)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::new(PROBLEM)))
-                        .build(),
-                )
-                .build(),
-        )
-    };
-    for item in spec.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ];
-        for op in operations.into_iter().flatten() {
-            let json_body = matches!(&op.request_body,
-                Some(RefOr::T(body)) if body.content.contains_key("application/json"));
-            let form_body = matches!(&op.request_body,
-                Some(RefOr::T(body)) if body.content.contains_key("application/x-www-form-urlencoded"));
-            if form_body || json_body {
-                for (status, why) in [
-                    ("408", "The body was not whole within the body read timeout"),
-                    ("413", "The body is larger than 64 KiB"),
-                ] {
-                    op.responses
-                        .responses
-                        .entry(status.to_owned())
-                        .or_insert_with(|| problem(why));
-                }
-            }
-            // Any route: too many connections, the database or the
-            // throttling store out of reach, or the request deadline.
-            op.responses.responses.entry("503".to_owned()).or_insert_with(|| {
-                problem("Unavailable for now (too many connections, or a store out of reach); retry after Retry-After")
-            });
-            if json_body {
-                for (status, why) in [
-                    ("400", "The body is not JSON"),
-                    ("415", "The body is not application/json"),
-                    ("422", "A field is missing or invalid"),
-                ] {
-                    op.responses
-                        .responses
-                        .entry(status.to_owned())
-                        .or_insert_with(|| problem(why));
-                }
-            }
-            for (status, response) in op.responses.responses.iter_mut() {
-                let RefOr::T(response) = response else {
-                    continue;
-                };
-                for (name, kind, why) in answer_headers(status) {
-                    response.headers.entry(name.to_owned()).or_insert_with(|| {
-                        let mut header = utoipa::openapi::header::Header::new(
-                            utoipa::openapi::Object::with_type(kind),
-                        );
-                        header.description = Some(why.to_owned());
-                        RefOr::T(header)
-                    });
-                }
-                let is_problem = matches!(response.content.get("application/json"),
-                    Some(RefOr::T(c)) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location == PROBLEM));
-                if is_problem
-                    && let Some(content) = response.content.shift_remove("application/json")
-                {
-                    response
-                        .content
-                        .insert("application/problem+json".to_owned(), content);
-                }
-            }
-        }
-    }
-}
-
-/// The headers an answer of `status` carries, as the document states them.
-fn answer_headers(status: &str) -> Vec<(&'static str, utoipa::openapi::Type, &'static str)> {
-    use utoipa::openapi::Type;
-    let retry = (
-        "Retry-After",
-        Type::Integer,
-        "Seconds to wait before retrying",
-    );
-    match status {
-        "401" => vec![(
-            "WWW-Authenticate",
-            Type::String,
-            "The Bearer challenge (RFC 6750)",
-        )],
-        "429" => vec![
-            retry,
-            (
-                "RateLimit-Policy",
-                Type::String,
-                "The limit that refused the request (IETF draft httpapi-ratelimit-headers), e.g. `\"signup\";q=20;w=60`",
-            ),
-            (
-                "RateLimit",
-                Type::String,
-                "The limit's state: `\"signup\";r=0;t=12`",
-            ),
-        ],
-        "503" => vec![retry],
-        _ => Vec::new(),
-    }
-}
+use openapi::SecuritySchemes;
+pub use openapi::openapi;
 
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -406,7 +254,7 @@ const MAX_REQUEST_ID: usize = 64;
 /// The whole application: API routes, docs, and the layers around them.
 pub fn router(state: AppState) -> Router {
     let (api, mut spec) = api_router().split_for_parts();
-    document_errors(&mut spec);
+    openapi::complete(&mut spec);
     let request_id = HeaderName::from_static(REQUEST_ID);
     let cors = cors_layer(&state.cors_origins);
     let router = api

@@ -206,7 +206,7 @@ fn no_store(status: StatusCode, body: Value) -> Response {
 #[utoipa::path(
     post, path = "/auth/introspect", tag = "auth",
     request_body(content = TokenQueryForm, content_type = "application/x-www-form-urlencoded"),
-    security((), ("bearer" = [])),
+    security((), ("bearer" = []), ("oauth2" = [])),
     responses(
         (status = 200, description = "`{\"active\": false}` for anything not live; else the token's claims", body = IntrospectionResponse),
         (status = 400, description = "RFC 6749 error (`invalid_request`)", body = OAuthError),

@@ -191,8 +191,10 @@ async fn a_cookie_refresh_needs_an_allowed_origin_and_the_csrf_token(backend: Ba
     // The new cookies chain on; a body token still works without any.
     let res = with_cookie(&app, "/auth/refresh", &next, Some(OWN), Some(&next.csrf)).await;
     assert_eq!(res.status(), StatusCode::OK);
+    // Neither a body token nor a cookie: no credential at all.
     let res = app.post_json("/auth/refresh", &json!({})).await;
-    problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let body = problem(res, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(body["code"], "missing_refresh_token");
 }
 
 async fn a_cookie_logout_ends_the_session_and_deletes_the_cookies(backend: Backend) {
