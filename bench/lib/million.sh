@@ -10,7 +10,9 @@
 #   4. purge:   the server starts again with a purge interval of PURGE_AT
 #               seconds; from before the purge until after it, /users/me and
 #               refresh run together in 1 s wrk slices, so that the slices
-#               during the purge can be told from the others
+#               during the purge can be told from the others. Each runs on
+#               half its scenario's connections: together they load the
+#               server about as much as one scenario does.
 
 MILLION_ACCOUNTS=${BENCH_MILLION_ACCOUNTS:-1000000}
 PURGE_AT=${BENCH_PURGE_AT:-8}
@@ -123,8 +125,11 @@ meta purge.server_ready_us "$SERVER_READY_US"
 meta purge.interval_s "$PURGE_AT"
 SLICES=$WORK/slices.tsv
 : >"$SLICES"
-me_threads=$(threads_for "$C_ME")
-refresh_threads=$(threads_for "$C_REFRESH")
+C_PURGE_ME=$((C_ME / 2)) C_PURGE_REFRESH=$((C_REFRESH / 2))
+meta purge.connections_me "$C_PURGE_ME"
+meta purge.connections_refresh "$C_PURGE_REFRESH"
+me_threads=$(threads_for "$C_PURGE_ME")
+refresh_threads=$(threads_for "$C_PURGE_REFRESH")
 after=0 slice=0
 while :; do
     chunk=$(printf '%s/purge_refresh.%05d' "$WORK" "$slice")
@@ -134,11 +139,11 @@ while :; do
         break
     fi
     s0=${EPOCHREALTIME/./}
-    BENCH_QUANTILES=1 BENCH_THREADS=$me_threads wrk -t"$me_threads" -c"$C_ME" -d1s --timeout 30s \
+    BENCH_QUANTILES=1 BENCH_THREADS=$me_threads wrk -t"$me_threads" -c"$C_PURGE_ME" -d1s --timeout 30s \
         -s "$BENCH/me.lua" "$BASE" >"$WORK/slice_me.$slice.out" 2>&1 &
     me_pid=$!
     BENCH_QUANTILES=1 BENCH_THREADS=$refresh_threads BENCH_REFRESH_TOKENS=$chunk \
-        wrk -t"$refresh_threads" -c"$C_REFRESH" -d1s --timeout 30s \
+        wrk -t"$refresh_threads" -c"$C_PURGE_REFRESH" -d1s --timeout 30s \
         -s "$BENCH/refresh.lua" "$BASE" >"$WORK/slice_refresh.$slice.out" 2>&1 || true
     wait "$me_pid" || true
     printf '%s\t%s\t%s\t%s\t%s\n' "$slice" "$s0" "${EPOCHREALTIME/./}" \
