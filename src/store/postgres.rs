@@ -55,6 +55,8 @@ impl Dialect for PgStore {
     type Db = Postgres;
 
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    /// Deletes lock only their rows: other writers go on meanwhile.
+    const PURGE_BATCH: i64 = 5_000;
 
     const UNBOUNDED: &'static str = "SET statement_timeout = 0; SET lock_timeout = 0";
 

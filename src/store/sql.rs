@@ -455,6 +455,10 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// instance is claiming are skipped rather than waited for.
     const SKIP_LOCKED: &'static str;
 
+    /// Rows a purge deletes in one statement: each batch is short, so
+    /// requests waiting for the writer or a row lock wait little.
+    const PURGE_BATCH: i64;
+
     /// Lifts the statement time limit on a connection (migrations may build
     /// indexes over big tables); empty where there is none.
     const UNBOUNDED: &'static str;
@@ -722,13 +726,9 @@ where
     .bind(since)
 }
 
-/// Rows a purge deletes in one statement: each batch is short, so requests
-/// waiting for the writer or a row lock wait little.
-pub(super) const PURGE_BATCH: i64 = 5_000;
-
-/// Runs `batch`, a delete of at most [`PURGE_BATCH`] rows, until it deletes
-/// fewer; how many rows in all.
-pub(super) async fn until_drained<F, Fut>(mut batch: F) -> sqlx::Result<u64>
+/// Runs `batch`, a delete of at most `size` rows, until it deletes fewer;
+/// how many rows in all.
+pub(super) async fn until_drained<F, Fut>(size: i64, mut batch: F) -> sqlx::Result<u64>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = sqlx::Result<u64>>,
@@ -737,7 +737,7 @@ where
     loop {
         let done = batch().await?;
         deleted += done;
-        if done < PURGE_BATCH as u64 {
+        if done < size.unsigned_abs() {
             return Ok(deleted);
         }
     }
@@ -802,7 +802,7 @@ macro_rules! sql_store {
             use uuid::Uuid;
 
             use $crate::{
-                domain::{Email, User, Username},
+                domain::{Email, Role, User, Username},
                 store::{
                     AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore,
@@ -813,7 +813,7 @@ macro_rules! sql_store {
                     map_unique,
                     sql::{
                         self, AuditRow, CredentialsRow, Dialect, FlowTokenRow, KeyRow,
-                        LiveRefreshRow, MailInfoRow, PURGE_BATCH, Refresh, SELECT_KEYS, SessionInfoRow,
+                        LiveRefreshRow, MailInfoRow, Refresh, SELECT_KEYS, SessionInfoRow,
                         until_drained,
                         Timestamp, UserRow,
                     },
@@ -1137,27 +1137,47 @@ macro_rules! sql_store {
                     limit: u32,
                     after: Option<Uuid>,
                 ) -> StoreResult<Vec<User>> {
-                    // Each condition applies only when its parameter is set;
-                    // the prefix is matched literally (its % and _ escaped).
-                    let rows: Vec<UserRow> = sqlx::query_as(
+                    // Only the conditions given, so the plan can use their
+                    // indexes (SQLite plans `$1 IS NULL OR …` once, for any
+                    // value, and then uses none). The prefix is matched
+                    // literally (its % and _ escaped).
+                    let mut query = sqlx::QueryBuilder::<<$store as Dialect>::Db>::new(
                         "SELECT id, username, email, email_verified, roles, is_active, \
-                         created_at FROM users \
-                         WHERE ($1 IS NULL OR id > $1) \
-                         AND ($2 IS NULL OR username_normalized LIKE $2 ESCAPE '\\' \
-                              OR email_normalized LIKE $2 ESCAPE '\\') \
-                         AND ($3 IS NULL OR (',' || roles || ',') LIKE $3 ESCAPE '\\') \
-                         AND ($4 IS NULL OR is_active = $4) \
-                         ORDER BY id LIMIT $5",
-                    )
-                    .bind(after)
-                    .bind(filter.prefix.as_deref().map(sql::like_prefix))
-                    .bind(filter.role.as_ref().map(|r| {
-                        format!("%,{}", sql::like_prefix(&format!("{r},")))
-                    }))
-                    .bind(filter.is_active)
-                    .bind(i64::from(limit))
-                    .fetch_all(self.reader())
-                    .await?;
+                         created_at FROM users WHERE 1 = 1",
+                    );
+                    if let Some(after) = after {
+                        query.push(" AND id > ").push_bind(after);
+                    }
+                    if let Some(prefix) = &filter.prefix {
+                        let pattern = sql::like_prefix(prefix);
+                        query
+                            .push(" AND (username_normalized LIKE ")
+                            .push_bind(pattern.clone())
+                            .push(" ESCAPE '\\' OR email_normalized LIKE ")
+                            .push_bind(pattern)
+                            .push(" ESCAPE '\\')");
+                    }
+                    match &filter.role {
+                        // Written as the partial index of admins is.
+                        Some(role) if role.as_str() == Role::ADMIN => {
+                            query.push(" AND (',' || roles || ',') LIKE '%,admin,%'");
+                        }
+                        Some(role) => {
+                            query
+                                .push(" AND (',' || roles || ',') LIKE ")
+                                .push_bind(format!("%,{}", sql::like_prefix(&format!("{role},"))))
+                                .push(" ESCAPE '\\'");
+                        }
+                        None => {}
+                    }
+                    if let Some(active) = filter.is_active {
+                        query.push(" AND is_active = ").push_bind(active);
+                    }
+                    query.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+                    let rows: Vec<UserRow> = query
+                        .build_query_as()
+                        .fetch_all(self.reader())
+                        .await?;
                     Ok(rows
                         .into_iter()
                         .map(User::try_from)
@@ -1464,39 +1484,39 @@ macro_rules! sql_store {
                         // while its session lives: presenting it again must
                         // still be seen as reuse (RFC 9700 §4.14.2), however
                         // old it is. It goes with its session.
-                        let tokens = until_drained(|| async {
+                        let tokens = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
                             let done = sqlx::query(
                                 "DELETE FROM refresh_tokens WHERE token_hash IN \
                                  (SELECT token_hash FROM refresh_tokens \
                                   WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)",
                             )
                             .bind(now)
-                            .bind(PURGE_BATCH)
+                            .bind(<$store as Dialect>::PURGE_BATCH)
                             .execute(&writer)
                             .await?;
                             Ok(done.rows_affected())
                         })
                         .await?;
-                        let sessions = until_drained(|| async {
+                        let sessions = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
                             let done = sqlx::query(
                                 "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
                                  WHERE expires_at <= $1 OR revoked_at < $2 LIMIT $3)",
                             )
                             .bind(now)
                             .bind(revoked_before)
-                            .bind(PURGE_BATCH)
+                            .bind(<$store as Dialect>::PURGE_BATCH)
                             .execute(&writer)
                             .await?;
                             Ok(done.rows_affected())
                         })
                         .await?;
-                        let links = until_drained(|| async {
+                        let links = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
                             let done = sqlx::query(
                                 "DELETE FROM flow_tokens WHERE token_hash IN \
                                  (SELECT token_hash FROM flow_tokens WHERE expires_at <= $1 LIMIT $2)",
                             )
                             .bind(now)
-                            .bind(PURGE_BATCH)
+                            .bind(<$store as Dialect>::PURGE_BATCH)
                             .execute(&writer)
                             .await?;
                             Ok(done.rows_affected())
@@ -1770,13 +1790,13 @@ macro_rules! sql_store {
                 }
 
                 async fn purge_mail(&self, before: OffsetDateTime) -> StoreResult<u64> {
-                    Ok(until_drained(|| async {
+                    Ok(until_drained(<$store as Dialect>::PURGE_BATCH, || async {
                         let done = sqlx::query(
                             "DELETE FROM mail_outbox WHERE id IN (SELECT id FROM mail_outbox \
                              WHERE status <> 'pending' AND created_at < $1 LIMIT $2)",
                         )
                         .bind(Timestamp(before))
-                        .bind(PURGE_BATCH)
+                        .bind(<$store as Dialect>::PURGE_BATCH)
                         .execute(self.writer())
                         .await?;
                         Ok(done.rows_affected())
@@ -1819,13 +1839,13 @@ macro_rules! sql_store {
                 }
 
                 async fn purge_audit(&self, before: OffsetDateTime) -> StoreResult<u64> {
-                    Ok(until_drained(|| async {
+                    Ok(until_drained(<$store as Dialect>::PURGE_BATCH, || async {
                         let done = sqlx::query(
                             "DELETE FROM audit_events WHERE id IN \
                              (SELECT id FROM audit_events WHERE occurred_at < $1 LIMIT $2)",
                         )
                         .bind(Timestamp(before))
-                        .bind(PURGE_BATCH)
+                        .bind(<$store as Dialect>::PURGE_BATCH)
                         .execute(self.writer())
                         .await?;
                         Ok(done.rows_affected())

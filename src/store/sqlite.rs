@@ -146,6 +146,10 @@ impl Dialect for SqliteStore {
 
     // BEGIN IMMEDIATE serialises writers: a claim never meets another.
     const SKIP_LOCKED: &'static str = "";
+    /// Every write waits for the one writer connection: a batch of 250
+    /// holds it some milliseconds (about 30 µs a row with a million rows),
+    /// so a refresh waits behind at most one short batch.
+    const PURGE_BATCH: i64 = 250;
 
     const UNBOUNDED: &'static str = "";
 

@@ -378,6 +378,16 @@ async fn admins_search_users_by_name_prefix_role_and_state(backend: Backend) {
         [ADMIN_EMAIL.to_owned(), "bob".to_owned()]
     );
     assert_eq!(names(&app, &admin, "is_active=false").await, ["carol"]);
+    // Any other role, its `_` taken literally too.
+    let alice = app.get("/admin/users?q=alice", Some(&admin)).await;
+    let alice_id = alice.json::<Value>().await.unwrap()["users"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = patch(&app, &admin, &alice_id, json!({"roles": ["user", "ops_1"]})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(names(&app, &admin, "role=ops_1").await, ["alice"]);
+    assert!(names(&app, &admin, "role=opsx1").await.is_empty());
     assert_eq!(
         names(&app, &admin, "q=b&role=admin&is_active=true").await,
         ["bob"]
