@@ -1,8 +1,9 @@
 //! Primitives: password hashing on a bounded pool, random refresh tokens,
-//! token signing keys, and sealing of stored secrets.
+//! token signing keys, sealing of stored secrets, and TOTP.
 
 pub mod passwords;
 pub mod queue;
 pub mod refresh;
 pub mod sealing;
 pub mod signing;
+pub mod totp;
