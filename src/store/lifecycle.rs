@@ -177,6 +177,11 @@ audit_kinds! {
     Throttled = "throttled",
     KeyRotated = "key_rotated",
     KeyRevoked = "key_revoked",
+    MfaEnrolled = "mfa_enrolled",
+    MfaRemoved = "mfa_removed",
+    MfaReset = "mfa_reset",
+    MfaStepUp = "mfa_step_up",
+    RecoveryCodesRegenerated = "recovery_codes_regenerated",
 }
 
 impl AuditKind {

@@ -6,6 +6,7 @@
 //! each keeps only what differs.
 
 mod lifecycle;
+mod mfa;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -25,6 +26,8 @@ pub use lifecycle::{
     AuditContext, AuditFilter, AuditKind, AuditRecord, Effects, FlowPurpose, FlowToken, MailInfo,
     MailStatus, NewFlowToken, OutboxMail, Outcome, QueuedMail, Redeemed, Redemption,
 };
+pub use mfa::{Attempt, Factor, FactorKind, MfaStore, NewChallenge};
+
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -140,6 +143,9 @@ pub struct NewSession {
     /// password or role change committed during the login is not outlived.
     pub password_hash: String,
     pub roles: Roles,
+    /// How the login authenticated (its time is `created_at`).
+    pub level: String,
+    pub methods: Vec<String>,
 }
 
 /// A live session as its user sees it.
@@ -154,6 +160,35 @@ pub struct SessionInfo {
     pub ip: Option<String>,
 }
 
+/// How a session was authenticated, kept with it so that the tokens it is
+/// refreshed into say the same: the assurance level (`aal1`, `aal2`), the
+/// RFC 8176 methods, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionAuth {
+    pub level: String,
+    pub methods: Vec<String>,
+    pub at: OffsetDateTime,
+}
+
+impl SessionAuth {
+    /// As the columns hold it: the methods comma-separated.
+    pub(crate) fn from_columns(level: String, methods: &str, at: OffsetDateTime) -> Self {
+        Self {
+            level,
+            methods: methods
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            at,
+        }
+    }
+
+    pub(crate) fn methods_column(&self) -> String {
+        self.methods.join(",")
+    }
+}
+
 /// What presenting a refresh token led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
@@ -163,8 +198,8 @@ pub enum Rotation {
         user: User,
         /// The absolute end of the session.
         session_expires_at: OffsetDateTime,
-        /// When the session was opened (its authentication time).
-        session_created_at: OffsetDateTime,
+        /// How the session was authenticated.
+        auth: SessionAuth,
     },
     /// The token had been used before: the session is now revoked.
     Reused { session_id: Uuid, user_id: Uuid },
@@ -175,7 +210,7 @@ pub enum Rotation {
         session_id: Uuid,
         user: User,
         session_expires_at: OffsetDateTime,
-        session_created_at: OffsetDateTime,
+        auth: SessionAuth,
         /// When the token was used: the successor pair's issue time.
         rotated_at: OffsetDateTime,
         sealed_next: Vec<u8>,
@@ -436,6 +471,16 @@ pub trait SessionStore: Send + Sync + 'static {
         now: OffsetDateTime,
         effects: &Effects,
     ) -> StoreResult<bool>;
+    /// Records that the live session of the user was authenticated again,
+    /// as `auth` says (a second factor: step-up), with `effects`; the
+    /// session's end, or `None` if it is not live.
+    async fn raise_session(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+        auth: &SessionAuth,
+        effects: &Effects,
+    ) -> StoreResult<Option<OffsetDateTime>>;
     /// The user's live sessions, newest first.
     async fn list_sessions(
         &self,
@@ -640,7 +685,7 @@ pub trait LimitStore: Send + Sync + 'static {
 /// The whole database: every aggregate's store, and its upkeep.
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + KeyStore + FlowStore + MailStore + AuditStore + LimitStore
+    UserStore + SessionStore + KeyStore + FlowStore + MailStore + AuditStore + LimitStore + MfaStore
 {
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;

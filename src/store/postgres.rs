@@ -139,7 +139,8 @@ impl Dialect for PgStore {
         let rotated: Option<RotatedRow> = sqlx::query_as(
             "WITH live AS ( \
                  SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
-                        s.created_at AS session_created_at, \
+                        COALESCE(s.authenticated_at, s.created_at) AS session_created_at, \
+                        s.aal AS session_aal, s.amr AS session_amr, \
                         u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
                  FROM refresh_tokens t \
                  JOIN sessions s ON s.id = t.session_id \

@@ -16,9 +16,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditContext, AuditKind, AuditRecord, Credentials, FlowToken, LiveRefreshToken, MailInfo,
-    MailStatus, NewUser, Outcome, RefreshRequest, RevokeReason, Rotation, SessionInfo, StoreResult,
-    StoredKey,
+    AuditContext, AuditKind, AuditRecord, Credentials, Factor, FactorKind, FlowToken,
+    LiveRefreshToken, MailInfo, MailStatus, NewUser, Outcome, RefreshRequest, RevokeReason,
+    Rotation, SessionAuth, SessionInfo, StoreError, StoreResult, StoredKey,
 };
 use crate::domain::{Roles, User};
 
@@ -177,6 +177,46 @@ pub(super) fn like_prefix(prefix: &str) -> String {
     pattern
 }
 
+/// A second factor as stored.
+#[derive(FromRow)]
+pub(super) struct FactorRow {
+    id: Uuid,
+    user_id: Uuid,
+    kind: String,
+    name: String,
+    secret: Option<Vec<u8>>,
+    confirmed_at: Option<Timestamp>,
+    last_used_step: Option<i64>,
+    last_used_at: Option<Timestamp>,
+    created_at: Timestamp,
+}
+
+impl TryFrom<FactorRow> for Factor {
+    type Error = StoreError;
+
+    fn try_from(row: FactorRow) -> Result<Self, StoreError> {
+        let kind = FactorKind::parse(&row.kind).ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("unknown factor kind {:?}", row.kind).into(),
+            ))
+        })?;
+        Ok(Factor {
+            id: row.id,
+            user_id: row.user_id,
+            kind,
+            name: row.name,
+            secret: row.secret,
+            confirmed_at: row.confirmed_at.map(|t| t.0),
+            last_used_step: row.last_used_step,
+            last_used_at: row.last_used_at.map(|t| t.0),
+            created_at: row.created_at.0,
+        })
+    }
+}
+
+pub(super) const SELECT_FACTORS: &str = "SELECT id, user_id, kind, name, secret, confirmed_at, \
+     last_used_step, last_used_at, created_at FROM mfa_factors";
+
 /// A session as [`SessionInfo`] shows it.
 #[derive(FromRow)]
 pub(super) struct SessionInfoRow {
@@ -206,7 +246,10 @@ impl From<SessionInfoRow> for SessionInfo {
 pub(super) struct RotatedRow {
     session_id: Uuid,
     session_expires_at: Timestamp,
+    /// When the session was last authenticated.
     session_created_at: Timestamp,
+    session_aal: String,
+    session_amr: String,
     #[sqlx(flatten, try_from = "UserRow")]
     user: User,
 }
@@ -217,7 +260,11 @@ impl From<RotatedRow> for Rotation {
             session_id: row.session_id,
             user: row.user,
             session_expires_at: row.session_expires_at.0,
-            session_created_at: row.session_created_at.0,
+            auth: SessionAuth::from_columns(
+                row.session_aal,
+                &row.session_amr,
+                row.session_created_at.0,
+            ),
         }
     }
 }
@@ -277,6 +324,8 @@ pub(super) struct RepeatedRow {
     session_id: Uuid,
     session_expires_at: Timestamp,
     session_created_at: Timestamp,
+    session_aal: String,
+    session_amr: String,
     rotated_at: Timestamp,
     successor_sealed: Vec<u8>,
     next_expires_at: Timestamp,
@@ -290,7 +339,11 @@ impl From<RepeatedRow> for Rotation {
             session_id: row.session_id,
             user: row.user,
             session_expires_at: row.session_expires_at.0,
-            session_created_at: row.session_created_at.0,
+            auth: SessionAuth::from_columns(
+                row.session_aal,
+                &row.session_amr,
+                row.session_created_at.0,
+            ),
             rotated_at: row.rotated_at.0,
             sealed_next: row.successor_sealed,
             next_expires_at: row.next_expires_at.0,
@@ -710,7 +763,8 @@ where
 {
     sqlx::query_as(
         "SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
-         s.created_at AS session_created_at, p.used_at AS rotated_at, p.successor_sealed, \
+         COALESCE(s.authenticated_at, s.created_at) AS session_created_at, \
+                        s.aal AS session_aal, s.amr AS session_amr, p.used_at AS rotated_at, p.successor_sealed, \
          c.expires_at AS next_expires_at, \
          u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
          FROM refresh_tokens p \
@@ -804,11 +858,12 @@ macro_rules! sql_store {
             use $crate::{
                 domain::{Email, Role, User, Username},
                 store::{
-                    AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
+                    Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
+                    Factor, MfaStore, NewChallenge,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore,
                     LiveRefreshToken, MailInfo, MailStatus, MailStore, NewSession, NewUser,
                     QueuedMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
-                    SessionInfo, SessionStore, Store, StoreError, StoreResult, StoredKey,
+                    SessionAuth, SessionInfo, SessionStore, Store, StoreError, StoreResult, StoredKey,
                     UpdatePlan, UpdatedUser, UserChanges, UserFilter, UserStore, detached,
                     map_unique,
                     sql::{
@@ -821,6 +876,22 @@ macro_rules! sql_store {
             };
 
             type Tx = sqlx::Transaction<'static, <$store as Dialect>::Db>;
+
+            /// Replaces the user's recovery codes, in the change's transaction.
+            async fn replace_codes(tx: &mut Tx, user_id: Uuid, hashes: &[[u8; 32]]) -> StoreResult<()> {
+                sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut **tx)
+                    .await?;
+                for hash in hashes {
+                    sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
+                        .bind(user_id)
+                        .bind(&hash[..])
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
 
             /// Writes what a change brings with it, in the change's transaction.
             async fn write_effects(tx: &mut Tx, effects: &Effects) -> StoreResult<()> {
@@ -1309,8 +1380,9 @@ macro_rules! sql_store {
                         Self::lock_for_new_session(&mut tx, s.user_id).await?;
                         let opened = sqlx::query(
                             "INSERT INTO sessions \
-                             (id, user_id, created_at, expires_at, user_agent, ip) \
-                             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS ( \
+                             (id, user_id, created_at, expires_at, user_agent, ip, aal, amr, \
+                              authenticated_at) \
+                             SELECT $1, $2, $3, $4, $5, $6, $9, $10, $3 WHERE EXISTS ( \
                                  SELECT 1 FROM users WHERE id = $2 AND is_active \
                                  AND password_hash = $7 AND roles = $8)",
                         )
@@ -1322,6 +1394,8 @@ macro_rules! sql_store {
                         .bind(s.ip)
                         .bind(s.password_hash)
                         .bind(s.roles.to_column())
+                        .bind(s.level)
+                        .bind(s.methods.join(","))
                         .execute(&mut *tx)
                         .await?;
                         if opened.rows_affected() == 0 {
@@ -1470,6 +1544,39 @@ macro_rules! sql_store {
                     self.live(session_ids, Timestamp(now)).await
                 }
 
+                async fn raise_session(
+                    &self,
+                    session_id: Uuid,
+                    user_id: Uuid,
+                    auth: &SessionAuth,
+                    effects: &Effects,
+                ) -> StoreResult<Option<OffsetDateTime>> {
+                    let writer = self.writer().clone();
+                    let (auth, effects) = (auth.clone(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let end: Option<(Timestamp,)> = sqlx::query_as(
+                            "UPDATE sessions SET aal = $3, amr = $4, authenticated_at = $5 \
+                             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+                             AND expires_at > $5 RETURNING expires_at",
+                        )
+                        .bind(session_id)
+                        .bind(user_id)
+                        .bind(auth.level.clone())
+                        .bind(auth.methods_column())
+                        .bind(Timestamp(auth.at))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some((end,)) = end else {
+                            return Ok(None);
+                        };
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(Some(end.0))
+                    })
+                    .await
+                }
+
                 async fn purge(
                     &self,
                     now: OffsetDateTime,
@@ -1522,10 +1629,279 @@ macro_rules! sql_store {
                             Ok(done.rows_affected())
                         })
                         .await?;
-                        let purged = tokens + sessions + links;
+                        let challenges = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
+                            let done = sqlx::query(
+                                "DELETE FROM mfa_challenges WHERE token_hash IN \
+                                 (SELECT token_hash FROM mfa_challenges WHERE expires_at <= $1 LIMIT $2)",
+                            )
+                            .bind(now)
+                            .bind(<$store as Dialect>::PURGE_BATCH)
+                            .execute(&writer)
+                            .await?;
+                            Ok(done.rows_affected())
+                        })
+                        .await?;
+                        let purged = tokens + sessions + links + challenges;
                         Ok(purged)
                     })
                     .await
+                }
+            }
+
+            #[async_trait]
+            impl MfaStore for $store {
+                async fn add_factor(
+                    &self,
+                    factor: &Factor,
+                    stale_before: OffsetDateTime,
+                ) -> StoreResult<()> {
+                    let writer = self.writer().clone();
+                    let factor = factor.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        // Enrolments never confirmed are dropped after a while.
+                        sqlx::query(
+                            "DELETE FROM mfa_factors WHERE user_id = $1 AND kind = $2 \
+                             AND confirmed_at IS NULL AND created_at < $3",
+                        )
+                        .bind(factor.user_id)
+                        .bind(factor.kind.as_str())
+                        .bind(Timestamp(stale_before))
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "INSERT INTO mfa_factors (id, user_id, kind, name, secret, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                        )
+                        .bind(factor.id)
+                        .bind(factor.user_id)
+                        .bind(factor.kind.as_str())
+                        .bind(factor.name.clone())
+                        .bind(factor.secret.clone())
+                        .bind(Timestamp(factor.created_at))
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                    .await
+                }
+
+                async fn factors(&self, user_id: Uuid) -> StoreResult<Vec<Factor>> {
+                    let rows: Vec<sql::FactorRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "{} WHERE user_id = $1 ORDER BY created_at, id",
+                        sql::SELECT_FACTORS
+                    )))
+                    .bind(user_id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    rows.into_iter().map(Factor::try_from).collect()
+                }
+
+                async fn confirm_factor(
+                    &self,
+                    user_id: Uuid,
+                    factor_id: Uuid,
+                    step: i64,
+                    now: OffsetDateTime,
+                    recovery_hashes: &[[u8; 32]],
+                    effects: &Effects,
+                ) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    let hashes = recovery_hashes.to_vec();
+                    let effects = effects.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let done = sqlx::query(
+                            "UPDATE mfa_factors SET confirmed_at = $3, last_used_step = $4, \
+                             last_used_at = $3 \
+                             WHERE id = $1 AND user_id = $2 AND confirmed_at IS NULL",
+                        )
+                        .bind(factor_id)
+                        .bind(user_id)
+                        .bind(Timestamp(now))
+                        .bind(step)
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() != 1 {
+                            return Ok(false);
+                        }
+                        replace_codes(&mut tx, user_id, &hashes).await?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(true)
+                    })
+                    .await
+                }
+
+                async fn use_totp_step(
+                    &self,
+                    factor_id: Uuid,
+                    step: i64,
+                    now: OffsetDateTime,
+                ) -> StoreResult<bool> {
+                    // One statement: of racing uses of one code, one wins.
+                    let done = sqlx::query(
+                        "UPDATE mfa_factors SET last_used_step = $2, last_used_at = $3 \
+                         WHERE id = $1 AND confirmed_at IS NOT NULL \
+                         AND (last_used_step IS NULL OR last_used_step < $2)",
+                    )
+                    .bind(factor_id)
+                    .bind(step)
+                    .bind(Timestamp(now))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn delete_factor(
+                    &self,
+                    user_id: Uuid,
+                    factor_id: Uuid,
+                    effects: &Effects,
+                ) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    let effects = effects.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let done = sqlx::query(
+                            "DELETE FROM mfa_factors WHERE id = $1 AND user_id = $2",
+                        )
+                        .bind(factor_id)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() != 1 {
+                            return Ok(false);
+                        }
+                        // Recovery codes stand in for a factor: none left, none kept.
+                        sqlx::query(
+                            "DELETE FROM recovery_codes WHERE user_id = $1 AND NOT EXISTS \
+                             (SELECT 1 FROM mfa_factors WHERE user_id = $1 \
+                              AND confirmed_at IS NOT NULL)",
+                        )
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(true)
+                    })
+                    .await
+                }
+
+                async fn delete_factors(&self, user_id: Uuid, effects: &Effects) -> StoreResult<u64> {
+                    let writer = self.writer().clone();
+                    let effects = effects.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let done = sqlx::query("DELETE FROM mfa_factors WHERE user_id = $1")
+                            .bind(user_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        replace_codes(&mut tx, user_id, &[]).await?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(done.rows_affected())
+                    })
+                    .await
+                }
+
+                async fn replace_recovery_codes(
+                    &self,
+                    user_id: Uuid,
+                    hashes: &[[u8; 32]],
+                    effects: &Effects,
+                ) -> StoreResult<()> {
+                    let writer = self.writer().clone();
+                    let hashes = hashes.to_vec();
+                    let effects = effects.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        replace_codes(&mut tx, user_id, &hashes).await?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                    .await
+                }
+
+                async fn use_recovery_code(
+                    &self,
+                    user_id: Uuid,
+                    hash: &[u8; 32],
+                    now: OffsetDateTime,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE recovery_codes SET used_at = $3 \
+                         WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+                    )
+                    .bind(user_id)
+                    .bind(&hash[..])
+                    .bind(Timestamp(now))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn recovery_codes_left(&self, user_id: Uuid) -> StoreResult<u32> {
+                    let (left,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+                    )
+                    .bind(user_id)
+                    .fetch_one(self.reader())
+                    .await?;
+                    Ok(u32::try_from(left).unwrap_or(u32::MAX))
+                }
+
+                async fn create_challenge(&self, challenge: &NewChallenge) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO mfa_challenges \
+                         (token_hash, user_id, password_hash, created_at, expires_at) \
+                         VALUES ($1, $2, $5, $3, $4)",
+                    )
+                    .bind(&challenge.token_hash[..])
+                    .bind(challenge.user_id)
+                    .bind(Timestamp(challenge.created_at))
+                    .bind(Timestamp(challenge.expires_at))
+                    .bind(challenge.password_hash.clone())
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn attempt_challenge(
+                    &self,
+                    token_hash: &[u8; 32],
+                    now: OffsetDateTime,
+                    max_attempts: u32,
+                ) -> StoreResult<Option<Attempt>> {
+                    // Counted and checked in one statement: racing attempts
+                    // cannot share a count.
+                    let row: Option<(Uuid, String, i64, Timestamp)> = sqlx::query_as(
+                        "UPDATE mfa_challenges SET attempts = attempts + 1 \
+                         WHERE token_hash = $1 AND expires_at > $2 AND attempts < $3 \
+                         RETURNING user_id, password_hash, attempts, created_at",
+                    )
+                    .bind(&token_hash[..])
+                    .bind(Timestamp(now))
+                    .bind(i64::from(max_attempts))
+                    .fetch_optional(self.writer())
+                    .await?;
+                    Ok(row.map(|(user_id, password_hash, attempts, created_at)| Attempt {
+                        user_id,
+                        password_hash,
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        created_at: created_at.0,
+                    }))
+                }
+
+                async fn end_challenge(&self, token_hash: &[u8; 32]) -> StoreResult<bool> {
+                    let done = sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = $1")
+                        .bind(&token_hash[..])
+                        .execute(self.writer())
+                        .await?;
+                    Ok(done.rows_affected() == 1)
                 }
             }
 

@@ -249,7 +249,8 @@ impl Dialect for SqliteStore {
             };
             let live: Option<RotatedRow> = sqlx::query_as(
                 "SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
-                 s.created_at AS session_created_at, u.id, u.username, \
+                 COALESCE(s.authenticated_at, s.created_at) AS session_created_at, \
+                        s.aal AS session_aal, s.amr AS session_amr, u.id, u.username, \
                  u.email, u.email_verified, u.roles, u.is_active, u.created_at \
                  FROM sessions s JOIN users u ON u.id = s.user_id \
                  WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
