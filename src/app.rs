@@ -17,6 +17,7 @@ use crate::{
         letters::LetterPolicy,
         liveness::RECHECK_INTERVAL,
         login::LoginPolicy,
+        mfa::MfaPolicy,
         outbox::OutboxPolicy,
         sessions::SessionPolicy,
     },
@@ -270,6 +271,14 @@ pub async fn build_services(
         outbox: OutboxPolicy {
             max_attempts: mail.mail_max_attempts,
             first_retry: mail.mail_retry_after,
+        },
+        mfa: MfaPolicy {
+            issuer: config.mfa_issuer.clone(),
+            challenge_ttl: Duration::from_secs(5 * 60),
+            max_attempts: 5,
+            free_failures: config.login_free_failures,
+            enrolment_ttl: Duration::from_secs(15 * 60),
+            sealing: config.keys.key_encryption_key.clone(),
         },
         introspection_clients: IntrospectionClients::new(
             config

@@ -124,6 +124,10 @@ pub struct Config {
     #[arg(long, env = "AUTHGATE_ISSUER", value_parser = non_empty)]
     pub issuer: Option<String>,
 
+    /// The name authenticator apps show beside a TOTP factor.
+    #[arg(long, env = "AUTHGATE_MFA_ISSUER", default_value = "authgate", value_parser = non_empty)]
+    pub mfa_issuer: String,
+
     /// `aud` claim of issued access tokens, and the only audience accepted.
     #[arg(long, env = "AUTHGATE_AUDIENCE", default_value = "authgate", value_parser = non_empty)]
     pub audience: String,

@@ -14,6 +14,7 @@ use super::{
     letters::Letters,
     liveness::SessionCache,
     login::PasswordCheck,
+    mfa::require_aal2_if_enrolled,
     sessions::Authenticated,
 };
 use crate::{
@@ -25,7 +26,8 @@ use crate::{
     domain::{Email, Password, Role, Roles, User, Username, login_key, passes_for},
     limits::{Key, Quota, RateLimiter, client_bucket},
     store::{
-        AuditContext, AuditKind, Effects, FlowStore, NewUser, UserChanges, UserFilter, UserStore,
+        AuditContext, AuditKind, Effects, FlowStore, MfaStore, NewUser, UserChanges, UserFilter,
+        UserStore,
     },
 };
 
@@ -113,6 +115,9 @@ pub struct Accounts {
     pub(super) liveness: Arc<SessionCache>,
     /// Confirms the current password before a sensitive change.
     pub(super) check: PasswordCheck,
+    /// Whether the user has a second factor (then a sensitive change needs
+    /// a session of two).
+    pub(super) factors: Arc<dyn MfaStore>,
     pub(super) policy: AccountPolicy,
 }
 
@@ -347,6 +352,7 @@ impl Accounts {
         current: &str,
         new: Password,
     ) -> AuthResult<()> {
+        require_aal2_if_enrolled(self.factors.as_ref(), who).await?;
         self.check.confirm(client, who.user_id, current).await?;
         let hash = self.hash(client_bucket(client.ip), new.expose()).await?;
         let effects = Effects::audit(
@@ -514,6 +520,9 @@ impl Accounts {
         change: ProfileChange,
         current: &str,
     ) -> AuthResult<ProfileUpdate> {
+        if change.email.is_some() {
+            require_aal2_if_enrolled(self.factors.as_ref(), who).await?;
+        }
         let mut user = self.check.confirm(client, who.user_id, current).await?;
         let name = change
             .username

@@ -62,6 +62,19 @@ pub enum AuthError {
         field: &'static str,
         message: String,
     },
+    /// The password was right and the user has a second factor: the login
+    /// goes on with this challenge.
+    #[error("a second factor is required")]
+    MfaRequired(super::mfa::MfaChallenge),
+    /// An `mfa_token` that is unknown, expired, spent or out of attempts.
+    #[error("invalid mfa token")]
+    InvalidMfaToken,
+    /// A wrong (or already used) second-factor code.
+    #[error("invalid code")]
+    InvalidCode,
+    /// The change needs a session of two factors (`aal2`).
+    #[error("insufficient user authentication")]
+    InsufficientAuthentication,
     /// Something the request needs (the database, the shared throttling
     /// state) cannot be reached; retry after the duration.
     #[error("unavailable: {0:#}")]
@@ -97,6 +110,9 @@ pub fn outcome<T>(result: &AuthResult<T>) -> &'static str {
         Err(AuthError::EmailNotVerified) => "email_not_verified",
         Err(AuthError::Conflict(_)) => "conflict",
         Err(AuthError::Invalid { .. } | AuthError::ReservedUsername) => "invalid",
+        Err(AuthError::MfaRequired(_)) => "mfa_required",
+        Err(AuthError::InvalidCode | AuthError::InvalidMfaToken) => "invalid_code",
+        Err(AuthError::InsufficientAuthentication) => "insufficient_authentication",
         Err(_) => "error",
     }
 }

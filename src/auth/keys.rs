@@ -399,8 +399,8 @@ impl Keys {
             .count();
         if keys.sealing.is_none() {
             tracing::warn!(
-                "AUTHGATE_KEY_ENCRYPTION_KEY is not set: private signing keys are stored \
-                 unsealed in the database"
+                "AUTHGATE_KEY_ENCRYPTION_KEY is not set: private signing keys and TOTP \
+                 secrets are stored unsealed in the database"
             );
         } else if unsealed > 0 {
             tracing::warn!(

@@ -11,6 +11,7 @@ use super::{
     Client,
     audit::Audit,
     error::{AuthError, AuthResult},
+    mfa::Mfa,
     sessions::{Sessions, TokenPair},
 };
 use crate::{
@@ -61,6 +62,7 @@ pub struct Checked {
 pub struct Login {
     pub(super) check: PasswordCheck,
     pub(super) sessions: Sessions,
+    pub(super) mfa: Mfa,
 }
 
 impl Login {
@@ -98,8 +100,17 @@ impl Login {
             self.check.audit.record(refused).await;
             return Err(AuthError::EmailNotVerified);
         }
+        // A user with a second factor gets a challenge, not a session: the
+        // password alone opens nothing (ASVS V6.3.3).
+        if let Some(challenge) = self
+            .mfa
+            .challenge(&checked.user, &checked.password_hash)
+            .await?
+        {
+            return Err(AuthError::MfaRequired(challenge));
+        }
         self.sessions
-            .open(&checked.user, &checked.password_hash, client)
+            .open(&checked.user, &checked.password_hash, client, None)
             .await
     }
 }

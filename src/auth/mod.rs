@@ -11,6 +11,7 @@ pub mod keys;
 pub mod letters;
 pub mod liveness;
 pub mod login;
+pub mod mfa;
 pub mod outbox;
 pub mod sessions;
 pub mod tokens;
@@ -41,6 +42,7 @@ use keys::Keys;
 use letters::{LetterPolicy, Letters};
 use liveness::SessionCache;
 use login::{LoginPolicy, PasswordCheck};
+use mfa::{Mfa, MfaPolicy};
 use outbox::OutboxPolicy;
 use sessions::SessionPolicy;
 use tokens::TokenService;
@@ -104,6 +106,7 @@ pub struct Settings {
     pub letters: LetterPolicy,
     pub flows: FlowPolicy,
     pub outbox: OutboxPolicy,
+    pub mfa: MfaPolicy,
     /// Who may introspect tokens with a client secret.
     pub introspection_clients: introspection::IntrospectionClients,
 }
@@ -113,6 +116,7 @@ pub struct Settings {
 pub struct Services {
     pub accounts: Accounts,
     pub login: Login,
+    pub mfa: Mfa,
     pub sessions: Sessions,
     pub flows: Flows,
     pub audit: Audit,
@@ -185,9 +189,18 @@ impl Services {
             clock: clock.clone(),
             policy: settings.login,
         };
+        let mfa = Mfa {
+            store: store.clone(),
+            sessions: sessions.clone(),
+            limiter: limiter.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+            policy: settings.mfa.clone(),
+        };
         let login = Login {
             check: check.clone(),
             sessions: sessions.clone(),
+            mfa: mfa.clone(),
         };
         let flows = Flows {
             store: store.clone(),
@@ -211,6 +224,7 @@ impl Services {
             clock: clock.clone(),
             liveness,
             check,
+            factors: store.clone(),
             policy: settings.accounts.clone(),
         };
         let outbox = Outbox {
@@ -229,6 +243,7 @@ impl Services {
         Self {
             accounts,
             login,
+            mfa,
             introspection,
             sessions,
             flows,
@@ -279,7 +294,7 @@ impl Services {
         };
         Accounts {
             users: store.clone(),
-            effects: store,
+            effects: store.clone(),
             hasher,
             limiter,
             audit,
@@ -293,6 +308,7 @@ impl Services {
             clock,
             liveness: Arc::new(SessionCache::new()),
             check,
+            factors: store,
             policy: AccountPolicy {
                 signup_per_minute: u32::MAX,
                 require_verified_email: false,

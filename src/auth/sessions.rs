@@ -12,6 +12,7 @@ use super::{
     audit::Audit,
     error::{AuthError, AuthResult},
     liveness::{LiveUser, Liveness, Lookup, SessionCache},
+    mfa::SecondFactor,
     tokens::{AccessClaims, Authentication, Subject, TokenRejection, TokenService},
 };
 use crate::{
@@ -19,7 +20,10 @@ use crate::{
     crypto::refresh,
     domain::User,
     limits::{Key, Quota, RateLimiter, client_bucket},
-    store::{AuditKind, Effects, NewSession, RefreshRequest, RevokeReason, Rotation, SessionStore},
+    store::{
+        AuditKind, Effects, NewSession, RefreshRequest, RevokeReason, Rotation, SessionAuth,
+        SessionStore,
+    },
 };
 
 /// Session lifetimes and the refresh quota, fixed at start-up.
@@ -54,6 +58,14 @@ pub struct TokenPair {
     pub expires_in: u64,
     /// Seconds until the refresh token expires.
     pub refresh_expires_in: u64,
+}
+
+/// A new access token for a session whose refresh token stays.
+#[derive(Debug, Clone)]
+pub struct AccessGrant {
+    pub access_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
 }
 
 /// A live session as its user sees it.
@@ -100,8 +112,13 @@ impl Sessions {
         user: &User,
         password_hash: &str,
         client: &Client,
+        second_factor: Option<SecondFactor>,
     ) -> AuthResult<TokenPair> {
         let now = self.clock.now();
+        let auth = match second_factor {
+            None => Authentication::password(now),
+            Some(factor) => Authentication::two_factor(now, factor.method()),
+        };
         let session_end = now + self.policy.session_max_age;
         let refresh = refresh::generate();
         let refresh_expires_at = refresh_expiry(now, self.policy.refresh_token_ttl, session_end);
@@ -116,6 +133,8 @@ impl Sessions {
             ip: Some(client.ip.to_string()),
             password_hash: password_hash.to_owned(),
             roles: user.roles.clone(),
+            level: auth.level.clone(),
+            methods: auth.methods.clone(),
         };
         let effects = Effects::audit(
             self.audit
@@ -131,7 +150,7 @@ impl Sessions {
             PairParts {
                 user,
                 session_id: session.id,
-                auth: Authentication::password(now),
+                auth,
                 session_end,
                 refresh_token: refresh.token,
                 refresh_expires_at,
@@ -139,6 +158,47 @@ impl Sessions {
             },
             now,
         )
+    }
+
+    /// Step-up: the caller's session proved a second factor and is raised to
+    /// `aal2` from now on (its refreshes carry that). The answer is a new
+    /// access token; the session's refresh token stays as it is.
+    pub async fn raise(
+        &self,
+        client: &Client,
+        caller: &Authenticated,
+        factor: SecondFactor,
+    ) -> AuthResult<AccessGrant> {
+        let now = self.clock.now();
+        let auth = Authentication::two_factor(now, factor.method());
+        let stored = SessionAuth {
+            level: auth.level.clone(),
+            methods: auth.methods.clone(),
+            at: now,
+        };
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(caller.user_id), AuditKind::MfaStepUp)
+                .user(caller.user_id)
+                .session(caller.session_id),
+        );
+        let session_end = self
+            .store
+            .raise_session(caller.session_id, caller.user_id, &stored, &effects)
+            .await?
+            .ok_or(AuthError::InvalidToken(TokenRejection::Revoked))?;
+        let subject = Subject {
+            user_id: caller.user_id,
+            session_id: caller.session_id,
+            roles: caller.claims.roles.clone(),
+            auth,
+            jti: Uuid::now_v7(),
+        };
+        let access = self.tokens.issue(subject, now, session_end)?;
+        Ok(AccessGrant {
+            expires_in: u64::try_from(access.claims.exp - now.unix_timestamp()).unwrap_or(0),
+            access_token: access.token,
+        })
     }
 
     /// Exchanges a refresh token for a new pair. The presented token is used
@@ -192,12 +252,12 @@ impl Sessions {
                 session_id,
                 user,
                 session_expires_at,
-                session_created_at,
+                auth,
             } => self.pair(
                 PairParts {
                     user: &user,
                     session_id,
-                    auth: Authentication::password(session_created_at),
+                    auth: auth.into(),
                     session_end: session_expires_at,
                     refresh_expires_at: refresh_expiry(
                         now,
@@ -213,7 +273,7 @@ impl Sessions {
                 session_id,
                 user,
                 session_expires_at,
-                session_created_at,
+                auth,
                 rotated_at,
                 sealed_next,
                 next_expires_at,
@@ -228,7 +288,7 @@ impl Sessions {
                     PairParts {
                         user: &user,
                         session_id,
-                        auth: Authentication::password(session_created_at),
+                        auth: auth.into(),
                         session_end: session_expires_at,
                         refresh_expires_at: next_expires_at.min(session_expires_at),
                         refresh_token: successor,

@@ -44,18 +44,51 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 pub struct Authentication {
     pub time: OffsetDateTime,
     /// The authentication assurance level (`aal1`, `aal2`).
-    pub level: &'static str,
+    pub level: String,
     /// RFC 8176 method names.
-    pub methods: Vec<&'static str>,
+    pub methods: Vec<String>,
 }
 
+/// NIST SP 800-63B: one factor.
+pub const AAL1: &str = "aal1";
+/// Two factors.
+pub const AAL2: &str = "aal2";
+
 impl Authentication {
-    /// A login with a password alone, at `time`.
+    /// A login with a password alone, at `time`: `aal1`, `["pwd"]`.
     pub fn password(time: OffsetDateTime) -> Self {
         Self {
             time,
-            level: "aal1",
-            methods: vec!["pwd"],
+            level: AAL1.into(),
+            methods: vec!["pwd".into()],
+        }
+    }
+
+    /// A password and a second factor, the second at `time`: `aal2`, with
+    /// the factor's RFC 8176 method (`otp` for a TOTP code; none for a
+    /// recovery code, which RFC 8176 has no name for) and `mfa`.
+    pub fn two_factor(time: OffsetDateTime, method: Option<&str>) -> Self {
+        let mut methods = vec!["pwd".to_owned()];
+        methods.extend(method.map(str::to_owned));
+        methods.push("mfa".into());
+        Self {
+            time,
+            level: AAL2.into(),
+            methods,
+        }
+    }
+
+    pub fn is_aal2(&self) -> bool {
+        self.level == AAL2
+    }
+}
+
+impl From<crate::store::SessionAuth> for Authentication {
+    fn from(auth: crate::store::SessionAuth) -> Self {
+        Self {
+            time: auth.at,
+            level: auth.level,
+            methods: auth.methods,
         }
     }
 }
@@ -196,8 +229,8 @@ impl TokenService {
             exp: (iat + lifetime).min(not_after.unix_timestamp()),
             roles,
             auth_time: auth.time.unix_timestamp(),
-            aal: auth.level.into(),
-            amr: auth.methods.iter().map(|m| (*m).into()).collect(),
+            aal: auth.level.clone(),
+            amr: auth.methods.clone(),
             nbf: None,
         };
         let keys = self.keys.current();

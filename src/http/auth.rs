@@ -211,7 +211,7 @@ pub(super) fn token_response(state: &AppState, pair: TokenPair, transport: Trans
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Invalid credentials", body = Problem),
-        (status = 403, description = "Right password, but the email is not verified and the service requires it (`email_not_verified`); or `transport=cookie` from an Origin not allowed (`cross_site_request`)", body = Problem),
+        (status = 403, description = "Right password, but the user has a second factor (`mfa_required`, with `mfa_token` and `factor_types`: continue at `POST /auth/mfa/verify`); or the email is not verified and the service requires it (`email_not_verified`); or `transport=cookie` from an Origin not allowed (`cross_site_request`)", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
         (status = 429, description = "Too many failed attempts", body = Problem),
         (status = 503, description = "Too many logins at once", body = Problem),
@@ -324,6 +324,9 @@ pub struct TokenForm {
 pub struct OAuthError {
     pub error: &'static str,
     pub error_description: String,
+    /// With `error: mfa_required` only: the token of the login's second step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfa_token: Option<String>,
 }
 
 pub(super) fn oauth_error(
@@ -337,6 +340,7 @@ pub(super) fn oauth_error(
         Json(OAuthError {
             error,
             error_description: description.into(),
+            mfa_token: None,
         }),
     )
         .into_response()
@@ -449,6 +453,18 @@ pub(super) fn to_oauth(err: AppError) -> Response {
             "email_not_verified",
             "The account's email address is not verified yet.",
         ),
+        AppError::MfaRequired(challenge) => (
+            StatusCode::FORBIDDEN,
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            Json(OAuthError {
+                error: "mfa_required",
+                error_description: "The password is right; a second factor is required: send a \
+                                    code with mfa_token to POST /auth/mfa/verify."
+                    .into(),
+                mfa_token: Some(challenge.mfa_token),
+            }),
+        )
+            .into_response(),
         AppError::RateLimited(_) | AppError::Overloaded { .. } | AppError::Unavailable(_) => {
             let mut response = oauth_error(
                 err.status(),
@@ -472,7 +488,7 @@ pub(super) fn to_oauth(err: AppError) -> Response {
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),
         (status = 400, description = "RFC 6749 error", body = OAuthError),
-        (status = 403, description = "Right password, but the email is not verified and the service requires it (`error: email_not_verified`); or a cookie request without an allowed Origin or the CSRF token", body = OAuthError),
+        (status = 403, description = "Right password, but the user has a second factor (`error: mfa_required`, with `mfa_token`: continue at `POST /auth/mfa/verify`); or the email is not verified and the service requires it (`error: email_not_verified`); or a cookie request without an allowed Origin or the CSRF token", body = OAuthError),
         (status = 429, description = "Throttled", body = OAuthError),
         (status = 503, description = "Too many logins at once; retry after Retry-After", body = OAuthError),
     )

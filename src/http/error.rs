@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    auth::{AuthError, error::UNAVAILABLE_RETRY, tokens::TokenRejection},
+    auth::{AuthError, error::UNAVAILABLE_RETRY, mfa::MfaChallenge, tokens::TokenRejection},
     limits::Throttle,
 };
 
@@ -60,6 +60,16 @@ pub enum AppError {
     MissingRefreshToken,
     #[error("insufficient role")]
     Forbidden,
+    #[error("a second factor is required")]
+    MfaRequired(MfaChallenge),
+    #[error("invalid mfa token")]
+    InvalidMfaToken,
+    #[error("neither an mfa token nor a bearer token")]
+    MissingMfaToken,
+    #[error("invalid code")]
+    InvalidCode,
+    #[error("insufficient user authentication")]
+    InsufficientAuthentication,
     #[error("wrong current password")]
     WrongPassword,
     #[error("not found")]
@@ -109,6 +119,10 @@ impl From<AuthError> for AppError {
             AuthError::InvalidLink => AppError::InvalidLink,
             AuthError::EmailNotVerified => AppError::EmailNotVerified,
             AuthError::Invalid { field, message } => AppError::validation(field, message),
+            AuthError::MfaRequired(challenge) => AppError::MfaRequired(challenge),
+            AuthError::InvalidMfaToken => AppError::InvalidMfaToken,
+            AuthError::InvalidCode => AppError::InvalidCode,
+            AuthError::InsufficientAuthentication => AppError::InsufficientAuthentication,
             AuthError::Internal(e) => AppError::Internal(e),
         }
     }
@@ -127,6 +141,14 @@ pub struct Problem {
     pub code: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// With `code: mfa_required` only: the token of the login's second step
+    /// (`POST /auth/mfa/verify`), good for 5 minutes and 5 codes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfa_token: Option<String>,
+    /// With `code: mfa_required` only: the kinds of factor the user has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!(["totp"]))]
+    pub factor_types: Option<Vec<&'static str>>,
 }
 
 impl AppError {
@@ -145,8 +167,13 @@ impl AppError {
             | AppError::MissingToken
             | AppError::InvalidToken(_)
             | AppError::InvalidRefreshToken
-            | AppError::MissingRefreshToken => StatusCode::UNAUTHORIZED,
+            | AppError::MissingRefreshToken
+            | AppError::InvalidMfaToken
+            | AppError::MissingMfaToken
+            | AppError::InvalidCode => StatusCode::UNAUTHORIZED,
             AppError::Forbidden
+            | AppError::MfaRequired(_)
+            | AppError::InsufficientAuthentication
             | AppError::WrongPassword
             | AppError::EmailNotVerified
             | AppError::CrossSite(_) => StatusCode::FORBIDDEN,
@@ -207,6 +234,30 @@ impl AppError {
             AppError::WrongPassword => (
                 "wrong_password",
                 "The current password is not right.".into(),
+            ),
+            AppError::MfaRequired(_) => (
+                "mfa_required",
+                "The password is right; a second factor is required: send a code with \
+                 mfa_token to POST /auth/mfa/verify."
+                    .into(),
+            ),
+            AppError::InvalidMfaToken => (
+                "invalid_mfa_token",
+                "The mfa_token is invalid, expired, used or out of attempts; log in again.".into(),
+            ),
+            AppError::MissingMfaToken => (
+                "missing_mfa_token",
+                "Send the mfa_token of the login, or a bearer token to step up its session.".into(),
+            ),
+            AppError::InvalidCode => (
+                "invalid_code",
+                "The code is not right, or was used already.".into(),
+            ),
+            AppError::InsufficientAuthentication => (
+                "insufficient_user_authentication",
+                "This needs a session of two factors: verify a second factor first \
+                 (POST /auth/mfa/verify with the bearer token)."
+                    .into(),
             ),
             AppError::NotFound => ("not_found", "No such resource.".into()),
             AppError::InvalidLink => (
@@ -340,12 +391,23 @@ impl IntoResponse for AppError {
                     HeaderValue::from_static(r#"Bearer error="insufficient_scope""#),
                 );
             }
+            // RFC 9470 §3: the challenge names the level asked for.
+            AppError::InsufficientAuthentication => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer error="insufficient_user_authentication", acr_values="aal2""#,
+                    ),
+                );
+            }
             _ => self.insert_retry_headers(&mut headers),
         }
-        let errors = match self {
-            AppError::Validation(errors) => errors,
-            _ => Vec::new(),
-        };
+        let (mut errors, mut challenge) = (Vec::new(), None);
+        match self {
+            AppError::Validation(e) => errors = e,
+            AppError::MfaRequired(c) => challenge = Some(c),
+            _ => {}
+        }
         let body = Problem {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error"),
@@ -353,6 +415,8 @@ impl IntoResponse for AppError {
             detail,
             code,
             errors,
+            mfa_token: challenge.as_ref().map(|c| c.mfa_token.clone()),
+            factor_types: challenge.map(|c| c.factor_types),
         };
         (status, headers, Json(body)).into_response()
     }

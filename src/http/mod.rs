@@ -10,6 +10,7 @@ pub mod extract;
 mod health;
 mod keys;
 mod links;
+mod mfa;
 mod oauth;
 mod openapi;
 pub mod server;
@@ -84,6 +85,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(oauth::router())
         .merge(links::router())
+        .merge(mfa::router())
         .merge(users::router())
         .merge(admin::router())
         .merge(audit::router())

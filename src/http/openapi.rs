@@ -276,6 +276,12 @@ fn state_request_rules(spec: &mut OpenApi) {
             vec![named(&["username"]), named(&["email"])],
         );
     }
+    // A code or a recovery code, not both.
+    one_of(
+        schemas,
+        "VerifyRequest",
+        vec![named(&["code"]), named(&["recovery_code"])],
+    );
     // Without a password, the account's email is mailed a link to choose one.
     any_of(
         schemas,
@@ -340,6 +346,14 @@ fn string_rule(schemas: &mut Schemas, name: &str, field_name: &str, rule: &Rule)
     property.format = rule.format.clone().map(SchemaFormat::KnownFormat);
     property.min_length = rule.min_length;
     property.max_length = rule.max_length;
+}
+
+/// `oneOf` beside the object's own keywords, as [`any_of`].
+fn one_of(schemas: &mut Schemas, name: &str, branches: Vec<Value>) {
+    object(schemas, name)
+        .extensions
+        .get_or_insert_with(Default::default)
+        .insert("oneOf".to_owned(), Value::Array(branches));
 }
 
 /// `anyOf` beside the object's own keywords (JSON Schema 2020-12, which

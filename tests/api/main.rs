@@ -19,6 +19,7 @@ mod links;
 mod login;
 mod me;
 mod metrics;
+mod mfa;
 mod outage;
 mod outbox;
 mod refresh;
@@ -48,6 +49,7 @@ fn main() {
         login::trials,
         me::trials,
         metrics::trials,
+        mfa::trials,
         outage::trials,
         outage::more_trials,
         outbox::trials,

@@ -1,0 +1,612 @@
+//! Second factors: TOTP enrolment, recovery codes, the second step of a
+//! login, raising a session to two factors (step-up), and an admin's reset.
+
+use std::{sync::Arc, time::Duration};
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    Client,
+    audit::Audit,
+    error::{AuthError, AuthResult},
+    sessions::{AccessGrant, Authenticated, Sessions, TokenPair},
+    tokens::AAL2,
+};
+use crate::{
+    clock::SharedClock,
+    crypto::{
+        refresh,
+        sealing::SealingKey,
+        totp::{self, TotpSecret},
+    },
+    domain::User,
+    limits::{Key, RateLimiter},
+    store::{AuditKind, Effects, Factor, FactorKind, MfaStore, NewChallenge, Store},
+};
+
+/// How many recovery codes a user gets at a time.
+pub const RECOVERY_CODES: usize = 10;
+
+/// MFA settings, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct MfaPolicy {
+    /// The issuer shown in authenticator apps.
+    pub issuer: String,
+    /// How long the second step of a login may wait after the password.
+    pub challenge_ttl: Duration,
+    /// Codes one `mfa_token` may try.
+    pub max_attempts: u32,
+    /// Wrong codes per account before the back-off starts.
+    pub free_failures: u32,
+    /// How long an enrolment may wait for its first code.
+    pub enrolment_ttl: Duration,
+    /// Seals TOTP secrets at rest (the signing keys' key,
+    /// AUTHGATE_KEY_ENCRYPTION_KEY); without one they are stored as they
+    /// are, as the signing keys are.
+    pub sealing: Option<SealingKey>,
+}
+
+/// What proved the second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFactor {
+    Totp,
+    RecoveryCode,
+}
+
+impl SecondFactor {
+    /// Its RFC 8176 method: `otp`; a recovery code has none (the session
+    /// says `mfa` alone).
+    pub fn method(self) -> Option<&'static str> {
+        match self {
+            SecondFactor::Totp => Some("otp"),
+            SecondFactor::RecoveryCode => None,
+        }
+    }
+}
+
+/// A second factor offered: a TOTP code, or a recovery code.
+#[derive(Debug, Clone)]
+pub enum Proof {
+    Code(String),
+    RecoveryCode(String),
+}
+
+/// A new, unconfirmed TOTP factor: what the user's app needs.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    pub id: Uuid,
+    /// Base32, for typing in.
+    pub secret: String,
+    pub otpauth_uri: String,
+}
+
+/// A factor as its user sees it: never its secret.
+#[derive(Debug, Clone)]
+pub struct FactorView {
+    pub id: Uuid,
+    pub kind: &'static str,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// A user's factors and how many recovery codes are left.
+#[derive(Debug, Clone)]
+pub struct Factors {
+    pub factors: Vec<FactorView>,
+    pub recovery_codes_left: u32,
+}
+
+/// The answer to a password that needs a second factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaChallenge {
+    pub mfa_token: String,
+    pub factor_types: Vec<&'static str>,
+}
+
+#[derive(Clone)]
+pub struct Mfa {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) sessions: Sessions,
+    pub(super) limiter: Arc<dyn RateLimiter>,
+    pub(super) audit: Audit,
+    pub(super) clock: SharedClock,
+    pub(super) policy: MfaPolicy,
+}
+
+/// A stored secret's first byte: how the rest is kept.
+const PLAIN: u8 = 0;
+const SEALED: u8 = 1;
+
+impl Mfa {
+    /// Starts a TOTP enrolment: an unconfirmed factor and its secret.
+    pub async fn enroll_totp(&self, user: &User, name: Option<&str>) -> AuthResult<Enrolment> {
+        let now = self.clock.now();
+        let id = Uuid::now_v7();
+        let secret = TotpSecret::generate();
+        let account = user
+            .email
+            .as_ref()
+            .map(|e| e.as_str().to_owned())
+            .or_else(|| user.username.as_ref().map(|u| u.as_str().to_owned()))
+            .unwrap_or_else(|| user.id.to_string());
+        let factor = Factor {
+            id,
+            user_id: user.id,
+            kind: FactorKind::Totp,
+            name: name.map_or_else(|| "Authenticator app".to_owned(), str::to_owned),
+            secret: Some(self.seal(id, secret.as_bytes())),
+            confirmed_at: None,
+            last_used_step: None,
+            last_used_at: None,
+            created_at: now,
+        };
+        self.store
+            .add_factor(&factor, now - self.policy.enrolment_ttl)
+            .await?;
+        Ok(Enrolment {
+            id,
+            secret: secret.to_base32(),
+            otpauth_uri: totp::otpauth_uri(&self.policy.issuer, &account, &secret),
+        })
+    }
+
+    /// Confirms an enrolment with a code from the app: the factor counts
+    /// from now on, and the user's recovery codes (new ones, shown once)
+    /// replace any earlier ones. A wrong code leaves it unconfirmed.
+    pub async fn confirm_totp(
+        &self,
+        client: &Client,
+        user_id: Uuid,
+        factor_id: Uuid,
+        code: &str,
+    ) -> AuthResult<Vec<String>> {
+        let now = self.clock.now();
+        let factor = self
+            .store
+            .factors(user_id)
+            .await?
+            .into_iter()
+            .find(|f| f.id == factor_id && f.confirmed_at.is_none())
+            .filter(|f| f.created_at + self.policy.enrolment_ttl > now)
+            .ok_or(AuthError::NotFound)?;
+        let secret = self.secret(&factor)?;
+        let step = self
+            .failing_counted(client, user_id, || async {
+                Ok(secret.verify(code, now.unix_timestamp(), None))
+            })
+            .await?
+            .ok_or_else(|| AuthError::Invalid {
+                field: "code",
+                message: "is not the current code of this authenticator".into(),
+            })?;
+        let (codes, hashes) = recovery_codes();
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(user_id), AuditKind::MfaEnrolled)
+                .user(user_id)
+                .detail("totp"),
+        );
+        if !self
+            .store
+            .confirm_factor(user_id, factor_id, step, now, &hashes, &effects)
+            .await?
+        {
+            return Err(AuthError::NotFound);
+        }
+        Ok(codes)
+    }
+
+    /// The user's confirmed factors and recovery codes left.
+    pub async fn factors(&self, user_id: Uuid) -> AuthResult<Factors> {
+        let factors = self
+            .store
+            .factors(user_id)
+            .await?
+            .into_iter()
+            .filter(|f| f.confirmed_at.is_some())
+            .map(|f| FactorView {
+                id: f.id,
+                kind: f.kind.as_str(),
+                name: f.name,
+                created_at: f.created_at,
+                last_used_at: f.last_used_at,
+            })
+            .collect();
+        let recovery_codes_left = self.store.recovery_codes_left(user_id).await?;
+        Ok(Factors {
+            factors,
+            recovery_codes_left,
+        })
+    }
+
+    /// The kinds of the user's confirmed factors (none: no second step).
+    pub async fn factor_types(&self, user_id: Uuid) -> AuthResult<Vec<&'static str>> {
+        let mut kinds: Vec<_> = self
+            .store
+            .factors(user_id)
+            .await?
+            .into_iter()
+            .filter(|f| f.confirmed_at.is_some())
+            .map(|f| f.kind.as_str())
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        Ok(kinds)
+    }
+
+    /// Removes a factor: only from a session of two factors.
+    pub async fn remove(
+        &self,
+        client: &Client,
+        caller: &Authenticated,
+        factor_id: Uuid,
+    ) -> AuthResult<()> {
+        require_aal2(caller)?;
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(caller.user_id), AuditKind::MfaRemoved)
+                .user(caller.user_id)
+                .session(caller.session_id),
+        );
+        if self
+            .store
+            .delete_factor(caller.user_id, factor_id, &effects)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(AuthError::NotFound)
+        }
+    }
+
+    /// New recovery codes in place of the old: only from a session of two
+    /// factors, and only for a user with a factor.
+    pub async fn regenerate_recovery_codes(
+        &self,
+        client: &Client,
+        caller: &Authenticated,
+    ) -> AuthResult<Vec<String>> {
+        require_aal2(caller)?;
+        if self.factor_types(caller.user_id).await?.is_empty() {
+            return Err(AuthError::Invalid {
+                field: "factors",
+                message: "recovery codes need a second factor first".into(),
+            });
+        }
+        let (codes, hashes) = recovery_codes();
+        let effects = Effects::audit(
+            self.audit
+                .event(
+                    client,
+                    Some(caller.user_id),
+                    AuditKind::RecoveryCodesRegenerated,
+                )
+                .user(caller.user_id)
+                .session(caller.session_id),
+        );
+        self.store
+            .replace_recovery_codes(caller.user_id, &hashes, &effects)
+            .await?;
+        Ok(codes)
+    }
+
+    /// An admin removes every factor of a user (a lost phone).
+    pub async fn reset(&self, client: &Client, admin: Uuid, user_id: Uuid) -> AuthResult<()> {
+        if self.store.get_user(user_id).await?.is_none() {
+            return Err(AuthError::NotFound);
+        }
+        let effects = Effects::audit(
+            self.audit
+                .event(client, Some(admin), AuditKind::MfaReset)
+                .user(user_id),
+        );
+        self.store.delete_factors(user_id, &effects).await?;
+        Ok(())
+    }
+
+    /// After a right password: the second step's `mfa_token`, if the user has
+    /// a factor; `None` if the password is enough.
+    pub async fn challenge(
+        &self,
+        user: &User,
+        password_hash: &str,
+    ) -> AuthResult<Option<MfaChallenge>> {
+        let factor_types = self.factor_types(user.id).await?;
+        if factor_types.is_empty() {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        let token = refresh::generate();
+        self.store
+            .create_challenge(&NewChallenge {
+                token_hash: token.hash,
+                user_id: user.id,
+                password_hash: password_hash.to_owned(),
+                created_at: now,
+                expires_at: now + self.policy.challenge_ttl,
+            })
+            .await?;
+        Ok(Some(MfaChallenge {
+            mfa_token: token.token,
+            factor_types,
+        }))
+    }
+
+    /// The second step of a login: a right code for the `mfa_token` opens
+    /// the session at `aal2`. The token allows a few attempts and is spent
+    /// by the first right one.
+    pub async fn verify_login(
+        &self,
+        client: &Client,
+        mfa_token: &str,
+        proof: &Proof,
+    ) -> AuthResult<TokenPair> {
+        let result = self.check_login(client, mfa_token, proof).await;
+        metrics::counter!("authgate_mfa_verifications_total",
+            "step" => "login", "outcome" => super::error::outcome(&result))
+        .increment(1);
+        result
+    }
+
+    async fn check_login(
+        &self,
+        client: &Client,
+        mfa_token: &str,
+        proof: &Proof,
+    ) -> AuthResult<TokenPair> {
+        if !refresh::looks_valid(mfa_token) {
+            return Err(AuthError::InvalidMfaToken);
+        }
+        let hash = refresh::hash(mfa_token);
+        let now = self.clock.now();
+        let attempt = self
+            .store
+            .attempt_challenge(&hash, now, self.policy.max_attempts)
+            .await?
+            .ok_or(AuthError::InvalidMfaToken)?;
+        let factor = self.prove(client, attempt.user_id, proof).await?;
+        // Spent by the first right code: a racing second one opens nothing.
+        if !self.store.end_challenge(&hash).await? {
+            return Err(AuthError::InvalidMfaToken);
+        }
+        let user = self
+            .store
+            .get_user(attempt.user_id)
+            .await?
+            .filter(|u| u.is_active)
+            .ok_or(AuthError::InvalidMfaToken)?;
+        self.sessions
+            .open(&user, &attempt.password_hash, client, Some(factor))
+            .await
+    }
+
+    /// Step-up: a session of one factor, of a user who has a second, proves
+    /// it and is raised to `aal2`; the answer is a new pair for the session.
+    pub async fn step_up(
+        &self,
+        client: &Client,
+        caller: &Authenticated,
+        proof: &Proof,
+    ) -> AuthResult<AccessGrant> {
+        let result = async {
+            let factor = self.prove(client, caller.user_id, proof).await?;
+            self.sessions.raise(client, caller, factor).await
+        }
+        .await;
+        metrics::counter!("authgate_mfa_verifications_total",
+            "step" => "step_up", "outcome" => super::error::outcome(&result))
+        .increment(1);
+        result
+    }
+
+    /// Checks a second factor of the user, under its back-off: a TOTP code
+    /// of a confirmed factor (each time step once), or an unused recovery
+    /// code (each once).
+    async fn prove(
+        &self,
+        client: &Client,
+        user_id: Uuid,
+        proof: &Proof,
+    ) -> AuthResult<SecondFactor> {
+        let now = self.clock.now();
+        let proved = self
+            .failing_counted(client, user_id, || async {
+                match proof {
+                    Proof::Code(code) => {
+                        for factor in self.store.factors(user_id).await? {
+                            if factor.kind != FactorKind::Totp || factor.confirmed_at.is_none() {
+                                continue;
+                            }
+                            let secret = self.secret(&factor)?;
+                            let Some(step) =
+                                secret.verify(code, now.unix_timestamp(), factor.last_used_step)
+                            else {
+                                continue;
+                            };
+                            // Why in the store: two requests with one code
+                            // race here, and only one may pass (no replay).
+                            if self.store.use_totp_step(factor.id, step, now).await? {
+                                return Ok(Some(SecondFactor::Totp));
+                            }
+                        }
+                        Ok(None)
+                    }
+                    Proof::RecoveryCode(code) => {
+                        let hash = recovery_hash(code);
+                        Ok(self
+                            .store
+                            .use_recovery_code(user_id, &hash, now)
+                            .await?
+                            .then_some(SecondFactor::RecoveryCode))
+                    }
+                }
+            })
+            .await?;
+        proved.ok_or(AuthError::InvalidCode)
+    }
+
+    /// Runs a code check under the account's back-off: a wrong code counts
+    /// (`None`), a right one clears the count, an error takes it back.
+    async fn failing_counted<T, F, Fut>(
+        &self,
+        client: &Client,
+        user_id: Uuid,
+        check: F,
+    ) -> AuthResult<Option<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = AuthResult<Option<T>>>,
+    {
+        let key = Key::new("mfa_failures", format!("user:{user_id}"));
+        let now = self.clock.now();
+        if let Err(e) = self
+            .limiter
+            .reserve(&key, self.policy.free_failures, now)
+            .await
+        {
+            let err = AuthError::from(e);
+            if matches!(err, AuthError::Throttled(_)) {
+                self.audit.throttled(client, "mfa", Some(user_id)).await;
+            }
+            return Err(err);
+        }
+        let result = check().await;
+        let settled = match &result {
+            Ok(Some(_)) => self.limiter.clear(&key).await,
+            Ok(None) => {
+                let failed = self
+                    .audit
+                    .event(client, Some(user_id), AuditKind::Login)
+                    .user(user_id)
+                    .failed()
+                    .detail("second factor");
+                self.audit.record(failed).await;
+                Ok(())
+            }
+            Err(_) => self.limiter.release(&key).await,
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %format!("{e:#}"), "second-factor back-off not settled");
+        }
+        result
+    }
+
+    fn seal(&self, factor_id: Uuid, secret: &[u8]) -> Vec<u8> {
+        match &self.policy.sealing {
+            Some(key) => {
+                let mut stored = vec![SEALED];
+                stored.extend(key.seal(secret, factor_id.as_bytes()));
+                stored
+            }
+            None => {
+                let mut stored = vec![PLAIN];
+                stored.extend_from_slice(secret);
+                stored
+            }
+        }
+    }
+
+    fn secret(&self, factor: &Factor) -> AuthResult<TotpSecret> {
+        let stored = factor.secret.as_deref().unwrap_or_default();
+        let bytes = match stored.split_first() {
+            Some((&PLAIN, rest)) => rest.to_vec(),
+            Some((&SEALED, rest)) => {
+                let key = self.policy.sealing.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "a TOTP secret is sealed but AUTHGATE_KEY_ENCRYPTION_KEY is not set"
+                    )
+                })?;
+                key.open(rest, factor.id.as_bytes())?
+            }
+            _ => return Err(anyhow::anyhow!("factor {} has no usable secret", factor.id).into()),
+        };
+        TotpSecret::from_bytes(&bytes).ok_or_else(|| {
+            anyhow::anyhow!("factor {} has a secret of the wrong length", factor.id).into()
+        })
+    }
+}
+
+/// Sensitive changes need a session of two factors (RFC 9470's
+/// `insufficient_user_authentication` otherwise).
+pub fn require_aal2(caller: &Authenticated) -> AuthResult<()> {
+    if caller.claims.aal == AAL2 {
+        Ok(())
+    } else {
+        Err(AuthError::InsufficientAuthentication)
+    }
+}
+
+/// A change of password or email address needs a session of two factors
+/// once the user has a second factor: else a stolen password, or a session
+/// opened before the factor, could take the account over.
+pub async fn require_aal2_if_enrolled(
+    factors: &dyn MfaStore,
+    caller: &Authenticated,
+) -> AuthResult<()> {
+    if caller.claims.aal == AAL2 {
+        return Ok(());
+    }
+    let enrolled = factors
+        .factors(caller.user_id)
+        .await?
+        .iter()
+        .any(|f| f.confirmed_at.is_some());
+    if enrolled {
+        Err(AuthError::InsufficientAuthentication)
+    } else {
+        Ok(())
+    }
+}
+
+/// Ten new recovery codes (`xxxxx-xxxxx`, 50 random bits each) and their
+/// hashes.
+fn recovery_codes() -> (Vec<String>, Vec<[u8; 32]>) {
+    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let codes: Vec<String> = (0..RECOVERY_CODES)
+        .map(|_| {
+            let mut bytes = [0u8; 10];
+            rand::fill(&mut bytes);
+            let chars: String = bytes
+                .iter()
+                .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
+                .collect();
+            format!("{}-{}", &chars[..5], &chars[5..])
+        })
+        .collect();
+    let hashes = codes.iter().map(|c| recovery_hash(c)).collect();
+    (codes, hashes)
+}
+
+/// A recovery code's storage key: as typed, but in lower case and without
+/// spaces or dashes. A plain hash suffices: the codes are random.
+fn recovery_hash(code: &str) -> [u8; 32] {
+    let normalized: String = code
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect();
+    Sha256::digest(normalized.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_codes_are_ten_distinct_and_hash_as_typed_loosely() {
+        let (codes, hashes) = recovery_codes();
+        assert_eq!(codes.len(), RECOVERY_CODES);
+        let mut unique = codes.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), RECOVERY_CODES);
+        for (code, hash) in codes.iter().zip(&hashes) {
+            assert_eq!(code.len(), 11);
+            assert_eq!(&code[5..6], "-");
+            assert_eq!(recovery_hash(&code.to_uppercase().replace('-', " ")), *hash);
+        }
+    }
+}

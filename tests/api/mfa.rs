@@ -1,0 +1,594 @@
+//! Second factors from outside: TOTP enrolment, the login's second step,
+//! recovery codes, step-up, the OAuth2 grant and an admin's reset.
+
+use std::time::Duration;
+
+use authgate::{
+    clock::Clock,
+    crypto::totp::{self, TotpSecret},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    common::Backend,
+    helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, TestApp, Tokens, problem},
+    on_both_databases,
+};
+
+on_both_databases!(
+    a_confirmed_app_turns_a_password_login_into_a_second_step_of_aal2,
+    a_wrong_first_code_leaves_the_enrolment_unconfirmed,
+    a_code_works_once_and_a_recovery_code_works_once,
+    an_mfa_token_allows_five_codes_and_the_account_backs_off,
+    the_oauth2_password_grant_answers_mfa_required_with_the_token,
+    a_one_factor_session_steps_up_before_sensitive_changes,
+    an_admin_removes_every_factor_of_a_user_and_it_is_audited,
+    secrets_are_sealed_with_the_key_encryption_key,
+);
+
+async fn spawn(backend: Backend) -> TestApp {
+    TestApp::builder()
+        .arg("--admin-email", ADMIN_EMAIL)
+        .arg("--admin-password", ADMIN_PASSWORD)
+        .spawn(backend)
+        .await
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// An enrolled, confirmed authenticator app: its secret and the recovery
+/// codes its confirmation gave.
+struct App {
+    id: String,
+    secret: TotpSecret,
+    recovery_codes: Vec<String>,
+}
+
+impl App {
+    /// The app's code at the server's time.
+    fn code(&self, app: &TestApp) -> String {
+        self.secret
+            .code_at(totp::step_of(app.clock.now().unix_timestamp()))
+    }
+}
+
+async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn enroll(app: &TestApp, access: &str) -> (String, TotpSecret) {
+    let res = app
+        .client
+        .post(app.url("/users/me/mfa/totp"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.unwrap();
+    let uri = body["otpauth_uri"].as_str().unwrap();
+    let secret = body["secret"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/authgate:"), "{uri}");
+    assert!(
+        uri.contains(&format!("secret={secret}&issuer=authgate")),
+        "{uri}"
+    );
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        TotpSecret::from_base32(secret).unwrap(),
+    )
+}
+
+/// Signs `name` up and enrolls and confirms an app from a password session.
+async fn user_with_app(app: &TestApp, name: &str) -> (Tokens, App) {
+    app.create_user(name).await;
+    let tokens = app.tokens(name).await;
+    let (id, secret) = enroll(app, &tokens.access).await;
+    let code = secret.code_at(totp::step_of(app.clock.now().unix_timestamp()));
+    let path = format!("/users/me/mfa/totp/{id}/confirm");
+    let res = post(app, &path, &tokens.access, json!({"code": code})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    let recovery_codes: Vec<String> = body["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    // The confirming code's time step is spent: move to the next one.
+    app.advance(Duration::from_secs(30));
+    (
+        tokens,
+        App {
+            id,
+            secret,
+            recovery_codes,
+        },
+    )
+}
+
+/// A login answered 403 `mfa_required`: its `mfa_token`.
+async fn second_step(app: &TestApp, name: &str) -> String {
+    let res = app.login(name, PASSWORD).await;
+    let body = problem(res, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "mfa_required");
+    assert_eq!(body["factor_types"], json!(["totp"]));
+    assert!(body.get("access_token").is_none() && body.get("refresh_token").is_none());
+    body["mfa_token"].as_str().unwrap().to_owned()
+}
+
+async fn verify(app: &TestApp, body: Value) -> reqwest::Response {
+    app.post_json("/auth/mfa/verify", &body).await
+}
+
+async fn a_confirmed_app_turns_a_password_login_into_a_second_step_of_aal2(backend: Backend) {
+    let app = spawn(backend).await;
+    let (before, totp_app) = user_with_app(&app, "mia").await;
+    // The session that enrolled was a password session.
+    assert_eq!(claims_of(&before.access)["aal"], "aal1");
+    assert_eq!(claims_of(&before.access)["amr"], json!(["pwd"]));
+    let listed: Value = app
+        .get("/users/me/mfa", Some(&before.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["recovery_codes_left"], 10);
+    assert_eq!(listed["factors"][0]["id"], totp_app.id.as_str());
+    assert_eq!(listed["factors"][0]["type"], "totp");
+    assert!(listed.to_string().find("secret").is_none(), "{listed}");
+
+    let mfa_token = second_step(&app, "mia").await;
+    let res = verify(
+        &app,
+        json!({"mfa_token": mfa_token, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let tokens = Tokens::from(res.json::<Value>().await.unwrap());
+    let claims = claims_of(&tokens.access);
+    assert_eq!(claims["aal"], "aal2");
+    assert_eq!(claims["amr"], json!(["pwd", "otp", "mfa"]));
+    assert_eq!(app.me_status(&tokens.access).await, StatusCode::OK);
+
+    // Refreshing keeps the session's level.
+    app.advance(Duration::from_secs(60));
+    let res = app.refresh(&tokens.refresh).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let refreshed = Tokens::from(res.json::<Value>().await.unwrap());
+    assert_eq!(claims_of(&refreshed.access)["aal"], "aal2");
+    assert_eq!(
+        claims_of(&refreshed.access)["amr"],
+        json!(["pwd", "otp", "mfa"])
+    );
+    assert_eq!(
+        claims_of(&refreshed.access)["auth_time"],
+        claims["auth_time"]
+    );
+    // The token was spent by the right code.
+    let res = verify(
+        &app,
+        json!({"mfa_token": mfa_token, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "invalid_mfa_token"
+    );
+}
+
+async fn a_wrong_first_code_leaves_the_enrolment_unconfirmed(backend: Backend) {
+    let app = spawn(backend).await;
+    app.create_user("noor").await;
+    let tokens = app.tokens("noor").await;
+    let (id, secret) = enroll(&app, &tokens.access).await;
+    let now = totp::step_of(app.clock.now().unix_timestamp());
+    let wrong = secret.code_at(now + 5);
+    let path = format!("/users/me/mfa/totp/{id}/confirm");
+    let res = post(&app, &path, &tokens.access, json!({"code": wrong})).await;
+    let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(body["errors"][0]["field"], "code");
+    // Unconfirmed: not listed, and the password alone still logs in.
+    let listed: Value = app
+        .get("/users/me/mfa", Some(&tokens.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["factors"], json!([]));
+    assert_eq!(app.login("noor", PASSWORD).await.status(), StatusCode::OK);
+    // A name may be given, and is checked.
+    let res = post(
+        &app,
+        "/users/me/mfa/totp",
+        &tokens.access,
+        json!({"name": "Phone"}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = post(&app, "/users/me/mfa/totp", &tokens.access, json!(null)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = post(
+        &app,
+        "/users/me/mfa/totp",
+        &tokens.access,
+        json!({"name": "x\u{7}y"}),
+    )
+    .await;
+    assert_eq!(
+        problem(res, StatusCode::UNPROCESSABLE_ENTITY).await["errors"][0]["field"],
+        "name"
+    );
+    // Another user cannot confirm it, even with the right code.
+    app.create_user("omar").await;
+    let other = app.tokens("omar").await;
+    let res = post(
+        &app,
+        &path,
+        &other.access,
+        json!({"code": secret.code_at(now)}),
+    )
+    .await;
+    assert_eq!(
+        problem(res, StatusCode::NOT_FOUND).await["code"],
+        "not_found"
+    );
+    // An enrolment waits 15 minutes for its first code, no longer.
+    app.advance(Duration::from_secs(16 * 60));
+    let tokens = app.tokens("noor").await;
+    let late = secret.code_at(totp::step_of(app.clock.now().unix_timestamp()));
+    let res = post(&app, &path, &tokens.access, json!({"code": late})).await;
+    assert_eq!(
+        problem(res, StatusCode::NOT_FOUND).await["code"],
+        "not_found"
+    );
+}
+
+async fn a_code_works_once_and_a_recovery_code_works_once(backend: Backend) {
+    let app = spawn(backend).await;
+    let (_, totp_app) = user_with_app(&app, "pia").await;
+    let code = totp_app.code(&app);
+    let first = second_step(&app, "pia").await;
+    let res = verify(&app, json!({"mfa_token": first, "code": code})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // The same code again, within its time step: refused (no replay).
+    let again = second_step(&app, "pia").await;
+    let res = verify(&app, json!({"mfa_token": again, "code": code})).await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "invalid_code"
+    );
+
+    // A recovery code, typed loosely, works in place of a code: once.
+    let recovery = totp_app.recovery_codes[3].to_uppercase();
+    let res = verify(&app, json!({"mfa_token": again, "recovery_code": recovery})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let tokens = Tokens::from(res.json::<Value>().await.unwrap());
+    assert_eq!(claims_of(&tokens.access)["aal"], "aal2");
+    assert_eq!(claims_of(&tokens.access)["amr"], json!(["pwd", "mfa"]));
+    let third = second_step(&app, "pia").await;
+    let res = verify(&app, json!({"mfa_token": third, "recovery_code": recovery})).await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "invalid_code"
+    );
+    let listed: Value = app
+        .get("/users/me/mfa", Some(&tokens.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["recovery_codes_left"], 9);
+    // Neither an mfa_token nor a bearer token: no credential at all.
+    let res = verify(&app, json!({"code": "123456"})).await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "missing_mfa_token"
+    );
+    // Neither or both of the two is a malformed request.
+    let res = verify(&app, json!({"mfa_token": third})).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let res = verify(
+        &app,
+        json!({"mfa_token": third, "code": "123456", "recovery_code": "x"}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+async fn an_mfa_token_allows_five_codes_and_the_account_backs_off(backend: Backend) {
+    let app = spawn(backend).await;
+    let (_, totp_app) = user_with_app(&app, "quinn").await;
+    app.stop_clock();
+    let mfa_token = second_step(&app, "quinn").await;
+    let step = totp::step_of(app.clock.now().unix_timestamp());
+    let wrong = totp_app.secret.code_at(step + 3);
+    for attempt in 1..=5 {
+        let res = verify(&app, json!({"mfa_token": mfa_token, "code": wrong})).await;
+        let body = problem(res, StatusCode::UNAUTHORIZED).await;
+        assert_eq!(body["code"], "invalid_code", "attempt {attempt}");
+    }
+    // The sixth, even right, finds the token spent.
+    let res = verify(
+        &app,
+        json!({"mfa_token": mfa_token, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "invalid_mfa_token"
+    );
+    // And the account backs off, as after wrong passwords.
+    let fresh = second_step(&app, "quinn").await;
+    let res = verify(
+        &app,
+        json!({"mfa_token": fresh, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(
+        problem(res, StatusCode::TOO_MANY_REQUESTS).await["code"],
+        "rate_limited"
+    );
+    // Once the wait is over, the right code logs in.
+    app.advance(Duration::from_secs(120));
+    let fresh = second_step(&app, "quinn").await;
+    let res = verify(
+        &app,
+        json!({"mfa_token": fresh, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // An mfa_token is good for five minutes.
+    let late = second_step(&app, "quinn").await;
+    app.advance(Duration::from_secs(5 * 60 + 30));
+    let res = verify(
+        &app,
+        json!({"mfa_token": late, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "invalid_mfa_token"
+    );
+}
+
+async fn the_oauth2_password_grant_answers_mfa_required_with_the_token(backend: Backend) {
+    let app = spawn(backend).await;
+    let (_, totp_app) = user_with_app(&app, "rosa").await;
+    let res = app
+        .post_form(
+            "/auth/token",
+            &[
+                ("grant_type", "password"),
+                ("username", "rosa"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "mfa_required");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("/auth/mfa/verify")
+    );
+    assert!(body.get("access_token").is_none());
+    let mfa_token = body["mfa_token"].as_str().unwrap();
+    let res = verify(
+        &app,
+        json!({"mfa_token": mfa_token, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let tokens = Tokens::from(res.json::<Value>().await.unwrap());
+    assert_eq!(claims_of(&tokens.access)["aal"], "aal2");
+}
+
+async fn a_one_factor_session_steps_up_before_sensitive_changes(backend: Backend) {
+    let app = spawn(backend).await;
+    let (password_session, totp_app) = user_with_app(&app, "sami").await;
+    let access = &password_session.access;
+    // From a password session: removing the factor, new recovery codes, a
+    // new password or email are refused.
+    let res = app
+        .client
+        .delete(app.url(&format!("/users/me/mfa/{}", totp_app.id)))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Bearer error="insufficient_user_authentication", acr_values="aal2""#
+    );
+    let body = problem(res, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "insufficient_user_authentication");
+    let res = post(&app, "/users/me/mfa/recovery-codes", access, json!({})).await;
+    assert_eq!(
+        problem(res, StatusCode::FORBIDDEN).await["code"],
+        "insufficient_user_authentication"
+    );
+    let res = post(
+        &app,
+        "/users/me/password",
+        access,
+        json!({"current_password": PASSWORD, "new_password": "another long passphrase"}),
+    )
+    .await;
+    assert_eq!(
+        problem(res, StatusCode::FORBIDDEN).await["code"],
+        "insufficient_user_authentication"
+    );
+    let res = app
+        .client
+        .patch(app.url("/users/me"))
+        .bearer_auth(access)
+        .json(&json!({"current_password": PASSWORD, "email": "sami2@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(res, StatusCode::FORBIDDEN).await["code"],
+        "insufficient_user_authentication"
+    );
+
+    // Step-up: the bearer token in place of an mfa_token.
+    let res = post(
+        &app,
+        "/auth/mfa/verify",
+        access,
+        json!({"code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    let raised = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&raised)["aal"], "aal2");
+    assert_eq!(claims_of(&raised)["sid"], claims_of(access)["sid"]);
+    // The session's refresh token now gives aal2 tokens too.
+    let res = app.refresh(&password_session.refresh).await;
+    let refreshed = Tokens::from(res.json::<Value>().await.unwrap());
+    assert_eq!(claims_of(&refreshed.access)["aal"], "aal2");
+
+    // New recovery codes replace the old ones.
+    let res = post(&app, "/users/me/mfa/recovery-codes", &raised, json!({})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let codes: Value = res.json().await.unwrap();
+    assert_eq!(codes["recovery_codes"].as_array().unwrap().len(), 10);
+    let mfa_token = second_step(&app, "sami").await;
+    let old = &totp_app.recovery_codes[0];
+    let res = verify(&app, json!({"mfa_token": mfa_token, "recovery_code": old})).await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "invalid_code"
+    );
+
+    // Removing the factor: then the password alone logs in again.
+    let res = app
+        .client
+        .delete(app.url(&format!("/users/me/mfa/{}", totp_app.id)))
+        .bearer_auth(&raised)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let listed: Value = app
+        .get("/users/me/mfa", Some(&raised))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!({"factors": [], "recovery_codes_left": 0}));
+    let res = app.login("sami", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Step-up of a user without a factor proves nothing.
+    let tokens = Tokens::from(res.json::<Value>().await.unwrap());
+    let res = post(
+        &app,
+        "/auth/mfa/verify",
+        &tokens.access,
+        json!({"code": "123456"}),
+    )
+    .await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "invalid_code"
+    );
+}
+
+async fn an_admin_removes_every_factor_of_a_user_and_it_is_audited(backend: Backend) {
+    let app = spawn(backend).await;
+    let (tokens, _) = user_with_app(&app, "tara").await;
+    let user_id = claims_of(&tokens.access)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/admin/users/{user_id}/mfa");
+    // Not for a user.
+    let res = app
+        .client
+        .delete(app.url(&path))
+        .bearer_auth(&tokens.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let admin = app.admin_token().await;
+    let res = app
+        .client
+        .delete(app.url(&path))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.login("tara", PASSWORD).await.status(), StatusCode::OK);
+    let events: Value = app
+        .get(
+            &format!("/admin/audit?type=mfa_reset&user_id={user_id}"),
+            Some(&admin),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 1, "{events}");
+    let admin_id = claims_of(&admin)["sub"].clone();
+    assert_eq!(events["events"][0]["actor_id"], admin_id);
+    let res = app
+        .client
+        .delete(app.url(&format!("/admin/users/{}/mfa", uuid::Uuid::now_v7())))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+async fn secrets_are_sealed_with_the_key_encryption_key(backend: Backend) {
+    let app = TestApp::builder()
+        .arg(
+            "--key-encryption-key",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .spawn(backend)
+        .await;
+    let (tokens, totp_app) = user_with_app(&app, "uma").await;
+    let user_id = claims_of(&tokens.access)["sub"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stored = app.store().await.factors(user_id).await.unwrap();
+    let secret = stored[0].secret.as_deref().unwrap();
+    assert_eq!(secret[0], 1, "sealed");
+    let raw = totp_app.secret.as_bytes();
+    assert!(
+        !secret.windows(raw.len()).any(|w| w == raw),
+        "the secret is not in the clear"
+    );
+    // And the sealed secret still checks codes.
+    let mfa_token = second_step(&app, "uma").await;
+    let res = verify(
+        &app,
+        json!({"mfa_token": mfa_token, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
