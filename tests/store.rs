@@ -9,14 +9,15 @@ use authgate::{
     config::DatabaseUrl,
     domain::{Email, Role, Roles, Username},
     store::{
-        self, AuditContext, AuditFilter, AuditKind, Effects, FlowPurpose, KeyGuard, MailStatus,
-        NewFlowToken, NewSession, NewUser, OutboxMail, Redeemed, Redemption, RefreshRequest,
-        RevokeReason, Rotation, Store, StoreError, StoredKey, UserChanges, UserFilter,
+        self, Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, Effects, Factor,
+        FactorKind, FlowPurpose, KeyGuard, MailStatus, NewChallenge, NewFlowToken, NewSession,
+        NewUser, OutboxMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
+        SessionAuth, Store, StoreError, StoredKey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
 use libtest_mimic::Arguments;
-use time::Duration;
+use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 fn main() {
@@ -58,6 +59,8 @@ fn session_for(user_id: Uuid, refresh: u8, lifetime: Duration) -> NewSession {
         ip: Some("192.0.2.1".into()),
         password_hash: HASH.into(),
         roles: Roles::new([Role::user()]),
+        level: "aal1".into(),
+        methods: vec!["pwd".into()],
     }
 }
 
@@ -102,6 +105,22 @@ on_both_databases!(
     a_claim_that_runs_out_is_claimed_again_and_given_up_after_its_attempts,
     audit_events_page_newest_first_and_filter,
     a_purge_of_more_rows_than_one_batch_deletes_them_all,
+    an_added_factor_is_listed_whole_oldest_first_and_only_for_its_user,
+    adding_a_factor_drops_only_the_users_stale_unconfirmed_enrolments,
+    a_factor_is_confirmed_once_with_its_recovery_codes_and_audit_event,
+    a_totp_step_is_spent_once_and_only_forward_on_a_confirmed_factor,
+    of_racing_uses_of_one_totp_step_exactly_one_succeeds,
+    a_recovery_code_is_spent_once_and_only_by_its_user,
+    of_racing_uses_of_one_recovery_code_exactly_one_succeeds,
+    replacing_recovery_codes_voids_every_old_one,
+    deleting_a_factor_takes_the_recovery_codes_only_with_the_last_confirmed_one,
+    deleting_every_factor_removes_the_codes_and_counts_the_factors,
+    a_challenge_counts_each_attempt_up_to_its_maximum,
+    a_challenge_is_dead_from_its_expiry_on,
+    a_challenge_ends_once_and_then_takes_no_attempt,
+    racing_attempts_on_a_challenge_each_count_and_stop_at_the_maximum,
+    purge_deletes_expired_challenges_and_keeps_live_ones,
+    deleting_a_user_removes_its_factors_codes_and_challenges,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -1119,7 +1138,11 @@ async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backen
             session_id,
             user: expected,
             session_expires_at: time::macros::datetime!(2100-01-01 00:00:00.001 UTC),
-            session_created_at: created_at,
+            auth: SessionAuth {
+                level: "aal1".into(),
+                methods: vec!["pwd".into()],
+                at: created_at,
+            },
         }
     );
     let keys = store.signing_keys().await.unwrap();
@@ -1982,4 +2005,773 @@ async fn audit_events_page_newest_first_and_filter(backend: Backend) {
             .len(),
         2
     );
+}
+
+// Second factors: TOTP factors, recovery codes and login challenges.
+
+/// The fields of a factor, to compare whole factors (`Factor` has no `PartialEq`).
+type FactorFields = (
+    Uuid,
+    Uuid,
+    FactorKind,
+    String,
+    Option<Vec<u8>>,
+    Option<OffsetDateTime>,
+    Option<i64>,
+    Option<OffsetDateTime>,
+    OffsetDateTime,
+);
+
+fn fields(factor: &Factor) -> FactorFields {
+    (
+        factor.id,
+        factor.user_id,
+        factor.kind,
+        factor.name.clone(),
+        factor.secret.clone(),
+        factor.confirmed_at,
+        factor.last_used_step,
+        factor.last_used_at,
+        factor.created_at,
+    )
+}
+
+fn all_fields(factors: &[Factor]) -> Vec<FactorFields> {
+    factors.iter().map(fields).collect()
+}
+
+fn ids(factors: &[Factor]) -> Vec<Uuid> {
+    factors.iter().map(|f| f.id).collect()
+}
+
+/// A new, unconfirmed TOTP factor of the user, with a secret of every byte
+/// value a sealed secret may hold.
+fn totp(user_id: Uuid, name: &str, created_at: OffsetDateTime) -> Factor {
+    Factor {
+        id: Uuid::now_v7(),
+        user_id,
+        kind: FactorKind::Totp,
+        name: name.into(),
+        secret: Some((0..=255u8).rev().chain([0, 0, 1]).collect()),
+        confirmed_at: None,
+        last_used_step: None,
+        last_used_at: None,
+        created_at,
+    }
+}
+
+/// A stored user's id.
+async fn user_id(store: &Arc<dyn Store>, name: &str) -> Uuid {
+    store
+        .create_user(&new_user(name), &Default::default())
+        .await
+        .unwrap()
+        .id
+}
+
+/// Long ago enough that no enrolment of a test counts as stale.
+fn never_stale() -> OffsetDateTime {
+    clock::now() - Duration::days(3650)
+}
+
+/// Adds a factor and confirms it at `step` with the recovery codes `codes`.
+async fn confirmed_totp(store: &Arc<dyn Store>, user_id: Uuid, step: i64, codes: &[u8]) -> Factor {
+    let factor = totp(user_id, "phone", clock::now());
+    store.add_factor(&factor, never_stale()).await.unwrap();
+    let hashes: Vec<[u8; 32]> = codes.iter().map(|c| [*c; 32]).collect();
+    assert!(
+        store
+            .confirm_factor(
+                user_id,
+                factor.id,
+                step,
+                clock::now(),
+                &hashes,
+                &Default::default()
+            )
+            .await
+            .unwrap()
+    );
+    factor
+}
+
+fn challenge(token: u8, user_id: Uuid, lifetime: Duration) -> NewChallenge {
+    let now = clock::now();
+    NewChallenge {
+        token_hash: [token; 32],
+        user_id,
+        password_hash: format!("{HASH}{token}"),
+        created_at: now,
+        expires_at: now + lifetime,
+    }
+}
+
+async fn every_audit_event(store: &Arc<dyn Store>) -> Vec<AuditRecord> {
+    store
+        .list_audit(&AuditFilter::default(), 100, None)
+        .await
+        .unwrap()
+}
+
+async fn an_added_factor_is_listed_whole_oldest_first_and_only_for_its_user(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "fay").await;
+    let bob = user_id(&store, "gus").await;
+    let start = time::macros::datetime!(2026-03-04 05:06:07.891 UTC);
+    let stale_before = start - Duration::days(1);
+    // Added newest first: the listing orders by creation, not by insertion.
+    let newer = totp(alice, "laptop", start + Duration::seconds(10));
+    let mut older = totp(alice, "phone", start);
+    older.secret = None;
+    let bobs = totp(bob, "phone", start + Duration::seconds(5));
+    store.add_factor(&newer, stale_before).await.unwrap();
+    store.add_factor(&bobs, stale_before).await.unwrap();
+    store.add_factor(&older, stale_before).await.unwrap();
+
+    let listed = store.factors(alice).await.unwrap();
+    assert_eq!(all_fields(&listed), vec![fields(&older), fields(&newer)]);
+    assert_eq!(
+        listed[1].secret.as_deref().map(<[u8]>::len),
+        Some(259),
+        "every byte of the secret round-trips"
+    );
+    assert_eq!(listed[0].confirmed_at, None);
+    assert_eq!(listed[1].last_used_step, None);
+    assert_eq!(
+        all_fields(&store.factors(bob).await.unwrap()),
+        vec![fields(&bobs)]
+    );
+    assert!(store.factors(Uuid::now_v7()).await.unwrap().is_empty());
+}
+
+async fn adding_a_factor_drops_only_the_users_stale_unconfirmed_enrolments(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "hal").await;
+    let bob = user_id(&store, "ida").await;
+    let now = clock::now();
+    let stale_before = now - Duration::hours(1);
+    let stale = totp(alice, "abandoned", now - Duration::hours(2));
+    let confirmed = totp(alice, "phone", now - Duration::hours(3));
+    let at_the_limit = totp(alice, "at the limit", stale_before);
+    let fresh = totp(alice, "pending", now - Duration::minutes(5));
+    let bobs_stale = totp(bob, "abandoned", now - Duration::hours(2));
+    for factor in [&stale, &confirmed, &at_the_limit, &fresh, &bobs_stale] {
+        store.add_factor(factor, never_stale()).await.unwrap();
+    }
+    assert!(
+        store
+            .confirm_factor(alice, confirmed.id, 1, now, &[], &Default::default())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.factors(alice).await.unwrap().len(), 4);
+
+    let added = totp(alice, "new", now);
+    store.add_factor(&added, stale_before).await.unwrap();
+    assert_eq!(
+        ids(&store.factors(alice).await.unwrap()),
+        vec![confirmed.id, at_the_limit.id, fresh.id, added.id],
+        "only the unconfirmed enrolment created before stale_before went"
+    );
+    assert_eq!(
+        ids(&store.factors(bob).await.unwrap()),
+        vec![bobs_stale.id],
+        "another user's enrolments are not touched"
+    );
+}
+
+async fn a_factor_is_confirmed_once_with_its_recovery_codes_and_audit_event(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "jan").await;
+    let bob = user_id(&store, "kai").await;
+    let factor = totp(alice, "phone", clock::now());
+    store.add_factor(&factor, never_stale()).await.unwrap();
+    let now = clock::now() + Duration::seconds(1);
+    let codes = [[1; 32], [2; 32], [3; 32]];
+    let event = |who: Uuid, what: &str| {
+        Effects::audit(
+            AuditContext::default()
+                .record(AuditKind::MfaEnrolled, now)
+                .user(who)
+                .detail(what),
+        )
+    };
+
+    // Another user's factor: nothing happens, not even the effects.
+    assert!(
+        !store
+            .confirm_factor(bob, factor.id, 7, now, &codes, &event(bob, "theft"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        all_fields(&store.factors(alice).await.unwrap()),
+        vec![fields(&factor)]
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
+    assert_eq!(store.recovery_codes_left(bob).await.unwrap(), 0);
+    assert!(every_audit_event(&store).await.is_empty());
+    assert!(
+        !store
+            .confirm_factor(alice, Uuid::now_v7(), 7, now, &codes, &Default::default())
+            .await
+            .unwrap(),
+        "an unknown factor"
+    );
+
+    let confirmed = event(alice, "mfa enabled");
+    assert!(
+        store
+            .confirm_factor(alice, factor.id, 1000, now, &codes, &confirmed)
+            .await
+            .unwrap()
+    );
+    let expected = Factor {
+        confirmed_at: Some(now),
+        last_used_step: Some(1000),
+        last_used_at: Some(now),
+        ..factor.clone()
+    };
+    assert_eq!(
+        all_fields(&store.factors(alice).await.unwrap()),
+        vec![fields(&expected)]
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 3);
+    assert_eq!(every_audit_event(&store).await, confirmed.audit);
+
+    // Confirmed already: a second confirmation changes nothing.
+    let later = now + Duration::minutes(1);
+    assert!(
+        !store
+            .confirm_factor(
+                alice,
+                factor.id,
+                2000,
+                later,
+                &[[9; 32]],
+                &event(alice, "again")
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        all_fields(&store.factors(alice).await.unwrap()),
+        vec![fields(&expected)]
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 3);
+    assert!(
+        !store
+            .use_recovery_code(alice, &[9; 32], later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(every_audit_event(&store).await, confirmed.audit);
+}
+
+async fn a_totp_step_is_spent_once_and_only_forward_on_a_confirmed_factor(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "lou").await;
+    let pending = totp(alice, "pending", clock::now());
+    store.add_factor(&pending, never_stale()).await.unwrap();
+    let now = clock::now() + Duration::seconds(1);
+    assert!(
+        !store.use_totp_step(pending.id, 5, now).await.unwrap(),
+        "an unconfirmed factor spends no step"
+    );
+    assert_eq!(store.factors(alice).await.unwrap()[0].last_used_step, None);
+    assert!(!store.use_totp_step(Uuid::now_v7(), 5, now).await.unwrap());
+
+    let factor = confirmed_totp(&store, alice, 100, &[]).await;
+    assert!(
+        !store.use_totp_step(factor.id, 100, now).await.unwrap(),
+        "the step the confirmation used is spent"
+    );
+    assert!(!store.use_totp_step(factor.id, 99, now).await.unwrap());
+    assert!(store.use_totp_step(factor.id, 101, now).await.unwrap());
+    let spent = store.factors(alice).await.unwrap();
+    let spent = spent.iter().find(|f| f.id == factor.id).unwrap();
+    assert_eq!(spent.last_used_step, Some(101));
+    assert_eq!(spent.last_used_at, Some(now));
+    assert!(!store.use_totp_step(factor.id, 101, now).await.unwrap());
+    assert!(!store.use_totp_step(factor.id, 100, now).await.unwrap());
+    assert!(
+        store.use_totp_step(factor.id, 103, now).await.unwrap(),
+        "a step may be skipped"
+    );
+    assert!(!store.use_totp_step(factor.id, 102, now).await.unwrap());
+    let spent = store.factors(alice).await.unwrap();
+    let spent = spent.iter().find(|f| f.id == factor.id).unwrap();
+    assert_eq!(spent.last_used_step, Some(103));
+}
+
+async fn of_racing_uses_of_one_totp_step_exactly_one_succeeds(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "max").await;
+    let factor = confirmed_totp(&store, alice, 100, &[]).await;
+    let tasks = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .use_totp_step(factor.id, 200, clock::now())
+                .await
+                .unwrap()
+        })
+    });
+    let outcomes: Vec<bool> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|won| **won).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        store.factors(alice).await.unwrap()[0].last_used_step,
+        Some(200)
+    );
+}
+
+async fn a_recovery_code_is_spent_once_and_only_by_its_user(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "ned").await;
+    let bob = user_id(&store, "ola").await;
+    confirmed_totp(&store, alice, 1, &[1, 2, 3]).await;
+    confirmed_totp(&store, bob, 1, &[4]).await;
+    let now = clock::now();
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 3);
+    assert!(store.use_recovery_code(alice, &[1; 32], now).await.unwrap());
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+    assert!(
+        !store.use_recovery_code(alice, &[1; 32], now).await.unwrap(),
+        "spent"
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+    assert!(
+        !store.use_recovery_code(bob, &[2; 32], now).await.unwrap(),
+        "another user's code"
+    );
+    assert!(
+        !store.use_recovery_code(alice, &[4; 32], now).await.unwrap(),
+        "another user's code"
+    );
+    assert!(!store.use_recovery_code(alice, &[9; 32], now).await.unwrap());
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+    assert_eq!(store.recovery_codes_left(bob).await.unwrap(), 1);
+    assert!(store.use_recovery_code(alice, &[3; 32], now).await.unwrap());
+    assert!(store.use_recovery_code(bob, &[4; 32], now).await.unwrap());
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 1);
+    assert_eq!(store.recovery_codes_left(bob).await.unwrap(), 0);
+}
+
+async fn of_racing_uses_of_one_recovery_code_exactly_one_succeeds(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "pia").await;
+    confirmed_totp(&store, alice, 1, &[1, 2]).await;
+    let tasks = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .use_recovery_code(alice, &[1; 32], clock::now())
+                .await
+                .unwrap()
+        })
+    });
+    let outcomes: Vec<bool> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|won| **won).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 1);
+}
+
+async fn replacing_recovery_codes_voids_every_old_one(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "quin").await;
+    let bob = user_id(&store, "rae").await;
+    confirmed_totp(&store, alice, 1, &[1, 2]).await;
+    confirmed_totp(&store, bob, 1, &[2]).await;
+    let now = clock::now();
+    assert!(store.use_recovery_code(alice, &[1; 32], now).await.unwrap());
+    let effects = Effects::audit(
+        AuditContext::default()
+            .record(AuditKind::RecoveryCodesRegenerated, now)
+            .user(alice),
+    );
+    store
+        .replace_recovery_codes(alice, &[[5; 32], [6; 32], [7; 32]], &effects)
+        .await
+        .unwrap();
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 3);
+    assert_eq!(every_audit_event(&store).await, effects.audit);
+    assert!(
+        !store.use_recovery_code(alice, &[2; 32], now).await.unwrap(),
+        "an unused old code"
+    );
+    assert!(
+        !store.use_recovery_code(alice, &[1; 32], now).await.unwrap(),
+        "a used old code"
+    );
+    assert!(store.use_recovery_code(alice, &[5; 32], now).await.unwrap());
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+    assert_eq!(
+        store.recovery_codes_left(bob).await.unwrap(),
+        1,
+        "another user's codes stay"
+    );
+    assert!(store.use_recovery_code(bob, &[2; 32], now).await.unwrap());
+}
+
+async fn deleting_a_factor_takes_the_recovery_codes_only_with_the_last_confirmed_one(
+    backend: Backend,
+) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "sam").await;
+    let bob = user_id(&store, "tia").await;
+    let first = confirmed_totp(&store, alice, 1, &[1, 2, 3]).await;
+    // Confirming the second factor replaces the codes.
+    let second = confirmed_totp(&store, alice, 1, &[4, 5]).await;
+    let pending = totp(alice, "pending", clock::now() + Duration::seconds(1));
+    store.add_factor(&pending, never_stale()).await.unwrap();
+    confirmed_totp(&store, bob, 1, &[6]).await;
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+    let deleted = |what: &str| {
+        Effects::audit(
+            AuditContext::default()
+                .record(AuditKind::MfaRemoved, clock::now())
+                .user(alice)
+                .detail(what),
+        )
+    };
+
+    let theft = deleted("by bob");
+    assert!(
+        !store.delete_factor(bob, first.id, &theft).await.unwrap(),
+        "another user's factor"
+    );
+    assert_eq!(
+        ids(&store.factors(alice).await.unwrap()),
+        vec![first.id, second.id, pending.id]
+    );
+    assert!(every_audit_event(&store).await.is_empty());
+
+    let one = deleted("first");
+    assert!(store.delete_factor(alice, first.id, &one).await.unwrap());
+    assert!(
+        !store
+            .delete_factor(alice, first.id, &Default::default())
+            .await
+            .unwrap(),
+        "gone already"
+    );
+    assert_eq!(
+        ids(&store.factors(alice).await.unwrap()),
+        vec![second.id, pending.id]
+    );
+    assert_eq!(
+        store.recovery_codes_left(alice).await.unwrap(),
+        2,
+        "a confirmed factor is left: the codes stay"
+    );
+    assert_eq!(every_audit_event(&store).await, one.audit);
+
+    assert!(
+        store
+            .delete_factor(alice, second.id, &Default::default())
+            .await
+            .unwrap()
+    );
+    assert_eq!(ids(&store.factors(alice).await.unwrap()), vec![pending.id]);
+    assert_eq!(
+        store.recovery_codes_left(alice).await.unwrap(),
+        0,
+        "only an unconfirmed factor is left: the codes go"
+    );
+    assert!(
+        !store
+            .use_recovery_code(alice, &[4; 32], clock::now())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.recovery_codes_left(bob).await.unwrap(),
+        1,
+        "another user's codes stay"
+    );
+    assert_eq!(store.factors(bob).await.unwrap().len(), 1);
+}
+
+async fn deleting_every_factor_removes_the_codes_and_counts_the_factors(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "uma").await;
+    let bob = user_id(&store, "vic").await;
+    confirmed_totp(&store, alice, 1, &[1]).await;
+    confirmed_totp(&store, alice, 1, &[2, 3]).await;
+    store
+        .add_factor(&totp(alice, "pending", clock::now()), never_stale())
+        .await
+        .unwrap();
+    let bobs = confirmed_totp(&store, bob, 1, &[4]).await;
+    let effects = Effects::audit(
+        AuditContext::default()
+            .record(AuditKind::MfaReset, clock::now())
+            .user(alice),
+    );
+    assert_eq!(store.delete_factors(alice, &effects).await.unwrap(), 3);
+    assert!(store.factors(alice).await.unwrap().is_empty());
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
+    assert_eq!(every_audit_event(&store).await, effects.audit);
+    assert_eq!(
+        store
+            .delete_factors(alice, &Default::default())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(ids(&store.factors(bob).await.unwrap()), vec![bobs.id]);
+    assert_eq!(store.recovery_codes_left(bob).await.unwrap(), 1);
+}
+
+async fn a_challenge_counts_each_attempt_up_to_its_maximum(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "wes").await;
+    let new = challenge(1, alice, Duration::minutes(5));
+    store.create_challenge(&new).await.unwrap();
+    let now = clock::now();
+    for attempts in 1..=3 {
+        assert_eq!(
+            store.attempt_challenge(&[1; 32], now, 3).await.unwrap(),
+            Some(Attempt {
+                user_id: alice,
+                password_hash: new.password_hash.clone(),
+                attempts,
+                created_at: new.created_at,
+            })
+        );
+    }
+    assert_eq!(
+        store.attempt_challenge(&[1; 32], now, 3).await.unwrap(),
+        None,
+        "out of attempts"
+    );
+    assert_eq!(
+        store.attempt_challenge(&[1; 32], now, 3).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.attempt_challenge(&[2; 32], now, 3).await.unwrap(),
+        None,
+        "an unknown challenge"
+    );
+}
+
+async fn a_challenge_is_dead_from_its_expiry_on(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "xia").await;
+    let new = challenge(1, alice, Duration::minutes(5));
+    store.create_challenge(&new).await.unwrap();
+    let just_before = new.expires_at - Duration::milliseconds(1);
+    assert_eq!(
+        store
+            .attempt_challenge(&[1; 32], just_before, 5)
+            .await
+            .unwrap()
+            .map(|a| a.attempts),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .attempt_challenge(&[1; 32], new.expires_at, 5)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .attempt_challenge(&[1; 32], new.expires_at + Duration::hours(1), 5)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .attempt_challenge(&[1; 32], just_before, 5)
+            .await
+            .unwrap()
+            .map(|a| a.attempts),
+        Some(2),
+        "attempts on an expired challenge are not counted"
+    );
+}
+
+async fn a_challenge_ends_once_and_then_takes_no_attempt(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "yan").await;
+    store
+        .create_challenge(&challenge(1, alice, Duration::minutes(5)))
+        .await
+        .unwrap();
+    store
+        .create_challenge(&challenge(2, alice, Duration::minutes(5)))
+        .await
+        .unwrap();
+    let now = clock::now();
+    assert!(store.end_challenge(&[1; 32]).await.unwrap());
+    assert!(
+        !store.end_challenge(&[1; 32]).await.unwrap(),
+        "gone already"
+    );
+    assert!(!store.end_challenge(&[3; 32]).await.unwrap(), "unknown");
+    assert_eq!(
+        store.attempt_challenge(&[1; 32], now, 5).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .attempt_challenge(&[2; 32], now, 5)
+            .await
+            .unwrap()
+            .map(|a| (a.user_id, a.attempts)),
+        Some((alice, 1)),
+        "another challenge lives on"
+    );
+}
+
+async fn racing_attempts_on_a_challenge_each_count_and_stop_at_the_maximum(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "zed").await;
+    store
+        .create_challenge(&challenge(1, alice, Duration::minutes(5)))
+        .await
+        .unwrap();
+    let now = clock::now();
+    let tasks = (0..10).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.attempt_challenge(&[1; 32], now, 5).await.unwrap() })
+    });
+    let outcomes: Vec<Option<Attempt>> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut counts: Vec<u32> = outcomes.iter().flatten().map(|a| a.attempts).collect();
+    counts.sort();
+    assert_eq!(counts, vec![1, 2, 3, 4, 5], "{outcomes:?}");
+    assert_eq!(
+        store.attempt_challenge(&[1; 32], now, 5).await.unwrap(),
+        None
+    );
+}
+
+async fn purge_deletes_expired_challenges_and_keeps_live_ones(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let alice = user_id(&store, "abe").await;
+    let short = challenge(1, alice, Duration::minutes(1));
+    let exact = challenge(2, alice, Duration::minutes(2));
+    let long = challenge(3, alice, Duration::minutes(10));
+    for c in [&short, &exact, &long] {
+        store.create_challenge(c).await.unwrap();
+    }
+    let later = exact.expires_at;
+    assert_eq!(
+        store
+            .purge(later, later - Duration::hours(1))
+            .await
+            .unwrap(),
+        2,
+        "the challenges expired by then, that one included whose expiry it is"
+    );
+    assert_eq!(count_rows(&db, "mfa_challenges").await, 1);
+    // Asked at a time both purged challenges were still live: they are gone.
+    let earlier = short.created_at;
+    assert_eq!(
+        store.attempt_challenge(&[1; 32], earlier, 5).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.attempt_challenge(&[2; 32], earlier, 5).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .attempt_challenge(&[3; 32], later, 5)
+            .await
+            .unwrap()
+            .map(|a| a.attempts),
+        Some(1)
+    );
+}
+
+async fn deleting_a_user_removes_its_factors_codes_and_challenges(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let alice = user_id(&store, "bea").await;
+    let bob = user_id(&store, "cal").await;
+    for user in [alice, bob] {
+        confirmed_totp(&store, user, 1, &[1, 2]).await;
+        store
+            .add_factor(&totp(user, "pending", clock::now()), never_stale())
+            .await
+            .unwrap();
+    }
+    store
+        .create_challenge(&challenge(1, alice, Duration::minutes(5)))
+        .await
+        .unwrap();
+    store
+        .create_challenge(&challenge(2, bob, Duration::minutes(5)))
+        .await
+        .unwrap();
+    assert_eq!(count_rows(&db, "mfa_factors").await, 4);
+    assert_eq!(count_rows(&db, "recovery_codes").await, 4);
+    assert_eq!(count_rows(&db, "mfa_challenges").await, 2);
+    assert!(store.delete_user(alice, &Default::default()).await.unwrap());
+    assert!(store.factors(alice).await.unwrap().is_empty());
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
+    // Nothing of hers is left behind, in any table; Bob keeps his.
+    assert_eq!(count_rows(&db, "mfa_factors").await, 2);
+    assert_eq!(count_rows(&db, "recovery_codes").await, 2);
+    assert_eq!(count_rows(&db, "mfa_challenges").await, 1);
+    assert_eq!(store.factors(bob).await.unwrap().len(), 2);
+    assert_eq!(store.recovery_codes_left(bob).await.unwrap(), 2);
+    let now = clock::now();
+    assert_eq!(
+        store.attempt_challenge(&[1; 32], now, 5).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .attempt_challenge(&[2; 32], now, 5)
+            .await
+            .unwrap()
+            .map(|a| a.user_id),
+        Some(bob)
+    );
+}
+
+/// How many rows a table holds, counted outside the store.
+async fn count_rows(db: &TestDb, table: &str) -> i64 {
+    use sqlx::Connection;
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    match db.backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
 }
