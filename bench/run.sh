@@ -56,6 +56,11 @@
 #   BENCH_PURGE_TIMEOUT
 #                     --million: give up waiting for the purge after this many
 #                     seconds (900)
+#   BENCH_PURGE_ME_CONNECTIONS, BENCH_PURGE_REFRESH_CONNECTIONS
+#                     --million: connections driving /users/me and refresh
+#                     during the purge (half the scenarios' own by default,
+#                     which saturates two cores; a few measure latency at a
+#                     load the machine is not queueing)
 
 set -Eeuo pipefail
 trap 'echo "bench: error: line $LINENO: $BASH_COMMAND failed" >&2' ERR

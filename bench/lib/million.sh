@@ -125,7 +125,8 @@ meta purge.server_ready_us "$SERVER_READY_US"
 meta purge.interval_s "$PURGE_AT"
 SLICES=$WORK/slices.tsv
 : >"$SLICES"
-C_PURGE_ME=$((C_ME / 2)) C_PURGE_REFRESH=$((C_REFRESH / 2))
+C_PURGE_ME=${BENCH_PURGE_ME_CONNECTIONS:-$((C_ME / 2))}
+C_PURGE_REFRESH=${BENCH_PURGE_REFRESH_CONNECTIONS:-$((C_REFRESH / 2))}
 meta purge.connections_me "$C_PURGE_ME"
 meta purge.connections_refresh "$C_PURGE_REFRESH"
 me_threads=$(threads_for "$C_PURGE_ME")

@@ -877,6 +877,31 @@ macro_rules! sql_store {
 
             type Tx = sqlx::Transaction<'static, <$store as Dialect>::Db>;
 
+            /// Deletes the rows of `table` (keyed by `key`) that expired by
+            /// `now` and match `and`, in batches until none is left.
+            async fn purge_expired(
+                writer: &sqlx::Pool<<$store as Dialect>::Db>,
+                table: &'static str,
+                key: &'static str,
+                and: &'static str,
+                now: Timestamp,
+            ) -> sqlx::Result<u64> {
+                // Names from this file only, never from input.
+                let statement = format!(
+                    "DELETE FROM {table} WHERE {key} IN \
+                     (SELECT {key} FROM {table} WHERE expires_at <= $1{and} LIMIT $2)"
+                );
+                until_drained(<$store as Dialect>::PURGE_BATCH, || async {
+                    let done = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                        .bind(now)
+                        .bind(<$store as Dialect>::PURGE_BATCH)
+                        .execute(writer)
+                        .await?;
+                    Ok(done.rows_affected())
+                })
+                .await
+            }
+
             /// Replaces the user's recovery codes, in the change's transaction.
             async fn replace_codes(tx: &mut Tx, user_id: Uuid, hashes: &[[u8; 32]]) -> StoreResult<()> {
                 sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
@@ -1591,18 +1616,13 @@ macro_rules! sql_store {
                         // while its session lives: presenting it again must
                         // still be seen as reuse (RFC 9700 §4.14.2), however
                         // old it is. It goes with its session.
-                        let tokens = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
-                            let done = sqlx::query(
-                                "DELETE FROM refresh_tokens WHERE token_hash IN \
-                                 (SELECT token_hash FROM refresh_tokens \
-                                  WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)",
-                            )
-                            .bind(now)
-                            .bind(<$store as Dialect>::PURGE_BATCH)
-                            .execute(&writer)
-                            .await?;
-                            Ok(done.rows_affected())
-                        })
+                        let tokens = purge_expired(
+                            &writer,
+                            "refresh_tokens",
+                            "token_hash",
+                            " AND used_at IS NULL",
+                            now,
+                        )
                         .await?;
                         let sessions = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
                             let done = sqlx::query(
@@ -1617,30 +1637,11 @@ macro_rules! sql_store {
                             Ok(done.rows_affected())
                         })
                         .await?;
-                        let links = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
-                            let done = sqlx::query(
-                                "DELETE FROM flow_tokens WHERE token_hash IN \
-                                 (SELECT token_hash FROM flow_tokens WHERE expires_at <= $1 LIMIT $2)",
-                            )
-                            .bind(now)
-                            .bind(<$store as Dialect>::PURGE_BATCH)
-                            .execute(&writer)
-                            .await?;
-                            Ok(done.rows_affected())
-                        })
-                        .await?;
-                        let challenges = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
-                            let done = sqlx::query(
-                                "DELETE FROM mfa_challenges WHERE token_hash IN \
-                                 (SELECT token_hash FROM mfa_challenges WHERE expires_at <= $1 LIMIT $2)",
-                            )
-                            .bind(now)
-                            .bind(<$store as Dialect>::PURGE_BATCH)
-                            .execute(&writer)
-                            .await?;
-                            Ok(done.rows_affected())
-                        })
-                        .await?;
+                        let links =
+                            purge_expired(&writer, "flow_tokens", "token_hash", "", now).await?;
+                        let challenges =
+                            purge_expired(&writer, "mfa_challenges", "token_hash", "", now)
+                                .await?;
                         let purged = tokens + sessions + links + challenges;
                         Ok(purged)
                     })
