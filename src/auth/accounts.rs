@@ -389,6 +389,7 @@ impl Accounts {
         client: &Client,
         current: &str,
     ) -> AuthResult<()> {
+        require_aal2_if_enrolled(self.factors.as_ref(), who).await?;
         self.check.confirm(client, who.user_id, current).await?;
         let effects = Effects::audit(
             self.audit

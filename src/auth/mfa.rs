@@ -22,7 +22,7 @@ use crate::{
         totp::{self, TotpSecret},
     },
     domain::User,
-    limits::{Key, RateLimiter},
+    limits::{Key, RateLimiter, client_bucket},
     store::{AuditKind, Effects, Factor, FactorKind, MfaStore, NewChallenge, Store},
 };
 
@@ -58,6 +58,14 @@ pub enum SecondFactor {
 impl SecondFactor {
     /// Its RFC 8176 method: `otp`; a recovery code has none (the session
     /// says `mfa` alone).
+    /// As the audit log names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SecondFactor::Totp => "with a TOTP code",
+            SecondFactor::RecoveryCode => "with a recovery code",
+        }
+    }
+
     pub fn method(self) -> Option<&'static str> {
         match self {
             SecondFactor::Totp => Some("otp"),
@@ -121,8 +129,18 @@ const PLAIN: u8 = 0;
 const SEALED: u8 = 1;
 
 impl Mfa {
-    /// Starts a TOTP enrolment: an unconfirmed factor and its secret.
-    pub async fn enroll_totp(&self, user: &User, name: Option<&str>) -> AuthResult<Enrolment> {
+    /// Starts a TOTP enrolment: an unconfirmed factor and its secret. It
+    /// replaces any enrolment of the user not confirmed yet. Once the user
+    /// has a factor, adding another needs a session of two: else a session
+    /// opened with the password alone (before the first factor, or stolen)
+    /// could add its own factor and, through it, reach every `aal2` change.
+    pub async fn enroll_totp(
+        &self,
+        caller: &Authenticated,
+        name: Option<&str>,
+    ) -> AuthResult<Enrolment> {
+        require_aal2_if_enrolled(self.store.as_ref(), caller).await?;
+        let user = &caller.user.user;
         let now = self.clock.now();
         let id = Uuid::now_v7();
         let secret = TotpSecret::generate();
@@ -143,8 +161,9 @@ impl Mfa {
             last_used_at: None,
             created_at: now,
         };
+        // At most one pending enrolment a user: a new one replaces it.
         self.store
-            .add_factor(&factor, now - self.policy.enrolment_ttl)
+            .add_factor(&factor, now + Duration::from_secs(1))
             .await?;
         Ok(Enrolment {
             id,
@@ -159,10 +178,12 @@ impl Mfa {
     pub async fn confirm_totp(
         &self,
         client: &Client,
-        user_id: Uuid,
+        caller: &Authenticated,
         factor_id: Uuid,
         code: &str,
     ) -> AuthResult<Vec<String>> {
+        require_aal2_if_enrolled(self.store.as_ref(), caller).await?;
+        let user_id = caller.user_id;
         let now = self.clock.now();
         let factor = self
             .store
@@ -187,6 +208,7 @@ impl Mfa {
             self.audit
                 .event(client, Some(user_id), AuditKind::MfaEnrolled)
                 .user(user_id)
+                .session(caller.session_id)
                 .detail("totp"),
         );
         if !self
@@ -460,7 +482,12 @@ impl Mfa {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = AuthResult<Option<T>>>,
     {
-        let key = Key::new("mfa_failures", format!("user:{user_id}"));
+        // Per account and client address, as for passwords (ASVS V6.3.1):
+        // wrong codes from elsewhere must not lock the owner out.
+        let key = Key::new(
+            "mfa_failures",
+            format!("{}:user:{user_id}", client_bucket(client.ip)),
+        );
         let now = self.clock.now();
         if let Err(e) = self
             .limiter

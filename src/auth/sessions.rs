@@ -136,12 +136,15 @@ impl Sessions {
             level: auth.level.clone(),
             methods: auth.methods.clone(),
         };
-        let effects = Effects::audit(
-            self.audit
-                .event(client, Some(user.id), AuditKind::Login)
-                .user(user.id)
-                .session(session.id),
-        );
+        let mut event = self
+            .audit
+            .event(client, Some(user.id), AuditKind::Login)
+            .user(user.id)
+            .session(session.id);
+        if let Some(factor) = second_factor {
+            event = event.detail(factor.describe());
+        }
+        let effects = Effects::audit(event);
         if !self.store.create_session(&session, &effects).await? {
             tracing::info!(user_id = %user.id, "the account changed during the login");
             return Err(AuthError::InvalidCredentials);

@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::State,
+    extract::{RawQuery, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    auth::{Transport, token_response},
+    auth::{Transport, token_response, transport},
     error::{AppError, AppResult, Problem},
     extract::{
         Admin, ApiJson, AuthUser, ClientInfo, OptionalJson, PathId, RequireRole, bearer_token,
@@ -35,11 +35,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(reset_user_factors))
 }
 
+/// The longest name of a factor, in characters.
+const MAX_NAME: usize = 64;
+
 /// A new TOTP factor's name (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct EnrollRequest {
-    /// Shown in the list of factors; default "Authenticator app".
-    #[schema(example = "Phone")]
+    /// Shown in the list of factors; default "Authenticator app". At most 64
+    /// characters, no control characters.
+    #[schema(
+        example = "Phone",
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: Option<String>,
 }
 
@@ -122,7 +130,9 @@ async fn list_factors(
 }
 
 /// Start enrolling an authenticator app (TOTP: SHA-1, 6 digits, 30 s). The
-/// factor counts once confirmed with a code from the app.
+/// factor counts once confirmed with a code from the app; a new enrolment
+/// replaces one not confirmed yet. Once the user has a factor, adding
+/// another needs a session of two factors (`aal2`).
 #[utoipa::path(
     post, path = "/users/me/mfa/totp", tag = "users",
     request_body = Option<EnrollRequest>,
@@ -130,6 +140,7 @@ async fn list_factors(
     responses(
         (status = 201, description = "Not confirmed yet: add it to the app, then confirm", body = TotpEnrolment),
         (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The user has a factor and the session one (`insufficient_user_authentication`)", body = Problem),
     )
 )]
 async fn enroll_totp(
@@ -138,22 +149,22 @@ async fn enroll_totp(
     OptionalJson(body): OptionalJson<EnrollRequest>,
 ) -> AppResult<(StatusCode, Json<TotpEnrolment>)> {
     let request = body.unwrap_or_default();
+    if request
+        .name
+        .as_deref()
+        .is_some_and(|n| n.chars().count() > MAX_NAME || n.chars().any(char::is_control))
+    {
+        return Err(AppError::validation(
+            "name",
+            format!("must be at most {MAX_NAME} characters, without control characters"),
+        ));
+    }
     let name = request
         .name
         .as_deref()
         .map(str::trim)
         .filter(|n| !n.is_empty());
-    if name.is_some_and(|n| n.chars().count() > 64 || n.chars().any(char::is_control)) {
-        return Err(AppError::validation(
-            "name",
-            "must be at most 64 characters, without control characters",
-        ));
-    }
-    let enrolment = state
-        .services
-        .mfa
-        .enroll_totp(&caller.user.user, name)
-        .await?;
+    let enrolment = state.services.mfa.enroll_totp(&caller, name).await?;
     Ok((
         StatusCode::CREATED,
         Json(TotpEnrolment {
@@ -174,6 +185,7 @@ async fn enroll_totp(
     responses(
         (status = 200, description = "Confirmed", body = RecoveryCodes),
         (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The user has a factor and the session one (`insufficient_user_authentication`)", body = Problem),
         (status = 404, description = "No such unconfirmed enrolment (or it expired)", body = Problem),
         (status = 422, description = "Not the app's current code: still unconfirmed", body = Problem),
         (status = 429, description = "Too many wrong codes", body = Problem),
@@ -189,7 +201,7 @@ async fn confirm_totp(
     let recovery_codes = state
         .services
         .mfa
-        .confirm_totp(&client, caller.user_id, id, &req.code)
+        .confirm_totp(&client, &caller, id, &req.code)
         .await?;
     Ok(Json(RecoveryCodes { recovery_codes }))
 }
@@ -270,10 +282,13 @@ pub struct StepUpResponse {
 /// that session to `aal2`. Each code works once; an `mfa_token` allows five.
 #[utoipa::path(
     post, path = "/auth/mfa/verify", tag = "auth",
+    params(("transport" = Option<String>, Query, pattern = "^(body|cookie)$",
+        description = "For the login's second step, as at login: `cookie` puts the refresh token in an HttpOnly cookie (needs an allowed Origin)")),
     request_body = VerifyRequest,
     security((), ("bearer" = []), ("oauth2" = [])),
     responses(
         (status = 200, description = "Logged in (a token pair), or stepped up (an access token)", body = super::TokenResponse),
+        (status = 403, description = "`transport=cookie` from an Origin not allowed (`cross_site_request`)", body = Problem),
         (status = 401, description = "Wrong or used code (`invalid_code`); unknown, expired or spent mfa_token (`invalid_mfa_token`); neither an mfa_token nor a bearer token (`missing_mfa_token`); an invalid bearer token", body = Problem),
         (status = 422, description = "Neither or both of code and recovery_code", body = Problem),
         (status = 429, description = "Too many wrong codes for the account", body = Problem),
@@ -282,9 +297,11 @@ pub struct StepUpResponse {
 async fn verify(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> AppResult<Response> {
+    let transport = transport(query.as_deref())?;
     let proof = match (req.code, req.recovery_code) {
         (Some(code), None) => Proof::Code(code),
         (None, Some(code)) => Proof::RecoveryCode(code),
@@ -296,12 +313,16 @@ async fn verify(
         }
     };
     if let Some(mfa_token) = req.mfa_token {
+        if transport == Transport::Cookie {
+            // As at login: another site's page must not log the browser in.
+            state.cookies.check_origin(&headers)?;
+        }
         let pair = state
             .services
             .mfa
             .verify_login(&client, &mfa_token, &proof)
             .await?;
-        return Ok(token_response(&state, pair, Transport::Body));
+        return Ok(token_response(&state, pair, transport));
     }
     // No credential at all: 401, as a missing bearer token is.
     if headers.get(axum::http::header::AUTHORIZATION).is_none() {

@@ -26,6 +26,10 @@ on_both_databases!(
     a_one_factor_session_steps_up_before_sensitive_changes,
     an_admin_removes_every_factor_of_a_user_and_it_is_audited,
     secrets_are_sealed_with_the_key_encryption_key,
+    a_password_session_cannot_add_a_factor_beside_one_or_delete_the_account,
+    a_new_enrolment_replaces_the_one_not_confirmed,
+    wrong_codes_from_one_address_do_not_lock_out_another,
+    the_second_step_can_put_the_refresh_token_in_a_cookie,
 );
 
 async fn spawn(backend: Backend) -> TestApp {
@@ -591,4 +595,190 @@ async fn secrets_are_sealed_with_the_key_encryption_key(backend: Backend) {
     )
     .await;
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn a_password_session_cannot_add_a_factor_beside_one_or_delete_the_account(backend: Backend) {
+    let app = spawn(backend).await;
+    // A session opened with the password alone (say, before the factor).
+    let (password_session, totp_app) = user_with_app(&app, "vera").await;
+    let access = &password_session.access;
+    let res = post(&app, "/users/me/mfa/totp", access, json!({})).await;
+    assert_eq!(
+        problem(res, StatusCode::FORBIDDEN).await["code"],
+        "insufficient_user_authentication"
+    );
+    let res = app
+        .client
+        .delete(app.url("/users/me"))
+        .bearer_auth(access)
+        .json(&json!({"current_password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(res, StatusCode::FORBIDDEN).await["code"],
+        "insufficient_user_authentication"
+    );
+    // The login's own audit event says how the second step was passed.
+    let mfa_token = second_step(&app, "vera").await;
+    let res = verify(
+        &app,
+        json!({"mfa_token": mfa_token, "code": totp_app.code(&app)}),
+    )
+    .await;
+    let two_factors = Tokens::from(res.json::<Value>().await.unwrap());
+    let user_id = claims_of(&two_factors.access)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin = app.admin_token().await;
+    let events: Value = app
+        .get(
+            &format!("/admin/audit?type=login&user_id={user_id}"),
+            Some(&admin),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        events["events"][0]["detail"], "with a TOTP code",
+        "{events}"
+    );
+    // From a session of two factors, a second app can be added.
+    let res = post(
+        &app,
+        "/users/me/mfa/totp",
+        &two_factors.access,
+        json!({"name": "Tablet"}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+async fn a_new_enrolment_replaces_the_one_not_confirmed(backend: Backend) {
+    let app = spawn(backend).await;
+    app.create_user("wes").await;
+    let tokens = app.tokens("wes").await;
+    let (first, first_secret) = enroll(&app, &tokens.access).await;
+    let (second, second_secret) = enroll(&app, &tokens.access).await;
+    let step = totp::step_of(app.clock.now().unix_timestamp());
+    let path = format!("/users/me/mfa/totp/{first}/confirm");
+    let res = post(
+        &app,
+        &path,
+        &tokens.access,
+        json!({"code": first_secret.code_at(step)}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let path = format!("/users/me/mfa/totp/{second}/confirm");
+    let res = post(
+        &app,
+        &path,
+        &tokens.access,
+        json!({"code": second_secret.code_at(step)}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let stored = app
+        .store()
+        .await
+        .factors(
+            claims_of(&tokens.access)["sub"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "one factor, no pending rows left");
+}
+
+async fn wrong_codes_from_one_address_do_not_lock_out_another(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--trusted-proxies", "127.0.0.1/32")
+        .spawn(backend)
+        .await;
+    let (_, totp_app) = user_with_app(&app, "xia").await;
+    app.stop_clock();
+    let from = |ip: &'static str, body: Value| {
+        app.client
+            .post(app.url("/auth/mfa/verify"))
+            .header("x-forwarded-for", ip)
+            .json(&body)
+            .send()
+    };
+    let wrong = totp_app
+        .secret
+        .code_at(totp::step_of(app.clock.now().unix_timestamp()) + 4);
+    // Someone with the password guesses codes from one address…
+    let mut throttled = false;
+    for _ in 0..3 {
+        let mfa_token = second_step(&app, "xia").await;
+        for _ in 0..5 {
+            let res = from(
+                "203.0.113.7",
+                json!({"mfa_token": mfa_token, "code": wrong}),
+            )
+            .await
+            .unwrap();
+            throttled |= res.status() == StatusCode::TOO_MANY_REQUESTS;
+        }
+    }
+    assert!(throttled, "the guessing address backs off");
+    // …and the owner, elsewhere, still logs in with the right code.
+    let mfa_token = second_step(&app, "xia").await;
+    let res = from(
+        "198.51.100.20",
+        json!({"mfa_token": mfa_token, "code": totp_app.code(&app)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn the_second_step_can_put_the_refresh_token_in_a_cookie(backend: Backend) {
+    let app = spawn(backend).await;
+    let (_, totp_app) = user_with_app(&app, "yan").await;
+    let mfa_token = second_step(&app, "yan").await;
+    let body = json!({"mfa_token": mfa_token, "code": totp_app.code(&app)});
+    // Not from another site's page.
+    let res = app
+        .client
+        .post(app.url("/auth/mfa/verify?transport=cookie"))
+        .header("origin", "https://evil.example")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(res, StatusCode::FORBIDDEN).await["code"],
+        "cross_site_request"
+    );
+    let res = app
+        .client
+        .post(app.url("/auth/mfa/verify?transport=cookie"))
+        .header("origin", "http://127.0.0.1:8010")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookies: Vec<_> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("authgate_refresh=") && c.contains("HttpOnly")),
+        "{cookies:?}"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert!(body["csrf_token"].is_string());
 }
