@@ -225,6 +225,64 @@ impl Letters {
     }
 }
 
+/// A change to how an account logs in, told to its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityNotice {
+    FactorAdded,
+    FactorRemoved,
+    FactorsReset,
+    RecoveryCodesReplaced,
+}
+
+impl Letters {
+    /// Tells the owner of a verified address about a change to how the
+    /// account logs in (no link: a notice can only warn). Adds to `effects`.
+    pub fn security_notice(
+        &self,
+        effects: &mut Effects,
+        user: &crate::domain::User,
+        notice: SecurityNotice,
+        now: OffsetDateTime,
+    ) {
+        // Only to an address the owner proved: a notice must not tell a
+        // stranger who typed their address anything about the account.
+        let Some(to) = user
+            .email
+            .as_ref()
+            .filter(|_| user.email_verified)
+            .and_then(|e| Email::parse(e.as_str()).ok())
+        else {
+            return;
+        };
+        let (subject, what) = match notice {
+            SecurityNotice::FactorAdded => (
+                "A second factor was added to your account",
+                "An authenticator app was added to your account as a second factor.",
+            ),
+            SecurityNotice::FactorRemoved => (
+                "A second factor was removed from your account",
+                "A second factor was removed from your account.",
+            ),
+            SecurityNotice::FactorsReset => (
+                "The second factors of your account were removed",
+                "An administrator removed every second factor of your account: your \
+                 password alone logs in now.",
+            ),
+            SecurityNotice::RecoveryCodesReplaced => (
+                "New recovery codes for your account",
+                "New recovery codes were made for your account; the old ones no longer work.",
+            ),
+        };
+        let text = format!(
+            "{what}\n\nIf this was not you, change your password now and log out your \
+             other sessions.\n"
+        );
+        effects
+            .mail
+            .push(Self::mail("security_notice", &to, subject, text, now));
+    }
+}
+
 /// A link's lifetime as a mail says it: "24 hours", "30 minutes", "1 day".
 fn in_words(ttl: Duration) -> String {
     let secs = ttl.as_secs();

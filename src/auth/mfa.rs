@@ -11,6 +11,7 @@ use super::{
     Client,
     audit::Audit,
     error::{AuthError, AuthResult},
+    letters::{Letters, SecurityNotice},
     sessions::{AccessGrant, Authenticated, Sessions, TokenPair},
     tokens::AAL2,
 };
@@ -118,6 +119,8 @@ pub struct MfaChallenge {
 pub struct Mfa {
     pub(super) store: Arc<dyn Store>,
     pub(super) sessions: Sessions,
+    /// Tells the owner of every change to the account's factors.
+    pub(super) letters: Letters,
     pub(super) limiter: Arc<dyn RateLimiter>,
     pub(super) audit: Audit,
     pub(super) clock: SharedClock,
@@ -204,12 +207,18 @@ impl Mfa {
                 message: "is not the current code of this authenticator".into(),
             })?;
         let (codes, hashes) = recovery_codes();
-        let effects = Effects::audit(
+        let mut effects = Effects::audit(
             self.audit
                 .event(client, Some(user_id), AuditKind::MfaEnrolled)
                 .user(user_id)
                 .session(caller.session_id)
                 .detail("totp"),
+        );
+        self.letters.security_notice(
+            &mut effects,
+            &caller.user.user,
+            SecurityNotice::FactorAdded,
+            now,
         );
         if !self
             .store
@@ -218,6 +227,7 @@ impl Mfa {
         {
             return Err(AuthError::NotFound);
         }
+        self.letters.wake();
         Ok(codes)
     }
 
@@ -267,17 +277,24 @@ impl Mfa {
         factor_id: Uuid,
     ) -> AuthResult<()> {
         require_aal2(caller)?;
-        let effects = Effects::audit(
+        let mut effects = Effects::audit(
             self.audit
                 .event(client, Some(caller.user_id), AuditKind::MfaRemoved)
                 .user(caller.user_id)
                 .session(caller.session_id),
+        );
+        self.letters.security_notice(
+            &mut effects,
+            &caller.user.user,
+            SecurityNotice::FactorRemoved,
+            self.clock.now(),
         );
         if self
             .store
             .delete_factor(caller.user_id, factor_id, &effects)
             .await?
         {
+            self.letters.wake();
             Ok(())
         } else {
             Err(AuthError::NotFound)
@@ -317,15 +334,23 @@ impl Mfa {
 
     /// An admin removes every factor of a user (a lost phone).
     pub async fn reset(&self, client: &Client, admin: Uuid, user_id: Uuid) -> AuthResult<()> {
-        if self.store.get_user(user_id).await?.is_none() {
-            return Err(AuthError::NotFound);
-        }
-        let effects = Effects::audit(
+        let user = self
+            .store
+            .get_user(user_id)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        let mut effects = Effects::audit(
             self.audit
                 .event(client, Some(admin), AuditKind::MfaReset)
                 .user(user_id),
         );
+        if !self.factor_types(user_id).await?.is_empty() {
+            let now = self.clock.now();
+            self.letters
+                .security_notice(&mut effects, &user, SecurityNotice::FactorsReset, now);
+        }
         self.store.delete_factors(user_id, &effects).await?;
+        self.letters.wake();
         Ok(())
     }
 

@@ -192,6 +192,7 @@ impl Services {
         let mfa = Mfa {
             store: store.clone(),
             sessions: sessions.clone(),
+            letters: letters.clone(),
             limiter: limiter.clone(),
             audit: audit.clone(),
             clock: clock.clone(),

@@ -30,6 +30,7 @@ on_both_databases!(
     a_new_enrolment_replaces_the_one_not_confirmed,
     wrong_codes_from_one_address_do_not_lock_out_another,
     the_second_step_can_put_the_refresh_token_in_a_cookie,
+    the_owner_of_a_verified_address_is_told_of_every_change_to_the_factors,
 );
 
 async fn spawn(backend: Backend) -> TestApp {
@@ -781,4 +782,78 @@ async fn the_second_step_can_put_the_refresh_token_in_a_cookie(backend: Backend)
     let body: Value = res.json().await.unwrap();
     assert!(body.get("refresh_token").is_none(), "{body}");
     assert!(body["csrf_token"].is_string());
+}
+
+async fn the_owner_of_a_verified_address_is_told_of_every_change_to_the_factors(backend: Backend) {
+    let app = spawn(backend).await;
+    let admin = app.admin_token().await;
+    let user = app.create_user("zoe").await;
+    let user_id = user["id"].as_str().unwrap();
+    let to = "zoe@example.com";
+    // Unverified: no notice (the signup's verification link is the one mail).
+    app.create_user("kim").await;
+    let kim = app.tokens("kim").await;
+    let (id, secret) = enroll(&app, &kim.access).await;
+    let code = secret.code_at(totp::step_of(app.clock.now().unix_timestamp()));
+    let path = format!("/users/me/mfa/totp/{id}/confirm");
+    assert_eq!(
+        post(&app, &path, &kim.access, json!({"code": code}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let res = app
+        .client
+        .patch(app.url(&format!("/admin/users/{user_id}")))
+        .bearer_auth(&admin)
+        .json(&json!({"email_verified": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let tokens = app.tokens("zoe").await;
+    let (id, secret) = enroll(&app, &tokens.access).await;
+    let code = secret.code_at(totp::step_of(app.clock.now().unix_timestamp()));
+    let path = format!("/users/me/mfa/totp/{id}/confirm");
+    assert_eq!(
+        post(&app, &path, &tokens.access, json!({"code": code}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    wait_for_subject(&app, to, "A second factor was added to your account").await;
+    let res = app
+        .client
+        .delete(app.url(&format!("/admin/users/{user_id}/mfa")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    wait_for_subject(&app, to, "The second factors of your account were removed").await;
+    // Kim, unverified, got the verification link and nothing else.
+    assert_eq!(app.mail.count_to("kim@example.com"), 1);
+}
+
+/// Waits until a message to `to` with `subject` has arrived.
+async fn wait_for_subject(app: &TestApp, to: &str, subject: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let subjects: Vec<String> = app
+            .mail
+            .messages()
+            .iter()
+            .filter(|m| m.header("To").unwrap_or_default().contains(to))
+            .map(|m| m.subject())
+            .collect();
+        if subjects.iter().any(|s| s == subject) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{subject:?} not in {subjects:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
