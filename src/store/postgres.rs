@@ -55,8 +55,11 @@ impl Dialect for PgStore {
     type Db = Postgres;
 
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    /// Deletes lock only their rows: other writers go on meanwhile.
-    const PURGE_BATCH: i64 = 5_000;
+    /// Deletes lock only their rows, but share the machine's I/O and CPU
+    /// with the requests: a batch of 1,000 takes a few milliseconds, so a
+    /// refresh running beside the purge waits little (5,000 pushed its p99
+    /// from 4 to 24 ms at a moderate load).
+    const PURGE_BATCH: i64 = 1_000;
 
     const UNBOUNDED: &'static str = "SET statement_timeout = 0; SET lock_timeout = 0";
 

@@ -1270,8 +1270,13 @@ macro_rules! sql_store {
                         query.push(" AND is_active = ").push_bind(active);
                     }
                     query.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+                    // Not kept prepared: PostgreSQL would soon plan it once
+                    // for any prefix (a generic plan), which cannot use the
+                    // prefix indexes; unprepared, each search is planned with
+                    // its own prefix.
                     let rows: Vec<UserRow> = query
                         .build_query_as()
+                        .persistent(false)
                         .fetch_all(self.reader())
                         .await?;
                     Ok(rows
