@@ -332,7 +332,8 @@ impl Mfa {
         Ok(codes)
     }
 
-    /// An admin removes every factor of a user (a lost phone).
+    /// An admin removes every factor of a user (a lost phone), and ends the
+    /// user's sessions.
     pub async fn reset(&self, client: &Client, admin: Uuid, user_id: Uuid) -> AuthResult<()> {
         let user = self
             .store
@@ -344,6 +345,9 @@ impl Mfa {
                 .event(client, Some(admin), AuditKind::MfaReset)
                 .user(user_id),
         );
+        // A lost phone may hold a live session: every session ends first
+        // (were the rest to fail, a retry finds them ended and goes on).
+        self.sessions.end_all_of(user_id, client, admin).await?;
         if !self.factor_types(user_id).await?.is_empty() {
             let now = self.clock.now();
             self.letters

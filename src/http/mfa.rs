@@ -345,8 +345,8 @@ async fn verify(
         .into_response())
 }
 
-/// Remove every second factor and recovery code of a user (a lost phone).
-/// Recorded in the audit log.
+/// Remove every second factor and recovery code of a user (a lost phone),
+/// and end the user's sessions. Recorded in the audit log.
 #[utoipa::path(
     delete, path = "/admin/users/{id}/mfa", tag = "admin",
     params(("id" = Uuid, Path, description = "User id")),

@@ -543,6 +543,13 @@ async fn an_admin_removes_every_factor_of_a_user_and_it_is_audited(backend: Back
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // The sessions end with the factors (a lost phone may hold one).
+    app.assert_refused_within(&tokens.access, Duration::from_secs(1))
+        .await;
+    assert_eq!(
+        app.refresh(&tokens.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(app.login("tara", PASSWORD).await.status(), StatusCode::OK);
     let events: Value = app
         .get(
