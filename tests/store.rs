@@ -116,6 +116,7 @@ on_both_databases!(
     deleting_a_factor_takes_the_recovery_codes_only_with_the_last_confirmed_one,
     deleting_every_factor_removes_the_codes_and_counts_the_factors,
     a_challenge_counts_each_attempt_up_to_its_maximum,
+    a_challenge_names_its_user_without_counting_an_attempt,
     a_challenge_is_dead_from_its_expiry_on,
     a_challenge_ends_once_and_then_takes_no_attempt,
     racing_attempts_on_a_challenge_each_count_and_stop_at_the_maximum,
@@ -2568,6 +2569,35 @@ async fn a_challenge_counts_each_attempt_up_to_its_maximum(backend: Backend) {
         store.attempt_challenge(&[2; 32], now, 3).await.unwrap(),
         None,
         "an unknown challenge"
+    );
+}
+
+async fn a_challenge_names_its_user_without_counting_an_attempt(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "yara").await;
+    let new = challenge(1, alice, Duration::minutes(5));
+    store.create_challenge(&new).await.unwrap();
+    let now = clock::now();
+    for _ in 0..5 {
+        assert_eq!(
+            store.challenge_user(&[1; 32], now).await.unwrap(),
+            Some(alice)
+        );
+    }
+    let attempt = store.attempt_challenge(&[1; 32], now, 5).await.unwrap();
+    assert_eq!(
+        attempt.map(|a| a.attempts),
+        Some(1),
+        "reading counted nothing"
+    );
+    assert_eq!(store.challenge_user(&[2; 32], now).await.unwrap(), None);
+    assert_eq!(
+        store
+            .challenge_user(&[1; 32], new.expires_at)
+            .await
+            .unwrap(),
+        None,
+        "expired"
     );
 }
 

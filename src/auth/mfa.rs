@@ -24,7 +24,7 @@ use crate::{
     },
     domain::User,
     limits::{Key, RateLimiter, client_bucket},
-    store::{AuditKind, Effects, Factor, FactorKind, MfaStore, NewChallenge, Store},
+    store::{Attempt, AuditKind, Effects, Factor, FactorKind, MfaStore, NewChallenge, Store},
 };
 
 /// How many recovery codes a user gets at a time.
@@ -413,12 +413,13 @@ impl Mfa {
         }
         let hash = refresh::hash(mfa_token);
         let now = self.clock.now();
-        let attempt = self
+        let user_id = self
             .store
-            .attempt_challenge(&hash, now, self.policy.max_attempts)
+            .challenge_user(&hash, now)
             .await?
             .ok_or(AuthError::InvalidMfaToken)?;
-        let factor = self.prove(client, attempt.user_id, proof).await?;
+        let (factor, attempt) = self.prove(client, user_id, proof, Some(&hash)).await?;
+        let attempt = attempt.ok_or(AuthError::InvalidMfaToken)?;
         // Spent by the first right code: a racing second one opens nothing.
         if !self.store.end_challenge(&hash).await? {
             return Err(AuthError::InvalidMfaToken);
@@ -443,7 +444,7 @@ impl Mfa {
         proof: &Proof,
     ) -> AuthResult<AccessGrant> {
         let result = async {
-            let factor = self.prove(client, caller.user_id, proof).await?;
+            let (factor, _) = self.prove(client, caller.user_id, proof, None).await?;
             self.sessions.raise(client, caller, factor).await
         }
         .await;
@@ -461,42 +462,60 @@ impl Mfa {
         client: &Client,
         user_id: Uuid,
         proof: &Proof,
-    ) -> AuthResult<SecondFactor> {
+        challenge: Option<&[u8; 32]>,
+    ) -> AuthResult<(SecondFactor, Option<Attempt>)> {
         let now = self.clock.now();
         let proved = self
             .failing_counted(client, user_id, || async {
-                match proof {
-                    Proof::Code(code) => {
-                        for factor in self.store.factors(user_id).await? {
-                            if factor.kind != FactorKind::Totp || factor.confirmed_at.is_none() {
-                                continue;
-                            }
-                            let secret = self.secret(&factor)?;
-                            let Some(step) =
-                                secret.verify(code, now.unix_timestamp(), factor.last_used_step)
-                            else {
-                                continue;
-                            };
-                            // Why in the store: two requests with one code
-                            // race here, and only one may pass (no replay).
-                            if self.store.use_totp_step(factor.id, step, now).await? {
-                                return Ok(Some(SecondFactor::Totp));
-                            }
-                        }
-                        Ok(None)
-                    }
-                    Proof::RecoveryCode(code) => {
-                        let hash = recovery_hash(code);
-                        Ok(self
-                            .store
-                            .use_recovery_code(user_id, &hash, now)
+                // A login's challenge counts the attempt only now, past the
+                // back-off: a throttled try spends none of the token's.
+                let attempt = match challenge {
+                    Some(hash) => Some(
+                        self.store
+                            .attempt_challenge(hash, now, self.policy.max_attempts)
                             .await?
-                            .then_some(SecondFactor::RecoveryCode))
-                    }
-                }
+                            .filter(|a| a.user_id == user_id)
+                            .ok_or(AuthError::InvalidMfaToken)?,
+                    ),
+                    None => None,
+                };
+                let factor = match proof {
+                    Proof::Code(code) => self.use_code(user_id, code, now).await?,
+                    Proof::RecoveryCode(code) => self
+                        .store
+                        .use_recovery_code(user_id, &recovery_hash(code), now)
+                        .await?
+                        .then_some(SecondFactor::RecoveryCode),
+                };
+                Ok(factor.map(|f| (f, attempt)))
             })
             .await?;
         proved.ok_or(AuthError::InvalidCode)
+    }
+
+    /// Spends a TOTP code of one of the user's confirmed factors.
+    async fn use_code(
+        &self,
+        user_id: Uuid,
+        code: &str,
+        now: OffsetDateTime,
+    ) -> AuthResult<Option<SecondFactor>> {
+        for factor in self.store.factors(user_id).await? {
+            if factor.kind != FactorKind::Totp || factor.confirmed_at.is_none() {
+                continue;
+            }
+            let secret = self.secret(&factor)?;
+            let Some(step) = secret.verify(code, now.unix_timestamp(), factor.last_used_step)
+            else {
+                continue;
+            };
+            // Why in the store: two requests with one code race here, and
+            // only one may pass (no replay).
+            if self.store.use_totp_step(factor.id, step, now).await? {
+                return Ok(Some(SecondFactor::Totp));
+            }
+        }
+        Ok(None)
     }
 
     /// Runs a code check under the account's back-off: a wrong code counts

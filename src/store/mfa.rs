@@ -125,6 +125,12 @@ pub trait MfaStore: Send + Sync + 'static {
     async fn recovery_codes_left(&self, user_id: Uuid) -> StoreResult<u32>;
     /// Stores a login's second step.
     async fn create_challenge(&self, challenge: &NewChallenge) -> StoreResult<()>;
+    /// The user of the live challenge, without counting an attempt.
+    async fn challenge_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<Uuid>>;
     /// Counts one attempt on the live challenge, if it has had fewer than
     /// `max_attempts`: the challenge after it, or `None` if it is unknown,
     /// expired or out of attempts. Racing calls each count.

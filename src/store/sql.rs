@@ -1876,6 +1876,21 @@ macro_rules! sql_store {
                     Ok(())
                 }
 
+                async fn challenge_user(
+                    &self,
+                    token_hash: &[u8; 32],
+                    now: OffsetDateTime,
+                ) -> StoreResult<Option<Uuid>> {
+                    let row: Option<(Uuid,)> = sqlx::query_as(
+                        "SELECT user_id FROM mfa_challenges WHERE token_hash = $1 AND expires_at > $2",
+                    )
+                    .bind(&token_hash[..])
+                    .bind(Timestamp(now))
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(|(user_id,)| user_id))
+                }
+
                 async fn attempt_challenge(
                     &self,
                     token_hash: &[u8; 32],

@@ -314,7 +314,11 @@ async fn a_code_works_once_and_a_recovery_code_works_once(backend: Backend) {
 }
 
 async fn an_mfa_token_allows_five_codes_and_the_account_backs_off(backend: Backend) {
-    let app = spawn(backend).await;
+    // The account's back-off held off, to see the token's own limit.
+    let app = TestApp::builder()
+        .arg("--login-free-failures", "100")
+        .spawn(backend)
+        .await;
     let (_, totp_app) = user_with_app(&app, "quinn").await;
     app.stop_clock();
     let mfa_token = second_step(&app, "quinn").await;
@@ -335,27 +339,6 @@ async fn an_mfa_token_allows_five_codes_and_the_account_backs_off(backend: Backe
         problem(res, StatusCode::UNAUTHORIZED).await["code"],
         "invalid_mfa_token"
     );
-    // And the account backs off, as after wrong passwords.
-    let fresh = second_step(&app, "quinn").await;
-    let res = verify(
-        &app,
-        json!({"mfa_token": fresh, "code": totp_app.code(&app)}),
-    )
-    .await;
-    assert!(res.headers().contains_key("retry-after"));
-    assert_eq!(
-        problem(res, StatusCode::TOO_MANY_REQUESTS).await["code"],
-        "rate_limited"
-    );
-    // Once the wait is over, the right code logs in.
-    app.advance(Duration::from_secs(120));
-    let fresh = second_step(&app, "quinn").await;
-    let res = verify(
-        &app,
-        json!({"mfa_token": fresh, "code": totp_app.code(&app)}),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::OK);
     // An mfa_token is good for five minutes.
     let late = second_step(&app, "quinn").await;
     app.advance(Duration::from_secs(5 * 60 + 30));
@@ -368,6 +351,45 @@ async fn an_mfa_token_allows_five_codes_and_the_account_backs_off(backend: Backe
         problem(res, StatusCode::UNAUTHORIZED).await["code"],
         "invalid_mfa_token"
     );
+
+    // With the usual back-off, wrong codes over several tokens back off the
+    // account, as wrong passwords do.
+    let app = spawn(backend).await;
+    let (_, totp_app) = user_with_app(&app, "rhea").await;
+    app.stop_clock();
+    let wrong = totp_app
+        .secret
+        .code_at(totp::step_of(app.clock.now().unix_timestamp()) + 3);
+    let mut throttled = None;
+    for _ in 0..3 {
+        let token = second_step(&app, "rhea").await;
+        let res = verify(&app, json!({"mfa_token": token, "code": wrong})).await;
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(res.headers().contains_key("retry-after"));
+            throttled = Some(token);
+            break;
+        }
+        for _ in 0..4 {
+            verify(&app, json!({"mfa_token": token, "code": wrong})).await;
+        }
+    }
+    let fresh = throttled.expect("the account backs off");
+    // Throttled tries spend none of the token's five attempts…
+    for _ in 0..5 {
+        let res = verify(&app, json!({"mfa_token": fresh, "code": wrong})).await;
+        assert_eq!(
+            problem(res, StatusCode::TOO_MANY_REQUESTS).await["code"],
+            "rate_limited"
+        );
+    }
+    // …so once the wait is over, the right code logs in with that token.
+    app.advance(Duration::from_secs(120));
+    let res = verify(
+        &app,
+        json!({"mfa_token": fresh, "code": totp_app.code(&app)}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 async fn the_oauth2_password_grant_answers_mfa_required_with_the_token(backend: Backend) {
