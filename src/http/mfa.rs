@@ -267,6 +267,16 @@ pub struct VerifyRequest {
     pub recovery_code: Option<String>,
 }
 
+/// What `POST /auth/mfa/verify` answers: the token pair of a login's second
+/// step, or a step-up's access token.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only its schema is used: the handler answers each variant itself.
+pub enum VerifyAnswer {
+    Login(super::TokenResponse),
+    StepUp(StepUpResponse),
+}
+
 /// After a step-up: a new access token of `aal2`; the session's refresh
 /// token stays (its refreshes carry `aal2` from now on).
 #[derive(Debug, Serialize, ToSchema)]
@@ -287,7 +297,7 @@ pub struct StepUpResponse {
     request_body = VerifyRequest,
     security((), ("bearer" = []), ("oauth2" = [])),
     responses(
-        (status = 200, description = "Logged in (a token pair), or stepped up (an access token)", body = super::TokenResponse),
+        (status = 200, description = "Logged in (a token pair), or stepped up (an access token)", body = VerifyAnswer),
         (status = 403, description = "`transport=cookie` from an Origin not allowed (`cross_site_request`)", body = Problem),
         (status = 401, description = "Wrong or used code (`invalid_code`); unknown, expired or spent mfa_token (`invalid_mfa_token`); neither an mfa_token nor a bearer token (`missing_mfa_token`); an invalid bearer token", body = Problem),
         (status = 422, description = "Neither or both of code and recovery_code", body = Problem),

@@ -57,6 +57,15 @@ pub fn openapi() -> OpenApi {
 pub(super) fn complete(spec: &mut OpenApi) {
     document_errors(spec);
     state_request_rules(spec);
+    // A token pair has every field of a step-up's answer too: the two are
+    // alternatives a body may match both of (`anyOf`), not exclusive ones.
+    let schemas = &mut spec.components.get_or_insert_with(Default::default).schemas;
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = schemas.get("VerifyAnswer").cloned() {
+        let mut any_of = utoipa::openapi::schema::AnyOf::new();
+        any_of.items = one_of.items;
+        any_of.description = one_of.description;
+        schemas.insert("VerifyAnswer".into(), RefOr::T(Schema::AnyOf(any_of)));
+    }
 }
 
 /// Makes the document say what every operation really answers: problem
@@ -430,6 +439,8 @@ mod tests {
         assert_eq!(signup["properties"]["password"]["minLength"], 8);
         assert_eq!(signup["properties"]["password"]["maxLength"], 1024);
         assert_eq!(signup["anyOf"].as_array().unwrap().len(), 2);
+        let answer = &doc["components"]["schemas"]["VerifyAnswer"]["anyOf"];
+        assert_eq!(answer.as_array().map(Vec::len), Some(2), "{answer}");
         let grant = &doc["components"]["schemas"]["TokenForm"]["properties"]["grant_type"];
         assert_eq!(
             grant["enum"],
