@@ -9,10 +9,11 @@ use authgate::{
     config::DatabaseUrl,
     domain::{Email, Role, Roles, Username},
     store::{
-        self, Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, Effects, Factor,
-        FactorKind, FlowPurpose, KeyGuard, MailStatus, NewChallenge, NewFlowToken, NewSession,
-        NewUser, OutboxMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
-        SessionAuth, Store, StoreError, StoredKey, UserChanges, UserFilter,
+        self, Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, Ceremony,
+        CeremonyPurpose, Effects, Factor, FactorKind, FlowPurpose, KeyGuard, MailStatus,
+        NewChallenge, NewFlowToken, NewSession, NewUser, OutboxMail, Redeemed, Redemption,
+        RefreshRequest, RevokeReason, Rotation, SessionAuth, Store, StoreError, StoredKey,
+        StoredPasskey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
@@ -122,6 +123,15 @@ on_both_databases!(
     racing_attempts_on_a_challenge_each_count_and_stop_at_the_maximum,
     purge_deletes_expired_challenges_and_keeps_live_ones,
     deleting_a_user_removes_its_factors_codes_and_challenges,
+    a_ceremony_is_taken_whole_once_and_only_for_its_purpose,
+    a_ceremony_is_dead_from_its_expiry_on_and_taken_away_all_the_same,
+    of_racing_takes_of_one_ceremony_exactly_one_gets_it,
+    an_added_passkey_reads_back_whole_oldest_first_and_only_for_its_user,
+    a_credential_id_stored_for_any_user_is_a_conflict_that_writes_nothing,
+    using_a_passkey_records_its_credential_and_when,
+    a_passkey_is_deleted_once_and_only_by_its_user_with_its_effects,
+    purge_deletes_expired_ceremonies_and_keeps_live_ones,
+    deleting_a_user_removes_its_passkeys_and_ceremonies,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -2782,6 +2792,562 @@ async fn deleting_a_user_removes_its_factors_codes_and_challenges(backend: Backe
             .map(|a| a.user_id),
         Some(bob)
     );
+}
+
+// Passkeys (WebAuthn credentials) and their ceremonies.
+
+/// A ceremony started a second ago, live for `lifetime` from its start.
+fn ceremony(
+    purpose: CeremonyPurpose,
+    user_id: Option<Uuid>,
+    state: &str,
+    lifetime: Duration,
+) -> Ceremony {
+    let created_at = clock::now() - Duration::seconds(1);
+    Ceremony {
+        id: Uuid::now_v7(),
+        purpose,
+        user_id,
+        state: state.into(),
+        created_at,
+        expires_at: created_at + lifetime,
+    }
+}
+
+/// A new passkey of the user, never used.
+fn passkey(
+    user_id: Uuid,
+    credential_id: &[u8],
+    name: &str,
+    created_at: OffsetDateTime,
+) -> StoredPasskey {
+    StoredPasskey {
+        id: Uuid::now_v7(),
+        user_id,
+        credential_id: credential_id.to_vec(),
+        credential: format!(r#"{{"cred_id":{credential_id:?},"counter":0,"note":"ключ \"☃\""}}"#),
+        name: name.into(),
+        created_at,
+        last_used_at: None,
+    }
+}
+
+/// An audit event of the user, as the effects of a passkey change.
+fn passkey_event(kind: AuditKind, user_id: Uuid, what: &str) -> Effects {
+    Effects::audit(
+        AuditContext::default()
+            .record(kind, clock::now())
+            .user(user_id)
+            .detail(what),
+    )
+}
+
+async fn a_ceremony_is_taken_whole_once_and_only_for_its_purpose(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let alice = user_id(&store, "dot").await;
+    let register = ceremony(
+        CeremonyPurpose::Register,
+        Some(alice),
+        r#"{"rs":{"challenge":"AP8A","policy":"required"},"note":"ключ ☃"}"#,
+        Duration::minutes(5),
+    );
+    let login = ceremony(
+        CeremonyPurpose::Login,
+        None,
+        r#"{"ast":{"challenge":"/wD/"}}"#,
+        Duration::minutes(5),
+    );
+    let second = ceremony(
+        CeremonyPurpose::SecondFactor,
+        Some(alice),
+        "{}",
+        Duration::minutes(5),
+    );
+    for c in [&register, &login, &second] {
+        store.add_ceremony(c).await.unwrap();
+    }
+    let now = clock::now();
+
+    // Asked for with another purpose: not given, and not taken away either.
+    for (c, wrong) in [
+        (&register, CeremonyPurpose::Login),
+        (&register, CeremonyPurpose::SecondFactor),
+        (&login, CeremonyPurpose::Register),
+        (&second, CeremonyPurpose::Login),
+    ] {
+        assert_eq!(
+            store.take_ceremony(c.id, wrong, now).await.unwrap(),
+            None,
+            "{:?} taken as {wrong:?}",
+            c.purpose
+        );
+    }
+    assert_eq!(
+        count_rows(&db, "webauthn_ceremonies").await,
+        3,
+        "a take of the wrong purpose deletes nothing"
+    );
+    assert_eq!(
+        store
+            .take_ceremony(Uuid::now_v7(), CeremonyPurpose::Register, now)
+            .await
+            .unwrap(),
+        None,
+        "an unknown ceremony"
+    );
+
+    for c in [&register, &login, &second] {
+        assert_eq!(
+            store.take_ceremony(c.id, c.purpose, now).await.unwrap(),
+            Some(c.clone()),
+            "the ceremony comes back whole"
+        );
+        assert_eq!(
+            store.take_ceremony(c.id, c.purpose, now).await.unwrap(),
+            None,
+            "taken already"
+        );
+    }
+    assert_eq!(count_rows(&db, "webauthn_ceremonies").await, 0);
+}
+
+async fn a_ceremony_is_dead_from_its_expiry_on_and_taken_away_all_the_same(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let alice = user_id(&store, "eli").await;
+    let live = ceremony(
+        CeremonyPurpose::Login,
+        Some(alice),
+        "live",
+        Duration::minutes(2),
+    );
+    let exact = ceremony(
+        CeremonyPurpose::Login,
+        Some(alice),
+        "exact",
+        Duration::minutes(2),
+    );
+    let old = ceremony(CeremonyPurpose::Register, None, "old", Duration::minutes(2));
+    for c in [&live, &exact, &old] {
+        store.add_ceremony(c).await.unwrap();
+    }
+
+    assert_eq!(
+        store
+            .take_ceremony(
+                live.id,
+                live.purpose,
+                live.expires_at - Duration::milliseconds(1)
+            )
+            .await
+            .unwrap(),
+        Some(live.clone()),
+        "live to the millisecond before its expiry"
+    );
+    assert_eq!(
+        store
+            .take_ceremony(exact.id, exact.purpose, exact.expires_at)
+            .await
+            .unwrap(),
+        None,
+        "dead at its expiry"
+    );
+    assert_eq!(
+        store
+            .take_ceremony(old.id, old.purpose, old.expires_at + Duration::hours(1))
+            .await
+            .unwrap(),
+        None
+    );
+    // Asked again at a time they were live: a take of an expired one
+    // took it away all the same.
+    for c in [&exact, &old] {
+        assert_eq!(
+            store
+                .take_ceremony(c.id, c.purpose, c.created_at)
+                .await
+                .unwrap(),
+            None,
+            "{}",
+            c.state
+        );
+    }
+    assert_eq!(count_rows(&db, "webauthn_ceremonies").await, 0);
+}
+
+async fn of_racing_takes_of_one_ceremony_exactly_one_gets_it(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let alice = user_id(&store, "fin").await;
+    let c = ceremony(
+        CeremonyPurpose::SecondFactor,
+        Some(alice),
+        r#"{"ast":{}}"#,
+        Duration::minutes(5),
+    );
+    store.add_ceremony(&c).await.unwrap();
+    let tasks = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .take_ceremony(c.id, CeremonyPurpose::SecondFactor, clock::now())
+                .await
+                .unwrap()
+        })
+    });
+    let outcomes: Vec<Option<Ceremony>> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let taken: Vec<&Ceremony> = outcomes.iter().flatten().collect();
+    assert_eq!(taken, vec![&c], "{outcomes:?}");
+    assert_eq!(count_rows(&db, "webauthn_ceremonies").await, 0);
+}
+
+async fn an_added_passkey_reads_back_whole_oldest_first_and_only_for_its_user(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "gia").await;
+    let bob = user_id(&store, "hub").await;
+    let start = time::macros::datetime!(2026-03-04 05:06:07.891 UTC);
+    // Every byte value, 0x00 and 0xff at either end included.
+    let every_byte: Vec<u8> = [0x00]
+        .into_iter()
+        .chain(0..=255u8)
+        .chain([0xff, 0x00])
+        .collect();
+    // Added newest first: the listing orders by creation, not by insertion.
+    let newer = passkey(
+        alice,
+        &[0xff, 0x00, 0x01],
+        "laptop ✓",
+        start + Duration::seconds(10),
+    );
+    let older = passkey(alice, &every_byte, "YubiKey 5 \"NFC\"", start);
+    let bobs = passkey(bob, &[0x00, 0xff], "phone", start + Duration::seconds(5));
+    let enrolled = passkey_event(AuditKind::MfaEnrolled, alice, "passkey laptop");
+    store.add_passkey(&newer, &enrolled).await.unwrap();
+    store.add_passkey(&bobs, &Default::default()).await.unwrap();
+    store
+        .add_passkey(&older, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(every_audit_event(&store).await, enrolled.audit);
+
+    let listed = store.passkeys(alice).await.unwrap();
+    assert_eq!(listed, vec![older.clone(), newer.clone()]);
+    assert_eq!(
+        listed[0].credential_id.len(),
+        259,
+        "every byte of the credential id round-trips"
+    );
+    assert_eq!(listed[1].last_used_at, None);
+    assert_eq!(store.passkeys(bob).await.unwrap(), vec![bobs.clone()]);
+    assert!(store.passkeys(Uuid::now_v7()).await.unwrap().is_empty());
+
+    for p in [&older, &newer, &bobs] {
+        assert_eq!(
+            store
+                .passkey_by_credential(&p.credential_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(p),
+            "whoever's it is"
+        );
+    }
+    for unknown in [
+        &[0xff, 0x00][..],
+        &[0xff, 0x00, 0x01, 0x00][..],
+        &every_byte[..258],
+        &[][..],
+    ] {
+        assert_eq!(
+            store.passkey_by_credential(unknown).await.unwrap(),
+            None,
+            "{unknown:?} matches only whole"
+        );
+    }
+}
+
+async fn a_credential_id_stored_for_any_user_is_a_conflict_that_writes_nothing(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "ivy").await;
+    let bob = user_id(&store, "jon").await;
+    let first = passkey(alice, &[0x00, 0x2a, 0xff], "first", clock::now());
+    store
+        .add_passkey(&first, &Default::default())
+        .await
+        .unwrap();
+
+    for (who, name) in [(alice, "again"), (bob, "stolen")] {
+        let clash = passkey(who, &first.credential_id, name, clock::now());
+        let effects = passkey_event(AuditKind::MfaEnrolled, who, name);
+        let refused = store.add_passkey(&clash, &effects).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict("passkey"))),
+            "{name}: {refused:?}"
+        );
+    }
+    assert_eq!(store.passkeys(alice).await.unwrap(), vec![first.clone()]);
+    assert!(store.passkeys(bob).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .passkey_by_credential(&first.credential_id)
+            .await
+            .unwrap(),
+        Some(first.clone())
+    );
+    let events = every_audit_event(&store).await;
+    assert!(events.is_empty(), "{events:?}");
+
+    // The refusals left nothing behind that stops the next passkey.
+    let other = passkey(bob, &[0x00, 0x2a], "other", clock::now());
+    let enrolled = passkey_event(AuditKind::MfaEnrolled, bob, "other");
+    store.add_passkey(&other, &enrolled).await.unwrap();
+    assert_eq!(store.passkeys(bob).await.unwrap(), vec![other]);
+    assert_eq!(every_audit_event(&store).await, enrolled.audit);
+}
+
+async fn using_a_passkey_records_its_credential_and_when(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "kit").await;
+    let bob = user_id(&store, "lee").await;
+    let created_at = clock::now() - Duration::days(1);
+    let alices = passkey(alice, &[1, 0, 0xff], "phone", created_at);
+    let bobs = passkey(bob, &[2, 0, 0xff], "phone", created_at);
+    for p in [&alices, &bobs] {
+        store.add_passkey(p, &Default::default()).await.unwrap();
+    }
+
+    let now = clock::now();
+    let counted = r#"{"cred_id":[1,0,255],"counter":1}"#;
+    assert!(store.use_passkey(alices.id, counted, now).await.unwrap());
+    let used = StoredPasskey {
+        credential: counted.into(),
+        last_used_at: Some(now),
+        ..alices.clone()
+    };
+    assert_eq!(store.passkeys(alice).await.unwrap(), vec![used.clone()]);
+    assert_eq!(
+        store
+            .passkey_by_credential(&alices.credential_id)
+            .await
+            .unwrap(),
+        Some(used)
+    );
+
+    let later = now + Duration::minutes(1);
+    let counted_again = r#"{"cred_id":[1,0,255],"counter":2}"#;
+    assert!(
+        store
+            .use_passkey(alices.id, counted_again, later)
+            .await
+            .unwrap()
+    );
+    let used_again = StoredPasskey {
+        credential: counted_again.into(),
+        last_used_at: Some(later),
+        ..alices.clone()
+    };
+    assert_eq!(
+        store.passkeys(alice).await.unwrap(),
+        vec![used_again.clone()]
+    );
+
+    assert!(
+        !store
+            .use_passkey(Uuid::now_v7(), "{}", later)
+            .await
+            .unwrap(),
+        "an unknown passkey"
+    );
+    assert_eq!(store.passkeys(alice).await.unwrap(), vec![used_again]);
+    assert_eq!(
+        store.passkeys(bob).await.unwrap(),
+        vec![bobs],
+        "another user's passkey is not touched"
+    );
+}
+
+async fn a_passkey_is_deleted_once_and_only_by_its_user_with_its_effects(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "mia").await;
+    let bob = user_id(&store, "noa").await;
+    let start = clock::now() - Duration::hours(1);
+    let first = passkey(alice, &[1], "first", start);
+    let second = passkey(alice, &[2], "second", start + Duration::seconds(1));
+    let bobs = passkey(bob, &[3], "bob's", start);
+    for p in [&first, &second, &bobs] {
+        store.add_passkey(p, &Default::default()).await.unwrap();
+    }
+
+    let theft = passkey_event(AuditKind::MfaRemoved, bob, "by bob");
+    assert!(
+        !store.delete_passkey(bob, first.id, &theft).await.unwrap(),
+        "another user's passkey"
+    );
+    assert_eq!(
+        store.passkeys(alice).await.unwrap(),
+        vec![first.clone(), second.clone()]
+    );
+    assert!(every_audit_event(&store).await.is_empty());
+    assert!(
+        !store
+            .delete_passkey(alice, Uuid::now_v7(), &theft)
+            .await
+            .unwrap(),
+        "an unknown passkey"
+    );
+    assert!(every_audit_event(&store).await.is_empty());
+
+    let removed = passkey_event(AuditKind::MfaRemoved, alice, "first");
+    assert!(
+        store
+            .delete_passkey(alice, first.id, &removed)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.passkeys(alice).await.unwrap(), vec![second.clone()]);
+    assert_eq!(
+        store
+            .passkey_by_credential(&first.credential_id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(every_audit_event(&store).await, removed.audit);
+
+    let again = passkey_event(AuditKind::MfaRemoved, alice, "again");
+    assert!(
+        !store.delete_passkey(alice, first.id, &again).await.unwrap(),
+        "gone already"
+    );
+    assert_eq!(
+        every_audit_event(&store).await,
+        removed.audit,
+        "no effects without a deletion"
+    );
+    assert_eq!(store.passkeys(alice).await.unwrap(), vec![second]);
+    assert_eq!(store.passkeys(bob).await.unwrap(), vec![bobs]);
+}
+
+async fn purge_deletes_expired_ceremonies_and_keeps_live_ones(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let alice = user_id(&store, "oli").await;
+    let short = ceremony(CeremonyPurpose::Login, None, "short", Duration::minutes(1));
+    let exact = ceremony(
+        CeremonyPurpose::Register,
+        Some(alice),
+        "exact",
+        Duration::minutes(2),
+    );
+    let long = ceremony(
+        CeremonyPurpose::SecondFactor,
+        Some(alice),
+        "long",
+        Duration::minutes(10),
+    );
+    for c in [&short, &exact, &long] {
+        store.add_ceremony(c).await.unwrap();
+    }
+    let later = exact.expires_at;
+    assert_eq!(
+        store
+            .purge(later, later - Duration::hours(1))
+            .await
+            .unwrap(),
+        2,
+        "the ceremonies expired by then, that one included whose expiry it is"
+    );
+    assert_eq!(count_rows(&db, "webauthn_ceremonies").await, 1);
+    // Asked at a time both purged ceremonies were still live: they are gone.
+    for c in [&short, &exact] {
+        assert_eq!(
+            store
+                .take_ceremony(c.id, c.purpose, c.created_at)
+                .await
+                .unwrap(),
+            None,
+            "{}",
+            c.state
+        );
+    }
+    assert_eq!(
+        store
+            .take_ceremony(long.id, long.purpose, later)
+            .await
+            .unwrap(),
+        Some(long)
+    );
+}
+
+async fn deleting_a_user_removes_its_passkeys_and_ceremonies(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let alice = user_id(&store, "pax").await;
+    let bob = user_id(&store, "roy").await;
+    let now = clock::now();
+    let alices = [
+        passkey(alice, &[1, 0], "phone", now),
+        passkey(alice, &[1, 0xff], "laptop", now),
+    ];
+    let bobs = [
+        passkey(bob, &[2, 0], "phone", now),
+        passkey(bob, &[2, 0xff], "laptop", now + Duration::seconds(1)),
+    ];
+    for p in alices.iter().chain(&bobs) {
+        store.add_passkey(p, &Default::default()).await.unwrap();
+    }
+    let of_alice = [
+        ceremony(
+            CeremonyPurpose::Register,
+            Some(alice),
+            "a",
+            Duration::minutes(5),
+        ),
+        ceremony(
+            CeremonyPurpose::SecondFactor,
+            Some(alice),
+            "b",
+            Duration::minutes(5),
+        ),
+    ];
+    let of_bob = ceremony(
+        CeremonyPurpose::Register,
+        Some(bob),
+        "c",
+        Duration::minutes(5),
+    );
+    let of_nobody = ceremony(CeremonyPurpose::Login, None, "d", Duration::minutes(5));
+    for c in of_alice.iter().chain([&of_bob, &of_nobody]) {
+        store.add_ceremony(c).await.unwrap();
+    }
+    assert_eq!(count_rows(&db, "passkeys").await, 4);
+    assert_eq!(count_rows(&db, "webauthn_ceremonies").await, 4);
+
+    assert!(store.delete_user(alice, &Default::default()).await.unwrap());
+    assert!(store.passkeys(alice).await.unwrap().is_empty());
+    // Nothing of hers is left behind, in any table; Bob keeps his.
+    assert_eq!(count_rows(&db, "passkeys").await, 2);
+    assert_eq!(count_rows(&db, "webauthn_ceremonies").await, 2);
+    for p in &alices {
+        assert_eq!(
+            store.passkey_by_credential(&p.credential_id).await.unwrap(),
+            None
+        );
+    }
+    assert_eq!(store.passkeys(bob).await.unwrap(), bobs.to_vec());
+    let later = clock::now();
+    for c in &of_alice {
+        assert_eq!(
+            store.take_ceremony(c.id, c.purpose, later).await.unwrap(),
+            None
+        );
+    }
+    for c in [of_bob, of_nobody] {
+        assert_eq!(
+            store.take_ceremony(c.id, c.purpose, later).await.unwrap(),
+            Some(c)
+        );
+    }
 }
 
 /// How many rows a table holds, counted outside the store.

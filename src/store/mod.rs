@@ -7,6 +7,7 @@
 
 mod lifecycle;
 mod mfa;
+mod passkeys;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -27,6 +28,7 @@ pub use lifecycle::{
     MailStatus, NewFlowToken, OutboxMail, Outcome, QueuedMail, Redeemed, Redemption,
 };
 pub use mfa::{Attempt, Factor, FactorKind, MfaStore, NewChallenge};
+pub use passkeys::{Ceremony, CeremonyPurpose, PasskeyStore, StoredPasskey};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -509,7 +511,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// (with all their tokens), and sessions revoked before `revoked_before`
     /// (their access tokens have all expired by then). Used tokens stay as
     /// long as their session, so that reuse is detected however late. Also
-    /// expired links, and messages sent or given up before `revoked_before`.
+    /// expired links, login challenges and WebAuthn ceremonies, and messages
+    /// sent or given up before `revoked_before`.
     async fn purge(&self, now: OffsetDateTime, revoked_before: OffsetDateTime) -> StoreResult<u64>;
 }
 
@@ -685,7 +688,15 @@ pub trait LimitStore: Send + Sync + 'static {
 /// The whole database: every aggregate's store, and its upkeep.
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + KeyStore + FlowStore + MailStore + AuditStore + LimitStore + MfaStore
+    UserStore
+    + SessionStore
+    + KeyStore
+    + FlowStore
+    + MailStore
+    + AuditStore
+    + LimitStore
+    + MfaStore
+    + PasskeyStore
 {
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;

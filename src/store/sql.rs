@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{
     AuditContext, AuditKind, AuditRecord, Credentials, Factor, FactorKind, FlowToken,
     LiveRefreshToken, MailInfo, MailStatus, NewUser, Outcome, RefreshRequest, RevokeReason,
-    Rotation, SessionAuth, SessionInfo, StoreError, StoreResult, StoredKey,
+    Rotation, SessionAuth, SessionInfo, StoreError, StoreResult, StoredKey, StoredPasskey,
 };
 use crate::domain::{Roles, User};
 
@@ -216,6 +216,35 @@ impl TryFrom<FactorRow> for Factor {
 
 pub(super) const SELECT_FACTORS: &str = "SELECT id, user_id, kind, name, secret, confirmed_at, \
      last_used_step, last_used_at, created_at FROM mfa_factors";
+
+/// A passkey as stored.
+#[derive(FromRow)]
+pub(super) struct PasskeyRow {
+    id: Uuid,
+    user_id: Uuid,
+    credential_id: Vec<u8>,
+    credential: String,
+    name: String,
+    created_at: Timestamp,
+    last_used_at: Option<Timestamp>,
+}
+
+impl From<PasskeyRow> for StoredPasskey {
+    fn from(row: PasskeyRow) -> Self {
+        StoredPasskey {
+            id: row.id,
+            user_id: row.user_id,
+            credential_id: row.credential_id,
+            credential: row.credential,
+            name: row.name,
+            created_at: row.created_at.0,
+            last_used_at: row.last_used_at.map(|t| t.0),
+        }
+    }
+}
+
+pub(super) const SELECT_PASSKEYS: &str = "SELECT id, user_id, credential_id, credential, name, \
+     created_at, last_used_at FROM passkeys";
 
 /// A session as [`SessionInfo`] shows it.
 #[derive(FromRow)]
@@ -859,7 +888,8 @@ macro_rules! sql_store {
                 domain::{Email, Role, User, Username},
                 store::{
                     Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
-                    Factor, MfaStore, NewChallenge,
+                    Ceremony, CeremonyPurpose, Factor, MfaStore, NewChallenge, PasskeyStore,
+                    StoredPasskey,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore,
                     LiveRefreshToken, MailInfo, MailStatus, MailStore, NewSession, NewUser,
                     QueuedMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
@@ -1646,7 +1676,9 @@ macro_rules! sql_store {
                             purge_expired(&writer, "flow_tokens", "token_hash", "", now).await?;
                         let challenges =
                             purge_expired(&writer, "mfa_challenges", "token_hash", "", now)
-                                .await?;
+                                .await?
+                                + purge_expired(&writer, "webauthn_ceremonies", "id", "", now)
+                                    .await?;
                         let purged = tokens + sessions + links + challenges;
                         Ok(purged)
                     })
@@ -1923,6 +1955,154 @@ macro_rules! sql_store {
                         .execute(self.writer())
                         .await?;
                     Ok(done.rows_affected() == 1)
+                }
+            }
+
+            #[async_trait]
+            impl PasskeyStore for $store {
+                async fn add_ceremony(&self, ceremony: &Ceremony) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO webauthn_ceremonies \
+                         (id, purpose, user_id, state, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(ceremony.id)
+                    .bind(ceremony.purpose.as_str())
+                    .bind(ceremony.user_id)
+                    .bind(ceremony.state.clone())
+                    .bind(Timestamp(ceremony.created_at))
+                    .bind(Timestamp(ceremony.expires_at))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn take_ceremony(
+                    &self,
+                    id: Uuid,
+                    purpose: CeremonyPurpose,
+                    now: OffsetDateTime,
+                ) -> StoreResult<Option<Ceremony>> {
+                    // Deleted as it is read, whatever comes of it: a state
+                    // is good for one finish (no replay of a response).
+                    let row: Option<(Option<Uuid>, String, Timestamp, Timestamp)> = sqlx::query_as(
+                        "DELETE FROM webauthn_ceremonies WHERE id = $1 AND purpose = $2 \
+                         RETURNING user_id, state, created_at, expires_at",
+                    )
+                    .bind(id)
+                    .bind(purpose.as_str())
+                    .fetch_optional(self.writer())
+                    .await?;
+                    Ok(row
+                        .filter(|(_, _, _, expires_at)| expires_at.0 > now)
+                        .map(|(user_id, state, created_at, expires_at)| Ceremony {
+                            id,
+                            purpose,
+                            user_id,
+                            state,
+                            created_at: created_at.0,
+                            expires_at: expires_at.0,
+                        }))
+                }
+
+                async fn add_passkey(
+                    &self,
+                    passkey: &StoredPasskey,
+                    effects: &Effects,
+                ) -> StoreResult<()> {
+                    let writer = self.writer().clone();
+                    let (passkey, effects) = (passkey.clone(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        sqlx::query(
+                            "INSERT INTO passkeys \
+                             (id, user_id, credential_id, credential, name, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                        )
+                        .bind(passkey.id)
+                        .bind(passkey.user_id)
+                        .bind(passkey.credential_id.clone())
+                        .bind(passkey.credential.clone())
+                        .bind(passkey.name.clone())
+                        .bind(Timestamp(passkey.created_at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| match map_unique(e) {
+                            StoreError::Conflict(_) => StoreError::Conflict("passkey"),
+                            other => other,
+                        })?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                    .await
+                }
+
+                async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>> {
+                    let rows: Vec<sql::PasskeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "{} WHERE user_id = $1 ORDER BY created_at, id",
+                        sql::SELECT_PASSKEYS
+                    )))
+                    .bind(user_id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows.into_iter().map(StoredPasskey::from).collect())
+                }
+
+                async fn passkey_by_credential(
+                    &self,
+                    credential_id: &[u8],
+                ) -> StoreResult<Option<StoredPasskey>> {
+                    let row: Option<sql::PasskeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "{} WHERE credential_id = $1",
+                        sql::SELECT_PASSKEYS
+                    )))
+                    .bind(credential_id.to_vec())
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(StoredPasskey::from))
+                }
+
+                async fn use_passkey(
+                    &self,
+                    id: Uuid,
+                    credential: &str,
+                    now: OffsetDateTime,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE passkeys SET credential = $2, last_used_at = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(credential.to_owned())
+                    .bind(Timestamp(now))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn delete_passkey(
+                    &self,
+                    user_id: Uuid,
+                    id: Uuid,
+                    effects: &Effects,
+                ) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    let effects = effects.clone();
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let done = sqlx::query("DELETE FROM passkeys WHERE id = $1 AND user_id = $2")
+                            .bind(id)
+                            .bind(user_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        if done.rows_affected() != 1 {
+                            return Ok(false);
+                        }
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(true)
+                    })
+                    .await
                 }
             }
 
