@@ -232,6 +232,8 @@ pub enum SecurityNotice {
     FactorRemoved,
     FactorsReset,
     RecoveryCodesReplaced,
+    /// A recovery code stood in for the second factor at a login.
+    RecoveryCodeUsed,
 }
 
 impl Letters {
@@ -271,6 +273,11 @@ impl Letters {
             SecurityNotice::RecoveryCodesReplaced => (
                 "New recovery codes for your account",
                 "New recovery codes were made for your account; the old ones no longer work.",
+            ),
+            SecurityNotice::RecoveryCodeUsed => (
+                "A recovery code was used to log in to your account",
+                "A recovery code stood in for your second factor at a login to your account; \
+                 it cannot be used again.",
             ),
         };
         let text = format!(

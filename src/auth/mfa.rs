@@ -430,9 +430,29 @@ impl Mfa {
             .await?
             .filter(|u| u.is_active)
             .ok_or(AuthError::InvalidMfaToken)?;
-        self.sessions
+        let pair = self
+            .sessions
             .open(&user, &attempt.password_hash, client, Some(factor))
-            .await
+            .await?;
+        if factor == SecondFactor::RecoveryCode {
+            // The owner should know: a used code may not have been theirs.
+            // The login stands whether or not the notice is written.
+            let mut effects = Effects::default();
+            let now = self.clock.now();
+            self.letters.security_notice(
+                &mut effects,
+                &user,
+                SecurityNotice::RecoveryCodeUsed,
+                now,
+            );
+            if !effects.mail.is_empty() {
+                match self.store.apply(&effects).await {
+                    Ok(()) => self.letters.wake(),
+                    Err(e) => tracing::warn!(error = %e, "recovery code notice not written"),
+                }
+            }
+        }
+        Ok(pair)
     }
 
     /// Step-up: a session of one factor, of a user who has a second, proves

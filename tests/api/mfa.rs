@@ -845,13 +845,25 @@ async fn the_owner_of_a_verified_address_is_told_of_every_change_to_the_factors(
     let (id, secret) = enroll(&app, &tokens.access).await;
     let code = secret.code_at(totp::step_of(app.clock.now().unix_timestamp()));
     let path = format!("/users/me/mfa/totp/{id}/confirm");
-    assert_eq!(
-        post(&app, &path, &tokens.access, json!({"code": code}))
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    let res = post(&app, &path, &tokens.access, json!({"code": code})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let codes: Value = res.json().await.unwrap();
     wait_for_subject(&app, to, "A second factor was added to your account").await;
+    // A recovery code standing in for the app is told too.
+    let mfa_token = second_step(&app, "zoe").await;
+    let recovery = codes["recovery_codes"][0].as_str().unwrap();
+    let res = verify(
+        &app,
+        json!({"mfa_token": mfa_token, "recovery_code": recovery}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    wait_for_subject(
+        &app,
+        to,
+        "A recovery code was used to log in to your account",
+    )
+    .await;
     let res = app
         .client
         .delete(app.url(&format!("/admin/users/{user_id}/mfa")))
