@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::{
     common::{Backend, TestDb},
-    helpers::{TestApp, TestAppBuilder, problem},
+    helpers::{TestApp, TestAppBuilder, claims_of, header_of, problem},
     on_both_databases,
 };
 
@@ -38,16 +38,6 @@ const LEAD: Duration = Duration::from_secs(3600);
 
 fn keyed() -> TestAppBuilder {
     TestApp::builder_with_generated_key().with_admin()
-}
-
-fn header_of(token: &str) -> Value {
-    let header = token.split('.').next().unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
-}
-
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
 fn kid_of(token: &str) -> String {

@@ -7,13 +7,12 @@ use authgate::{
     clock::Clock,
     crypto::totp::{self, TotpSecret},
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
     common::Backend,
-    helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, TestApp, Tokens, problem},
+    helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, TestApp, Tokens, claims_of, problem},
     on_both_databases,
 };
 
@@ -39,11 +38,6 @@ async fn spawn(backend: Backend) -> TestApp {
         .arg("--admin-password", ADMIN_PASSWORD)
         .spawn(backend)
         .await
-}
-
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
 /// An enrolled, confirmed authenticator app: its secret and the recovery

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     common::Backend,
-    helpers::{TEST_SECRET, TestApp, problem, spawn_app},
+    helpers::{TEST_SECRET, TestApp, claims_of, header_of, problem, spawn_app},
     on_both_databases,
 };
 
@@ -25,16 +25,6 @@ on_both_databases!(
     an_access_token_never_outlives_its_session,
     a_token_from_the_future_or_living_too_long_is_refused_even_with_the_key,
 );
-
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
-
-fn header_of(token: &str) -> Value {
-    let header = token.split('.').next().unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
-}
 
 /// Signs `claims` with the test key (or `secret`) and the given header fields.
 fn sign(claims: &Value, alg: Algorithm, typ: &str, kid: &str, secret: &[u8]) -> String {
