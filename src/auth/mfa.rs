@@ -233,12 +233,9 @@ impl Mfa {
 
     /// The user's confirmed factors and recovery codes left.
     pub async fn factors(&self, user_id: Uuid) -> AuthResult<Factors> {
-        let factors = self
-            .store
-            .factors(user_id)
+        let factors = confirmed_factors(self.store.as_ref(), user_id)
             .await?
             .into_iter()
-            .filter(|f| f.confirmed_at.is_some())
             .map(|f| FactorView {
                 id: f.id,
                 kind: f.kind.as_str(),
@@ -256,12 +253,9 @@ impl Mfa {
 
     /// The kinds of the user's confirmed factors (none: no second step).
     pub async fn factor_types(&self, user_id: Uuid) -> AuthResult<Vec<&'static str>> {
-        let mut kinds: Vec<_> = self
-            .store
-            .factors(user_id)
+        let mut kinds: Vec<_> = confirmed_factors(self.store.as_ref(), user_id)
             .await?
             .into_iter()
-            .filter(|f| f.confirmed_at.is_some())
             .map(|f| f.kind.as_str())
             .collect();
         kinds.sort_unstable();
@@ -520,8 +514,8 @@ impl Mfa {
         code: &str,
         now: OffsetDateTime,
     ) -> AuthResult<Option<SecondFactor>> {
-        for factor in self.store.factors(user_id).await? {
-            if factor.kind != FactorKind::Totp || factor.confirmed_at.is_none() {
+        for factor in confirmed_factors(self.store.as_ref(), user_id).await? {
+            if factor.kind != FactorKind::Totp {
                 continue;
             }
             let secret = self.secret(&factor)?;
@@ -634,6 +628,14 @@ pub fn require_aal2(caller: &Authenticated) -> AuthResult<()> {
     }
 }
 
+/// The user's factors that count: those confirmed with a first code (an
+/// enrolment waiting for its code is none).
+async fn confirmed_factors(store: &dyn MfaStore, user_id: Uuid) -> AuthResult<Vec<Factor>> {
+    let mut factors = store.factors(user_id).await?;
+    factors.retain(|f| f.confirmed_at.is_some());
+    Ok(factors)
+}
+
 /// A change of password or email address needs a session of two factors
 /// once the user has a second factor: else a stolen password, or a session
 /// opened before the factor, could take the account over.
@@ -644,12 +646,7 @@ pub async fn require_aal2_if_enrolled(
     if caller.claims.aal == AAL2 {
         return Ok(());
     }
-    let enrolled = factors
-        .factors(caller.user_id)
-        .await?
-        .iter()
-        .any(|f| f.confirmed_at.is_some());
-    if enrolled {
+    if !confirmed_factors(factors, caller.user_id).await?.is_empty() {
         Err(AuthError::InsufficientAuthentication)
     } else {
         Ok(())
