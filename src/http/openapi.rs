@@ -279,22 +279,21 @@ fn state_request_rules(spec: &mut OpenApi) {
         json!({"required": fields, "properties": types})
     };
     for schema in ["SignupRequest", "LoginRequest"] {
-        any_of(
-            schemas,
-            schema,
-            vec![named(&["username"]), named(&["email"])],
-        );
+        let branches = vec![named(&["username"]), named(&["email"])];
+        combine(schemas, schema, "anyOf", branches);
     }
     // A code or a recovery code, not both.
-    one_of(
+    combine(
         schemas,
         "VerifyRequest",
+        "oneOf",
         vec![named(&["code"]), named(&["recovery_code"])],
     );
     // Without a password, the account's email is mailed a link to choose one.
-    any_of(
+    combine(
         schemas,
         "CreateUserRequest",
+        "anyOf",
         vec![named(&["email"]), named(&["username", "password"])],
     );
     for op in operations(spec) {
@@ -357,21 +356,14 @@ fn string_rule(schemas: &mut Schemas, name: &str, field_name: &str, rule: &Rule)
     property.max_length = rule.max_length;
 }
 
-/// `oneOf` beside the object's own keywords, as [`any_of`].
-fn one_of(schemas: &mut Schemas, name: &str, branches: Vec<Value>) {
+/// `keyword` (`anyOf`, `oneOf`) beside the object's own keywords (JSON
+/// Schema 2020-12, which OpenAPI 3.1 uses, allows it; utoipa's object has
+/// no field for it).
+fn combine(schemas: &mut Schemas, name: &str, keyword: &str, branches: Vec<Value>) {
     object(schemas, name)
         .extensions
         .get_or_insert_with(Default::default)
-        .insert("oneOf".to_owned(), Value::Array(branches));
-}
-
-/// `anyOf` beside the object's own keywords (JSON Schema 2020-12, which
-/// OpenAPI 3.1 uses, allows it; utoipa's object has no field for it).
-fn any_of(schemas: &mut Schemas, name: &str, branches: Vec<Value>) {
-    object(schemas, name)
-        .extensions
-        .get_or_insert_with(Default::default)
-        .insert("anyOf".to_owned(), Value::Array(branches));
+        .insert(keyword.to_owned(), Value::Array(branches));
 }
 
 #[cfg(test)]
