@@ -19,7 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import failures_of, read_meta, read_wrk, scenario  # noqa: E402
+from report import exit_status, failures_of, read_meta, read_wrk, scenario  # noqa: E402
 
 COMPARED = [
     ("healthz", "GET /healthz (control)", False),
@@ -239,15 +239,7 @@ def main():
         print(f"  {c['name']:<40} {c['value']!s:>8} ms target {c['target']:<10} {c['verdict']}{note}")
     print()
     print(f"results: {a.out}")
-    if failures:
-        bar = "!" * 78
-        print(bar, file=sys.stderr)
-        print("!!! FAILED REQUESTS: this run is NOT a result.", file=sys.stderr)
-        for f_ in failures:
-            print(f"!!!   {f_}", file=sys.stderr)
-        print(bar, file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(failures)
 
 
 if __name__ == "__main__":

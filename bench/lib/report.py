@@ -148,6 +148,19 @@ def check(name, value, op, target, unit="", applies=True, note=None):
     return r
 
 
+def exit_status(failures):
+    """Reports failed requests loudly; the script's exit status: 1 if any."""
+    if failures:
+        bar = "!" * 78
+        print(bar, file=sys.stderr)
+        print("!!! FAILED REQUESTS: this run is NOT a result.", file=sys.stderr)
+        for f_ in failures:
+            print(f"!!!   {f_}", file=sys.stderr)
+        print(bar, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--work", required=True)
@@ -278,15 +291,7 @@ def main():
     for w in warnings:
         print(f"WARNING: {w}")
     print(f"results: {a.out}")
-    if failures:
-        bar = "!" * 78
-        print(bar, file=sys.stderr)
-        print("!!! FAILED REQUESTS: this run is NOT a result.", file=sys.stderr)
-        for f_ in failures:
-            print(f"!!!   {f_}", file=sys.stderr)
-        print(bar, file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(failures)
 
 
 if __name__ == "__main__":
