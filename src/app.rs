@@ -19,6 +19,7 @@ use crate::{
         login::LoginPolicy,
         mfa::MfaPolicy,
         outbox::OutboxPolicy,
+        passkeys::PasskeyPolicy,
         sessions::SessionPolicy,
     },
     clock::{SharedClock, SystemClock},
@@ -280,6 +281,12 @@ pub async fn build_services(
             enrolment_ttl: Duration::from_secs(15 * 60),
             sealing: config.keys.key_encryption_key.clone(),
         },
+        passkeys: PasskeyPolicy::new(
+            &config.webauthn_rp_id,
+            &config.webauthn_origin,
+            &config.webauthn_rp_name,
+            mail.require_verified_email,
+        )?,
         introspection_clients: IntrospectionClients::new(
             config
                 .introspection_clients

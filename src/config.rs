@@ -128,6 +128,21 @@ pub struct Config {
     #[arg(long, env = "AUTHGATE_MFA_ISSUER", default_value = "authgate", value_parser = non_empty)]
     pub mfa_issuer: String,
 
+    /// The WebAuthn relying party ID passkeys are bound to: the domain of
+    /// AUTHGATE_WEBAUTHN_ORIGIN or one above it (`example.com` for
+    /// `https://login.example.com`). Changing it orphans every passkey.
+    #[arg(long, env = "AUTHGATE_WEBAUTHN_RP_ID", default_value = "localhost", value_parser = non_empty)]
+    pub webauthn_rp_id: String,
+
+    /// The origin of the pages that register and use passkeys; answers
+    /// from any other origin are refused.
+    #[arg(long, env = "AUTHGATE_WEBAUTHN_ORIGIN", default_value = "http://localhost:8010", value_parser = parse_origin)]
+    pub webauthn_origin: String,
+
+    /// The service's name as authenticators show it beside a passkey.
+    #[arg(long, env = "AUTHGATE_WEBAUTHN_RP_NAME", default_value = "authgate", value_parser = non_empty)]
+    pub webauthn_rp_name: String,
+
     /// `aud` claim of issued access tokens, and the only audience accepted.
     #[arg(long, env = "AUTHGATE_AUDIENCE", default_value = "authgate", value_parser = non_empty)]
     pub audience: String,

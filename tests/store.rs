@@ -132,6 +132,7 @@ on_both_databases!(
     a_passkey_is_deleted_once_and_only_by_its_user_with_its_effects,
     purge_deletes_expired_ceremonies_and_keeps_live_ones,
     deleting_a_user_removes_its_passkeys_and_ceremonies,
+    recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -3024,10 +3025,13 @@ async fn an_added_passkey_reads_back_whole_oldest_first_and_only_for_its_user(ba
     let older = passkey(alice, &every_byte, "YubiKey 5 \"NFC\"", start);
     let bobs = passkey(bob, &[0x00, 0xff], "phone", start + Duration::seconds(5));
     let enrolled = passkey_event(AuditKind::MfaEnrolled, alice, "passkey laptop");
-    store.add_passkey(&newer, &enrolled).await.unwrap();
-    store.add_passkey(&bobs, &Default::default()).await.unwrap();
+    store.add_passkey(&newer, None, &enrolled).await.unwrap();
     store
-        .add_passkey(&older, &Default::default())
+        .add_passkey(&bobs, None, &Default::default())
+        .await
+        .unwrap();
+    store
+        .add_passkey(&older, None, &Default::default())
         .await
         .unwrap();
     assert_eq!(every_audit_event(&store).await, enrolled.audit);
@@ -3074,14 +3078,14 @@ async fn a_credential_id_stored_for_any_user_is_a_conflict_that_writes_nothing(b
     let bob = user_id(&store, "jon").await;
     let first = passkey(alice, &[0x00, 0x2a, 0xff], "first", clock::now());
     store
-        .add_passkey(&first, &Default::default())
+        .add_passkey(&first, None, &Default::default())
         .await
         .unwrap();
 
     for (who, name) in [(alice, "again"), (bob, "stolen")] {
         let clash = passkey(who, &first.credential_id, name, clock::now());
         let effects = passkey_event(AuditKind::MfaEnrolled, who, name);
-        let refused = store.add_passkey(&clash, &effects).await;
+        let refused = store.add_passkey(&clash, None, &effects).await;
         assert!(
             matches!(refused, Err(StoreError::Conflict("passkey"))),
             "{name}: {refused:?}"
@@ -3102,7 +3106,7 @@ async fn a_credential_id_stored_for_any_user_is_a_conflict_that_writes_nothing(b
     // The refusals left nothing behind that stops the next passkey.
     let other = passkey(bob, &[0x00, 0x2a], "other", clock::now());
     let enrolled = passkey_event(AuditKind::MfaEnrolled, bob, "other");
-    store.add_passkey(&other, &enrolled).await.unwrap();
+    store.add_passkey(&other, None, &enrolled).await.unwrap();
     assert_eq!(store.passkeys(bob).await.unwrap(), vec![other]);
     assert_eq!(every_audit_event(&store).await, enrolled.audit);
 }
@@ -3115,7 +3119,10 @@ async fn using_a_passkey_records_its_credential_and_when(backend: Backend) {
     let alices = passkey(alice, &[1, 0, 0xff], "phone", created_at);
     let bobs = passkey(bob, &[2, 0, 0xff], "phone", created_at);
     for p in [&alices, &bobs] {
-        store.add_passkey(p, &Default::default()).await.unwrap();
+        store
+            .add_passkey(p, None, &Default::default())
+            .await
+            .unwrap();
     }
 
     let now = clock::now();
@@ -3177,7 +3184,10 @@ async fn a_passkey_is_deleted_once_and_only_by_its_user_with_its_effects(backend
     let second = passkey(alice, &[2], "second", start + Duration::seconds(1));
     let bobs = passkey(bob, &[3], "bob's", start);
     for p in [&first, &second, &bobs] {
-        store.add_passkey(p, &Default::default()).await.unwrap();
+        store
+            .add_passkey(p, None, &Default::default())
+            .await
+            .unwrap();
     }
 
     let theft = passkey_event(AuditKind::MfaRemoved, bob, "by bob");
@@ -3294,7 +3304,10 @@ async fn deleting_a_user_removes_its_passkeys_and_ceremonies(backend: Backend) {
         passkey(bob, &[2, 0xff], "laptop", now + Duration::seconds(1)),
     ];
     for p in alices.iter().chain(&bobs) {
-        store.add_passkey(p, &Default::default()).await.unwrap();
+        store
+            .add_passkey(p, None, &Default::default())
+            .await
+            .unwrap();
     }
     let of_alice = [
         ceremony(
@@ -3370,4 +3383,68 @@ async fn count_rows(db: &TestDb, table: &str) -> i64 {
                 .unwrap()
         }
     }
+}
+
+async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "lea").await;
+    let now = clock::now();
+    let codes = [[4; 32], [5; 32]];
+
+    // A first passkey brings its codes, in its own transaction.
+    let key = passkey(alice, &[7, 7], "phone", now);
+    store
+        .add_passkey(&key, Some(&codes), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+    // A clash writes neither the passkey nor the codes.
+    let clash = passkey(alice, &[7, 7], "again", now);
+    let refused = store
+        .add_passkey(&clash, Some(&[[6; 32]]), &Default::default())
+        .await;
+    assert!(matches!(refused, Err(StoreError::Conflict("passkey"))));
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+
+    // A TOTP factor removed beside the passkey leaves the codes.
+    let factor = totp(alice, "app", now);
+    store.add_factor(&factor, never_stale()).await.unwrap();
+    assert!(
+        store
+            .confirm_factor(alice, factor.id, 1, now, &codes, &Default::default())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_factor(alice, factor.id, &Default::default())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+
+    // The last factor, the passkey, takes them.
+    assert!(
+        store
+            .delete_passkey(alice, key.id, &Default::default())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
+
+    // An admin's reset removes passkeys with the factors.
+    let again = passkey(alice, &[8], "laptop", now);
+    store
+        .add_passkey(&again, Some(&codes), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_factors(alice, &Default::default())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.passkeys(alice).await.unwrap().is_empty());
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
 }

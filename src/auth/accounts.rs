@@ -26,7 +26,7 @@ use crate::{
     domain::{Email, Password, Role, Roles, User, Username, login_key, passes_for},
     limits::{Key, Quota, RateLimiter, client_bucket},
     store::{
-        AuditContext, AuditKind, Effects, FlowStore, MfaStore, NewUser, UserChanges, UserFilter,
+        AuditContext, AuditKind, Effects, FlowStore, NewUser, Store, UserChanges, UserFilter,
         UserStore,
     },
 };
@@ -117,7 +117,7 @@ pub struct Accounts {
     pub(super) check: PasswordCheck,
     /// Whether the user has a second factor (then a sensitive change needs
     /// a session of two).
-    pub(super) factors: Arc<dyn MfaStore>,
+    pub(super) factors: Arc<dyn Store>,
     pub(super) policy: AccountPolicy,
 }
 

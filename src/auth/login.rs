@@ -12,7 +12,7 @@ use super::{
     audit::Audit,
     error::{AuthError, AuthResult},
     mfa::Mfa,
-    sessions::{Sessions, TokenPair},
+    sessions::{Sessions, SignIn, TokenPair},
 };
 use crate::{
     clock::SharedClock,
@@ -110,7 +110,12 @@ impl Login {
             return Err(AuthError::MfaRequired(challenge));
         }
         self.sessions
-            .open(&checked.user, &checked.password_hash, client, None)
+            .open(
+                &checked.user,
+                &checked.password_hash,
+                client,
+                SignIn::Password,
+            )
             .await
     }
 }

@@ -6,13 +6,15 @@ use std::{sync::Arc, time::Duration};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
+use webauthn_rs::prelude::PublicKeyCredential;
 
 use super::{
     Client,
     audit::Audit,
     error::{AuthError, AuthResult},
     letters::{Letters, SecurityNotice},
-    sessions::{AccessGrant, Authenticated, Sessions, TokenPair},
+    passkeys::{Passkeys, Started},
+    sessions::{AccessGrant, Authenticated, Sessions, SignIn, TokenPair},
     tokens::AAL2,
 };
 use crate::{
@@ -54,32 +56,48 @@ pub struct MfaPolicy {
 pub enum SecondFactor {
     Totp,
     RecoveryCode,
+    Passkey,
 }
 
 impl SecondFactor {
-    /// Its RFC 8176 method: `otp`; a recovery code has none (the session
-    /// says `mfa` alone).
     /// As the audit log names it.
     pub fn describe(self) -> &'static str {
         match self {
             SecondFactor::Totp => "with a TOTP code",
             SecondFactor::RecoveryCode => "with a recovery code",
+            SecondFactor::Passkey => "with a passkey",
         }
     }
 
+    /// Its RFC 8176 method: `otp`, or `hwk` for a passkey; a recovery code
+    /// has none (the session says `mfa` alone).
     pub fn method(self) -> Option<&'static str> {
         match self {
             SecondFactor::Totp => Some("otp"),
             SecondFactor::RecoveryCode => None,
+            SecondFactor::Passkey => Some("hwk"),
         }
     }
 }
 
-/// A second factor offered: a TOTP code, or a recovery code.
+/// A second factor offered: a TOTP code, a recovery code, or a passkey's
+/// answer to a challenge from [`Mfa::start_passkey`].
 #[derive(Debug, Clone)]
 pub enum Proof {
     Code(String),
     RecoveryCode(String),
+    Passkey {
+        challenge_id: Uuid,
+        credential: Box<PublicKeyCredential>,
+    },
+}
+
+/// Whose passkey assertion is started: a login's, after its password, or
+/// a session's step-up.
+#[derive(Clone, Copy)]
+pub enum PasskeyStep<'a> {
+    Login(&'a str),
+    StepUp(&'a Authenticated),
 }
 
 /// A new, unconfirmed TOTP factor: what the user's app needs.
@@ -125,6 +143,8 @@ pub struct Mfa {
     pub(super) audit: Audit,
     pub(super) clock: SharedClock,
     pub(super) policy: MfaPolicy,
+    /// Checks a passkey as the second factor.
+    pub(super) passkeys: Passkeys,
 }
 
 /// A stored secret's first byte: how the rest is kept.
@@ -231,9 +251,10 @@ impl Mfa {
         Ok(codes)
     }
 
-    /// The user's confirmed factors and recovery codes left.
+    /// The user's confirmed factors, passkeys among them, and recovery
+    /// codes left.
     pub async fn factors(&self, user_id: Uuid) -> AuthResult<Factors> {
-        let factors = confirmed_factors(self.store.as_ref(), user_id)
+        let mut factors: Vec<FactorView> = confirmed_factors(self.store.as_ref(), user_id)
             .await?
             .into_iter()
             .map(|f| FactorView {
@@ -244,6 +265,20 @@ impl Mfa {
                 last_used_at: f.last_used_at,
             })
             .collect();
+        factors.extend(
+            self.store
+                .passkeys(user_id)
+                .await?
+                .into_iter()
+                .map(|p| FactorView {
+                    id: p.id,
+                    kind: PASSKEY,
+                    name: p.name,
+                    created_at: p.created_at,
+                    last_used_at: p.last_used_at,
+                }),
+        );
+        factors.sort_by_key(|f| (f.created_at, f.id));
         let recovery_codes_left = self.store.recovery_codes_left(user_id).await?;
         Ok(Factors {
             factors,
@@ -253,17 +288,10 @@ impl Mfa {
 
     /// The kinds of the user's confirmed factors (none: no second step).
     pub async fn factor_types(&self, user_id: Uuid) -> AuthResult<Vec<&'static str>> {
-        let mut kinds: Vec<_> = confirmed_factors(self.store.as_ref(), user_id)
-            .await?
-            .into_iter()
-            .map(|f| f.kind.as_str())
-            .collect();
-        kinds.sort_unstable();
-        kinds.dedup();
-        Ok(kinds)
+        factor_types(self.store.as_ref(), user_id).await
     }
 
-    /// Removes a factor: only from a session of two factors.
+    /// Removes a factor (a passkey too): only from a session of two factors.
     pub async fn remove(
         &self,
         client: &Client,
@@ -283,11 +311,15 @@ impl Mfa {
             SecurityNotice::FactorRemoved,
             self.clock.now(),
         );
-        if self
+        let removed = self
             .store
             .delete_factor(caller.user_id, factor_id, &effects)
             .await?
-        {
+            || self
+                .store
+                .delete_passkey(caller.user_id, factor_id, &effects)
+                .await?;
+        if removed {
             self.letters.wake();
             Ok(())
         } else {
@@ -326,8 +358,8 @@ impl Mfa {
         Ok(codes)
     }
 
-    /// An admin removes every factor of a user (a lost phone), and ends the
-    /// user's sessions.
+    /// An admin removes every factor of a user, passkeys included (a lost
+    /// phone), and ends the user's sessions.
     pub async fn reset(&self, client: &Client, admin: Uuid, user_id: Uuid) -> AuthResult<()> {
         let user = self
             .store
@@ -426,7 +458,12 @@ impl Mfa {
             .ok_or(AuthError::InvalidMfaToken)?;
         let pair = self
             .sessions
-            .open(&user, &attempt.password_hash, client, Some(factor))
+            .open(
+                &user,
+                &attempt.password_hash,
+                client,
+                SignIn::TwoFactor(factor),
+            )
             .await?;
         if factor == SecondFactor::RecoveryCode {
             // The owner should know: a used code may not have been theirs.
@@ -449,6 +486,25 @@ impl Mfa {
         Ok(pair)
     }
 
+    /// Starts a passkey assertion as the second factor: of a login, after
+    /// its password (`mfa_token`), or of a session's step-up. Its answer
+    /// goes to [`Mfa::verify_login`] or [`Mfa::step_up`].
+    pub async fn start_passkey(&self, step: PasskeyStep<'_>) -> AuthResult<Started> {
+        let user_id = match step {
+            PasskeyStep::Login(mfa_token) => {
+                if !refresh::looks_valid(mfa_token) {
+                    return Err(AuthError::InvalidMfaToken);
+                }
+                self.store
+                    .challenge_user(&refresh::hash(mfa_token), self.clock.now())
+                    .await?
+                    .ok_or(AuthError::InvalidMfaToken)?
+            }
+            PasskeyStep::StepUp(caller) => caller.user_id,
+        };
+        self.passkeys.start_second_factor(user_id).await
+    }
+
     /// Step-up: a session of one factor, of a user who has a second, proves
     /// it and is raised to `aal2`; the answer is a new pair for the session.
     pub async fn step_up(
@@ -469,8 +525,8 @@ impl Mfa {
     }
 
     /// Checks a second factor of the user, under its back-off: a TOTP code
-    /// of a confirmed factor (each time step once), or an unused recovery
-    /// code (each once).
+    /// of a confirmed factor (each time step once), an unused recovery code
+    /// (each once), or a passkey's answer to its challenge (each once).
     async fn prove(
         &self,
         client: &Client,
@@ -500,6 +556,14 @@ impl Mfa {
                         .use_recovery_code(user_id, &recovery_hash(code), now)
                         .await?
                         .then_some(SecondFactor::RecoveryCode),
+                    Proof::Passkey {
+                        challenge_id,
+                        credential,
+                    } => self
+                        .passkeys
+                        .check_second_factor(user_id, *challenge_id, credential)
+                        .await?
+                        .then_some(SecondFactor::Passkey),
                 };
                 Ok(factor.map(|f| (f, attempt)))
             })
@@ -628,25 +692,44 @@ pub fn require_aal2(caller: &Authenticated) -> AuthResult<()> {
     }
 }
 
-/// The user's factors that count: those confirmed with a first code (an
-/// enrolment waiting for its code is none).
+/// The user's TOTP factors that count: those confirmed with a first code
+/// (an enrolment waiting for its code is none).
 async fn confirmed_factors(store: &dyn MfaStore, user_id: Uuid) -> AuthResult<Vec<Factor>> {
     let mut factors = store.factors(user_id).await?;
     factors.retain(|f| f.confirmed_at.is_some());
     Ok(factors)
 }
 
+/// A passkey's type among the factors.
+const PASSKEY: &str = "passkey";
+
+/// The kinds of the user's factors that count (none: no second step): a
+/// confirmed TOTP factor, a passkey.
+pub(super) async fn factor_types(
+    store: &dyn Store,
+    user_id: Uuid,
+) -> AuthResult<Vec<&'static str>> {
+    let mut kinds: Vec<_> = confirmed_factors(store, user_id)
+        .await?
+        .into_iter()
+        .map(|f| f.kind.as_str())
+        .collect();
+    if !store.passkeys(user_id).await?.is_empty() {
+        kinds.push(PASSKEY);
+    }
+    kinds.sort_unstable();
+    kinds.dedup();
+    Ok(kinds)
+}
+
 /// A change of password or email address needs a session of two factors
 /// once the user has a second factor: else a stolen password, or a session
 /// opened before the factor, could take the account over.
-pub async fn require_aal2_if_enrolled(
-    factors: &dyn MfaStore,
-    caller: &Authenticated,
-) -> AuthResult<()> {
+pub async fn require_aal2_if_enrolled(store: &dyn Store, caller: &Authenticated) -> AuthResult<()> {
     if caller.claims.aal == AAL2 {
         return Ok(());
     }
-    if !confirmed_factors(factors, caller.user_id).await?.is_empty() {
+    if !factor_types(store, caller.user_id).await?.is_empty() {
         Err(AuthError::InsufficientAuthentication)
     } else {
         Ok(())
@@ -655,7 +738,7 @@ pub async fn require_aal2_if_enrolled(
 
 /// Ten new recovery codes (`xxxxx-xxxxx`, 50 random bits each) and their
 /// hashes.
-fn recovery_codes() -> (Vec<String>, Vec<[u8; 32]>) {
+pub(super) fn recovery_codes() -> (Vec<String>, Vec<[u8; 32]>) {
     const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let codes: Vec<String> = (0..RECOVERY_CODES)
         .map(|_| {

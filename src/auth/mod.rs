@@ -13,6 +13,7 @@ pub mod liveness;
 pub mod login;
 pub mod mfa;
 pub mod outbox;
+pub mod passkeys;
 pub mod sessions;
 pub mod tokens;
 
@@ -44,6 +45,7 @@ use liveness::SessionCache;
 use login::{LoginPolicy, PasswordCheck};
 use mfa::{Mfa, MfaPolicy};
 use outbox::OutboxPolicy;
+use passkeys::{PasskeyPolicy, Passkeys};
 use sessions::SessionPolicy;
 use tokens::TokenService;
 
@@ -107,6 +109,7 @@ pub struct Settings {
     pub flows: FlowPolicy,
     pub outbox: OutboxPolicy,
     pub mfa: MfaPolicy,
+    pub passkeys: PasskeyPolicy,
     /// Who may introspect tokens with a client secret.
     pub introspection_clients: introspection::IntrospectionClients,
 }
@@ -117,6 +120,7 @@ pub struct Services {
     pub accounts: Accounts,
     pub login: Login,
     pub mfa: Mfa,
+    pub passkeys: Passkeys,
     pub sessions: Sessions,
     pub flows: Flows,
     pub audit: Audit,
@@ -189,6 +193,15 @@ impl Services {
             clock: clock.clone(),
             policy: settings.login,
         };
+        let passkeys = Passkeys {
+            store: store.clone(),
+            sessions: sessions.clone(),
+            letters: letters.clone(),
+            limiter: limiter.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+            policy: settings.passkeys.clone(),
+        };
         let mfa = Mfa {
             store: store.clone(),
             sessions: sessions.clone(),
@@ -197,6 +210,7 @@ impl Services {
             audit: audit.clone(),
             clock: clock.clone(),
             policy: settings.mfa.clone(),
+            passkeys: passkeys.clone(),
         };
         let login = Login {
             check: check.clone(),
@@ -245,6 +259,7 @@ impl Services {
             accounts,
             login,
             mfa,
+            passkeys,
             introspection,
             sessions,
             flows,

@@ -26,6 +26,38 @@ use crate::{
     },
 };
 
+/// What a login proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignIn {
+    /// The password alone.
+    Password,
+    /// The password, then a second factor.
+    TwoFactor(SecondFactor),
+    /// A passkey alone; `user_verified` if the authenticator checked its
+    /// user (a PIN or biometric) as well.
+    Passkey { user_verified: bool },
+}
+
+impl SignIn {
+    /// The session's level and RFC 8176 methods, as of `now`.
+    pub fn authentication(self, now: OffsetDateTime) -> Authentication {
+        match self {
+            SignIn::Password => Authentication::password(now),
+            SignIn::TwoFactor(factor) => Authentication::two_factor(now, factor.method()),
+            SignIn::Passkey { user_verified } => Authentication::passkey(now, user_verified),
+        }
+    }
+
+    /// As the audit log names it, beside the password.
+    fn describe(self) -> Option<&'static str> {
+        match self {
+            SignIn::Password => None,
+            SignIn::TwoFactor(factor) => Some(factor.describe()),
+            SignIn::Passkey { .. } => Some("with a passkey"),
+        }
+    }
+}
+
 /// Session lifetimes and the refresh quota, fixed at start-up.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionPolicy {
@@ -103,8 +135,8 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Opens a session for a user whose password was just checked against
-    /// `password_hash`. If the password, the roles or the active flag changed
+    /// Opens a session for a user who just proved `sign_in`, whose password
+    /// hash was then `password_hash`. If the password, the roles or the active flag changed
     /// since, no session opens: the login counts as failed, so that a change
     /// meant to end every session is not outlived by one that was on its way.
     pub async fn open(
@@ -112,13 +144,10 @@ impl Sessions {
         user: &User,
         password_hash: &str,
         client: &Client,
-        second_factor: Option<SecondFactor>,
+        sign_in: SignIn,
     ) -> AuthResult<TokenPair> {
         let now = self.clock.now();
-        let auth = match second_factor {
-            None => Authentication::password(now),
-            Some(factor) => Authentication::two_factor(now, factor.method()),
-        };
+        let auth = sign_in.authentication(now);
         let session_end = now + self.policy.session_max_age;
         let refresh = refresh::generate();
         let refresh_expires_at = refresh_expiry(now, self.policy.refresh_token_ttl, session_end);
@@ -141,8 +170,8 @@ impl Sessions {
             .event(client, Some(user.id), AuditKind::Login)
             .user(user.id)
             .session(session.id);
-        if let Some(factor) = second_factor {
-            event = event.detail(factor.describe());
+        if let Some(detail) = sign_in.describe() {
+            event = event.detail(detail);
         }
         let effects = Effects::audit(event);
         if !self.store.create_session(&session, &effects).await? {

@@ -78,6 +78,25 @@ impl Authentication {
         }
     }
 
+    /// A passkey alone, at `time`: RFC 8176's `hwk` (a key held by the
+    /// authenticator). With the user verified by the authenticator (a PIN
+    /// or a biometric) that is two factors, `aal2` and `mfa`; with mere
+    /// presence, one.
+    pub fn passkey(time: OffsetDateTime, user_verified: bool) -> Self {
+        let mut methods = vec!["hwk".to_owned()];
+        let level = if user_verified {
+            methods.push("mfa".into());
+            AAL2
+        } else {
+            AAL1
+        };
+        Self {
+            time,
+            level: level.into(),
+            methods,
+        }
+    }
+
     pub fn is_aal2(&self) -> bool {
         self.level == AAL2
     }

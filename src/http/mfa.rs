@@ -22,6 +22,8 @@ use super::{
         Admin, ApiJson, AuthUser, ClientInfo, OptionalJson, PathId, RequireRole, bearer_token,
     },
 };
+use webauthn_rs::prelude::PublicKeyCredential;
+
 use crate::auth::mfa::Proof;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -37,6 +39,18 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The longest name of a factor, in characters.
 const MAX_NAME: usize = 64;
+
+/// A factor's name as given: at most [`MAX_NAME`] characters, none a
+/// control character; blank is none.
+pub(super) fn factor_name(name: Option<&str>) -> AppResult<Option<&str>> {
+    if name.is_some_and(|n| n.chars().count() > MAX_NAME || n.chars().any(char::is_control)) {
+        return Err(AppError::validation(
+            "name",
+            format!("must be at most {MAX_NAME} characters, without control characters"),
+        ));
+    }
+    Ok(name.map(str::trim).filter(|n| !n.is_empty()))
+}
 
 /// A new TOTP factor's name (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -149,21 +163,7 @@ async fn enroll_totp(
     OptionalJson(body): OptionalJson<EnrollRequest>,
 ) -> AppResult<(StatusCode, Json<TotpEnrolment>)> {
     let request = body.unwrap_or_default();
-    if request
-        .name
-        .as_deref()
-        .is_some_and(|n| n.chars().count() > MAX_NAME || n.chars().any(char::is_control))
-    {
-        return Err(AppError::validation(
-            "name",
-            format!("must be at most {MAX_NAME} characters, without control characters"),
-        ));
-    }
-    let name = request
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
+    let name = factor_name(request.name.as_deref())?;
     let enrolment = state.services.mfa.enroll_totp(&caller, name).await?;
     Ok((
         StatusCode::CREATED,
@@ -253,8 +253,9 @@ async fn regenerate_recovery_codes(
     Ok(Json(RecoveryCodes { recovery_codes }))
 }
 
-/// A second factor: a code from the app, or a recovery code (exactly one);
-/// and either the `mfa_token` of a login, or (step-up) a Bearer token.
+/// A second factor: a code from the app, a recovery code, or a passkey's
+/// answer with its `challenge_id` (exactly one); and either the
+/// `mfa_token` of a login, or (step-up) a Bearer token.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct VerifyRequest {
     /// From the login's 403 `mfa_required`; absent for a step-up.
@@ -265,6 +266,12 @@ pub struct VerifyRequest {
     /// One of the recovery codes, in place of `code`.
     #[schema(example = "abcde-fghij")]
     pub recovery_code: Option<String>,
+    /// From `POST /auth/mfa/passkey/start`, with `credential`.
+    pub challenge_id: Option<Uuid>,
+    /// A passkey's assertion (`AuthenticationResponseJSON`, as
+    /// `credential.toJSON()` gives it), in place of `code`.
+    #[schema(value_type = Option<Object>)]
+    pub credential: Option<Box<PublicKeyCredential>>,
 }
 
 /// What `POST /auth/mfa/verify` answers: the token pair of a login's second
@@ -289,7 +296,8 @@ pub struct StepUpResponse {
 
 /// The second factor: with `mfa_token`, the second step of a login (the
 /// usual token pair, `aal: aal2`); with a Bearer token instead, step-up of
-/// that session to `aal2`. Each code works once; an `mfa_token` allows five.
+/// that session to `aal2`. Each code, and each passkey challenge, works
+/// once; an `mfa_token` allows five tries.
 #[utoipa::path(
     post, path = "/auth/mfa/verify", tag = "auth",
     params(("transport" = Option<String>, Query, pattern = "^(body|cookie)$",
@@ -300,7 +308,7 @@ pub struct StepUpResponse {
         (status = 200, description = "Logged in (a token pair), or stepped up (an access token)", body = VerifyAnswer),
         (status = 403, description = "`transport=cookie` from an Origin not allowed (`cross_site_request`)", body = Problem),
         (status = 401, description = "Wrong or used code (`invalid_code`); unknown, expired or spent mfa_token (`invalid_mfa_token`); neither an mfa_token nor a bearer token (`missing_mfa_token`); an invalid bearer token", body = Problem),
-        (status = 422, description = "Neither or both of code and recovery_code", body = Problem),
+        (status = 422, description = "Not exactly one of code, recovery_code and credential; a credential without its challenge_id", body = Problem),
         (status = 429, description = "Too many wrong codes for the account", body = Problem),
     )
 )]
@@ -312,13 +320,19 @@ async fn verify(
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> AppResult<Response> {
     let transport = transport(query.as_deref())?;
-    let proof = match (req.code, req.recovery_code) {
-        (Some(code), None) => Proof::Code(code),
-        (None, Some(code)) => Proof::RecoveryCode(code),
+    let proof = match (req.code, req.recovery_code, req.credential) {
+        (Some(code), None, None) => Proof::Code(code),
+        (None, Some(code), None) => Proof::RecoveryCode(code),
+        (None, None, Some(credential)) => Proof::Passkey {
+            challenge_id: req.challenge_id.ok_or_else(|| {
+                AppError::validation("challenge_id", "a passkey's answer needs its challenge_id")
+            })?,
+            credential,
+        },
         _ => {
             return Err(AppError::validation(
                 "code",
-                "give one of code and recovery_code",
+                "give one of code, recovery_code and credential",
             ));
         }
     };

@@ -13,6 +13,7 @@ mod links;
 mod mfa;
 mod oauth;
 mod openapi;
+mod passkeys;
 pub mod server;
 mod users;
 
@@ -86,6 +87,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(oauth::router())
         .merge(links::router())
         .merge(mfa::router())
+        .merge(passkeys::router())
         .merge(users::router())
         .merge(admin::router())
         .merge(audit::router())

@@ -95,16 +95,17 @@ pub trait MfaStore: Send + Sync + 'static {
         step: i64,
         now: OffsetDateTime,
     ) -> StoreResult<bool>;
-    /// Deletes one factor of the user, with `effects`; when no confirmed
-    /// factor is left, the recovery codes go too. `false` if there was none.
+    /// Deletes one factor of the user, with `effects`; when no factor is
+    /// left (confirmed, or a passkey), the recovery codes go too. `false` if
+    /// there was none.
     async fn delete_factor(
         &self,
         user_id: Uuid,
         factor_id: Uuid,
         effects: &Effects,
     ) -> StoreResult<bool>;
-    /// Deletes every factor and recovery code of the user, with `effects`;
-    /// how many factors.
+    /// Deletes every factor, passkey and recovery code of the user, with
+    /// `effects`; how many factors and passkeys.
     async fn delete_factors(&self, user_id: Uuid, effects: &Effects) -> StoreResult<u64>;
     /// Replaces the user's recovery codes, with `effects`.
     async fn replace_recovery_codes(

@@ -69,9 +69,15 @@ pub trait PasskeyStore: Send + Sync + 'static {
         purpose: CeremonyPurpose,
         now: OffsetDateTime,
     ) -> StoreResult<Option<Ceremony>>;
-    /// Stores a new passkey, with `effects`; a credential id already stored
-    /// (for any user) is [`super::StoreError::Conflict`].
-    async fn add_passkey(&self, passkey: &StoredPasskey, effects: &Effects) -> StoreResult<()>;
+    /// Stores a new passkey, with `effects` and, if given, the recovery
+    /// codes that replace the user's; a credential id already stored (for
+    /// any user) is [`super::StoreError::Conflict`].
+    async fn add_passkey(
+        &self,
+        passkey: &StoredPasskey,
+        recovery_codes: Option<&[[u8; 32]]>,
+        effects: &Effects,
+    ) -> StoreResult<()>;
     /// The user's passkeys, oldest first.
     async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>>;
     /// The passkey with this credential id, whoever's it is.
@@ -87,8 +93,8 @@ pub trait PasskeyStore: Send + Sync + 'static {
         credential: &str,
         now: OffsetDateTime,
     ) -> StoreResult<bool>;
-    /// Deletes one passkey of the user, with `effects`; `false` if the user
-    /// has no such passkey.
+    /// Deletes one passkey of the user, with `effects` (and the recovery
+    /// codes, if no factor is left); `false` if the user has no such passkey.
     async fn delete_passkey(&self, user_id: Uuid, id: Uuid, effects: &Effects)
     -> StoreResult<bool>;
 }

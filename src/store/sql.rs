@@ -948,6 +948,21 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// Recovery codes stand in for a factor: with no factor left (a
+            /// confirmed TOTP factor or a passkey), none are kept.
+            async fn drop_codes_without_factors(tx: &mut Tx, user_id: Uuid) -> StoreResult<()> {
+                sqlx::query(
+                    "DELETE FROM recovery_codes WHERE user_id = $1 \
+                     AND NOT EXISTS (SELECT 1 FROM mfa_factors \
+                                     WHERE user_id = $1 AND confirmed_at IS NOT NULL) \
+                     AND NOT EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)",
+                )
+                .bind(user_id)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             /// Writes what a change brings with it, in the change's transaction.
             async fn write_effects(tx: &mut Tx, effects: &Effects) -> StoreResult<()> {
                 if let Some(token) = &effects.token {
@@ -1812,15 +1827,7 @@ macro_rules! sql_store {
                         if done.rows_affected() != 1 {
                             return Ok(false);
                         }
-                        // Recovery codes stand in for a factor: none left, none kept.
-                        sqlx::query(
-                            "DELETE FROM recovery_codes WHERE user_id = $1 AND NOT EXISTS \
-                             (SELECT 1 FROM mfa_factors WHERE user_id = $1 \
-                              AND confirmed_at IS NOT NULL)",
-                        )
-                        .bind(user_id)
-                        .execute(&mut *tx)
-                        .await?;
+                        drop_codes_without_factors(&mut tx, user_id).await?;
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(true)
@@ -1837,10 +1844,14 @@ macro_rules! sql_store {
                             .bind(user_id)
                             .execute(&mut *tx)
                             .await?;
+                        let passkeys = sqlx::query("DELETE FROM passkeys WHERE user_id = $1")
+                            .bind(user_id)
+                            .execute(&mut *tx)
+                            .await?;
                         replace_codes(&mut tx, user_id, &[]).await?;
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
-                        Ok(done.rows_affected())
+                        Ok(done.rows_affected() + passkeys.rows_affected())
                     })
                     .await
                 }
@@ -2008,10 +2019,12 @@ macro_rules! sql_store {
                 async fn add_passkey(
                     &self,
                     passkey: &StoredPasskey,
+                    recovery_codes: Option<&[[u8; 32]]>,
                     effects: &Effects,
                 ) -> StoreResult<()> {
                     let writer = self.writer().clone();
                     let (passkey, effects) = (passkey.clone(), effects.clone());
+                    let recovery_codes = recovery_codes.map(<[_]>::to_vec);
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         sqlx::query(
@@ -2031,6 +2044,9 @@ macro_rules! sql_store {
                             StoreError::Conflict(_) => StoreError::Conflict("passkey"),
                             other => other,
                         })?;
+                        if let Some(hashes) = &recovery_codes {
+                            replace_codes(&mut tx, passkey.user_id, hashes).await?;
+                        }
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(())
@@ -2098,6 +2114,7 @@ macro_rules! sql_store {
                         if done.rows_affected() != 1 {
                             return Ok(false);
                         }
+                        drop_codes_without_factors(&mut tx, user_id).await?;
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(true)

@@ -22,6 +22,7 @@ mod metrics;
 mod mfa;
 mod outage;
 mod outbox;
+mod passkeys;
 mod refresh;
 mod signup;
 mod throttling;
@@ -54,6 +55,7 @@ fn main() {
         outage::more_trials,
         outbox::trials,
         outbox::postgres_only_trials,
+        passkeys::trials,
         refresh::trials,
         signup::trials,
         throttling::trials,
