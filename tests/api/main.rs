@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod browser;
 mod connections;
 mod cookies;
 mod disk;
@@ -36,6 +37,7 @@ fn main() {
     let modules: &[fn(bool) -> Vec<Trial>] = &[
         admin::trials,
         audit::trials,
+        browser::trials,
         connections::trials,
         connections::memory_trials,
         cookies::trials,
