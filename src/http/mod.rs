@@ -64,8 +64,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[openapi(
     info(
         title = "authgate",
-        description = "Authentication and authorization: signup, login, JWT access tokens, \
-                       rotating refresh tokens, roles. Errors are RFC 9457 problem documents."
+        description = include_str!("../../docs/api.md")
     ),
     modifiers(&SecuritySchemes),
     tags(
