@@ -9,11 +9,11 @@ use authgate::{
     config::DatabaseUrl,
     domain::{Email, Role, Roles, Username},
     store::{
-        self, Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, Ceremony,
+        self, Added, Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, Ceremony,
         CeremonyPurpose, Effects, Factor, FactorKind, FlowPurpose, KeyGuard, MailStatus,
-        NewChallenge, NewFlowToken, NewSession, NewUser, OutboxMail, Redeemed, Redemption,
-        RefreshRequest, RevokeReason, Rotation, SessionAuth, Store, StoreError, StoredKey,
-        StoredPasskey, UserChanges, UserFilter,
+        NewChallenge, NewFlowToken, NewSession, NewUser, OutboxMail, ProvedFactor, Redeemed,
+        Redemption, RefreshRequest, RevokeReason, Rotation, SessionAuth, Store, StoreError,
+        StoredKey, StoredPasskey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
@@ -62,6 +62,7 @@ fn session_for(user_id: Uuid, refresh: u8, lifetime: Duration) -> NewSession {
         roles: Roles::new([Role::user()]),
         level: "aal1".into(),
         methods: vec!["pwd".into()],
+        factor: None,
     }
 }
 
@@ -133,6 +134,8 @@ on_both_databases!(
     purge_deletes_expired_ceremonies_and_keeps_live_ones,
     deleting_a_user_removes_its_passkeys_and_ceremonies,
     recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left,
+    a_passkey_is_added_within_the_cap_and_as_first_factor_only_if_first,
+    a_session_resting_on_a_factor_opens_only_while_the_factor_is_there,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -3025,13 +3028,16 @@ async fn an_added_passkey_reads_back_whole_oldest_first_and_only_for_its_user(ba
     let older = passkey(alice, &every_byte, "YubiKey 5 \"NFC\"", start);
     let bobs = passkey(bob, &[0x00, 0xff], "phone", start + Duration::seconds(5));
     let enrolled = passkey_event(AuditKind::MfaEnrolled, alice, "passkey laptop");
-    store.add_passkey(&newer, None, &enrolled).await.unwrap();
     store
-        .add_passkey(&bobs, None, &Default::default())
+        .add_passkey(&newer, None, 20, &enrolled)
         .await
         .unwrap();
     store
-        .add_passkey(&older, None, &Default::default())
+        .add_passkey(&bobs, None, 20, &Default::default())
+        .await
+        .unwrap();
+    store
+        .add_passkey(&older, None, 20, &Default::default())
         .await
         .unwrap();
     assert_eq!(every_audit_event(&store).await, enrolled.audit);
@@ -3078,14 +3084,14 @@ async fn a_credential_id_stored_for_any_user_is_a_conflict_that_writes_nothing(b
     let bob = user_id(&store, "jon").await;
     let first = passkey(alice, &[0x00, 0x2a, 0xff], "first", clock::now());
     store
-        .add_passkey(&first, None, &Default::default())
+        .add_passkey(&first, None, 20, &Default::default())
         .await
         .unwrap();
 
     for (who, name) in [(alice, "again"), (bob, "stolen")] {
         let clash = passkey(who, &first.credential_id, name, clock::now());
         let effects = passkey_event(AuditKind::MfaEnrolled, who, name);
-        let refused = store.add_passkey(&clash, None, &effects).await;
+        let refused = store.add_passkey(&clash, None, 20, &effects).await;
         assert!(
             matches!(refused, Err(StoreError::Conflict("passkey"))),
             "{name}: {refused:?}"
@@ -3106,7 +3112,10 @@ async fn a_credential_id_stored_for_any_user_is_a_conflict_that_writes_nothing(b
     // The refusals left nothing behind that stops the next passkey.
     let other = passkey(bob, &[0x00, 0x2a], "other", clock::now());
     let enrolled = passkey_event(AuditKind::MfaEnrolled, bob, "other");
-    store.add_passkey(&other, None, &enrolled).await.unwrap();
+    store
+        .add_passkey(&other, None, 20, &enrolled)
+        .await
+        .unwrap();
     assert_eq!(store.passkeys(bob).await.unwrap(), vec![other]);
     assert_eq!(every_audit_event(&store).await, enrolled.audit);
 }
@@ -3120,14 +3129,19 @@ async fn using_a_passkey_records_its_credential_and_when(backend: Backend) {
     let bobs = passkey(bob, &[2, 0, 0xff], "phone", created_at);
     for p in [&alices, &bobs] {
         store
-            .add_passkey(p, None, &Default::default())
+            .add_passkey(p, None, 20, &Default::default())
             .await
             .unwrap();
     }
 
     let now = clock::now();
     let counted = r#"{"cred_id":[1,0,255],"counter":1}"#;
-    assert!(store.use_passkey(alices.id, counted, now).await.unwrap());
+    assert!(
+        store
+            .use_passkey(alices.id, &alices.credential, counted, now)
+            .await
+            .unwrap()
+    );
     let used = StoredPasskey {
         credential: counted.into(),
         last_used_at: Some(now),
@@ -3144,9 +3158,19 @@ async fn using_a_passkey_records_its_credential_and_when(backend: Backend) {
 
     let later = now + Duration::minutes(1);
     let counted_again = r#"{"cred_id":[1,0,255],"counter":2}"#;
+    // A login that read the record before the first use counted: refused,
+    // the record stays.
+    assert!(
+        !store
+            .use_passkey(alices.id, &alices.credential, counted_again, later)
+            .await
+            .unwrap(),
+        "a stale read"
+    );
+    assert_eq!(store.passkeys(alice).await.unwrap()[0].credential, counted);
     assert!(
         store
-            .use_passkey(alices.id, counted_again, later)
+            .use_passkey(alices.id, counted, counted_again, later)
             .await
             .unwrap()
     );
@@ -3162,7 +3186,7 @@ async fn using_a_passkey_records_its_credential_and_when(backend: Backend) {
 
     assert!(
         !store
-            .use_passkey(Uuid::now_v7(), "{}", later)
+            .use_passkey(Uuid::now_v7(), "{}", "{}", later)
             .await
             .unwrap(),
         "an unknown passkey"
@@ -3185,7 +3209,7 @@ async fn a_passkey_is_deleted_once_and_only_by_its_user_with_its_effects(backend
     let bobs = passkey(bob, &[3], "bob's", start);
     for p in [&first, &second, &bobs] {
         store
-            .add_passkey(p, None, &Default::default())
+            .add_passkey(p, None, 20, &Default::default())
             .await
             .unwrap();
     }
@@ -3305,7 +3329,7 @@ async fn deleting_a_user_removes_its_passkeys_and_ceremonies(backend: Backend) {
     ];
     for p in alices.iter().chain(&bobs) {
         store
-            .add_passkey(p, None, &Default::default())
+            .add_passkey(p, None, 20, &Default::default())
             .await
             .unwrap();
     }
@@ -3394,16 +3418,18 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     // A first passkey brings its codes, in its own transaction.
     let key = passkey(alice, &[7, 7], "phone", now);
     store
-        .add_passkey(&key, Some(&codes), &Default::default())
+        .add_passkey(&key, Some(&codes), 20, &Default::default())
         .await
         .unwrap();
     assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
     // A clash writes neither the passkey nor the codes.
-    let clash = passkey(alice, &[7, 7], "again", now);
+    let bob = user_id(&store, "max").await;
+    let clash = passkey(bob, &[7, 7], "again", now);
     let refused = store
-        .add_passkey(&clash, Some(&[[6; 32]]), &Default::default())
+        .add_passkey(&clash, Some(&[[6; 32]]), 20, &Default::default())
         .await;
     assert!(matches!(refused, Err(StoreError::Conflict("passkey"))));
+    assert_eq!(store.recovery_codes_left(bob).await.unwrap(), 0);
     assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
 
     // A TOTP factor removed beside the passkey leaves the codes.
@@ -3435,7 +3461,7 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     // An admin's reset removes passkeys with the factors.
     let again = passkey(alice, &[8], "laptop", now);
     store
-        .add_passkey(&again, Some(&codes), &Default::default())
+        .add_passkey(&again, Some(&codes), 20, &Default::default())
         .await
         .unwrap();
     assert_eq!(
@@ -3447,4 +3473,132 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     );
     assert!(store.passkeys(alice).await.unwrap().is_empty());
     assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
+}
+
+async fn a_passkey_is_added_within_the_cap_and_as_first_factor_only_if_first(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "mae").await;
+    let now = clock::now();
+    let codes = [[9; 32]];
+
+    let first = passkey(alice, &[1; 16], "one", now);
+    assert_eq!(
+        store
+            .add_passkey(&first, Some(&codes), 2, &Default::default())
+            .await
+            .unwrap(),
+        Added::Added
+    );
+    // Asked as the first factor again: there is one now.
+    let second = passkey(alice, &[2; 16], "two", now);
+    assert_eq!(
+        store
+            .add_passkey(&second, Some(&[[8; 32]]), 2, &Default::default())
+            .await
+            .unwrap(),
+        Added::NotFirst
+    );
+    assert_eq!(store.passkeys(alice).await.unwrap(), vec![first.clone()]);
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 1);
+    assert!(store.use_recovery_code(alice, &[9; 32], now).await.unwrap());
+
+    assert_eq!(
+        store
+            .add_passkey(&second, None, 2, &Default::default())
+            .await
+            .unwrap(),
+        Added::Added
+    );
+    // At the cap, nothing more is written, whatever the starts let through.
+    let third = passkey(alice, &[3; 16], "three", now);
+    let effects = passkey_event(AuditKind::MfaEnrolled, alice, "three");
+    assert_eq!(
+        store.add_passkey(&third, None, 2, &effects).await.unwrap(),
+        Added::TooMany
+    );
+    assert_eq!(store.passkeys(alice).await.unwrap().len(), 2);
+    assert!(every_audit_event(&store).await.is_empty());
+
+    // New codes need a factor: with none left, none are written.
+    for p in [&first, &second] {
+        assert!(
+            store
+                .delete_passkey(alice, p.id, &Default::default())
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        !store
+            .replace_recovery_codes(alice, &codes, &Default::default())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
+}
+
+async fn a_session_resting_on_a_factor_opens_only_while_the_factor_is_there(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = user_id(&store, "ned").await;
+    let now = clock::now();
+    let key = passkey(alice, &[4; 16], "phone", now);
+    store
+        .add_passkey(&key, Some(&[[1; 32]]), 20, &Default::default())
+        .await
+        .unwrap();
+    let resting_on = |factor: ProvedFactor, refresh: u8| NewSession {
+        factor: Some(factor),
+        ..session_for(alice, refresh, Duration::hours(1))
+    };
+
+    assert!(
+        store
+            .create_session(
+                &resting_on(ProvedFactor::This(key.id), 1),
+                &Default::default()
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_session(
+                &resting_on(ProvedFactor::This(Uuid::now_v7()), 2),
+                &Default::default()
+            )
+            .await
+            .unwrap(),
+        "another factor"
+    );
+    assert!(
+        store
+            .create_session(&resting_on(ProvedFactor::Any, 3), &Default::default())
+            .await
+            .unwrap()
+    );
+
+    // A reset removes the factors: a login that proved one opens nothing.
+    store
+        .delete_factors(alice, &Default::default())
+        .await
+        .unwrap();
+    for (factor, refresh) in [(ProvedFactor::This(key.id), 4), (ProvedFactor::Any, 5)] {
+        assert!(
+            !store
+                .create_session(&resting_on(factor, refresh), &Default::default())
+                .await
+                .unwrap(),
+            "{factor:?}"
+        );
+    }
+    // A password login rests on no factor.
+    assert!(
+        store
+            .create_session(
+                &session_for(alice, 6, Duration::hours(1)),
+                &Default::default()
+            )
+            .await
+            .unwrap()
+    );
 }

@@ -26,7 +26,10 @@ use crate::{
     },
     domain::User,
     limits::{Key, RateLimiter, client_bucket},
-    store::{Attempt, AuditKind, Effects, Factor, FactorKind, MfaStore, NewChallenge, Store},
+    store::{
+        Attempt, AuditKind, Effects, Factor, FactorKind, MfaStore, NewChallenge, ProvedFactor,
+        Store,
+    },
 };
 
 /// How many recovery codes a user gets at a time.
@@ -54,18 +57,20 @@ pub struct MfaPolicy {
 /// What proved the second factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecondFactor {
-    Totp,
+    /// A code of this TOTP factor.
+    Totp(Uuid),
     RecoveryCode,
-    Passkey,
+    /// This passkey.
+    Passkey(Uuid),
 }
 
 impl SecondFactor {
     /// As the audit log names it.
     pub fn describe(self) -> &'static str {
         match self {
-            SecondFactor::Totp => "with a TOTP code",
+            SecondFactor::Totp(_) => "with a TOTP code",
             SecondFactor::RecoveryCode => "with a recovery code",
-            SecondFactor::Passkey => "with a passkey",
+            SecondFactor::Passkey(_) => "with a passkey",
         }
     }
 
@@ -73,9 +78,18 @@ impl SecondFactor {
     /// has none (the session says `mfa` alone).
     pub fn method(self) -> Option<&'static str> {
         match self {
-            SecondFactor::Totp => Some("otp"),
+            SecondFactor::Totp(_) => Some("otp"),
             SecondFactor::RecoveryCode => None,
-            SecondFactor::Passkey => Some("hwk"),
+            SecondFactor::Passkey(_) => Some("hwk"),
+        }
+    }
+
+    /// The factor a session opened with it rests on: a recovery code
+    /// stands in for any.
+    pub fn proved(self) -> ProvedFactor {
+        match self {
+            SecondFactor::Totp(id) | SecondFactor::Passkey(id) => ProvedFactor::This(id),
+            SecondFactor::RecoveryCode => ProvedFactor::Any,
         }
     }
 }
@@ -336,10 +350,7 @@ impl Mfa {
     ) -> AuthResult<Vec<String>> {
         require_aal2(caller)?;
         if self.factor_types(caller.user_id).await?.is_empty() {
-            return Err(AuthError::Invalid {
-                field: "factors",
-                message: "recovery codes need a second factor first".into(),
-            });
+            return Err(no_factor());
         }
         let (codes, hashes) = recovery_codes();
         let effects = Effects::audit(
@@ -352,15 +363,32 @@ impl Mfa {
                 .user(caller.user_id)
                 .session(caller.session_id),
         );
-        self.store
+        // The store checks again, with the change: the last factor may go
+        // meanwhile, and codes must not outlive it.
+        if !self
+            .store
             .replace_recovery_codes(caller.user_id, &hashes, &effects)
-            .await?;
+            .await?
+        {
+            return Err(no_factor());
+        }
         Ok(codes)
     }
 
     /// An admin removes every factor of a user, passkeys included (a lost
-    /// phone), and ends the user's sessions.
-    pub async fn reset(&self, client: &Client, admin: Uuid, user_id: Uuid) -> AuthResult<()> {
+    /// phone), and ends the user's sessions. An admin's own factors go only
+    /// from a session of two, as through the user's own routes (a session
+    /// opened before the factors must not remove them).
+    pub async fn reset(
+        &self,
+        client: &Client,
+        admin: &Authenticated,
+        user_id: Uuid,
+    ) -> AuthResult<()> {
+        if admin.user_id == user_id {
+            require_aal2_if_enrolled(self.store.as_ref(), admin).await?;
+        }
+        let admin = admin.user_id;
         let user = self
             .store
             .get_user(user_id)
@@ -563,7 +591,7 @@ impl Mfa {
                         .passkeys
                         .check_second_factor(user_id, *challenge_id, credential)
                         .await?
-                        .then_some(SecondFactor::Passkey),
+                        .map(SecondFactor::Passkey),
                 };
                 Ok(factor.map(|f| (f, attempt)))
             })
@@ -590,7 +618,7 @@ impl Mfa {
             // Why in the store: two requests with one code race here, and
             // only one may pass (no replay).
             if self.store.use_totp_step(factor.id, step, now).await? {
-                return Ok(Some(SecondFactor::Totp));
+                return Ok(Some(SecondFactor::Totp(factor.id)));
             }
         }
         Ok(None)
@@ -733,6 +761,13 @@ pub async fn require_aal2_if_enrolled(store: &dyn Store, caller: &Authenticated)
         Err(AuthError::InsufficientAuthentication)
     } else {
         Ok(())
+    }
+}
+
+fn no_factor() -> AuthError {
+    AuthError::Invalid {
+        field: "factors",
+        message: "recovery codes need a second factor first".into(),
     }
 }
 

@@ -31,11 +31,21 @@ use crate::{
     clock::SharedClock,
     domain::{User, login_key},
     limits::{Key, Quota, RateLimiter, client_bucket},
-    store::{AuditKind, Ceremony, CeremonyPurpose, Effects, Store, StoredPasskey},
+    store::{Added, AuditKind, Ceremony, CeremonyPurpose, Effects, Store, StoredPasskey},
 };
 
 /// The most passkeys one account may hold.
 pub const MAX_PASSKEYS: usize = 20;
+
+/// The lengths of credential id accepted, in bytes.
+const CREDENTIAL_ID_LEN: std::ops::RangeInclusive<usize> = 16..=1023;
+
+fn too_many() -> AuthError {
+    AuthError::Invalid {
+        field: "passkeys",
+        message: format!("an account holds at most {MAX_PASSKEYS} passkeys"),
+    }
+}
 
 /// The relying party and the ceremonies' limits, fixed at start-up.
 #[derive(Clone)]
@@ -45,6 +55,8 @@ pub struct PasskeyPolicy {
     pub ceremony_ttl: Duration,
     /// Passwordless login starts per client address (each stores a state).
     pub starts_per_ip: Quota,
+    /// Registration and second-factor starts per user (each stores one).
+    pub starts_per_user: Quota,
     /// A user must have verified the address to log in (as for passwords).
     pub require_verified_email: bool,
 }
@@ -81,6 +93,7 @@ impl PasskeyPolicy {
             webauthn: Arc::new(webauthn),
             ceremony_ttl: Duration::from_secs(5 * 60),
             starts_per_ip: Quota::per_minute(30),
+            starts_per_user: Quota::per_minute(30),
             require_verified_email,
         })
     }
@@ -148,12 +161,10 @@ impl Passkeys {
     pub async fn start_registration(&self, caller: &Authenticated) -> AuthResult<Started> {
         require_aal2_if_enrolled(self.store.as_ref(), caller).await?;
         let user = &caller.user.user;
+        self.count_start(user.id).await?;
         let existing = self.store.passkeys(user.id).await?;
         if existing.len() >= MAX_PASSKEYS {
-            return Err(AuthError::Invalid {
-                field: "passkeys",
-                message: format!("an account holds at most {MAX_PASSKEYS} passkeys"),
-            });
+            return Err(too_many());
         }
         // The authenticator refuses to make a second passkey of the account.
         let exclude = existing.into_iter().map(|p| p.credential_id).collect();
@@ -206,6 +217,14 @@ impl Passkeys {
                     message: format!("was not accepted: {e}"),
                 }
             })?;
+        // WebAuthn §7.1 step 25: an id longer than 1023 bytes is refused
+        // (and one shorter than 16 has too little entropy to be anyone's).
+        if !CREDENTIAL_ID_LEN.contains(&passkey.cred_id().len()) {
+            return Err(AuthError::Invalid {
+                field: "credential",
+                message: "has a credential id not of 16 to 1023 bytes".into(),
+            });
+        }
         let now = self.clock.now();
         let stored = StoredPasskey {
             id: Uuid::now_v7(),
@@ -216,10 +235,14 @@ impl Passkeys {
             created_at: now,
             last_used_at: None,
         };
-        let first = mfa::factor_types(self.store.as_ref(), user.id)
-            .await?
-            .is_empty();
-        let codes = first.then(mfa::recovery_codes);
+        // A one-factor session may add only the first factor; the store
+        // checks that with the insert, as two such finishes may race.
+        let one_factor = require_aal2(caller).is_err();
+        let first = one_factor
+            || mfa::factor_types(self.store.as_ref(), user.id)
+                .await?
+                .is_empty();
+        let mut codes = first.then(mfa::recovery_codes);
         let mut effects = Effects::audit(
             self.audit
                 .event(client, Some(user.id), AuditKind::MfaEnrolled)
@@ -229,13 +252,22 @@ impl Passkeys {
         );
         self.letters
             .security_notice(&mut effects, user, SecurityNotice::FactorAdded, now);
-        self.store
-            .add_passkey(
-                &stored,
-                codes.as_ref().map(|(_, hashes)| hashes.as_slice()),
-                &effects,
-            )
-            .await?;
+        loop {
+            let first = codes.as_ref().map(|(_, hashes)| hashes.as_slice());
+            match self
+                .store
+                .add_passkey(&stored, first, MAX_PASSKEYS as u32, &effects)
+                .await?
+            {
+                Added::Added => break,
+                Added::TooMany => return Err(too_many()),
+                Added::NotFirst if one_factor => {
+                    return Err(AuthError::InsufficientAuthentication);
+                }
+                // Another factor came first: this one brings no codes.
+                Added::NotFirst => codes = None,
+            }
+        }
         self.letters.wake();
         Ok(Registered {
             passkey: stored.into(),
@@ -347,7 +379,7 @@ impl Passkeys {
             .check_login(credential, state, &mut account)
             .await
             .inspect_err(|e| tracing::info!(error = %e, "passkey login refused"));
-        let (user, password_hash, user_verified) = match checked {
+        let (user, password_hash, passkey, user_verified) = match checked {
             Ok(found) => found,
             Err(e @ AuthError::InvalidCredentials) => {
                 let mut failed = self
@@ -376,7 +408,10 @@ impl Passkeys {
                 &user,
                 &password_hash,
                 client,
-                SignIn::Passkey { user_verified },
+                SignIn::Passkey {
+                    passkey,
+                    user_verified,
+                },
             )
             .await
     }
@@ -389,12 +424,15 @@ impl Passkeys {
         credential: &PublicKeyCredential,
         state: LoginState,
         account: &mut Option<Uuid>,
-    ) -> AuthResult<(User, String, bool)> {
+    ) -> AuthResult<(User, String, Uuid, bool)> {
         let (user_id, credential_id) = self
             .policy
             .webauthn
             .identify_discoverable_authentication(credential)
             .map_err(|_| AuthError::InvalidCredentials)?;
+        if credential_id.len() > *CREDENTIAL_ID_LEN.end() {
+            return Err(AuthError::InvalidCredentials);
+        }
         // The credential must be the one stored for the user the
         // authenticator names: else one account's passkey could be
         // presented as another's.
@@ -414,7 +452,9 @@ impl Passkeys {
                 tracing::info!(error = %e, "passkey assertion refused");
                 AuthError::InvalidCredentials
             })?;
-        self.record_use(&stored, &mut passkey, &result).await?;
+        if !self.record_use(&stored, &mut passkey, &result).await? {
+            return Err(AuthError::InvalidCredentials);
+        }
         let found = self
             .store
             .get_credentials(user_id)
@@ -434,13 +474,19 @@ impl Passkeys {
                 return Err(AuthError::InvalidCredentials);
             }
         }
-        Ok((found.user, found.password_hash, result.user_verified()))
+        Ok((
+            found.user,
+            found.password_hash,
+            stored.id,
+            result.user_verified(),
+        ))
     }
 
     /// Starts a passkey assertion as the second factor of `user_id`, whose
     /// password (or session) is already proved: the options list the
     /// user's passkeys.
     pub(super) async fn start_second_factor(&self, user_id: Uuid) -> AuthResult<Started> {
+        self.count_start(user_id).await?;
         let passkeys = self.passkeys_of(user_id).await?;
         if passkeys.is_empty() {
             return Err(AuthError::Invalid {
@@ -462,21 +508,22 @@ impl Passkeys {
         })
     }
 
-    /// Checks a passkey's assertion as the second factor of `user_id`:
-    /// `false` for any answer that does not prove it (an unknown, used or
-    /// another user's challenge included), counted as a wrong code.
+    /// Checks a passkey's assertion as the second factor of `user_id`: the
+    /// passkey's id, or `None` for any answer that does not prove it (an
+    /// unknown, used or another user's challenge included), counted as a
+    /// wrong code.
     pub(super) async fn check_second_factor(
         &self,
         user_id: Uuid,
         challenge_id: Uuid,
         credential: &PublicKeyCredential,
-    ) -> AuthResult<bool> {
+    ) -> AuthResult<Option<Uuid>> {
         let state: PasskeyAuthentication = match self
             .take(challenge_id, CeremonyPurpose::SecondFactor, Some(user_id))
             .await
         {
             Ok(state) => state,
-            Err(AuthError::Invalid { .. }) => return Ok(false),
+            Err(AuthError::Invalid { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let result = match self
@@ -487,7 +534,7 @@ impl Passkeys {
             Ok(result) => result,
             Err(e) => {
                 tracing::info!(error = %e, "passkey assertion refused");
-                return Ok(false);
+                return Ok(None);
             }
         };
         let Some(stored) = self
@@ -496,11 +543,11 @@ impl Passkeys {
             .await?
             .filter(|p| p.user_id == user_id)
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let mut passkey: Passkey = serde_json::from_str(&stored.credential).map_err(internal)?;
-        self.record_use(&stored, &mut passkey, &result).await?;
-        Ok(true)
+        let counted = self.record_use(&stored, &mut passkey, &result).await?;
+        Ok(counted.then_some(stored.id))
     }
 
     async fn passkeys_of(&self, user_id: Uuid) -> AuthResult<Vec<Passkey>> {
@@ -514,16 +561,29 @@ impl Passkeys {
 
     /// Keeps the counter the assertion brought (the library refused it had
     /// it not grown, which betrays a cloned authenticator) and the time.
+    /// `false` if another login counted since this one read the passkey
+    /// (or it is gone): of answers racing with one counter, one passes.
     async fn record_use(
         &self,
         stored: &StoredPasskey,
         passkey: &mut Passkey,
         result: &webauthn_rs::prelude::AuthenticationResult,
-    ) -> AuthResult<()> {
+    ) -> AuthResult<bool> {
         passkey.update_credential(result);
         let credential = serde_json::to_string(&passkey).map_err(internal)?;
-        self.store
-            .use_passkey(stored.id, &credential, self.clock.now())
+        Ok(self
+            .store
+            .use_passkey(stored.id, &stored.credential, &credential, self.clock.now())
+            .await?)
+    }
+
+    /// Counts a start of the user's against its quota: each stores a state
+    /// until it expires, and a session or an `mfa_token` must not be able to
+    /// fill the database.
+    async fn count_start(&self, user_id: Uuid) -> AuthResult<()> {
+        let key = Key::new("passkey_start_rate", format!("user:{user_id}"));
+        self.limiter
+            .take(&key, self.policy.starts_per_user, self.clock.now())
             .await?;
         Ok(())
     }

@@ -21,8 +21,8 @@ use crate::{
     domain::User,
     limits::{Key, Quota, RateLimiter, client_bucket},
     store::{
-        AuditKind, Effects, NewSession, RefreshRequest, RevokeReason, Rotation, SessionAuth,
-        SessionStore,
+        AuditKind, Effects, NewSession, ProvedFactor, RefreshRequest, RevokeReason, Rotation,
+        SessionAuth, SessionStore,
     },
 };
 
@@ -33,9 +33,9 @@ pub enum SignIn {
     Password,
     /// The password, then a second factor.
     TwoFactor(SecondFactor),
-    /// A passkey alone; `user_verified` if the authenticator checked its
+    /// This passkey alone; `user_verified` if the authenticator checked its
     /// user (a PIN or biometric) as well.
-    Passkey { user_verified: bool },
+    Passkey { passkey: Uuid, user_verified: bool },
 }
 
 impl SignIn {
@@ -44,7 +44,17 @@ impl SignIn {
         match self {
             SignIn::Password => Authentication::password(now),
             SignIn::TwoFactor(factor) => Authentication::two_factor(now, factor.method()),
-            SignIn::Passkey { user_verified } => Authentication::passkey(now, user_verified),
+            SignIn::Passkey { user_verified, .. } => Authentication::passkey(now, user_verified),
+        }
+    }
+
+    /// The factor the session rests on: it opens only if that is still
+    /// there (an admin's reset during the login is not outlived).
+    fn proved(self) -> Option<ProvedFactor> {
+        match self {
+            SignIn::Password => None,
+            SignIn::TwoFactor(factor) => Some(factor.proved()),
+            SignIn::Passkey { passkey, .. } => Some(ProvedFactor::This(passkey)),
         }
     }
 
@@ -164,6 +174,7 @@ impl Sessions {
             roles: user.roles.clone(),
             level: auth.level.clone(),
             methods: auth.methods.clone(),
+            factor: sign_in.proved(),
         };
         let mut event = self
             .audit

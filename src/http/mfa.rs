@@ -24,6 +24,7 @@ use super::{
 };
 use webauthn_rs::prelude::PublicKeyCredential;
 
+use super::passkeys::AuthenticationResponseJson;
 use crate::auth::mfa::Proof;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -41,12 +42,22 @@ pub fn router() -> OpenApiRouter<AppState> {
 const MAX_NAME: usize = 64;
 
 /// A factor's name as given: at most [`MAX_NAME`] characters, none a
-/// control character; blank is none.
+/// control character or an invisible one (a zero width space, a direction
+/// override: the name is shown in lists and mail, where they could make it
+/// pass for another); blank is none.
 pub(super) fn factor_name(name: Option<&str>) -> AppResult<Option<&str>> {
-    if name.is_some_and(|n| n.chars().count() > MAX_NAME || n.chars().any(char::is_control)) {
+    let invisible = |c: char| {
+        matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if name.is_some_and(|n| {
+        n.chars().count() > MAX_NAME || n.chars().any(|c| c.is_control() || invisible(c))
+    }) {
         return Err(AppError::validation(
             "name",
-            format!("must be at most {MAX_NAME} characters, without control characters"),
+            format!(
+                "must be at most {MAX_NAME} characters, without control or invisible characters"
+            ),
         ));
     }
     Ok(name.map(str::trim).filter(|n| !n.is_empty()))
@@ -56,11 +67,11 @@ pub(super) fn factor_name(name: Option<&str>) -> AppResult<Option<&str>> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct EnrollRequest {
     /// Shown in the list of factors; default "Authenticator app". At most 64
-    /// characters, no control characters.
+    /// characters, no control or invisible characters.
     #[schema(
         example = "Phone",
         max_length = 64,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]*$"
     )]
     pub name: Option<String>,
 }
@@ -270,7 +281,7 @@ pub struct VerifyRequest {
     pub challenge_id: Option<Uuid>,
     /// A passkey's assertion (`AuthenticationResponseJSON`, as
     /// `credential.toJSON()` gives it), in place of `code`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<AuthenticationResponseJson>)]
     pub credential: Option<Box<PublicKeyCredential>>,
 }
 
@@ -378,7 +389,7 @@ async fn verify(
     responses(
         (status = 204, description = "Every factor removed"),
         (status = 401, description = "Missing or invalid token", body = Problem),
-        (status = 403, description = "The token lacks the admin role", body = Problem),
+        (status = 403, description = "The token lacks the admin role; or the admin's own factors, from a session of one (`insufficient_user_authentication`)", body = Problem),
         (status = 404, description = "No such user", body = Problem),
     )
 )]
@@ -388,10 +399,6 @@ async fn reset_user_factors(
     ClientInfo(client): ClientInfo,
     PathId(id): PathId,
 ) -> AppResult<StatusCode> {
-    state
-        .services
-        .mfa
-        .reset(&client, admin.user_id(), id)
-        .await?;
+    state.services.mfa.reset(&client, &admin.0.0, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

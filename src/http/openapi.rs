@@ -228,6 +228,25 @@ const PRESENT: Rule = Rule {
     max_length: None,
 };
 
+/// Binary in a WebAuthn answer: unpadded base64url whose last character
+/// carries no stray bits (what a browser's `toJSON()` writes, and all the
+/// decoder takes).
+const BASE64URL: Rule = Rule {
+    pattern: Some(
+        "^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-][AQgw]|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048])?$",
+    ),
+    format: None,
+    min_length: None,
+    max_length: None,
+};
+/// An id the service gave (a ceremony's `challenge_id`), as it writes them.
+const UUID: Rule = Rule {
+    pattern: Some("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
+    format: Some(KnownFormat::Uuid),
+    min_length: None,
+    max_length: None,
+};
+
 /// States in the document the rules the request parsers enforce, from the
 /// parsers' own constants.
 fn state_request_rules(spec: &mut OpenApi) {
@@ -282,12 +301,54 @@ fn state_request_rules(spec: &mut OpenApi) {
         let branches = vec![named(&["username"]), named(&["email"])];
         combine(schemas, schema, "anyOf", branches);
     }
-    // A code or a recovery code, not both.
+    // WebAuthn's answers, as the library reads them.
+    for (schema, fields) in [
+        ("RegistrationResponseJSON", &["rawId"][..]),
+        ("AuthenticationResponseJSON", &["rawId"][..]),
+        (
+            "AuthenticatorAttestationResponseJSON",
+            &["clientDataJSON", "attestationObject"][..],
+        ),
+        (
+            "AuthenticatorAssertionResponseJSON",
+            &[
+                "clientDataJSON",
+                "authenticatorData",
+                "signature",
+                "userHandle",
+            ][..],
+        ),
+    ] {
+        for name in fields {
+            string_rule(schemas, schema, name, &BASE64URL);
+        }
+    }
+    for schema in ["RegistrationFinish", "PasskeyLoginFinish", "VerifyRequest"] {
+        string_rule(schemas, schema, "challenge_id", &UUID);
+    }
+    // Exactly one proof: a code, a recovery code, or a passkey's answer
+    // with its challenge (a null is none).
+    let proof = |given: &[&str], absent: &[&str]| {
+        let mut branch = named(given);
+        for field in absent {
+            branch["properties"][*field] = json!({"type": "null"});
+        }
+        branch
+    };
     combine(
         schemas,
         "VerifyRequest",
         "oneOf",
-        vec![named(&["code"]), named(&["recovery_code"])],
+        vec![
+            proof(&["code"], &["recovery_code", "credential"]),
+            proof(&["recovery_code"], &["code", "credential"]),
+            {
+                let mut passkey = proof(&["challenge_id"], &["code", "recovery_code"]);
+                passkey["required"] = json!(["challenge_id", "credential"]);
+                passkey["properties"]["credential"] = json!({"type": "object"});
+                passkey
+            },
+        ],
     );
     // Without a password, the account's email is mailed a link to choose one.
     combine(

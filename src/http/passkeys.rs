@@ -15,7 +15,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::{ToSchema, openapi::Object};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
@@ -66,20 +66,85 @@ impl From<Started> for CeremonyStarted {
     }
 }
 
+// The two answers' shapes, for the API document only: the WebAuthn
+// library's own types read them. The document's completion adds the
+// base64url patterns.
+
+/// WebAuthn's `RegistrationResponseJSON` (binary fields base64url).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = RegistrationResponseJSON)]
+#[allow(dead_code)]
+struct RegistrationResponseJson {
+    id: String,
+    #[serde(rename = "rawId")]
+    raw_id: String,
+    response: AttestationResponseJson,
+    /// `public-key`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// An object when given (not null).
+    #[serde(rename = "clientExtensionResults")]
+    #[schema(nullable = false)]
+    client_extension_results: Option<Object>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[schema(as = AuthenticatorAttestationResponseJSON)]
+#[allow(dead_code)]
+struct AttestationResponseJson {
+    #[serde(rename = "clientDataJSON")]
+    client_data_json: String,
+    #[serde(rename = "attestationObject")]
+    attestation_object: String,
+    transports: Option<Vec<String>>,
+}
+
+/// WebAuthn's `AuthenticationResponseJSON` (binary fields base64url).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = AuthenticationResponseJSON)]
+#[allow(dead_code)]
+pub(super) struct AuthenticationResponseJson {
+    id: String,
+    #[serde(rename = "rawId")]
+    raw_id: String,
+    response: AssertionResponseJson,
+    /// `public-key`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// An object when given (not null).
+    #[serde(rename = "clientExtensionResults")]
+    #[schema(nullable = false)]
+    client_extension_results: Option<Object>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[schema(as = AuthenticatorAssertionResponseJSON)]
+#[allow(dead_code)]
+struct AssertionResponseJson {
+    #[serde(rename = "clientDataJSON")]
+    client_data_json: String,
+    #[serde(rename = "authenticatorData")]
+    authenticator_data: String,
+    signature: String,
+    /// The user the passkey belongs to (a discoverable credential says).
+    #[serde(rename = "userHandle")]
+    user_handle: Option<String>,
+}
+
 /// The authenticator's answer to a registration.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegistrationFinish {
     pub challenge_id: Uuid,
     /// The new credential: `RegistrationResponseJSON`, as
     /// `credential.toJSON()` gives it.
-    #[schema(value_type = Object)]
+    #[schema(value_type = RegistrationResponseJson)]
     pub credential: RegisterPublicKeyCredential,
     /// Shown in the list; default "Passkey". At most 64 characters, no
-    /// control characters.
+    /// control or invisible characters.
     #[schema(
         example = "Laptop",
         max_length = 64,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]*$"
     )]
     pub name: Option<String>,
 }
@@ -135,6 +200,7 @@ pub struct PasskeyList {
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The user has a factor and the session one (`insufficient_user_authentication`)", body = Problem),
         (status = 422, description = "The account holds as many passkeys as allowed (20)", body = Problem),
+        (status = 429, description = "Too many starts for this user", body = Problem),
     )
 )]
 async fn start_registration(
@@ -157,7 +223,7 @@ async fn start_registration(
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The user has a factor and the session one (`insufficient_user_authentication`)", body = Problem),
         (status = 409, description = "This credential is registered already", body = Problem),
-        (status = 422, description = "Unknown, used or expired `challenge_id`, or a credential that does not answer it (another origin or RP ID, no user verification, a bad attestation)", body = Problem),
+        (status = 422, description = "Unknown, used or expired `challenge_id`; a credential that does not answer it (another origin or RP ID, no user verification, a bad attestation) or whose id is not of 16 to 1023 bytes; the account holds as many passkeys as allowed", body = Problem),
     )
 )]
 async fn finish_registration(
@@ -267,7 +333,7 @@ pub struct PasskeyLoginFinish {
     pub challenge_id: Uuid,
     /// The assertion: `AuthenticationResponseJSON`, as
     /// `credential.toJSON()` gives it.
-    #[schema(value_type = Object)]
+    #[schema(value_type = AuthenticationResponseJson)]
     pub credential: PublicKeyCredential,
 }
 
@@ -324,6 +390,7 @@ pub struct SecondFactorStart {
         (status = 200, description = "`publicKey` for `navigator.credentials.get`", body = CeremonyStarted),
         (status = 401, description = "Unknown, expired or spent mfa_token (`invalid_mfa_token`); neither an mfa_token nor a bearer token (`missing_mfa_token`); an invalid bearer token", body = Problem),
         (status = 422, description = "The user has no passkey", body = Problem),
+        (status = 429, description = "Too many starts for this user", body = Problem),
     )
 )]
 async fn start_second_factor(

@@ -107,13 +107,14 @@ pub trait MfaStore: Send + Sync + 'static {
     /// Deletes every factor, passkey and recovery code of the user, with
     /// `effects`; how many factors and passkeys.
     async fn delete_factors(&self, user_id: Uuid, effects: &Effects) -> StoreResult<u64>;
-    /// Replaces the user's recovery codes, with `effects`.
+    /// Replaces the user's recovery codes, with `effects`, if the user has
+    /// a factor (a confirmed TOTP factor or a passkey); `false` if not.
     async fn replace_recovery_codes(
         &self,
         user_id: Uuid,
         hashes: &[[u8; 32]],
         effects: &Effects,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
     /// Spends one unused recovery code of the user; `false` if there is no
     /// such unused code.
     async fn use_recovery_code(

@@ -28,7 +28,7 @@ pub use lifecycle::{
     MailStatus, NewFlowToken, OutboxMail, Outcome, QueuedMail, Redeemed, Redemption,
 };
 pub use mfa::{Attempt, Factor, FactorKind, MfaStore, NewChallenge};
-pub use passkeys::{Ceremony, CeremonyPurpose, PasskeyStore, StoredPasskey};
+pub use passkeys::{Added, Ceremony, CeremonyPurpose, PasskeyStore, StoredPasskey};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -148,6 +148,18 @@ pub struct NewSession {
     /// How the login authenticated (its time is `created_at`).
     pub level: String,
     pub methods: Vec<String>,
+    /// The factor the login proved, which must still be there: a reset or
+    /// removal committed during the login is not outlived either.
+    pub factor: Option<ProvedFactor>,
+}
+
+/// A factor a new session rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProvedFactor {
+    /// This confirmed TOTP factor or passkey.
+    This(Uuid),
+    /// Any factor of the user (a recovery code stands in for one).
+    Any,
 }
 
 /// A live session as its user sees it.

@@ -55,6 +55,16 @@ pub struct Ceremony {
     pub expires_at: OffsetDateTime,
 }
 
+/// What came of adding a passkey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    Added,
+    /// The user holds as many passkeys as allowed.
+    TooMany,
+    /// Asked to be the first factor, but the user has one.
+    NotFirst,
+}
+
 #[async_trait]
 pub trait PasskeyStore: Send + Sync + 'static {
     /// Stores a ceremony's state until its finish.
@@ -69,15 +79,17 @@ pub trait PasskeyStore: Send + Sync + 'static {
         purpose: CeremonyPurpose,
         now: OffsetDateTime,
     ) -> StoreResult<Option<Ceremony>>;
-    /// Stores a new passkey, with `effects` and, if given, the recovery
-    /// codes that replace the user's; a credential id already stored (for
-    /// any user) is [`super::StoreError::Conflict`].
+    /// Stores a new passkey, with `effects`, unless the user holds `max`
+    /// already. With `first`, only as the user's first factor, and with
+    /// these recovery codes in place of any. A credential id already stored
+    /// (for any user) is [`super::StoreError::Conflict`].
     async fn add_passkey(
         &self,
         passkey: &StoredPasskey,
-        recovery_codes: Option<&[[u8; 32]]>,
+        first: Option<&[[u8; 32]]>,
+        max: u32,
         effects: &Effects,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Added>;
     /// The user's passkeys, oldest first.
     async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>>;
     /// The passkey with this credential id, whoever's it is.
@@ -86,10 +98,13 @@ pub trait PasskeyStore: Send + Sync + 'static {
         credential_id: &[u8],
     ) -> StoreResult<Option<StoredPasskey>>;
     /// Records a use: the credential as the login left it (its counter),
-    /// and when. `false` if the passkey is gone.
+    /// and when, if the stored credential is still `read`, as the login read
+    /// it. `false` if it changed meanwhile (another login counted) or the
+    /// passkey is gone.
     async fn use_passkey(
         &self,
         id: Uuid,
+        read: &str,
         credential: &str,
         now: OffsetDateTime,
     ) -> StoreResult<bool>;

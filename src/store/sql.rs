@@ -888,10 +888,10 @@ macro_rules! sql_store {
                 domain::{Email, Role, User, Username},
                 store::{
                     Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
-                    Ceremony, CeremonyPurpose, Factor, MfaStore, NewChallenge, PasskeyStore,
+                    Added, Ceremony, CeremonyPurpose, Factor, MfaStore, NewChallenge, PasskeyStore,
                     StoredPasskey,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore,
-                    LiveRefreshToken, MailInfo, MailStatus, MailStore, NewSession, NewUser,
+                    LiveRefreshToken, MailInfo, MailStatus, MailStore, NewSession, NewUser, ProvedFactor,
                     QueuedMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
                     SessionAuth, SessionInfo, SessionStore, Store, StoreError, StoreResult, StoredKey,
                     UpdatePlan, UpdatedUser, UserChanges, UserFilter, UserStore, detached,
@@ -946,6 +946,19 @@ macro_rules! sql_store {
                         .await?;
                 }
                 Ok(())
+            }
+
+            /// Whether the user has a factor: a confirmed TOTP factor or a passkey.
+            async fn has_factor(tx: &mut Tx, user_id: Uuid) -> StoreResult<bool> {
+                let found: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 WHERE EXISTS (SELECT 1 FROM mfa_factors \
+                                            WHERE user_id = $1 AND confirmed_at IS NOT NULL) \
+                     OR EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)",
+                )
+                .bind(user_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(found.is_some())
             }
 
             /// Recovery codes stand in for a factor: with no factor left (a
@@ -1453,13 +1466,26 @@ macro_rules! sql_store {
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         Self::lock_for_new_session(&mut tx, s.user_id).await?;
+                        // Factor changes lock the user row as well: the
+                        // factor checked here is there at the commit.
+                        let (needs_factor, factor) = match s.factor {
+                            None => (false, None),
+                            Some(ProvedFactor::Any) => (true, None),
+                            Some(ProvedFactor::This(id)) => (true, Some(id)),
+                        };
                         let opened = sqlx::query(
                             "INSERT INTO sessions \
                              (id, user_id, created_at, expires_at, user_agent, ip, aal, amr, \
                               authenticated_at) \
                              SELECT $1, $2, $3, $4, $5, $6, $9, $10, $3 WHERE EXISTS ( \
                                  SELECT 1 FROM users WHERE id = $2 AND is_active \
-                                 AND password_hash = $7 AND roles = $8)",
+                                 AND password_hash = $7 AND roles = $8) \
+                             AND (NOT $11 \
+                                  OR EXISTS (SELECT 1 FROM mfa_factors WHERE user_id = $2 \
+                                             AND confirmed_at IS NOT NULL \
+                                             AND ($12 IS NULL OR id = $12)) \
+                                  OR EXISTS (SELECT 1 FROM passkeys WHERE user_id = $2 \
+                                             AND ($12 IS NULL OR id = $12)))",
                         )
                         .bind(s.id)
                         .bind(s.user_id)
@@ -1471,6 +1497,8 @@ macro_rules! sql_store {
                         .bind(s.roles.to_column())
                         .bind(s.level)
                         .bind(s.methods.join(","))
+                        .bind(needs_factor)
+                        .bind(factor)
                         .execute(&mut *tx)
                         .await?;
                         if opened.rows_affected() == 0 {
@@ -1674,18 +1702,24 @@ macro_rules! sql_store {
                             now,
                         )
                         .await?;
-                        let sessions = until_drained(<$store as Dialect>::PURGE_BATCH, || async {
-                            let done = sqlx::query(
-                                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
-                                 WHERE expires_at <= $1 OR revoked_at < $2 LIMIT $3)",
-                            )
-                            .bind(now)
-                            .bind(revoked_before)
-                            .bind(<$store as Dialect>::PURGE_BATCH)
-                            .execute(&writer)
-                            .await?;
-                            Ok(done.rows_affected())
-                        })
+                        let statement = <$store as Dialect>::purge_statement(
+                            "sessions",
+                            "id",
+                            "expires_at <= $1 OR revoked_at < $2 LIMIT $3",
+                        );
+                        let sessions = drain_paced(
+                            <$store as Dialect>::PURGE_BATCH,
+                            <$store as Dialect>::PURGE_PAUSE,
+                            || async {
+                                let done = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                                    .bind(now)
+                                    .bind(revoked_before)
+                                    .bind(<$store as Dialect>::PURGE_BATCH)
+                                    .execute(&writer)
+                                    .await?;
+                                Ok(done.rows_affected())
+                            },
+                        )
                         .await?;
                         let links =
                             purge_expired(&writer, "flow_tokens", "token_hash", "", now).await?;
@@ -1765,6 +1799,9 @@ macro_rules! sql_store {
                     let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
+                        // Factor changes of one user take turns, and with
+                        // the logins that rest on a factor.
+                        Self::lock_for_user_change(&mut tx, user_id).await?;
                         let done = sqlx::query(
                             "UPDATE mfa_factors SET confirmed_at = $3, last_used_step = $4, \
                              last_used_at = $3 \
@@ -1817,6 +1854,9 @@ macro_rules! sql_store {
                     let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
+                        // Factor changes of one user take turns, and with
+                        // the logins that rest on a factor.
+                        Self::lock_for_user_change(&mut tx, user_id).await?;
                         let done = sqlx::query(
                             "DELETE FROM mfa_factors WHERE id = $1 AND user_id = $2",
                         )
@@ -1840,6 +1880,9 @@ macro_rules! sql_store {
                     let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
+                        // Factor changes of one user take turns, and with
+                        // the logins that rest on a factor.
+                        Self::lock_for_user_change(&mut tx, user_id).await?;
                         let done = sqlx::query("DELETE FROM mfa_factors WHERE user_id = $1")
                             .bind(user_id)
                             .execute(&mut *tx)
@@ -1861,16 +1904,22 @@ macro_rules! sql_store {
                     user_id: Uuid,
                     hashes: &[[u8; 32]],
                     effects: &Effects,
-                ) -> StoreResult<()> {
+                ) -> StoreResult<bool> {
                     let writer = self.writer().clone();
                     let hashes = hashes.to_vec();
                     let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
+                        // Factor changes of one user take turns, and with
+                        // the logins that rest on a factor.
+                        Self::lock_for_user_change(&mut tx, user_id).await?;
+                        if !has_factor(&mut tx, user_id).await? {
+                            return Ok(false);
+                        }
                         replace_codes(&mut tx, user_id, &hashes).await?;
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
-                        Ok(())
+                        Ok(true)
                     })
                     .await
                 }
@@ -2019,14 +2068,30 @@ macro_rules! sql_store {
                 async fn add_passkey(
                     &self,
                     passkey: &StoredPasskey,
-                    recovery_codes: Option<&[[u8; 32]]>,
+                    first: Option<&[[u8; 32]]>,
+                    max: u32,
                     effects: &Effects,
-                ) -> StoreResult<()> {
+                ) -> StoreResult<Added> {
                     let writer = self.writer().clone();
                     let (passkey, effects) = (passkey.clone(), effects.clone());
-                    let recovery_codes = recovery_codes.map(<[_]>::to_vec);
+                    let recovery_codes = first.map(<[_]>::to_vec);
+                    let user_id = passkey.user_id;
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
+                        // Factor changes of one user take turns: the count
+                        // and the check below hold at the commit.
+                        Self::lock_for_user_change(&mut tx, user_id).await?;
+                        let held: i64 =
+                            sqlx::query_scalar("SELECT COUNT(*) FROM passkeys WHERE user_id = $1")
+                                .bind(user_id)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                        if held >= i64::from(max) {
+                            return Ok(Added::TooMany);
+                        }
+                        if recovery_codes.is_some() && has_factor(&mut tx, user_id).await? {
+                            return Ok(Added::NotFirst);
+                        }
                         sqlx::query(
                             "INSERT INTO passkeys \
                              (id, user_id, credential_id, credential, name, created_at) \
@@ -2049,7 +2114,7 @@ macro_rules! sql_store {
                         }
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
-                        Ok(())
+                        Ok(Added::Added)
                     })
                     .await
                 }
@@ -2082,15 +2147,20 @@ macro_rules! sql_store {
                 async fn use_passkey(
                     &self,
                     id: Uuid,
+                    read: &str,
                     credential: &str,
                     now: OffsetDateTime,
                 ) -> StoreResult<bool> {
+                    // Only over the record the login read: of two logins
+                    // that read one counter, one passes.
                     let done = sqlx::query(
-                        "UPDATE passkeys SET credential = $2, last_used_at = $3 WHERE id = $1",
+                        "UPDATE passkeys SET credential = $2, last_used_at = $3 \
+                         WHERE id = $1 AND credential = $4",
                     )
                     .bind(id)
                     .bind(credential.to_owned())
                     .bind(Timestamp(now))
+                    .bind(read.to_owned())
                     .execute(self.writer())
                     .await?;
                     Ok(done.rows_affected() == 1)
@@ -2106,6 +2176,9 @@ macro_rules! sql_store {
                     let effects = effects.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
+                        // Factor changes of one user take turns, and with
+                        // the logins that rest on a factor.
+                        Self::lock_for_user_change(&mut tx, user_id).await?;
                         let done = sqlx::query("DELETE FROM passkeys WHERE id = $1 AND user_id = $2")
                             .bind(id)
                             .bind(user_id)

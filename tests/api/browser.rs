@@ -50,6 +50,8 @@ struct Tools {
 
 fn tools() -> Option<Tools> {
     let chromium = std::env::var(CHROMIUM).unwrap_or_else(|_| "chromium".into());
+    // Playwright launches a path, not a name to look up.
+    let chromium = on_path(&chromium).unwrap_or(chromium);
     let mut missing = Vec::new();
     if !runs(&chromium, "--version") {
         missing.push(format!("Chromium ({chromium} does not run; {CHROMIUM})"));
@@ -82,6 +84,17 @@ fn tools() -> Option<Tools> {
     );
     eprintln!("note: the passkey browser test did nothing, missing {missing}");
     None
+}
+
+/// A bare program name as found on `PATH`.
+fn on_path(program: &str) -> Option<String> {
+    if program.contains('/') {
+        return None;
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .map(|path| path.display().to_string())
 }
 
 fn runs(program: &str, arg: &str) -> bool {

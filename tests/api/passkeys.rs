@@ -36,6 +36,8 @@ on_both_databases!(
     a_one_factor_session_steps_up_with_a_passkey,
     a_passkey_is_removed_only_from_a_session_of_two_factors,
     an_admin_reset_removes_passkeys_too,
+    registrations_started_together_add_no_more_than_they_may,
+    starts_that_store_a_ceremony_are_limited_per_user,
 );
 
 /// The origin the service expects by default.
@@ -234,8 +236,26 @@ async fn a_passkey_registered_from_a_session_logs_in_without_a_password_at_aal2(
     assert_eq!(selection["residentKey"], "required", "{options}");
     assert_eq!(selection["userVerification"], "required", "{options}");
 
+    // A name that would pass for another is refused before the answer is
+    // taken: the same answer, named plainly, registers.
+    let (challenge_id, options) = start(
+        &app,
+        "/users/me/passkeys/register/start",
+        Some(&tokens.access),
+        json!({}),
+    )
+    .await;
     let mut authenticator = Authenticator::new();
-    let registered = register(&app, &tokens.access, &mut authenticator).await;
+    let credential = authenticator.register(ORIGIN, &options).unwrap();
+    let path = "/users/me/passkeys/register/finish";
+    let mut answer = json!({"challenge_id": challenge_id, "credential": credential});
+    answer["name"] = json!("Lap\u{202E}pot");
+    let res = post(&app, path, Some(&tokens.access), answer.clone()).await;
+    problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    answer["name"] = json!("Laptop");
+    let res = post(&app, path, Some(&tokens.access), answer).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let registered: Value = res.json().await.unwrap();
     assert_eq!(registered["name"], "Laptop");
     // The account's first factor brings its recovery codes.
     assert_eq!(registered["recovery_codes"].as_array().unwrap().len(), 10);
@@ -688,4 +708,138 @@ async fn an_admin_reset_removes_passkeys_too(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(listed["passkeys"], json!([]));
+
+    // An admin's own factors are no easier to remove through the admin
+    // route: a session opened before them may not.
+    let mut admins_key = Authenticator::new();
+    register(&app, &admin, &mut admins_key).await;
+    let own = claims_of(&admin)["sub"].as_str().unwrap().to_owned();
+    let res = app
+        .client
+        .delete(app.url(&format!("/admin/users/{own}/mfa")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let body = problem(res, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "insufficient_user_authentication");
+}
+
+async fn registrations_started_together_add_no_more_than_they_may(backend: Backend) {
+    let app = spawn(backend).await;
+    app.create_user("joy").await;
+    let one_factor = app.tokens("joy").await;
+    let mut authenticator = Authenticator::new();
+
+    // Two starts from a one-factor session before any passkey: only the
+    // first finish may add the first factor; the second would be a second
+    // factor added without a second factor.
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        started.push(
+            start(
+                &app,
+                "/users/me/passkeys/register/start",
+                Some(&one_factor.access),
+                json!({}),
+            )
+            .await,
+        );
+    }
+    let mut answers = Vec::new();
+    for (challenge_id, options) in &started {
+        let credential = authenticator.register(ORIGIN, options).unwrap();
+        answers.push(json!({"challenge_id": challenge_id, "credential": credential}));
+    }
+    let path = "/users/me/passkeys/register/finish";
+    let res = post(&app, path, Some(&one_factor.access), answers[0].clone()).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = post(&app, path, Some(&one_factor.access), answers[1].clone()).await;
+    let body = problem(res, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "insufficient_user_authentication");
+
+    // The cap holds at the finish, however many starts came before it.
+    let two_factors = passkey_tokens(&app, &mut authenticator).await;
+    for _ in 1..19 {
+        register(&app, &two_factors.access, &mut Authenticator::new()).await;
+    }
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        started.push(
+            start(
+                &app,
+                "/users/me/passkeys/register/start",
+                Some(&two_factors.access),
+                json!({}),
+            )
+            .await,
+        );
+    }
+    let mut statuses = Vec::new();
+    for (challenge_id, options) in &started {
+        let credential = Authenticator::new().register(ORIGIN, options).unwrap();
+        let res = post(
+            &app,
+            path,
+            Some(&two_factors.access),
+            json!({"challenge_id": challenge_id, "credential": credential}),
+        )
+        .await;
+        statuses.push(res.status());
+    }
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::UNPROCESSABLE_ENTITY]
+    );
+    let listed: Value = app
+        .get("/users/me/passkeys", Some(&two_factors.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["passkeys"].as_array().unwrap().len(), 20);
+}
+
+async fn starts_that_store_a_ceremony_are_limited_per_user(backend: Backend) {
+    let app = spawn(backend).await;
+    let (one_factor, _, _) = user_with_passkey(&app, "kit").await;
+    // The registration above started one; 29 more fit in the minute.
+    for _ in 0..29 {
+        let res = post(
+            &app,
+            "/auth/mfa/passkey/start",
+            Some(&one_factor.access),
+            json!({}),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = post(
+        &app,
+        "/auth/mfa/passkey/start",
+        Some(&one_factor.access),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    // The same quota as an mfa_token's starts.
+    let mfa_token = second_step(&app, "kit").await;
+    let res = post(
+        &app,
+        "/auth/mfa/passkey/start",
+        None,
+        json!({"mfa_token": mfa_token}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    app.advance(Duration::from_secs(60));
+    let res = post(
+        &app,
+        "/auth/mfa/passkey/start",
+        None,
+        json!({"mfa_token": mfa_token}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
 }
