@@ -2102,6 +2102,7 @@ async fn confirmed_totp(store: &Arc<dyn Store>, user_id: Uuid, step: i64, codes:
                 step,
                 clock::now(),
                 &hashes,
+                false,
                 &Default::default()
             )
             .await
@@ -2175,7 +2176,7 @@ async fn adding_a_factor_drops_only_the_users_stale_unconfirmed_enrolments(backe
     }
     assert!(
         store
-            .confirm_factor(alice, confirmed.id, 1, now, &[], &Default::default())
+            .confirm_factor(alice, confirmed.id, 1, now, &[], false, &Default::default())
             .await
             .unwrap()
     );
@@ -2215,7 +2216,7 @@ async fn a_factor_is_confirmed_once_with_its_recovery_codes_and_audit_event(back
     // Another user's factor: nothing happens, not even the effects.
     assert!(
         !store
-            .confirm_factor(bob, factor.id, 7, now, &codes, &event(bob, "theft"))
+            .confirm_factor(bob, factor.id, 7, now, &codes, false, &event(bob, "theft"))
             .await
             .unwrap()
     );
@@ -2228,7 +2229,15 @@ async fn a_factor_is_confirmed_once_with_its_recovery_codes_and_audit_event(back
     assert!(every_audit_event(&store).await.is_empty());
     assert!(
         !store
-            .confirm_factor(alice, Uuid::now_v7(), 7, now, &codes, &Default::default())
+            .confirm_factor(
+                alice,
+                Uuid::now_v7(),
+                7,
+                now,
+                &codes,
+                false,
+                &Default::default()
+            )
             .await
             .unwrap(),
         "an unknown factor"
@@ -2237,7 +2246,7 @@ async fn a_factor_is_confirmed_once_with_its_recovery_codes_and_audit_event(back
     let confirmed = event(alice, "mfa enabled");
     assert!(
         store
-            .confirm_factor(alice, factor.id, 1000, now, &codes, &confirmed)
+            .confirm_factor(alice, factor.id, 1000, now, &codes, false, &confirmed)
             .await
             .unwrap()
     );
@@ -2264,6 +2273,7 @@ async fn a_factor_is_confirmed_once_with_its_recovery_codes_and_audit_event(back
                 2000,
                 later,
                 &[[9; 32]],
+                false,
                 &event(alice, "again")
             )
             .await
@@ -2538,13 +2548,19 @@ async fn deleting_every_factor_removes_the_codes_and_counts_the_factors(backend:
             .record(AuditKind::MfaReset, clock::now())
             .user(alice),
     );
-    assert_eq!(store.delete_factors(alice, &effects).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .delete_factors(alice, clock::now(), &effects)
+            .await
+            .unwrap(),
+        3
+    );
     assert!(store.factors(alice).await.unwrap().is_empty());
     assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
     assert_eq!(every_audit_event(&store).await, effects.audit);
     assert_eq!(
         store
-            .delete_factors(alice, &Default::default())
+            .delete_factors(alice, clock::now(), &Default::default())
             .await
             .unwrap(),
         0
@@ -3029,15 +3045,15 @@ async fn an_added_passkey_reads_back_whole_oldest_first_and_only_for_its_user(ba
     let bobs = passkey(bob, &[0x00, 0xff], "phone", start + Duration::seconds(5));
     let enrolled = passkey_event(AuditKind::MfaEnrolled, alice, "passkey laptop");
     store
-        .add_passkey(&newer, None, 20, &enrolled)
+        .add_passkey(&newer, None, None, 20, &enrolled)
         .await
         .unwrap();
     store
-        .add_passkey(&bobs, None, 20, &Default::default())
+        .add_passkey(&bobs, None, None, 20, &Default::default())
         .await
         .unwrap();
     store
-        .add_passkey(&older, None, 20, &Default::default())
+        .add_passkey(&older, None, None, 20, &Default::default())
         .await
         .unwrap();
     assert_eq!(every_audit_event(&store).await, enrolled.audit);
@@ -3084,14 +3100,14 @@ async fn a_credential_id_stored_for_any_user_is_a_conflict_that_writes_nothing(b
     let bob = user_id(&store, "jon").await;
     let first = passkey(alice, &[0x00, 0x2a, 0xff], "first", clock::now());
     store
-        .add_passkey(&first, None, 20, &Default::default())
+        .add_passkey(&first, None, None, 20, &Default::default())
         .await
         .unwrap();
 
     for (who, name) in [(alice, "again"), (bob, "stolen")] {
         let clash = passkey(who, &first.credential_id, name, clock::now());
         let effects = passkey_event(AuditKind::MfaEnrolled, who, name);
-        let refused = store.add_passkey(&clash, None, 20, &effects).await;
+        let refused = store.add_passkey(&clash, None, None, 20, &effects).await;
         assert!(
             matches!(refused, Err(StoreError::Conflict("passkey"))),
             "{name}: {refused:?}"
@@ -3113,7 +3129,7 @@ async fn a_credential_id_stored_for_any_user_is_a_conflict_that_writes_nothing(b
     let other = passkey(bob, &[0x00, 0x2a], "other", clock::now());
     let enrolled = passkey_event(AuditKind::MfaEnrolled, bob, "other");
     store
-        .add_passkey(&other, None, 20, &enrolled)
+        .add_passkey(&other, None, None, 20, &enrolled)
         .await
         .unwrap();
     assert_eq!(store.passkeys(bob).await.unwrap(), vec![other]);
@@ -3129,7 +3145,7 @@ async fn using_a_passkey_records_its_credential_and_when(backend: Backend) {
     let bobs = passkey(bob, &[2, 0, 0xff], "phone", created_at);
     for p in [&alices, &bobs] {
         store
-            .add_passkey(p, None, 20, &Default::default())
+            .add_passkey(p, None, None, 20, &Default::default())
             .await
             .unwrap();
     }
@@ -3209,7 +3225,7 @@ async fn a_passkey_is_deleted_once_and_only_by_its_user_with_its_effects(backend
     let bobs = passkey(bob, &[3], "bob's", start);
     for p in [&first, &second, &bobs] {
         store
-            .add_passkey(p, None, 20, &Default::default())
+            .add_passkey(p, None, None, 20, &Default::default())
             .await
             .unwrap();
     }
@@ -3329,7 +3345,7 @@ async fn deleting_a_user_removes_its_passkeys_and_ceremonies(backend: Backend) {
     ];
     for p in alices.iter().chain(&bobs) {
         store
-            .add_passkey(p, None, 20, &Default::default())
+            .add_passkey(p, None, None, 20, &Default::default())
             .await
             .unwrap();
     }
@@ -3418,7 +3434,7 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     // A first passkey brings its codes, in its own transaction.
     let key = passkey(alice, &[7, 7], "phone", now);
     store
-        .add_passkey(&key, Some(&codes), 20, &Default::default())
+        .add_passkey(&key, None, Some(&codes), 20, &Default::default())
         .await
         .unwrap();
     assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
@@ -3426,7 +3442,7 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     let bob = user_id(&store, "max").await;
     let clash = passkey(bob, &[7, 7], "again", now);
     let refused = store
-        .add_passkey(&clash, Some(&[[6; 32]]), 20, &Default::default())
+        .add_passkey(&clash, None, Some(&[[6; 32]]), 20, &Default::default())
         .await;
     assert!(matches!(refused, Err(StoreError::Conflict("passkey"))));
     assert_eq!(store.recovery_codes_left(bob).await.unwrap(), 0);
@@ -3437,7 +3453,7 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     store.add_factor(&factor, never_stale()).await.unwrap();
     assert!(
         store
-            .confirm_factor(alice, factor.id, 1, now, &codes, &Default::default())
+            .confirm_factor(alice, factor.id, 1, now, &codes, false, &Default::default())
             .await
             .unwrap()
     );
@@ -3461,12 +3477,12 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     // An admin's reset removes passkeys with the factors.
     let again = passkey(alice, &[8], "laptop", now);
     store
-        .add_passkey(&again, Some(&codes), 20, &Default::default())
+        .add_passkey(&again, None, Some(&codes), 20, &Default::default())
         .await
         .unwrap();
     assert_eq!(
         store
-            .delete_factors(alice, &Default::default())
+            .delete_factors(alice, clock::now(), &Default::default())
             .await
             .unwrap(),
         1
@@ -3484,7 +3500,7 @@ async fn a_passkey_is_added_within_the_cap_and_as_first_factor_only_if_first(bac
     let first = passkey(alice, &[1; 16], "one", now);
     assert_eq!(
         store
-            .add_passkey(&first, Some(&codes), 2, &Default::default())
+            .add_passkey(&first, None, Some(&codes), 2, &Default::default())
             .await
             .unwrap(),
         Added::Added
@@ -3493,18 +3509,34 @@ async fn a_passkey_is_added_within_the_cap_and_as_first_factor_only_if_first(bac
     let second = passkey(alice, &[2; 16], "two", now);
     assert_eq!(
         store
-            .add_passkey(&second, Some(&[[8; 32]]), 2, &Default::default())
+            .add_passkey(&second, None, Some(&[[8; 32]]), 2, &Default::default())
             .await
             .unwrap(),
         Added::NotFirst
     );
     assert_eq!(store.passkeys(alice).await.unwrap(), vec![first.clone()]);
     assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 1);
+    // So is a TOTP factor's confirmation asked to be the first.
+    let app = totp(alice, "app", now);
+    store.add_factor(&app, never_stale()).await.unwrap();
+    let refused = store
+        .confirm_factor(alice, app.id, 1, now, &[[7; 32]], true, &Default::default())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict("factor"))),
+        "{refused:?}"
+    );
+    assert!(
+        store.factors(alice).await.unwrap()[0]
+            .confirmed_at
+            .is_none()
+    );
+    assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 1);
     assert!(store.use_recovery_code(alice, &[9; 32], now).await.unwrap());
 
     assert_eq!(
         store
-            .add_passkey(&second, None, 2, &Default::default())
+            .add_passkey(&second, None, None, 2, &Default::default())
             .await
             .unwrap(),
         Added::Added
@@ -3513,7 +3545,10 @@ async fn a_passkey_is_added_within_the_cap_and_as_first_factor_only_if_first(bac
     let third = passkey(alice, &[3; 16], "three", now);
     let effects = passkey_event(AuditKind::MfaEnrolled, alice, "three");
     assert_eq!(
-        store.add_passkey(&third, None, 2, &effects).await.unwrap(),
+        store
+            .add_passkey(&third, None, None, 2, &effects)
+            .await
+            .unwrap(),
         Added::TooMany
     );
     assert_eq!(store.passkeys(alice).await.unwrap().len(), 2);
@@ -3543,7 +3578,7 @@ async fn a_session_resting_on_a_factor_opens_only_while_the_factor_is_there(back
     let now = clock::now();
     let key = passkey(alice, &[4; 16], "phone", now);
     store
-        .add_passkey(&key, Some(&[[1; 32]]), 20, &Default::default())
+        .add_passkey(&key, None, Some(&[[1; 32]]), 20, &Default::default())
         .await
         .unwrap();
     let resting_on = |factor: ProvedFactor, refresh: u8| NewSession {
@@ -3577,11 +3612,29 @@ async fn a_session_resting_on_a_factor_opens_only_while_the_factor_is_there(back
             .unwrap()
     );
 
-    // A reset removes the factors: a login that proved one opens nothing.
+    // A reset removes the factors and ends the sessions with them: a login
+    // that proved one opens nothing, and a passkey from an ended session is
+    // not added.
+    let session = store.list_sessions(alice, clock::now()).await.unwrap()[0].id;
     store
-        .delete_factors(alice, &Default::default())
+        .delete_factors(alice, clock::now(), &Default::default())
         .await
         .unwrap();
+    assert!(
+        store
+            .list_sessions(alice, clock::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let late = passkey(alice, &[5; 16], "late", now);
+    assert_eq!(
+        store
+            .add_passkey(&late, Some(session), None, 20, &Default::default())
+            .await
+            .unwrap(),
+        Added::SessionEnded
+    );
     for (factor, refresh) in [(ProvedFactor::This(key.id), 4), (ProvedFactor::Any, 5)] {
         assert!(
             !store

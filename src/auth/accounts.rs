@@ -10,11 +10,11 @@ use super::{
     Client,
     audit::Audit,
     error::{AuthError, AuthResult},
+    factors::require_aal2_if_enrolled,
     flows::FlowPolicy,
     letters::Letters,
     liveness::SessionCache,
     login::PasswordCheck,
-    mfa::require_aal2_if_enrolled,
     sessions::Authenticated,
 };
 use crate::{

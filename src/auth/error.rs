@@ -9,8 +9,6 @@ use crate::{
     store::StoreError,
 };
 
-use super::tokens::TokenRejection;
-
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// Wrong password, unknown user or disabled account: deliberately one case.
@@ -65,7 +63,7 @@ pub enum AuthError {
     /// The password was right and the user has a second factor: the login
     /// goes on with this challenge.
     #[error("a second factor is required")]
-    MfaRequired(super::mfa::MfaChallenge),
+    MfaRequired(MfaChallenge),
     /// An `mfa_token` that is unknown, expired, spent or out of attempts.
     #[error("invalid mfa token")]
     InvalidMfaToken,
@@ -97,6 +95,29 @@ impl From<LimitError> for AuthError {
 }
 
 pub type AuthResult<T> = Result<T, AuthError>;
+
+/// Why a bearer token was refused. Only logged: the client always sees the
+/// same `invalid_token` answer so it learns nothing about which check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    Malformed,
+    BadSignature,
+    Expired,
+    WrongType,
+    UnknownKey,
+    WrongIssuerOrAudience,
+    /// Issued in the future, or valid for longer than this service issues
+    /// tokens for: not a token this service signed as it stands.
+    ImplausibleTimes,
+    Revoked,
+}
+
+/// The answer to a password that needs a second factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaChallenge {
+    pub mfa_token: String,
+    pub factor_types: Vec<&'static str>,
+}
 
 /// A result's outcome as a metrics label: a few fixed words, never data.
 pub fn outcome<T>(result: &AuthResult<T>) -> &'static str {

@@ -3,7 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use webauthn_rs::prelude::PublicKeyCredential;
@@ -11,11 +10,16 @@ use webauthn_rs::prelude::PublicKeyCredential;
 use super::{
     Client,
     audit::Audit,
+    error::MfaChallenge,
     error::{AuthError, AuthResult},
+    factors::{
+        PASSKEY, confirmed_factors, factor_types, recovery_codes, recovery_hash, require_aal2,
+        require_aal2_if_enrolled,
+    },
     letters::{Letters, SecurityNotice},
     passkeys::{Passkeys, Started},
     sessions::{AccessGrant, Authenticated, Sessions, SignIn, TokenPair},
-    tokens::AAL2,
+    tokens::SecondFactor,
 };
 use crate::{
     clock::SharedClock,
@@ -26,14 +30,8 @@ use crate::{
     },
     domain::User,
     limits::{Key, RateLimiter, client_bucket},
-    store::{
-        Attempt, AuditKind, Effects, Factor, FactorKind, MfaStore, NewChallenge, ProvedFactor,
-        Store,
-    },
+    store::{Attempt, AuditKind, Effects, Factor, FactorKind, NewChallenge, Store, StoreError},
 };
-
-/// How many recovery codes a user gets at a time.
-pub const RECOVERY_CODES: usize = 10;
 
 /// MFA settings, fixed at start-up.
 #[derive(Debug, Clone)]
@@ -52,46 +50,6 @@ pub struct MfaPolicy {
     /// AUTHGATE_KEY_ENCRYPTION_KEY); without one they are stored as they
     /// are, as the signing keys are.
     pub sealing: Option<SealingKey>,
-}
-
-/// What proved the second factor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecondFactor {
-    /// A code of this TOTP factor.
-    Totp(Uuid),
-    RecoveryCode,
-    /// This passkey.
-    Passkey(Uuid),
-}
-
-impl SecondFactor {
-    /// As the audit log names it.
-    pub fn describe(self) -> &'static str {
-        match self {
-            SecondFactor::Totp(_) => "with a TOTP code",
-            SecondFactor::RecoveryCode => "with a recovery code",
-            SecondFactor::Passkey(_) => "with a passkey",
-        }
-    }
-
-    /// Its RFC 8176 method: `otp`, or `hwk` for a passkey; a recovery code
-    /// has none (the session says `mfa` alone).
-    pub fn method(self) -> Option<&'static str> {
-        match self {
-            SecondFactor::Totp(_) => Some("otp"),
-            SecondFactor::RecoveryCode => None,
-            SecondFactor::Passkey(_) => Some("hwk"),
-        }
-    }
-
-    /// The factor a session opened with it rests on: a recovery code
-    /// stands in for any.
-    pub fn proved(self) -> ProvedFactor {
-        match self {
-            SecondFactor::Totp(id) | SecondFactor::Passkey(id) => ProvedFactor::This(id),
-            SecondFactor::RecoveryCode => ProvedFactor::Any,
-        }
-    }
 }
 
 /// A second factor offered: a TOTP code, a recovery code, or a passkey's
@@ -138,13 +96,6 @@ pub struct FactorView {
 pub struct Factors {
     pub factors: Vec<FactorView>,
     pub recovery_codes_left: u32,
-}
-
-/// The answer to a password that needs a second factor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MfaChallenge {
-    pub mfa_token: String,
-    pub factor_types: Vec<&'static str>,
 }
 
 #[derive(Clone)]
@@ -254,12 +205,20 @@ impl Mfa {
             SecurityNotice::FactorAdded,
             now,
         );
-        if !self
+        // A one-factor session may confirm only the first factor; the store
+        // checks that with the change, as two such confirmations may race.
+        let first_only = require_aal2(caller).is_err();
+        match self
             .store
-            .confirm_factor(user_id, factor_id, step, now, &hashes, &effects)
-            .await?
+            .confirm_factor(user_id, factor_id, step, now, &hashes, first_only, &effects)
+            .await
         {
-            return Err(AuthError::NotFound);
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::NotFound),
+            Err(StoreError::Conflict("factor")) => {
+                return Err(AuthError::InsufficientAuthentication);
+            }
+            Err(e) => return Err(e.into()),
         }
         self.letters.wake();
         Ok(codes)
@@ -376,18 +335,13 @@ impl Mfa {
     }
 
     /// An admin removes every factor of a user, passkeys included (a lost
-    /// phone), and ends the user's sessions. An admin's own factors go only
-    /// from a session of two, as through the user's own routes (a session
-    /// opened before the factors must not remove them).
+    /// phone), and ends the user's sessions.
     pub async fn reset(
         &self,
         client: &Client,
         admin: &Authenticated,
         user_id: Uuid,
     ) -> AuthResult<()> {
-        if admin.user_id == user_id {
-            require_aal2_if_enrolled(self.store.as_ref(), admin).await?;
-        }
         let admin = admin.user_id;
         let user = self
             .store
@@ -399,16 +353,18 @@ impl Mfa {
                 .event(client, Some(admin), AuditKind::MfaReset)
                 .user(user_id),
         );
-        // A lost phone may hold a live session: every session ends first
-        // (were the rest to fail, a retry finds them ended and goes on).
-        self.sessions.end_all_of(user_id, client, admin).await?;
+        let now = self.clock.now();
         if !self.factor_types(user_id).await?.is_empty() {
-            let now = self.clock.now();
             self.letters
                 .security_notice(&mut effects, &user, SecurityNotice::FactorsReset, now);
         }
-        self.store.delete_factors(user_id, &effects).await?;
+        // A lost phone may hold a live session, or be adding a factor: the
+        // factors and every session go in one change.
+        self.store.delete_factors(user_id, now, &effects).await?;
         self.letters.wake();
+        // The instance's cache of live sessions forgets them, and the audit
+        // log says they ended.
+        self.sessions.end_all_of(user_id, client, admin).await?;
         Ok(())
     }
 
@@ -514,10 +470,20 @@ impl Mfa {
         Ok(pair)
     }
 
+    /// Refuses a session of one factor of a user who has a second
+    /// (`insufficient_user_authentication`).
+    pub async fn require_aal2_if_enrolled(&self, caller: &Authenticated) -> AuthResult<()> {
+        require_aal2_if_enrolled(self.store.as_ref(), caller).await
+    }
+
     /// Starts a passkey assertion as the second factor: of a login, after
     /// its password (`mfa_token`), or of a session's step-up. Its answer
     /// goes to [`Mfa::verify_login`] or [`Mfa::step_up`].
-    pub async fn start_passkey(&self, step: PasskeyStep<'_>) -> AuthResult<Started> {
+    pub async fn start_passkey(
+        &self,
+        client: &Client,
+        step: PasskeyStep<'_>,
+    ) -> AuthResult<Started> {
         let user_id = match step {
             PasskeyStep::Login(mfa_token) => {
                 if !refresh::looks_valid(mfa_token) {
@@ -530,7 +496,7 @@ impl Mfa {
             }
             PasskeyStep::StepUp(caller) => caller.user_id,
         };
-        self.passkeys.start_second_factor(user_id).await
+        self.passkeys.start_second_factor(client, user_id).await
     }
 
     /// Step-up: a session of one factor, of a user who has a second, proves
@@ -710,113 +676,9 @@ impl Mfa {
     }
 }
 
-/// Sensitive changes need a session of two factors (RFC 9470's
-/// `insufficient_user_authentication` otherwise).
-pub fn require_aal2(caller: &Authenticated) -> AuthResult<()> {
-    if caller.claims.aal == AAL2 {
-        Ok(())
-    } else {
-        Err(AuthError::InsufficientAuthentication)
-    }
-}
-
-/// The user's TOTP factors that count: those confirmed with a first code
-/// (an enrolment waiting for its code is none).
-async fn confirmed_factors(store: &dyn MfaStore, user_id: Uuid) -> AuthResult<Vec<Factor>> {
-    let mut factors = store.factors(user_id).await?;
-    factors.retain(|f| f.confirmed_at.is_some());
-    Ok(factors)
-}
-
-/// A passkey's type among the factors.
-const PASSKEY: &str = "passkey";
-
-/// The kinds of the user's factors that count (none: no second step): a
-/// confirmed TOTP factor, a passkey.
-pub(super) async fn factor_types(
-    store: &dyn Store,
-    user_id: Uuid,
-) -> AuthResult<Vec<&'static str>> {
-    let mut kinds: Vec<_> = confirmed_factors(store, user_id)
-        .await?
-        .into_iter()
-        .map(|f| f.kind.as_str())
-        .collect();
-    if !store.passkeys(user_id).await?.is_empty() {
-        kinds.push(PASSKEY);
-    }
-    kinds.sort_unstable();
-    kinds.dedup();
-    Ok(kinds)
-}
-
-/// A change of password or email address needs a session of two factors
-/// once the user has a second factor: else a stolen password, or a session
-/// opened before the factor, could take the account over.
-pub async fn require_aal2_if_enrolled(store: &dyn Store, caller: &Authenticated) -> AuthResult<()> {
-    if caller.claims.aal == AAL2 {
-        return Ok(());
-    }
-    if !factor_types(store, caller.user_id).await?.is_empty() {
-        Err(AuthError::InsufficientAuthentication)
-    } else {
-        Ok(())
-    }
-}
-
 fn no_factor() -> AuthError {
     AuthError::Invalid {
         field: "factors",
         message: "recovery codes need a second factor first".into(),
-    }
-}
-
-/// Ten new recovery codes (`xxxxx-xxxxx`, 50 random bits each) and their
-/// hashes.
-pub(super) fn recovery_codes() -> (Vec<String>, Vec<[u8; 32]>) {
-    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let codes: Vec<String> = (0..RECOVERY_CODES)
-        .map(|_| {
-            let mut bytes = [0u8; 10];
-            rand::fill(&mut bytes);
-            let chars: String = bytes
-                .iter()
-                .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
-                .collect();
-            format!("{}-{}", &chars[..5], &chars[5..])
-        })
-        .collect();
-    let hashes = codes.iter().map(|c| recovery_hash(c)).collect();
-    (codes, hashes)
-}
-
-/// A recovery code's storage key: as typed, but in lower case and without
-/// spaces or dashes. A plain hash suffices: the codes are random.
-fn recovery_hash(code: &str) -> [u8; 32] {
-    let normalized: String = code
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect();
-    Sha256::digest(normalized.as_bytes()).into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recovery_codes_are_ten_distinct_and_hash_as_typed_loosely() {
-        let (codes, hashes) = recovery_codes();
-        assert_eq!(codes.len(), RECOVERY_CODES);
-        let mut unique = codes.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), RECOVERY_CODES);
-        for (code, hash) in codes.iter().zip(&hashes) {
-            assert_eq!(code.len(), 11);
-            assert_eq!(&code[5..6], "-");
-            assert_eq!(recovery_hash(&code.to_uppercase().replace('-', " ")), *hash);
-        }
     }
 }

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod error;
+pub mod factors;
 pub mod flows;
 pub mod introspection;
 pub mod keys;

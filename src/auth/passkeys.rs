@@ -23,9 +23,10 @@ use super::{
     Client,
     audit::Audit,
     error::{AuthError, AuthResult},
+    factors::{self, require_aal2, require_aal2_if_enrolled},
     letters::{Letters, SecurityNotice},
-    mfa::{self, require_aal2, require_aal2_if_enrolled},
     sessions::{Authenticated, Sessions, SignIn, TokenPair},
+    tokens::TokenRejection,
 };
 use crate::{
     clock::SharedClock,
@@ -158,10 +159,14 @@ pub struct Passkeys {
 impl Passkeys {
     /// Starts registering a passkey for the caller. Once the user has a
     /// factor, adding one needs a session of two (as for TOTP).
-    pub async fn start_registration(&self, caller: &Authenticated) -> AuthResult<Started> {
+    pub async fn start_registration(
+        &self,
+        client: &Client,
+        caller: &Authenticated,
+    ) -> AuthResult<Started> {
         require_aal2_if_enrolled(self.store.as_ref(), caller).await?;
         let user = &caller.user.user;
-        self.count_start(user.id).await?;
+        self.count_start(client, user.id).await?;
         let existing = self.store.passkeys(user.id).await?;
         if existing.len() >= MAX_PASSKEYS {
             return Err(too_many());
@@ -239,10 +244,10 @@ impl Passkeys {
         // checks that with the insert, as two such finishes may race.
         let one_factor = require_aal2(caller).is_err();
         let first = one_factor
-            || mfa::factor_types(self.store.as_ref(), user.id)
+            || factors::factor_types(self.store.as_ref(), user.id)
                 .await?
                 .is_empty();
-        let mut codes = first.then(mfa::recovery_codes);
+        let mut codes = first.then(factors::recovery_codes);
         let mut effects = Effects::audit(
             self.audit
                 .event(client, Some(user.id), AuditKind::MfaEnrolled)
@@ -256,11 +261,20 @@ impl Passkeys {
             let first = codes.as_ref().map(|(_, hashes)| hashes.as_slice());
             match self
                 .store
-                .add_passkey(&stored, first, MAX_PASSKEYS as u32, &effects)
+                .add_passkey(
+                    &stored,
+                    Some(caller.session_id),
+                    first,
+                    MAX_PASSKEYS as u32,
+                    &effects,
+                )
                 .await?
             {
                 Added::Added => break,
                 Added::TooMany => return Err(too_many()),
+                Added::SessionEnded => {
+                    return Err(AuthError::InvalidToken(TokenRejection::Revoked));
+                }
                 Added::NotFirst if one_factor => {
                     return Err(AuthError::InsufficientAuthentication);
                 }
@@ -485,8 +499,12 @@ impl Passkeys {
     /// Starts a passkey assertion as the second factor of `user_id`, whose
     /// password (or session) is already proved: the options list the
     /// user's passkeys.
-    pub(super) async fn start_second_factor(&self, user_id: Uuid) -> AuthResult<Started> {
-        self.count_start(user_id).await?;
+    pub(super) async fn start_second_factor(
+        &self,
+        client: &Client,
+        user_id: Uuid,
+    ) -> AuthResult<Started> {
+        self.count_start(client, user_id).await?;
         let passkeys = self.passkeys_of(user_id).await?;
         if passkeys.is_empty() {
             return Err(AuthError::Invalid {
@@ -569,6 +587,20 @@ impl Passkeys {
         passkey: &mut Passkey,
         result: &webauthn_rs::prelude::AuthenticationResult,
     ) -> AuthResult<bool> {
+        // Checked here against the counter stored now, not the one a
+        // ceremony's state took at its start: a clone answering an older
+        // challenge must not pass. An authenticator without a counter
+        // (always 0) is not held to it.
+        let stored_counter = serde_json::from_str::<serde_json::Value>(&stored.credential)
+            .ok()
+            .and_then(|v| v["cred"]["counter"].as_u64())
+            .ok_or_else(|| internal("a stored passkey without its counter"))?;
+        let counter = u64::from(result.counter());
+        if (counter != 0 || stored_counter != 0) && counter <= stored_counter {
+            tracing::warn!(passkey = %stored.id, counter, stored_counter,
+                "a passkey's counter did not grow: a cloned authenticator?");
+            return Ok(false);
+        }
         passkey.update_credential(result);
         let credential = serde_json::to_string(&passkey).map_err(internal)?;
         Ok(self
@@ -579,9 +611,13 @@ impl Passkeys {
 
     /// Counts a start of the user's against its quota: each stores a state
     /// until it expires, and a session or an `mfa_token` must not be able to
-    /// fill the database.
-    async fn count_start(&self, user_id: Uuid) -> AuthResult<()> {
-        let key = Key::new("passkey_start_rate", format!("user:{user_id}"));
+    /// fill the database. Per user and client address, as for passwords:
+    /// starts from elsewhere must not lock the owner out.
+    async fn count_start(&self, client: &Client, user_id: Uuid) -> AuthResult<()> {
+        let key = Key::new(
+            "passkey_start_rate",
+            format!("{}:user:{user_id}", client_bucket(client.ip)),
+        );
         self.limiter
             .take(&key, self.policy.starts_per_user, self.clock.now())
             .await?;

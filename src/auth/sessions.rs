@@ -12,8 +12,7 @@ use super::{
     audit::Audit,
     error::{AuthError, AuthResult},
     liveness::{LiveUser, Liveness, Lookup, SessionCache},
-    mfa::SecondFactor,
-    tokens::{AccessClaims, Authentication, Subject, TokenRejection, TokenService},
+    tokens::{AccessClaims, Authentication, SecondFactor, Subject, TokenRejection, TokenService},
 };
 use crate::{
     clock::SharedClock,
@@ -227,7 +226,13 @@ impl Sessions {
         );
         let session_end = self
             .store
-            .raise_session(caller.session_id, caller.user_id, &stored, &effects)
+            .raise_session(
+                caller.session_id,
+                caller.user_id,
+                &stored,
+                factor.proved(),
+                &effects,
+            )
             .await?
             .ok_or(AuthError::InvalidToken(TokenRejection::Revoked))?;
         let subject = Subject {

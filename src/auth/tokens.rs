@@ -13,27 +13,53 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::keys::Keys;
-use crate::crypto::signing::SigningAlgorithm;
+use crate::{crypto::signing::SigningAlgorithm, store::ProvedFactor};
 
-/// Why a bearer token was refused. Only logged: the client always sees the
-/// same `invalid_token` answer so it learns nothing about which check failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenRejection {
-    Malformed,
-    BadSignature,
-    Expired,
-    WrongType,
-    UnknownKey,
-    WrongIssuerOrAudience,
-    /// Issued in the future, or valid for longer than this service issues
-    /// tokens for: not a token this service signed as it stands.
-    ImplausibleTimes,
-    Revoked,
-}
+pub use super::error::TokenRejection;
 
 /// How far in the future a token's `iat` may lie: instances on one database
 /// may run on clocks a little apart.
 const IAT_LEEWAY_SECS: i64 = 30;
+
+/// What proved the second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFactor {
+    /// A code of this TOTP factor.
+    Totp(Uuid),
+    RecoveryCode,
+    /// This passkey.
+    Passkey(Uuid),
+}
+
+impl SecondFactor {
+    /// As the audit log names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SecondFactor::Totp(_) => "with a TOTP code",
+            SecondFactor::RecoveryCode => "with a recovery code",
+            SecondFactor::Passkey(_) => "with a passkey",
+        }
+    }
+
+    /// Its RFC 8176 method: `otp`, or `hwk` for a passkey; a recovery code
+    /// has none (the session says `mfa` alone).
+    pub fn method(self) -> Option<&'static str> {
+        match self {
+            SecondFactor::Totp(_) => Some("otp"),
+            SecondFactor::RecoveryCode => None,
+            SecondFactor::Passkey(_) => Some("hwk"),
+        }
+    }
+
+    /// The factor a session opened with it rests on: a recovery code
+    /// stands in for any.
+    pub fn proved(self) -> ProvedFactor {
+        match self {
+            SecondFactor::Totp(id) | SecondFactor::Passkey(id) => ProvedFactor::This(id),
+            SecondFactor::RecoveryCode => ProvedFactor::Any,
+        }
+    }
+}
 
 /// RFC 9068 §2.1: access tokens are typed so that no other JWT (an ID token,
 /// say) can be passed off as one (RFC 8725 §3.11).

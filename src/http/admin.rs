@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    auth::{parse_field, parse_new_account},
+    auth::parse_new_account,
     error::{AppError, AppResult, FieldError, Problem},
-    extract::{Admin, ApiJson, ClientInfo, PathId, RequireRole},
+    extract::{Admin, ApiJson, ClientInfo, PathId, RequireRole, parse_field},
     users::{SessionList, UserResponse, session_list},
 };
 use crate::{

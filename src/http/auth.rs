@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     AppState, cookies,
     error::{AppError, AppResult, FieldError, Problem},
-    extract::{ApiJson, AuthUser, ClientInfo, body_rejection, has_content_type},
+    extract::{ApiJson, AuthUser, ClientInfo, body_rejection, has_content_type, parse_field},
     users::UserResponse,
 };
 use crate::{
@@ -96,21 +96,6 @@ pub(super) fn parse_new_account(
         email: parsed_email,
         password,
     })
-}
-
-pub(super) fn parse_field<T>(
-    errors: &mut Vec<FieldError>,
-    field: &str,
-    raw: Option<&str>,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Option<T> {
-    match raw.map(parse)? {
-        Ok(v) => Some(v),
-        Err(message) => {
-            errors.push(FieldError::new(field, message));
-            None
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

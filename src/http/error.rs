@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    auth::{AuthError, error::UNAVAILABLE_RETRY, mfa::MfaChallenge, tokens::TokenRejection},
+    auth::{AuthError, error::MfaChallenge, error::UNAVAILABLE_RETRY, tokens::TokenRejection},
     limits::Throttle,
 };
 

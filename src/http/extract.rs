@@ -11,7 +11,7 @@ use axum::{
     extract::{
         ConnectInfo, FromRequest, FromRequestParts, Path, Request, rejection::BytesRejection,
     },
-    http::{HeaderMap, StatusCode, header, request::Parts},
+    http::{HeaderMap, Method, StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -167,6 +167,48 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
+/// Parses a field that was given, adding its error to `errors` if it
+/// does not parse.
+pub fn parse_field<T>(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    match raw.map(parse)? {
+        Ok(v) => Some(v),
+        Err(message) => {
+            errors.push(FieldError::new(field, message));
+            None
+        }
+    }
+}
+
+/// The longest name of a factor, in characters.
+const MAX_NAME: usize = 64;
+
+/// A factor's name as given: at most [`MAX_NAME`] characters, none a
+/// control character or an invisible one (a zero width space, a direction
+/// override: the name is shown in lists and mail, where they could make it
+/// pass for another); blank is none.
+pub fn factor_name(name: Option<&str>) -> Result<Option<&str>, AppError> {
+    let invisible = |c: char| {
+        matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if name.is_some_and(|n| {
+        n.chars().count() > MAX_NAME || n.chars().any(|c| c.is_control() || invisible(c))
+    }) {
+        return Err(AppError::validation(
+            "name",
+            format!(
+                "must be at most {MAX_NAME} characters, without control or invisible characters"
+            ),
+        ));
+    }
+    Ok(name.map(str::trim).filter(|n| !n.is_empty()))
+}
+
 /// A resource id in the path. Anything that is not an id (including bytes
 /// that are not UTF-8) names no resource: 404, as for an unknown id.
 pub struct PathId(pub Uuid);
@@ -279,10 +321,15 @@ impl<R: RoleName> FromRequestParts<AppState> for RequireRole<R> {
         // The user's roles as of the last session check, not the token's:
         // a demoted admin's token (good for its whole lifetime) loses its
         // power within the check's bound.
-        if user.0.user.user.roles.contains(R::NAME) {
-            Ok(RequireRole(user, PhantomData))
-        } else {
-            Err(AppError::Forbidden)
+        if !user.0.user.user.roles.contains(R::NAME) {
+            return Err(AppError::Forbidden);
         }
+        // A change by a user who has a second factor needs a session of two,
+        // as the user's own sensitive changes do: a session opened before
+        // the factor must not, say, make a second admin who resets it.
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            state.services.mfa.require_aal2_if_enrolled(&user.0).await?;
+        }
+        Ok(RequireRole(user, PhantomData))
     }
 }

@@ -20,6 +20,7 @@ use super::{
     error::{AppError, AppResult, Problem},
     extract::{
         Admin, ApiJson, AuthUser, ClientInfo, OptionalJson, PathId, RequireRole, bearer_token,
+        factor_name,
     },
 };
 use webauthn_rs::prelude::PublicKeyCredential;
@@ -36,31 +37,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(regenerate_recovery_codes))
         .routes(routes!(verify))
         .routes(routes!(reset_user_factors))
-}
-
-/// The longest name of a factor, in characters.
-const MAX_NAME: usize = 64;
-
-/// A factor's name as given: at most [`MAX_NAME`] characters, none a
-/// control character or an invisible one (a zero width space, a direction
-/// override: the name is shown in lists and mail, where they could make it
-/// pass for another); blank is none.
-pub(super) fn factor_name(name: Option<&str>) -> AppResult<Option<&str>> {
-    let invisible = |c: char| {
-        matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-    };
-    if name.is_some_and(|n| {
-        n.chars().count() > MAX_NAME || n.chars().any(|c| c.is_control() || invisible(c))
-    }) {
-        return Err(AppError::validation(
-            "name",
-            format!(
-                "must be at most {MAX_NAME} characters, without control or invisible characters"
-            ),
-        ));
-    }
-    Ok(name.map(str::trim).filter(|n| !n.is_empty()))
 }
 
 /// A new TOTP factor's name (optional).

@@ -24,8 +24,7 @@ use super::{
     AppState,
     auth::{Transport, token_response, transport},
     error::{AppError, AppResult, Problem},
-    extract::{ApiJson, AuthUser, ClientInfo, OptionalJson, PathId, bearer_token},
-    mfa::factor_name,
+    extract::{ApiJson, AuthUser, ClientInfo, OptionalJson, PathId, bearer_token, factor_name},
 };
 use crate::auth::{
     mfa::PasskeyStep,
@@ -200,14 +199,19 @@ pub struct PasskeyList {
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The user has a factor and the session one (`insufficient_user_authentication`)", body = Problem),
         (status = 422, description = "The account holds as many passkeys as allowed (20)", body = Problem),
-        (status = 429, description = "Too many starts for this user", body = Problem),
+        (status = 429, description = "Too many starts for this user from this address", body = Problem),
     )
 )]
 async fn start_registration(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
+    ClientInfo(client): ClientInfo,
 ) -> AppResult<Json<CeremonyStarted>> {
-    let started = state.services.passkeys.start_registration(&caller).await?;
+    let started = state
+        .services
+        .passkeys
+        .start_registration(&client, &caller)
+        .await?;
     Ok(Json(started.into()))
 }
 
@@ -390,17 +394,21 @@ pub struct SecondFactorStart {
         (status = 200, description = "`publicKey` for `navigator.credentials.get`", body = CeremonyStarted),
         (status = 401, description = "Unknown, expired or spent mfa_token (`invalid_mfa_token`); neither an mfa_token nor a bearer token (`missing_mfa_token`); an invalid bearer token", body = Problem),
         (status = 422, description = "The user has no passkey", body = Problem),
-        (status = 429, description = "Too many starts for this user", body = Problem),
+        (status = 429, description = "Too many starts for this user from this address", body = Problem),
     )
 )]
 async fn start_second_factor(
     State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
     headers: HeaderMap,
     OptionalJson(body): OptionalJson<SecondFactorStart>,
 ) -> AppResult<Json<CeremonyStarted>> {
     let mfa = &state.services.mfa;
     let started = match body.and_then(|b| b.mfa_token) {
-        Some(mfa_token) => mfa.start_passkey(PasskeyStep::Login(&mfa_token)).await?,
+        Some(mfa_token) => {
+            mfa.start_passkey(&client, PasskeyStep::Login(&mfa_token))
+                .await?
+        }
         None => {
             if headers.get(header::AUTHORIZATION).is_none() {
                 return Err(AppError::MissingMfaToken);
@@ -410,7 +418,8 @@ async fn start_second_factor(
                 .sessions
                 .authenticate(bearer_token(&headers)?)
                 .await?;
-            mfa.start_passkey(PasskeyStep::StepUp(&caller)).await?
+            mfa.start_passkey(&client, PasskeyStep::StepUp(&caller))
+                .await?
         }
     };
     Ok(Json(started.into()))

@@ -14,9 +14,8 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    auth::parse_field,
     error::{AppError, AppResult, Problem},
-    extract::{ApiJson, AuthUser, ClientInfo, PathId},
+    extract::{ApiJson, AuthUser, ClientInfo, PathId, parse_field},
 };
 use crate::{
     auth::{accounts::ProfileChange, sessions::SessionView},

@@ -76,7 +76,11 @@ pub trait MfaStore: Send + Sync + 'static {
     /// Confirms the user's unconfirmed factor, marking `step` used, and
     /// replaces the user's recovery codes with `recovery_hashes`, with
     /// `effects`, in one transaction; `false` (and nothing changed) if the
-    /// user has no such unconfirmed factor.
+    /// user has no such unconfirmed factor. With `first_only`, a user who has
+    /// a factor already is [`super::StoreError::Conflict`]`("factor")`.
+    // The change's own parts: a struct for them would be used by this one
+    // call alone.
+    #[allow(clippy::too_many_arguments)]
     async fn confirm_factor(
         &self,
         user_id: Uuid,
@@ -84,6 +88,7 @@ pub trait MfaStore: Send + Sync + 'static {
         step: i64,
         now: OffsetDateTime,
         recovery_hashes: &[[u8; 32]],
+        first_only: bool,
         effects: &Effects,
     ) -> StoreResult<bool>;
     /// Spends TOTP time step `step` of a confirmed factor, if it is later
@@ -104,9 +109,16 @@ pub trait MfaStore: Send + Sync + 'static {
         factor_id: Uuid,
         effects: &Effects,
     ) -> StoreResult<bool>;
-    /// Deletes every factor, passkey and recovery code of the user, with
-    /// `effects`; how many factors and passkeys.
-    async fn delete_factors(&self, user_id: Uuid, effects: &Effects) -> StoreResult<u64>;
+    /// Deletes every factor, passkey and recovery code of the user and ends
+    /// every session of the user as of `now`, with `effects`, in one change:
+    /// no login that proved a factor, nor a factor added from a session, can
+    /// outlive it. How many factors and passkeys.
+    async fn delete_factors(
+        &self,
+        user_id: Uuid,
+        now: OffsetDateTime,
+        effects: &Effects,
+    ) -> StoreResult<u64>;
     /// Replaces the user's recovery codes, with `effects`, if the user has
     /// a factor (a confirmed TOTP factor or a passkey); `false` if not.
     async fn replace_recovery_codes(

@@ -486,13 +486,15 @@ pub trait SessionStore: Send + Sync + 'static {
         effects: &Effects,
     ) -> StoreResult<bool>;
     /// Records that the live session of the user was authenticated again,
-    /// as `auth` says (a second factor: step-up), with `effects`; the
-    /// session's end, or `None` if it is not live.
+    /// as `auth` says (a second factor: step-up), with `effects`, if the
+    /// `factor` proved is still there; the session's end, or `None` if it is
+    /// not live or the factor is gone.
     async fn raise_session(
         &self,
         session_id: Uuid,
         user_id: Uuid,
         auth: &SessionAuth,
+        factor: ProvedFactor,
         effects: &Effects,
     ) -> StoreResult<Option<OffsetDateTime>>;
     /// The user's live sessions, newest first.

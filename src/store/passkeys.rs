@@ -63,6 +63,8 @@ pub enum Added {
     TooMany,
     /// Asked to be the first factor, but the user has one.
     NotFirst,
+    /// The session adding it has ended.
+    SessionEnded,
 }
 
 #[async_trait]
@@ -79,13 +81,14 @@ pub trait PasskeyStore: Send + Sync + 'static {
         purpose: CeremonyPurpose,
         now: OffsetDateTime,
     ) -> StoreResult<Option<Ceremony>>;
-    /// Stores a new passkey, with `effects`, unless the user holds `max`
-    /// already. With `first`, only as the user's first factor, and with
+    /// Stores a new passkey, with `effects`, from the user's session
+    /// `session_id` if it is still live, unless the user holds `max` already. With `first`, only as the user's first factor, and with
     /// these recovery codes in place of any. A credential id already stored
     /// (for any user) is [`super::StoreError::Conflict`].
     async fn add_passkey(
         &self,
         passkey: &StoredPasskey,
+        session_id: Option<Uuid>,
         first: Option<&[[u8; 32]]>,
         max: u32,
         effects: &Effects,

@@ -1652,22 +1652,37 @@ macro_rules! sql_store {
                     session_id: Uuid,
                     user_id: Uuid,
                     auth: &SessionAuth,
+                    factor: ProvedFactor,
                     effects: &Effects,
                 ) -> StoreResult<Option<OffsetDateTime>> {
                     let writer = self.writer().clone();
                     let (auth, effects) = (auth.clone(), effects.clone());
+                    let factor = match factor {
+                        ProvedFactor::This(id) => Some(id),
+                        ProvedFactor::Any => None,
+                    };
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
+                        // As for a new session: the factor proved must be
+                        // there at the commit (factor changes lock the user).
+                        Self::lock_for_new_session(&mut tx, user_id).await?;
                         let end: Option<(Timestamp,)> = sqlx::query_as(
                             "UPDATE sessions SET aal = $3, amr = $4, authenticated_at = $5 \
                              WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
-                             AND expires_at > $5 RETURNING expires_at",
+                             AND expires_at > $5 \
+                             AND (EXISTS (SELECT 1 FROM mfa_factors WHERE user_id = $2 \
+                                          AND confirmed_at IS NOT NULL \
+                                          AND ($6 IS NULL OR id = $6)) \
+                                  OR EXISTS (SELECT 1 FROM passkeys WHERE user_id = $2 \
+                                             AND ($6 IS NULL OR id = $6))) \
+                             RETURNING expires_at",
                         )
                         .bind(session_id)
                         .bind(user_id)
                         .bind(auth.level.clone())
                         .bind(auth.methods_column())
                         .bind(Timestamp(auth.at))
+                        .bind(factor)
                         .fetch_optional(&mut *tx)
                         .await?;
                         let Some((end,)) = end else {
@@ -1746,6 +1761,9 @@ macro_rules! sql_store {
                     let factor = factor.clone();
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
+                        // Factor changes of one user take turns (one pending
+                        // enrolment replaces another).
+                        Self::lock_for_user_change(&mut tx, factor.user_id).await?;
                         // Enrolments never confirmed are dropped after a while.
                         sqlx::query(
                             "DELETE FROM mfa_factors WHERE user_id = $1 AND kind = $2 \
@@ -1785,6 +1803,7 @@ macro_rules! sql_store {
                     rows.into_iter().map(Factor::try_from).collect()
                 }
 
+                #[allow(clippy::too_many_arguments)]
                 async fn confirm_factor(
                     &self,
                     user_id: Uuid,
@@ -1792,6 +1811,7 @@ macro_rules! sql_store {
                     step: i64,
                     now: OffsetDateTime,
                     recovery_hashes: &[[u8; 32]],
+                    first_only: bool,
                     effects: &Effects,
                 ) -> StoreResult<bool> {
                     let writer = self.writer().clone();
@@ -1802,6 +1822,9 @@ macro_rules! sql_store {
                         // Factor changes of one user take turns, and with
                         // the logins that rest on a factor.
                         Self::lock_for_user_change(&mut tx, user_id).await?;
+                        if first_only && has_factor(&mut tx, user_id).await? {
+                            return Err(StoreError::Conflict("factor"));
+                        }
                         let done = sqlx::query(
                             "UPDATE mfa_factors SET confirmed_at = $3, last_used_step = $4, \
                              last_used_at = $3 \
@@ -1875,7 +1898,12 @@ macro_rules! sql_store {
                     .await
                 }
 
-                async fn delete_factors(&self, user_id: Uuid, effects: &Effects) -> StoreResult<u64> {
+                async fn delete_factors(
+                    &self,
+                    user_id: Uuid,
+                    now: OffsetDateTime,
+                    effects: &Effects,
+                ) -> StoreResult<u64> {
                     let writer = self.writer().clone();
                     let effects = effects.clone();
                     detached(async move {
@@ -1892,6 +1920,11 @@ macro_rules! sql_store {
                             .execute(&mut *tx)
                             .await?;
                         replace_codes(&mut tx, user_id, &[]).await?;
+                        // With the factors, every session: one that a factor
+                        // opened or was added from must not outlive them.
+                        sql::end_user_sessions(user_id, None, RevokeReason::UserChanged, Timestamp(now))
+                            .execute(&mut *tx)
+                            .await?;
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(done.rows_affected() + passkeys.rows_affected())
@@ -2068,6 +2101,7 @@ macro_rules! sql_store {
                 async fn add_passkey(
                     &self,
                     passkey: &StoredPasskey,
+                    session_id: Option<Uuid>,
                     first: Option<&[[u8; 32]]>,
                     max: u32,
                     effects: &Effects,
@@ -2088,6 +2122,21 @@ macro_rules! sql_store {
                                 .await?;
                         if held >= i64::from(max) {
                             return Ok(Added::TooMany);
+                        }
+                        // The session adding it must be live at the commit: a
+                        // reset that ended it also removes what it added.
+                        if let Some(session_id) = session_id {
+                            let live: Option<i32> = sqlx::query_scalar(
+                                "SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 \
+                                 AND revoked_at IS NULL",
+                            )
+                            .bind(session_id)
+                            .bind(user_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            if live.is_none() {
+                                return Ok(Added::SessionEnded);
+                            }
                         }
                         if recovery_codes.is_some() && has_factor(&mut tx, user_id).await? {
                             return Ok(Added::NotFirst);

@@ -457,6 +457,30 @@ async fn a_signature_counter_that_goes_back_is_refused(backend: Backend) {
     problem(res, StatusCode::UNAUTHORIZED).await;
     // The authenticator itself goes on.
     passkey_tokens(&app, &mut authenticator).await;
+
+    // As a second factor too, against the counter stored now, not the one
+    // the challenge was started with.
+    let mfa_token = second_step(&app, "dot").await;
+    let (challenge_id, options) = start(
+        &app,
+        "/auth/mfa/passkey/start",
+        None,
+        json!({"mfa_token": mfa_token}),
+    )
+    .await;
+    let held_back = authenticator.assert(ORIGIN, &options).unwrap();
+    passkey_tokens(&app, &mut authenticator).await;
+    let res = post(
+        &app,
+        "/auth/mfa/verify",
+        None,
+        json!({"mfa_token": mfa_token, "challenge_id": challenge_id, "credential": held_back}),
+    )
+    .await;
+    assert_eq!(
+        problem(res, StatusCode::UNAUTHORIZED).await["code"],
+        "invalid_code"
+    );
 }
 
 async fn a_passkey_proves_only_its_own_user(backend: Backend) {
@@ -723,6 +747,20 @@ async fn an_admin_reset_removes_passkeys_too(backend: Backend) {
         .unwrap();
     let body = problem(res, StatusCode::FORBIDDEN).await;
     assert_eq!(body["code"], "insufficient_user_authentication");
+    // Nor may that session make another admin (who could); reading stays.
+    let res = post(
+        &app,
+        "/admin/users",
+        Some(&admin),
+        json!({"username": "deputy", "password": PASSWORD, "roles": ["admin"]}),
+    )
+    .await;
+    let body = problem(res, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "insufficient_user_authentication");
+    assert_eq!(
+        app.get("/admin/users", Some(&admin)).await.status(),
+        StatusCode::OK
+    );
 }
 
 async fn registrations_started_together_add_no_more_than_they_may(backend: Backend) {
