@@ -43,6 +43,8 @@
 #                     the default, keeps authgate's own)
 #   BENCH_KEEP=1      keep the work directory (server log, wrk outputs)
 #   BENCH_NO_BUILD=1  run the release binary already built, without cargo
+#   BENCH_BIN         the binary to run (default target/release/authgate);
+#                     with BENCH_NO_BUILD=1, A/B runs alternate two builds
 #   BENCH_SPREAD_CLIENTS=1
 #                     refreshes come from 65,536 client addresses (through
 #                     X-Forwarded-For from a trusted proxy) under the default
@@ -52,6 +54,10 @@
 #                     RS256, HS256; default: authgate's own, EdDSA)
 #   BENCH_MILLION_ACCOUNTS
 #                     accounts --million loads (default 1000000)
+#   BENCH_MILLION_SETTLE=0
+#                     --million on PostgreSQL: skip the CHECKPOINT that ends the
+#                     load, so the scenarios run while the kernel is still
+#                     writing the loaded rows to disk
 #   BENCH_PURGE_AT    --million: seconds from the last restart to the purge (8)
 #   BENCH_PURGE_TIMEOUT
 #                     --million: give up waiting for the purge after this many
@@ -67,7 +73,7 @@ trap 'echo "bench: error: line $LINENO: $BASH_COMMAND failed" >&2' ERR
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
-BIN=$ROOT/target/release/authgate
+BIN=${BENCH_BIN:-$ROOT/target/release/authgate}
 
 usage() {
     sed -n '2,/^set -Eeuo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'

@@ -541,6 +541,19 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// requests waiting for the writer or a row lock wait little.
     const PURGE_BATCH: i64;
 
+    /// After each full batch of the purge of expired sessions and tokens, a
+    /// rest of this many times the batch's own duration (0: none), so that a
+    /// purge of a large backlog leaves the database to the requests part of
+    /// the time, and backs off by itself when the machine is busy.
+    const PURGE_PAUSE: u32 = 0;
+
+    /// The statement deleting one batch of a purge: the rows of `table`
+    /// (keyed by `key`) that `filter`, a condition ending in its `LIMIT`,
+    /// selects. By default the rows are found again by key.
+    fn purge_statement(table: &str, key: &str, filter: &str) -> String {
+        format!("DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {filter})")
+    }
+
     /// Lifts the statement time limit on a connection (migrations may build
     /// indexes over big tables); empty where there is none.
     const UNBOUNDED: &'static str;
@@ -826,6 +839,27 @@ where
     }
 }
 
+/// [`until_drained`], resting after each full batch `pause` times as long as
+/// the batch took.
+pub(super) async fn drain_paced<F, Fut>(size: i64, pause: u32, mut batch: F) -> sqlx::Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = sqlx::Result<u64>>,
+{
+    let mut deleted = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let done = batch().await?;
+        deleted += done;
+        if done < size.unsigned_abs() {
+            return Ok(deleted);
+        }
+        if pause > 0 {
+            tokio::time::sleep(started.elapsed() * pause).await;
+        }
+    }
+}
+
 /// One unit of a GCRA quota, in one statement ($1 key, $2 now, $3 the
 /// interval, $4 the window; milliseconds). Every `SET` sees the old row, so
 /// the grant and the new arrival time are decided on the same state.
@@ -899,7 +933,7 @@ macro_rules! sql_store {
                     sql::{
                         self, AuditRow, CredentialsRow, Dialect, FlowTokenRow, KeyRow,
                         LiveRefreshRow, MailInfoRow, Refresh, SELECT_KEYS, SessionInfoRow,
-                        until_drained,
+                        drain_paced, until_drained,
                         Timestamp, UserRow,
                     },
                 },
@@ -917,18 +951,23 @@ macro_rules! sql_store {
                 now: Timestamp,
             ) -> sqlx::Result<u64> {
                 // Names from this file only, never from input.
-                let statement = format!(
-                    "DELETE FROM {table} WHERE {key} IN \
-                     (SELECT {key} FROM {table} WHERE expires_at <= $1{and} LIMIT $2)"
+                let statement = <$store as Dialect>::purge_statement(
+                    table,
+                    key,
+                    &format!("expires_at <= $1{and} LIMIT $2"),
                 );
-                until_drained(<$store as Dialect>::PURGE_BATCH, || async {
-                    let done = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                        .bind(now)
-                        .bind(<$store as Dialect>::PURGE_BATCH)
-                        .execute(writer)
-                        .await?;
-                    Ok(done.rows_affected())
-                })
+                drain_paced(
+                    <$store as Dialect>::PURGE_BATCH,
+                    <$store as Dialect>::PURGE_PAUSE,
+                    || async {
+                        let done = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                            .bind(now)
+                            .bind(<$store as Dialect>::PURGE_BATCH)
+                            .execute(writer)
+                            .await?;
+                        Ok(done.rows_affected())
+                    },
+                )
                 .await
             }
 
