@@ -164,6 +164,44 @@ async fn start(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> (
     )
 }
 
+/// A registration's finish from the session `access`.
+async fn finish_registration(
+    app: &TestApp,
+    access: &str,
+    challenge_id: &str,
+    credential: &RegisterPublicKeyCredential,
+) -> reqwest::Response {
+    let body = json!({"challenge_id": challenge_id, "credential": credential});
+    post(
+        app,
+        "/users/me/passkeys/register/finish",
+        Some(access),
+        body,
+    )
+    .await
+}
+
+/// A passwordless login's finish.
+async fn finish_login(
+    app: &TestApp,
+    challenge_id: &str,
+    credential: &PublicKeyCredential,
+) -> reqwest::Response {
+    let body = json!({"challenge_id": challenge_id, "credential": credential});
+    post(app, "/auth/passkey/finish", None, body).await
+}
+
+/// A registration's start from the session `access`.
+async fn start_registration(app: &TestApp, access: &str) -> (String, Value) {
+    start(
+        app,
+        "/users/me/passkeys/register/start",
+        Some(access),
+        json!({}),
+    )
+    .await
+}
+
 /// Registers a passkey of `authenticator` from the session `access`: the
 /// finish's answer.
 async fn register(app: &TestApp, access: &str, authenticator: &mut Authenticator) -> Value {
@@ -203,13 +241,7 @@ async fn passkey_login(
 ) -> reqwest::Response {
     let (challenge_id, options) = start(app, "/auth/passkey/start", None, body).await;
     let credential = authenticator.assert(ORIGIN, &options).unwrap();
-    post(
-        app,
-        "/auth/passkey/finish",
-        None,
-        json!({"challenge_id": challenge_id, "credential": credential}),
-    )
-    .await
+    finish_login(app, &challenge_id, &credential).await
 }
 
 async fn passkey_tokens(app: &TestApp, authenticator: &mut Authenticator) -> Tokens {
@@ -222,13 +254,7 @@ async fn a_passkey_registered_from_a_session_logs_in_without_a_password_at_aal2(
     let app = spawn(backend).await;
     app.create_user("ada").await;
     let tokens = app.tokens("ada").await;
-    let (_, options) = start(
-        &app,
-        "/users/me/passkeys/register/start",
-        Some(&tokens.access),
-        json!({}),
-    )
-    .await;
+    let (_, options) = start_registration(&app, &tokens.access).await;
     assert_eq!(options["rp"]["id"], "localhost");
     assert_eq!(options["rp"]["name"], "authgate");
     assert_eq!(options["user"]["name"], "ada@example.com");
@@ -238,13 +264,7 @@ async fn a_passkey_registered_from_a_session_logs_in_without_a_password_at_aal2(
 
     // A name that would pass for another is refused before the answer is
     // taken: the same answer, named plainly, registers.
-    let (challenge_id, options) = start(
-        &app,
-        "/users/me/passkeys/register/start",
-        Some(&tokens.access),
-        json!({}),
-    )
-    .await;
+    let (challenge_id, options) = start_registration(&app, &tokens.access).await;
     let mut authenticator = Authenticator::new();
     let credential = authenticator.register(ORIGIN, &options).unwrap();
     let path = "/users/me/passkeys/register/finish";
@@ -347,13 +367,7 @@ async fn a_challenge_works_once_and_not_after_five_minutes(backend: Backend) {
     let (challenge_id, options) = start(&app, "/auth/passkey/start", None, json!({})).await;
     let credential = authenticator.assert(ORIGIN, &options).unwrap();
     app.advance(Duration::from_secs(5 * 60 + 1));
-    let res = post(
-        &app,
-        "/auth/passkey/finish",
-        None,
-        json!({"challenge_id": challenge_id, "credential": credential}),
-    )
-    .await;
+    let res = finish_login(&app, &challenge_id, &credential).await;
     problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
@@ -364,45 +378,21 @@ async fn answers_for_another_origin_or_rp_id_are_refused(backend: Backend) {
     let mut authenticator = Authenticator::new();
 
     // Another port is another origin.
-    let (challenge_id, options) = start(
-        &app,
-        "/users/me/passkeys/register/start",
-        Some(&tokens.access),
-        json!({}),
-    )
-    .await;
+    let (challenge_id, options) = start_registration(&app, &tokens.access).await;
     let credential = authenticator
         .register("http://localhost:8011", &options)
         .unwrap();
-    let res = post(
-        &app,
-        "/users/me/passkeys/register/finish",
-        Some(&tokens.access),
-        json!({"challenge_id": challenge_id, "credential": credential}),
-    )
-    .await;
+    let res = finish_registration(&app, &tokens.access, &challenge_id, &credential).await;
     let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(body.to_string().contains("credential"), "{body}");
 
     // A page elsewhere that claims its own RP ID.
-    let (challenge_id, mut options) = start(
-        &app,
-        "/users/me/passkeys/register/start",
-        Some(&tokens.access),
-        json!({}),
-    )
-    .await;
+    let (challenge_id, mut options) = start_registration(&app, &tokens.access).await;
     options["rp"]["id"] = json!("evil.example");
     let credential = authenticator
         .register("https://evil.example", &options)
         .unwrap();
-    let res = post(
-        &app,
-        "/users/me/passkeys/register/finish",
-        Some(&tokens.access),
-        json!({"challenge_id": challenge_id, "credential": credential}),
-    )
-    .await;
+    let res = finish_registration(&app, &tokens.access, &challenge_id, &credential).await;
     problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
     let listed: Value = app
         .get("/users/me/passkeys", Some(&tokens.access))
@@ -418,13 +408,7 @@ async fn answers_for_another_origin_or_rp_id_are_refused(backend: Backend) {
     let credential = authenticator
         .assert("http://localhost:8011", &options)
         .unwrap();
-    let res = post(
-        &app,
-        "/auth/passkey/finish",
-        None,
-        json!({"challenge_id": challenge_id, "credential": credential}),
-    )
-    .await;
+    let res = finish_login(&app, &challenge_id, &credential).await;
     let body = problem(res, StatusCode::UNAUTHORIZED).await;
     assert_eq!(body["code"], "invalid_credentials");
 }
@@ -439,21 +423,9 @@ async fn a_signature_counter_that_goes_back_is_refused(backend: Backend) {
     let (second_id, second_options) = start(&app, "/auth/passkey/start", None, json!({})).await;
     let earlier = authenticator.assert(ORIGIN, &first_options).unwrap();
     let later = authenticator.assert(ORIGIN, &second_options).unwrap();
-    let res = post(
-        &app,
-        "/auth/passkey/finish",
-        None,
-        json!({"challenge_id": second_id, "credential": later}),
-    )
-    .await;
+    let res = finish_login(&app, &second_id, &later).await;
     assert_eq!(res.status(), StatusCode::OK);
-    let res = post(
-        &app,
-        "/auth/passkey/finish",
-        None,
-        json!({"challenge_id": first_id, "credential": earlier}),
-    )
-    .await;
+    let res = finish_login(&app, &first_id, &earlier).await;
     problem(res, StatusCode::UNAUTHORIZED).await;
     // The authenticator itself goes on.
     passkey_tokens(&app, &mut authenticator).await;
@@ -772,18 +744,10 @@ async fn registrations_started_together_add_no_more_than_they_may(backend: Backe
     // Two starts from a one-factor session before any passkey: only the
     // first finish may add the first factor; the second would be a second
     // factor added without a second factor.
-    let mut started = Vec::new();
-    for _ in 0..2 {
-        started.push(
-            start(
-                &app,
-                "/users/me/passkeys/register/start",
-                Some(&one_factor.access),
-                json!({}),
-            )
-            .await,
-        );
-    }
+    let started = [
+        start_registration(&app, &one_factor.access).await,
+        start_registration(&app, &one_factor.access).await,
+    ];
     let mut answers = Vec::new();
     for (challenge_id, options) in &started {
         let credential = authenticator.register(ORIGIN, options).unwrap();
@@ -801,18 +765,10 @@ async fn registrations_started_together_add_no_more_than_they_may(backend: Backe
     for _ in 1..19 {
         register(&app, &two_factors.access, &mut Authenticator::new()).await;
     }
-    let mut started = Vec::new();
-    for _ in 0..2 {
-        started.push(
-            start(
-                &app,
-                "/users/me/passkeys/register/start",
-                Some(&two_factors.access),
-                json!({}),
-            )
-            .await,
-        );
-    }
+    let started = [
+        start_registration(&app, &two_factors.access).await,
+        start_registration(&app, &two_factors.access).await,
+    ];
     let mut statuses = Vec::new();
     for (challenge_id, options) in &started {
         let credential = Authenticator::new().register(ORIGIN, options).unwrap();
