@@ -185,20 +185,47 @@ pub fn parse_field<T>(
 }
 
 /// The longest name of a factor, in characters.
-const MAX_NAME: usize = 64;
+pub const MAX_NAME: usize = 64;
 
-/// A factor's name as given: at most [`MAX_NAME`] characters, none a
-/// control character or an invisible one (a zero width space, a direction
-/// override: the name is shown in lists and mail, where they could make it
-/// pass for another); blank is none.
+/// What no name shown to people may hold: control characters, and the
+/// characters that show nothing (Unicode's default-ignorable code points of
+/// the basic plane: zero-width spaces and joiners, direction marks and
+/// overrides, soft hyphens, variation selectors, fillers) or break a line.
+/// A name is shown in lists and mail, where they could make it pass for
+/// another.
+pub const UNSHOWN: &[(char, char)] = &[
+    ('\u{0000}', '\u{001F}'),
+    ('\u{007F}', '\u{009F}'),
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{2028}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFFB}'),
+];
+
+/// The API document's pattern for such a name: none of [`UNSHOWN`].
+pub fn shown_name_pattern() -> String {
+    let ranges: String = UNSHOWN
+        .iter()
+        .map(|&(a, b)| format!("\\u{:04X}-\\u{:04X}", u32::from(a), u32::from(b)))
+        .collect();
+    format!("^[^{ranges}]*$")
+}
+
+/// A factor's name as given: at most [`MAX_NAME`] characters, none of
+/// [`UNSHOWN`] (a control character included); blank is none.
 pub fn factor_name(name: Option<&str>) -> Result<Option<&str>, AppError> {
-    let invisible = |c: char| {
-        matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-    };
-    if name.is_some_and(|n| {
-        n.chars().count() > MAX_NAME || n.chars().any(|c| c.is_control() || invisible(c))
-    }) {
+    let unshown = |c: char| UNSHOWN.iter().any(|&(a, b)| (a..=b).contains(&c));
+    if name.is_some_and(|n| n.chars().count() > MAX_NAME || n.chars().any(unshown)) {
         return Err(AppError::validation(
             "name",
             format!(
@@ -331,5 +358,26 @@ impl<R: RoleName> FromRequestParts<AppState> for RequireRole<R> {
             state.services.mfa.require_aal2_if_enrolled(&user.0).await?;
         }
         Ok(RequireRole(user, PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_name_pattern_refuses_what_the_parser_refuses() {
+        let pattern = regex::Regex::new(&shown_name_pattern()).unwrap();
+        let mut samples: Vec<char> = UNSHOWN.iter().flat_map(|&(a, b)| [a, b]).collect();
+        samples.extend(['a', 'é', '☃', ' ', '\u{2027}', '\u{2070}', '\u{FFFC}', '😀']);
+        for c in samples {
+            let name = format!("a{c}b");
+            assert_eq!(
+                pattern.is_match(&name),
+                factor_name(Some(&name)).is_ok(),
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
     }
 }

@@ -16,7 +16,7 @@ use utoipa::{
     },
 };
 
-use super::admin::CURSOR_PATTERN;
+use super::{admin::CURSOR_PATTERN, extract::shown_name_pattern};
 use crate::domain::{self, Email, Role, Roles, Username};
 
 type Schemas = std::collections::BTreeMap<String, RefOr<Schema>>;
@@ -300,6 +300,10 @@ fn state_request_rules(spec: &mut OpenApi) {
     for schema in ["SignupRequest", "LoginRequest"] {
         let branches = vec![named(&["username"]), named(&["email"])];
         combine(schemas, schema, "anyOf", branches);
+    }
+    // Names shown to people.
+    for schema in ["EnrollRequest", "RegistrationFinish"] {
+        field(schemas, schema, "name").pattern = Some(shown_name_pattern());
     }
     // WebAuthn's answers, as the library reads them.
     for (schema, fields) in [

@@ -140,11 +140,7 @@ pub struct RegistrationFinish {
     pub credential: RegisterPublicKeyCredential,
     /// Shown in the list; default "Passkey". At most 64 characters, no
     /// control or invisible characters.
-    #[schema(
-        example = "Laptop",
-        max_length = 64,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]*$"
-    )]
+    #[schema(example = "Laptop", max_length = 64)]
     pub name: Option<String>,
 }
 
