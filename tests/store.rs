@@ -3431,6 +3431,7 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     let now = clock::now();
     let codes = [[4; 32], [5; 32]];
 
+    assert!(!store.has_factor(alice).await.unwrap());
     // A first passkey brings its codes, in its own transaction.
     let key = passkey(alice, &[7, 7], "phone", now);
     store
@@ -3447,6 +3448,7 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
     assert!(matches!(refused, Err(StoreError::Conflict("passkey"))));
     assert_eq!(store.recovery_codes_left(bob).await.unwrap(), 0);
     assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 2);
+    assert!(store.has_factor(alice).await.unwrap());
 
     // A TOTP factor removed beside the passkey leaves the codes.
     let factor = totp(alice, "app", now);
@@ -3473,6 +3475,7 @@ async fn recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left(backend: B
             .unwrap()
     );
     assert_eq!(store.recovery_codes_left(alice).await.unwrap(), 0);
+    assert!(!store.has_factor(alice).await.unwrap(), "none left");
 
     // An admin's reset removes passkeys with the factors.
     let again = passkey(alice, &[8], "laptop", now);

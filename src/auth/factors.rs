@@ -65,7 +65,7 @@ pub async fn require_aal2_if_enrolled(store: &dyn Store, caller: &Authenticated)
     if caller.claims.aal == AAL2 {
         return Ok(());
     }
-    if !factor_types(store, caller.user_id).await?.is_empty() {
+    if store.has_factor(caller.user_id).await? {
         Err(AuthError::InsufficientAuthentication)
     } else {
         Ok(())

@@ -308,7 +308,7 @@ impl Mfa {
         caller: &Authenticated,
     ) -> AuthResult<Vec<String>> {
         require_aal2(caller)?;
-        if self.factor_types(caller.user_id).await?.is_empty() {
+        if !self.store.has_factor(caller.user_id).await? {
             return Err(no_factor());
         }
         let (codes, hashes) = recovery_codes();
@@ -375,6 +375,10 @@ impl Mfa {
         user: &User,
         password_hash: &str,
     ) -> AuthResult<Option<MfaChallenge>> {
+        // One query for the many logins without a factor.
+        if !self.store.has_factor(user.id).await? {
+            return Ok(None);
+        }
         let factor_types = self.factor_types(user.id).await?;
         if factor_types.is_empty() {
             return Ok(None);

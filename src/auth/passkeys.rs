@@ -243,10 +243,7 @@ impl Passkeys {
         // A one-factor session may add only the first factor; the store
         // checks that with the insert, as two such finishes may race.
         let one_factor = require_aal2(caller).is_err();
-        let first = one_factor
-            || factors::factor_types(self.store.as_ref(), user.id)
-                .await?
-                .is_empty();
+        let first = one_factor || !self.store.has_factor(user.id).await?;
         let mut codes = first.then(factors::recovery_codes);
         let mut effects = Effects::audit(
             self.audit

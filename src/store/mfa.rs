@@ -137,6 +137,9 @@ pub trait MfaStore: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// How many unused recovery codes the user has.
     async fn recovery_codes_left(&self, user_id: Uuid) -> StoreResult<u32>;
+    /// Whether the user has a factor that counts: a confirmed TOTP factor
+    /// or a passkey (one query, for every password login).
+    async fn has_factor(&self, user_id: Uuid) -> StoreResult<bool>;
     /// Stores a login's second step.
     async fn create_challenge(&self, challenge: &NewChallenge) -> StoreResult<()>;
     /// The user of the live challenge, without counting an attempt.

@@ -860,6 +860,12 @@ where
     }
 }
 
+/// Whether user $1 has a factor that counts: a confirmed TOTP factor or a
+/// passkey.
+pub(super) const HAS_FACTOR: &str = "SELECT 1 WHERE EXISTS (SELECT 1 FROM mfa_factors \
+                                     WHERE user_id = $1 AND confirmed_at IS NOT NULL) \
+                                     OR EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)";
+
 /// One unit of a GCRA quota, in one statement ($1 key, $2 now, $3 the
 /// interval, $4 the window; milliseconds). Every `SET` sees the old row, so
 /// the grant and the new arrival time are decided on the same state.
@@ -989,11 +995,7 @@ macro_rules! sql_store {
 
             /// Whether the user has a factor: a confirmed TOTP factor or a passkey.
             async fn has_factor(tx: &mut Tx, user_id: Uuid) -> StoreResult<bool> {
-                let found: Option<i32> = sqlx::query_scalar(
-                    "SELECT 1 WHERE EXISTS (SELECT 1 FROM mfa_factors \
-                                            WHERE user_id = $1 AND confirmed_at IS NOT NULL) \
-                     OR EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)",
-                )
+                let found: Option<i32> = sqlx::query_scalar(sql::HAS_FACTOR)
                 .bind(user_id)
                 .fetch_optional(&mut **tx)
                 .await?;
@@ -2012,6 +2014,14 @@ macro_rules! sql_store {
                     .execute(self.writer())
                     .await?;
                     Ok(done.rows_affected() == 1)
+                }
+
+                async fn has_factor(&self, user_id: Uuid) -> StoreResult<bool> {
+                    let found: Option<i32> = sqlx::query_scalar(sql::HAS_FACTOR)
+                        .bind(user_id)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    Ok(found.is_some())
                 }
 
                 async fn recovery_codes_left(&self, user_id: Uuid) -> StoreResult<u32> {
