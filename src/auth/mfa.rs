@@ -422,16 +422,7 @@ impl Mfa {
         mfa_token: &str,
         proof: &Proof,
     ) -> AuthResult<TokenPair> {
-        if !refresh::looks_valid(mfa_token) {
-            return Err(AuthError::InvalidMfaToken);
-        }
-        let hash = refresh::hash(mfa_token);
-        let now = self.clock.now();
-        let user_id = self
-            .store
-            .challenge_user(&hash, now)
-            .await?
-            .ok_or(AuthError::InvalidMfaToken)?;
+        let (hash, user_id) = self.challenged(mfa_token).await?;
         let (factor, attempt) = self.prove(client, user_id, proof, Some(&hash)).await?;
         let attempt = attempt.ok_or(AuthError::InvalidMfaToken)?;
         // Spent by the first right code: a racing second one opens nothing.
@@ -489,18 +480,24 @@ impl Mfa {
         step: PasskeyStep<'_>,
     ) -> AuthResult<Started> {
         let user_id = match step {
-            PasskeyStep::Login(mfa_token) => {
-                if !refresh::looks_valid(mfa_token) {
-                    return Err(AuthError::InvalidMfaToken);
-                }
-                self.store
-                    .challenge_user(&refresh::hash(mfa_token), self.clock.now())
-                    .await?
-                    .ok_or(AuthError::InvalidMfaToken)?
-            }
+            PasskeyStep::Login(mfa_token) => self.challenged(mfa_token).await?.1,
             PasskeyStep::StepUp(caller) => caller.user_id,
         };
         self.passkeys.start_second_factor(client, user_id).await
+    }
+
+    /// A live `mfa_token`'s hash and user.
+    async fn challenged(&self, mfa_token: &str) -> AuthResult<([u8; 32], Uuid)> {
+        if !refresh::looks_valid(mfa_token) {
+            return Err(AuthError::InvalidMfaToken);
+        }
+        let hash = refresh::hash(mfa_token);
+        let user_id = self
+            .store
+            .challenge_user(&hash, self.clock.now())
+            .await?
+            .ok_or(AuthError::InvalidMfaToken)?;
+        Ok((hash, user_id))
     }
 
     /// Step-up: a session of one factor, of a user who has a second, proves

@@ -447,14 +447,11 @@ impl Passkeys {
         // The credential must be the one stored for the user the
         // authenticator names: else one account's passkey could be
         // presented as another's.
-        let stored = self
-            .store
-            .passkey_by_credential(credential_id)
+        let (stored, mut passkey) = self
+            .users_passkey(credential_id, user_id)
             .await?
-            .filter(|p| p.user_id == user_id)
             .ok_or(AuthError::InvalidCredentials)?;
         *account = Some(user_id);
-        let mut passkey: Passkey = serde_json::from_str(&stored.credential).map_err(internal)?;
         let result = self
             .policy
             .webauthn
@@ -552,17 +549,31 @@ impl Passkeys {
                 return Ok(None);
             }
         };
+        let Some((stored, mut passkey)) = self.users_passkey(result.cred_id(), user_id).await?
+        else {
+            return Ok(None);
+        };
+        let counted = self.record_use(&stored, &mut passkey, &result).await?;
+        Ok(counted.then_some(stored.id))
+    }
+
+    /// The passkey stored under `credential_id`, if it is `user_id`'s: as
+    /// stored, and as the library reads it.
+    async fn users_passkey(
+        &self,
+        credential_id: &[u8],
+        user_id: Uuid,
+    ) -> AuthResult<Option<(StoredPasskey, Passkey)>> {
         let Some(stored) = self
             .store
-            .passkey_by_credential(result.cred_id())
+            .passkey_by_credential(credential_id)
             .await?
             .filter(|p| p.user_id == user_id)
         else {
             return Ok(None);
         };
-        let mut passkey: Passkey = serde_json::from_str(&stored.credential).map_err(internal)?;
-        let counted = self.record_use(&stored, &mut passkey, &result).await?;
-        Ok(counted.then_some(stored.id))
+        let passkey = serde_json::from_str(&stored.credential).map_err(internal)?;
+        Ok(Some((stored, passkey)))
     }
 
     async fn passkeys_of(&self, user_id: Uuid) -> AuthResult<Vec<Passkey>> {
