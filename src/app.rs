@@ -375,6 +375,12 @@ pub async fn command_keys(
     Ok((keys, audit))
 }
 
+/// Client management for a command run outside the service.
+pub async fn command_clients(database: &DatabaseArgs) -> anyhow::Result<crate::auth::Clients> {
+    let store = store::open(&database.url).await?;
+    Ok(Services::command_clients(store))
+}
+
 /// Connects to the database and applies pending migrations.
 pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
     store::open(&database.url).await?;

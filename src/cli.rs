@@ -14,7 +14,10 @@ use clap::{
 
 use crate::{
     app::{self, Application},
-    auth::accounts::{AdminOutcome, IfExists},
+    auth::{
+        accounts::{AdminOutcome, IfExists},
+        clients::ClientRequest,
+    },
     config::{self, Argon2Args, Config, DatabaseArgs, KeyArgs, LogFormat},
     crypto::passwords::PasswordHasher,
     domain::{Email, Password, Username},
@@ -67,6 +70,10 @@ pub enum Command {
     /// database. Every running instance sees the change within seconds.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Register, list or delete the OAuth clients (applications that send
+    /// users here to log in). Each prints JSON.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
     /// Print the OpenAPI document of the HTTP API (JSON) and exit.
     Openapi,
     /// Measure this machine's password hashing rate with the configured
@@ -110,6 +117,43 @@ pub enum KeysCommand {
     },
 }
 
+/// `authgate clients …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClientsCommand {
+    /// Register a client; prints `{"client_id", "client_secret"?}` as one
+    /// line. The secret of a confidential client is shown this once.
+    Create {
+        /// Shown to users on the consent page.
+        #[arg(long)]
+        name: String,
+        /// Where codes may be sent, compared exactly (repeatable).
+        #[arg(long = "redirect-uri", num_args = 1..)]
+        redirect_uris: Vec<String>,
+        /// A SPA or mobile app: no secret, PKCE only.
+        #[arg(long)]
+        public: bool,
+        /// Trusted: its users are not asked for consent.
+        #[arg(long)]
+        first_party: bool,
+        /// What it may ask for (default: openid profile email offline_access).
+        #[arg(long = "scope", num_args = 1..)]
+        scopes: Option<Vec<String>>,
+        /// Where RP-initiated logout may send the user back (repeatable).
+        #[arg(long = "post-logout-redirect-uri", num_args = 1..)]
+        post_logout_redirect_uris: Vec<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Every client, without secrets.
+    List(DatabaseArgs),
+    /// Delete a client: its secret and what it was given stop working.
+    Delete {
+        client_id: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
 /// What a key command needs: the database and the key settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KeyCommandArgs {
@@ -123,11 +167,12 @@ pub struct KeyCommandArgs {
     pub access_token_ttl: std::time::Duration,
 }
 
-const COMMANDS: [&str; 7] = [
+const COMMANDS: [&str; 8] = [
     "serve",
     "migrate",
     "create-admin",
     "keys",
+    "clients",
     "openapi",
     "hash-benchmark",
     "help",
@@ -156,7 +201,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let argon2 = match &cli.command {
         Command::Serve(config) => Some(&config.argon2),
         Command::CreateAdmin { argon2, .. } | Command::HashBenchmark { argon2, .. } => Some(argon2),
-        Command::Migrate(_) | Command::Openapi | Command::Keys(_) => None,
+        Command::Migrate(_) | Command::Openapi | Command::Keys(_) | Command::Clients(_) => None,
     };
     if let Some(Err(why)) = argon2.map(Argon2Args::try_params) {
         return Err(Cli::command().error(ErrorKind::ValueValidation, why));
@@ -186,6 +231,7 @@ pub fn run() -> ExitCode {
             Command::Serve(config) => serve(*config).await,
             Command::Migrate(database) => migrate(&database).await,
             Command::Keys(command) => keys(command).await,
+            Command::Clients(command) => clients(command).await,
             Command::Openapi => {
                 println!("{}", http::openapi().to_pretty_json()?);
                 Ok(())
@@ -302,6 +348,66 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let key = keys.import(&pem, &client, None, &audit).await?;
             println!("{}", shown(key)?);
+        }
+    }
+    Ok(())
+}
+
+async fn clients(command: ClientsCommand) -> anyhow::Result<()> {
+    let database = match &command {
+        ClientsCommand::Create { database, .. } | ClientsCommand::Delete { database, .. } => {
+            database
+        }
+        ClientsCommand::List(database) => database,
+    };
+    let clients = app::command_clients(database).await?;
+    let by = crate::auth::Client::new(
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        Some("authgate clients (command line)"),
+    );
+    match command {
+        ClientsCommand::Create {
+            name,
+            redirect_uris,
+            public,
+            first_party,
+            scopes,
+            post_logout_redirect_uris,
+            ..
+        } => {
+            let request = ClientRequest {
+                name: &name,
+                redirect_uris: &redirect_uris,
+                post_logout_redirect_uris: &post_logout_redirect_uris,
+                scopes: scopes.as_deref(),
+                public,
+                first_party,
+            };
+            let new = request.parse().map_err(|errors| {
+                let all: Vec<String> = errors
+                    .iter()
+                    .map(|(field, why)| format!("{field} {why}"))
+                    .collect();
+                anyhow::anyhow!("{}", all.join("; "))
+            })?;
+            let created = clients.create(new, &by, None).await?;
+            let mut line = serde_json::json!({ "client_id": created.client.id });
+            if let Some(secret) = created.secret {
+                line["client_secret"] = secret.into();
+            }
+            println!("{line}");
+        }
+        ClientsCommand::List(_) => {
+            let list: Vec<http::ClientView> =
+                clients.list().await?.into_iter().map(Into::into).collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        ClientsCommand::Delete { client_id, .. } => {
+            match clients.delete(&client_id, &by, None).await {
+                Err(crate::auth::AuthError::NotFound) => anyhow::bail!("no client {client_id}"),
+                result => result?,
+            }
+            println!("deleted client {client_id}");
         }
     }
     Ok(())

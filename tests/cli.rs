@@ -352,3 +352,83 @@ fn keys_are_listed_rotated_imported_and_revoked_from_the_command_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn clients_are_registered_listed_and_deleted_from_the_command_line() {
+    use serde_json::Value;
+
+    let dir = std::env::temp_dir().join(format!("authgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}/authgate.db?mode=rwc", dir.display());
+    let env = [("DATABASE_URL", db.as_str())];
+    let clients = |args: &[&str]| {
+        let out = authgate_args(&[&["clients"], args].concat(), &env, None);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr(&out),
+        )
+    };
+
+    let (ok, out, err) = clients(&[
+        "create",
+        "--name",
+        "Billing",
+        "--redirect-uri",
+        "https://billing.example.com/cb",
+        "http://127.0.0.1:9000/cb",
+        "--scope",
+        "openid",
+        "email",
+        "--post-logout-redirect-uri",
+        "https://billing.example.com/",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "one JSON line: {out}");
+    let confidential: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(confidential["client_secret"].as_str().unwrap().len(), 43);
+    let (ok, out, err) = clients(&[
+        "create",
+        "--name",
+        "Phone",
+        "--redirect-uri",
+        "com.example.phone:/cb",
+        "--public",
+        "--first-party",
+    ]);
+    assert!(ok, "{err}");
+    let public: Value = serde_json::from_str(&out).unwrap();
+    assert!(public.get("client_secret").is_none(), "{out}");
+
+    let (ok, _, err) = clients(&[
+        "create",
+        "--name",
+        "Bad",
+        "--redirect-uri",
+        "http://evil.example.com/",
+    ]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("redirect_uris[0]"), "{err}");
+
+    let (ok, out, err) = clients(&["list"]);
+    assert!(ok, "{err}");
+    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&Value> = listed.iter().map(|c| &c["client_id"]).collect();
+    assert_eq!(ids, [&confidential["client_id"], &public["client_id"]]);
+    assert_eq!(listed[0]["scopes"], serde_json::json!(["email", "openid"]));
+    assert_eq!(listed[1]["public"], true);
+    assert_eq!(listed[1]["first_party"], true);
+    assert!(!out.contains(confidential["client_secret"].as_str().unwrap()));
+
+    let id = public["client_id"].as_str().unwrap();
+    let (ok, _, err) = clients(&["delete", id]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = clients(&["delete", id]);
+    assert!(!ok);
+    assert!(err.contains(&format!("no client {id}")), "{err}");
+    let (_, out, _) = clients(&["list"]);
+    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

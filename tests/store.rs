@@ -11,9 +11,9 @@ use authgate::{
     store::{
         self, Added, Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, Ceremony,
         CeremonyPurpose, Effects, Factor, FactorKind, FlowPurpose, KeyGuard, MailStatus,
-        NewChallenge, NewFlowToken, NewSession, NewUser, OutboxMail, ProvedFactor, Redeemed,
-        Redemption, RefreshRequest, RevokeReason, Rotation, SessionAuth, Store, StoreError,
-        StoredKey, StoredPasskey, UserChanges, UserFilter,
+        NewChallenge, NewFlowToken, NewSession, NewUser, OAuthClient, OutboxMail, ProvedFactor,
+        Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation, SessionAuth, Store,
+        StoreError, StoredKey, StoredPasskey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
@@ -136,6 +136,8 @@ on_both_databases!(
     recovery_codes_stay_while_a_totp_factor_or_a_passkey_is_left,
     a_passkey_is_added_within_the_cap_and_as_first_factor_only_if_first,
     a_session_resting_on_a_factor_opens_only_while_the_factor_is_there,
+    a_client_reads_back_whole_and_its_id_is_unique,
+    a_client_is_deleted_once_with_its_effects,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -3657,4 +3659,78 @@ async fn a_session_resting_on_a_factor_opens_only_while_the_factor_is_there(back
             .await
             .unwrap()
     );
+}
+
+fn oauth_client(id: &str, secret: Option<[u8; 32]>) -> OAuthClient {
+    OAuthClient {
+        id: id.to_owned(),
+        name: format!("App {id}"),
+        secret_hash: secret,
+        redirect_uris: vec![
+            "https://app.example.com/callback".into(),
+            "com.example.app:/cb".into(),
+        ],
+        post_logout_redirect_uris: vec!["https://app.example.com/".into()],
+        scopes: "email openid".into(),
+        first_party: secret.is_none(),
+        // Stored to the millisecond.
+        created_at: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+    }
+}
+
+async fn a_client_reads_back_whole_and_its_id_is_unique(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let confidential = oauth_client("AAAAAAAAAAAAAAAAAAAAAA", Some([7; 32]));
+    let mut public = oauth_client("BBBBBBBBBBBBBBBBBBBBBB", None);
+    public.post_logout_redirect_uris.clear();
+    public.created_at += Duration::seconds(1);
+    for c in [&confidential, &public] {
+        store.add_client(c, &Default::default()).await.unwrap();
+    }
+    assert_eq!(
+        store.client(&confidential.id).await.unwrap().unwrap(),
+        confidential
+    );
+    assert_eq!(store.client(&public.id).await.unwrap().unwrap(), public);
+    assert!(store.client(&public.id).await.unwrap().unwrap().is_public());
+    assert_eq!(store.client("CCCCCCCCCCCCCCCCCCCCCC").await.unwrap(), None);
+    assert_eq!(
+        store.clients().await.unwrap(),
+        vec![confidential.clone(), public.clone()]
+    );
+
+    let twin = oauth_client(&confidential.id, None);
+    let event = AuditContext::default().record(AuditKind::ClientCreated, clock::now());
+    let err = store
+        .add_client(&twin, &Effects::audit(event))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict("client_id")), "{err:?}");
+    assert_eq!(
+        store.client(&confidential.id).await.unwrap().unwrap(),
+        confidential
+    );
+    assert!(every_audit_event(&store).await.is_empty());
+}
+
+async fn a_client_is_deleted_once_with_its_effects(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let client = oauth_client("AAAAAAAAAAAAAAAAAAAAAA", Some([1; 32]));
+    store
+        .add_client(&client, &Default::default())
+        .await
+        .unwrap();
+    let event = || {
+        Effects::audit(
+            AuditContext::default()
+                .record(AuditKind::ClientDeleted, clock::now())
+                .detail(client.id.clone()),
+        )
+    };
+    assert!(store.delete_client(&client.id, &event()).await.unwrap());
+    assert_eq!(store.client(&client.id).await.unwrap(), None);
+    assert!(!store.delete_client(&client.id, &event()).await.unwrap());
+    let events = every_audit_event(&store).await;
+    assert_eq!(events.len(), 1, "only the real deletion is recorded");
+    assert_eq!(events[0].kind, AuditKind::ClientDeleted);
 }

@@ -44,6 +44,9 @@ pub enum AuthError {
     /// The change would leave no active admin.
     #[error("the last active admin cannot be demoted or disabled")]
     LastAdmin,
+    /// A client id and secret that do not match (or an unknown client).
+    #[error("invalid client")]
+    InvalidClient,
     /// No such user.
     #[error("not found")]
     NotFound,

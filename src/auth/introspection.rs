@@ -10,7 +10,7 @@ use super::{
     tokens::AccessClaims,
 };
 use crate::{
-    crypto::refresh,
+    crypto::{refresh, same_digest},
     domain::User,
     limits::{Key, client_bucket},
     store::{LiveRefreshToken, SessionStore},
@@ -46,12 +46,7 @@ impl IntrospectionClients {
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let mut found = false;
         for (known_id, known) in self.0.iter() {
-            let same = known
-                .iter()
-                .zip(presented)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-            found |= same && known_id == id;
+            found |= same_digest(known, &presented) && known_id == id;
         }
         found
     }

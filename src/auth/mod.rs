@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod clients;
 pub mod error;
 pub mod factors;
 pub mod flows;
@@ -22,6 +23,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 pub use accounts::Accounts;
 pub use audit::Audit;
+pub use clients::Clients;
 pub use error::{AuthError, AuthResult};
 pub use flows::Flows;
 pub use introspection::Introspection;
@@ -127,6 +129,8 @@ pub struct Services {
     pub audit: Audit,
     pub outbox: Outbox,
     pub introspection: Introspection,
+    /// OAuth clients.
+    pub clients: Clients,
     /// The signing keys, for publication and rotation.
     pub keys: Keys,
     /// Signs and verifies access tokens.
@@ -256,8 +260,13 @@ impl Services {
             store: store.clone(),
             clients: settings.introspection_clients.clone(),
         };
+        let clients = Clients {
+            store: store.clone(),
+            clock: clock.clone(),
+        };
         Self {
             accounts,
+            clients,
             login,
             mfa,
             passkeys,
@@ -280,6 +289,14 @@ impl Services {
         Audit {
             store,
             limiter: Arc::new(crate::limits::InMemoryRateLimiter::new()),
+            clock: Arc::new(crate::clock::SystemClock),
+        }
+    }
+
+    /// Client management for a command run outside the service.
+    pub fn command_clients(store: Arc<dyn Store>) -> Clients {
+        Clients {
+            store,
             clock: Arc::new(crate::clock::SystemClock),
         }
     }

@@ -103,7 +103,9 @@ pub enum AppError {
 impl From<AuthError> for AppError {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::InvalidCredentials => AppError::InvalidCredentials,
+            AuthError::InvalidCredentials | AuthError::InvalidClient => {
+                AppError::InvalidCredentials
+            }
             AuthError::InvalidRefreshToken => AppError::InvalidRefreshToken,
             AuthError::InvalidToken(why) => AppError::InvalidToken(why),
             AuthError::Throttled(throttle) => AppError::RateLimited(throttle),

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     auth::{Client, sessions::Authenticated, tokens::TokenRejection},
-    domain::Role,
+    domain::{Role, UNSHOWN, is_unshown},
 };
 
 /// A JSON request body. Unlike `axum::Json`, every rejection is a problem
@@ -187,31 +187,6 @@ pub fn parse_field<T>(
 /// The longest name of a factor, in characters.
 pub const MAX_NAME: usize = 64;
 
-/// What no name shown to people may hold: control characters, and the
-/// characters that show nothing (Unicode's default-ignorable code points of
-/// the basic plane: zero-width spaces and joiners, direction marks and
-/// overrides, soft hyphens, variation selectors, fillers) or break a line.
-/// A name is shown in lists and mail, where they could make it pass for
-/// another.
-pub const UNSHOWN: &[(char, char)] = &[
-    ('\u{0000}', '\u{001F}'),
-    ('\u{007F}', '\u{009F}'),
-    ('\u{00AD}', '\u{00AD}'),
-    ('\u{034F}', '\u{034F}'),
-    ('\u{061C}', '\u{061C}'),
-    ('\u{115F}', '\u{1160}'),
-    ('\u{17B4}', '\u{17B5}'),
-    ('\u{180B}', '\u{180F}'),
-    ('\u{200B}', '\u{200F}'),
-    ('\u{2028}', '\u{202E}'),
-    ('\u{2060}', '\u{206F}'),
-    ('\u{3164}', '\u{3164}'),
-    ('\u{FE00}', '\u{FE0F}'),
-    ('\u{FEFF}', '\u{FEFF}'),
-    ('\u{FFA0}', '\u{FFA0}'),
-    ('\u{FFF0}', '\u{FFFB}'),
-];
-
 /// The API document's pattern for such a name: none of [`UNSHOWN`].
 pub fn shown_name_pattern() -> String {
     let ranges: String = UNSHOWN
@@ -224,8 +199,7 @@ pub fn shown_name_pattern() -> String {
 /// A factor's name as given: at most [`MAX_NAME`] characters, none of
 /// [`UNSHOWN`] (a control character included); blank is none.
 pub fn factor_name(name: Option<&str>) -> Result<Option<&str>, AppError> {
-    let unshown = |c: char| UNSHOWN.iter().any(|&(a, b)| (a..=b).contains(&c));
-    if name.is_some_and(|n| n.chars().count() > MAX_NAME || n.chars().any(unshown)) {
+    if name.is_some_and(|n| n.chars().count() > MAX_NAME || n.chars().any(is_unshown)) {
         return Err(AppError::validation(
             "name",
             format!(

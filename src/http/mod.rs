@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod auth;
 mod client_ip;
+mod clients;
 pub mod cookies;
 pub mod error;
 pub mod extract;
@@ -36,6 +37,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{OAuthError, TokenResponse};
+pub use clients::ClientView;
 pub use keys::KeyView;
 pub use users::UserResponse;
 
@@ -89,6 +91,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(passkeys::router())
         .merge(users::router())
         .merge(admin::router())
+        .merge(clients::router())
         .merge(audit::router())
         .merge(health::router())
         .merge(keys::router())

@@ -182,6 +182,8 @@ audit_kinds! {
     MfaReset = "mfa_reset",
     MfaStepUp = "mfa_step_up",
     RecoveryCodesRegenerated = "recovery_codes_regenerated",
+    ClientCreated = "client_created",
+    ClientDeleted = "client_deleted",
 }
 
 impl AuditKind {

@@ -7,6 +7,7 @@
 
 mod lifecycle;
 mod mfa;
+mod oauth;
 mod passkeys;
 mod postgres;
 mod sql;
@@ -28,6 +29,7 @@ pub use lifecycle::{
     MailStatus, NewFlowToken, OutboxMail, Outcome, QueuedMail, Redeemed, Redemption,
 };
 pub use mfa::{Attempt, Factor, FactorKind, MfaStore, NewChallenge};
+pub use oauth::{OAuthClient, OAuthStore};
 pub use passkeys::{Added, Ceremony, CeremonyPurpose, PasskeyStore, StoredPasskey};
 
 pub use postgres::PgStore;
@@ -711,6 +713,7 @@ pub trait Store:
     + LimitStore
     + MfaStore
     + PasskeyStore
+    + OAuthStore
 {
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;

@@ -17,8 +17,9 @@ use uuid::Uuid;
 
 use super::{
     AuditContext, AuditKind, AuditRecord, Credentials, Factor, FactorKind, FlowToken,
-    LiveRefreshToken, MailInfo, MailStatus, NewUser, Outcome, RefreshRequest, RevokeReason,
-    Rotation, SessionAuth, SessionInfo, StoreError, StoreResult, StoredKey, StoredPasskey,
+    LiveRefreshToken, MailInfo, MailStatus, NewUser, OAuthClient, Outcome, RefreshRequest,
+    RevokeReason, Rotation, SessionAuth, SessionInfo, StoreError, StoreResult, StoredKey,
+    StoredPasskey,
 };
 use crate::domain::{Roles, User};
 
@@ -245,6 +246,55 @@ impl From<PasskeyRow> for StoredPasskey {
 
 pub(super) const SELECT_PASSKEYS: &str = "SELECT id, user_id, credential_id, credential, name, \
      created_at, last_used_at FROM passkeys";
+
+/// An OAuth client as stored.
+#[derive(FromRow)]
+pub(super) struct ClientRow {
+    id: String,
+    name: String,
+    secret_hash: Option<Vec<u8>>,
+    redirect_uris: String,
+    post_logout_redirect_uris: String,
+    scopes: String,
+    first_party: bool,
+    created_at: Timestamp,
+}
+
+impl TryFrom<ClientRow> for OAuthClient {
+    type Error = sqlx::Error;
+
+    fn try_from(row: ClientRow) -> sqlx::Result<Self> {
+        let secret_hash = row
+            .secret_hash
+            .map(|h| {
+                <[u8; 32]>::try_from(h.as_slice()).map_err(|_| {
+                    sqlx::Error::Decode(
+                        format!("client {} has a malformed secret hash", row.id).into(),
+                    )
+                })
+            })
+            .transpose()?;
+        let list = |s: &str| {
+            s.split(' ')
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(OAuthClient {
+            secret_hash,
+            redirect_uris: list(&row.redirect_uris),
+            post_logout_redirect_uris: list(&row.post_logout_redirect_uris),
+            id: row.id,
+            name: row.name,
+            scopes: row.scopes,
+            first_party: row.first_party,
+            created_at: row.created_at.0,
+        })
+    }
+}
+
+pub(super) const SELECT_CLIENTS: &str = "SELECT id, name, secret_hash, redirect_uris, \
+     post_logout_redirect_uris, scopes, first_party, created_at FROM oauth_clients";
 
 /// A session as [`SessionInfo`] shows it.
 #[derive(FromRow)]
@@ -929,7 +979,7 @@ macro_rules! sql_store {
                 store::{
                     Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
                     Added, Ceremony, CeremonyPurpose, Factor, MfaStore, NewChallenge, PasskeyStore,
-                    StoredPasskey,
+                    StoredPasskey, OAuthClient, OAuthStore,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore,
                     LiveRefreshToken, MailInfo, MailStatus, MailStore, NewSession, NewUser, ProvedFactor,
                     QueuedMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
@@ -2286,6 +2336,83 @@ macro_rules! sql_store {
                             return Ok(false);
                         }
                         drop_codes_without_factors(&mut tx, user_id).await?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(true)
+                    })
+                    .await
+                }
+            }
+
+            #[async_trait]
+            impl OAuthStore for $store {
+                async fn add_client(&self, client: &OAuthClient, effects: &Effects) -> StoreResult<()> {
+                    let writer = self.writer().clone();
+                    let (client, effects) = (client.clone(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        sqlx::query(
+                            "INSERT INTO oauth_clients (id, name, secret_hash, redirect_uris, \
+                             post_logout_redirect_uris, scopes, first_party, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        )
+                        .bind(client.id.clone())
+                        .bind(client.name.clone())
+                        .bind(client.secret_hash.map(|h| h.to_vec()))
+                        .bind(client.redirect_uris.join(" "))
+                        .bind(client.post_logout_redirect_uris.join(" "))
+                        .bind(client.scopes.clone())
+                        .bind(client.first_party)
+                        .bind(Timestamp(client.created_at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| match map_unique(e) {
+                            StoreError::Conflict(_) => StoreError::Conflict("client_id"),
+                            other => other,
+                        })?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                    .await
+                }
+
+                async fn clients(&self) -> StoreResult<Vec<OAuthClient>> {
+                    let rows: Vec<sql::ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "{} ORDER BY created_at, id",
+                        sql::SELECT_CLIENTS
+                    )))
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(OAuthClient::try_from)
+                        .collect::<sqlx::Result<_>>()?)
+                }
+
+                async fn client(&self, id: &str) -> StoreResult<Option<OAuthClient>> {
+                    let row: Option<sql::ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "{} WHERE id = $1",
+                        sql::SELECT_CLIENTS
+                    )))
+                    .bind(id.to_owned())
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(OAuthClient::try_from).transpose()?)
+                }
+
+                async fn delete_client(&self, id: &str, effects: &Effects) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    let (id, effects) = (id.to_owned(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let done = sqlx::query("DELETE FROM oauth_clients WHERE id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        if done.rows_affected() != 1 {
+                            return Ok(false);
+                        }
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(true)

@@ -8,6 +8,7 @@ mod helpers;
 mod admin;
 mod audit;
 mod browser;
+mod clients;
 mod connections;
 mod cookies;
 mod disk;
@@ -38,6 +39,7 @@ fn main() {
         admin::trials,
         audit::trials,
         browser::trials,
+        clients::trials,
         connections::trials,
         connections::memory_trials,
         cookies::trials,
