@@ -8,12 +8,14 @@ use uuid::Uuid;
 
 use super::{
     Client,
+    audit::Audit,
     error::{AuthError, AuthResult},
 };
 use crate::{
     clock::SharedClock,
     crypto::{refresh, same_digest},
     domain::{ClientName, RedirectUri, Scopes},
+    limits::{Key, RateLimiter, client_bucket},
     store::{AuditKind, Effects, OAuthClient, OAuthStore, StoreError},
 };
 
@@ -93,9 +95,14 @@ pub struct CreatedClient {
     pub secret: Option<String>,
 }
 
+/// Wrong client secrets from one address before back-off starts.
+const CLIENT_FREE_FAILURES: u32 = 10;
+
 #[derive(Clone)]
 pub struct Clients {
     pub(super) store: Arc<dyn OAuthStore>,
+    pub(super) limiter: Arc<dyn RateLimiter>,
+    pub(super) audit: Audit,
     pub(super) clock: SharedClock,
 }
 
@@ -190,8 +197,24 @@ impl Clients {
     }
 
     /// The confidential client `id` if `secret` is its secret. Why one
-    /// answer for an unknown id and a wrong secret: ids are not to be probed.
-    pub async fn authenticate(&self, id: &str, secret: &str) -> AuthResult<OAuthClient> {
+    /// answer for an unknown id and a wrong secret: ids are not to be
+    /// probed. Wrong secrets from one address back off as failed logins do
+    /// (429 with the wait), so secrets cannot be guessed at request speed.
+    pub async fn authenticate(
+        &self,
+        by: &Client,
+        id: &str,
+        secret: &str,
+    ) -> AuthResult<OAuthClient> {
+        let key = Key::new("oauth_client_failures", client_bucket(by.ip));
+        let reserved = self
+            .limiter
+            .reserve(&key, CLIENT_FREE_FAILURES, self.clock.now())
+            .await
+            .map_err(AuthError::from);
+        self.audit
+            .note_throttling(by, "oauth-client", None, reserved)
+            .await?;
         let found = self.store.client(id).await?;
         let presented = refresh::hash(secret);
         match found {
@@ -200,8 +223,23 @@ impl Clients {
                     .secret_hash
                     .is_some_and(|known| same_digest(&known, &presented)) =>
             {
+                if let Err(e) = self.limiter.release(&key).await {
+                    tracing::warn!(error = %format!("{e:#}"), "attempt not taken back");
+                }
                 Ok(client)
             }
+            _ => {
+                tracing::info!(client_id = %id.chars().take(64).collect::<String>(), "client authentication refused");
+                Err(AuthError::InvalidClient)
+            }
+        }
+    }
+
+    /// The client `id`, which presents no secret: only a public client may
+    /// (a confidential one must prove itself).
+    pub async fn public(&self, id: &str) -> AuthResult<OAuthClient> {
+        match self.store.client(id).await? {
+            Some(client) if client.is_public() => Ok(client),
             _ => Err(AuthError::InvalidClient),
         }
     }

@@ -47,6 +47,16 @@ pub enum AuthError {
     /// A client id and secret that do not match (or an unknown client).
     #[error("invalid client")]
     InvalidClient,
+    /// A `scope` that is malformed or beyond what the client may ask for.
+    #[error("invalid scope: {0}")]
+    InvalidScope(String),
+    /// The client may not use this grant.
+    #[error("unauthorized client: {0}")]
+    UnauthorizedClient(&'static str),
+    /// A code, or a refresh token of a client, that is unknown, used,
+    /// expired, another client's, or does not match its request.
+    #[error("invalid grant: {0}")]
+    InvalidGrant(&'static str),
     /// No such user.
     #[error("not found")]
     NotFound,

@@ -14,6 +14,7 @@ pub mod letters;
 pub mod liveness;
 pub mod login;
 pub mod mfa;
+pub mod oauth;
 pub mod outbox;
 pub mod passkeys;
 pub mod sessions;
@@ -131,6 +132,8 @@ pub struct Services {
     pub introspection: Introspection,
     /// OAuth clients.
     pub clients: Clients,
+    /// The OAuth grants.
+    pub oauth: oauth::OAuth,
     /// The signing keys, for publication and rotation.
     pub keys: Keys,
     /// Signs and verifies access tokens.
@@ -262,11 +265,18 @@ impl Services {
         };
         let clients = Clients {
             store: store.clone(),
+            limiter: limiter.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+        };
+        let oauth = oauth::OAuth {
+            tokens: tokens.clone(),
             clock: clock.clone(),
         };
         Self {
             accounts,
             clients,
+            oauth,
             login,
             mfa,
             passkeys,
@@ -296,6 +306,8 @@ impl Services {
     /// Client management for a command run outside the service.
     pub fn command_clients(store: Arc<dyn Store>) -> Clients {
         Clients {
+            audit: Self::command_audit(store.clone()),
+            limiter: Arc::new(crate::limits::InMemoryRateLimiter::new()),
             store,
             clock: Arc::new(crate::clock::SystemClock),
         }

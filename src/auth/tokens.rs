@@ -165,6 +165,24 @@ pub struct AccessClaims {
     pub nbf: Option<i64>,
 }
 
+/// The claims of an access token a client gets for itself
+/// (`client_credentials`, RFC 9068 §2.2): its subject is the client. It has
+/// no session and no user, so no route for users takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAccessClaims {
+    pub iss: String,
+    pub aud: String,
+    /// The client id.
+    pub sub: String,
+    pub client_id: String,
+    /// Space-separated; absent when none was granted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    pub jti: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+}
+
 /// Whom an access token speaks for, and its id.
 #[derive(Debug, Clone)]
 pub struct Subject {
@@ -278,6 +296,36 @@ impl TokenService {
             amr: auth.methods.clone(),
             nbf: None,
         };
+        let token = self.sign(&claims, now)?;
+        Ok(IssuedAccessToken { token, claims })
+    }
+
+    /// Signs an access token for a client acting for itself, valid for the
+    /// configured lifetime.
+    pub fn issue_for_client(
+        &self,
+        client_id: &str,
+        scope: &str,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<(String, ClientAccessClaims)> {
+        let iat = now.unix_timestamp();
+        let lifetime = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let claims = ClientAccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: client_id.to_owned(),
+            client_id: client_id.to_owned(),
+            scope: scope.to_owned(),
+            jti: Uuid::now_v7(),
+            iat,
+            exp: iat + lifetime,
+        };
+        let token = self.sign(&claims, now)?;
+        Ok((token, claims))
+    }
+
+    /// Signs `claims` as an access token with the key that signs now.
+    fn sign(&self, claims: &impl Serialize, now: OffsetDateTime) -> anyhow::Result<String> {
         let keys = self.keys.current();
         // The key that signs now, not when the pair was first issued (a pair
         // given again) nor when the request began: a key revoked meanwhile
@@ -292,8 +340,7 @@ impl TokenService {
         let mut header = Header::new(key.algorithm.jwt());
         header.typ = Some(ACCESS_TOKEN_TYP.into());
         header.kid = Some(key.kid.clone());
-        let token = signer.sign(&header, &claims)?;
-        Ok(IssuedAccessToken { token, claims })
+        signer.sign(&header, claims)
     }
 
     /// Verifies signature, algorithm, type, expiry (at `now`), issuer and

@@ -117,6 +117,10 @@ impl From<AuthError> for AppError {
             AuthError::TooManyKeys => AppError::TooManyKeys,
             AuthError::WrongPassword => AppError::WrongPassword,
             AuthError::ReservedUsername => AppError::validation("username", "is reserved"),
+            AuthError::InvalidScope(why) => AppError::validation("scope", why),
+            AuthError::UnauthorizedClient(why) | AuthError::InvalidGrant(why) => {
+                AppError::BadRequest(why.into())
+            }
             AuthError::NotFound => AppError::NotFound,
             AuthError::InvalidLink => AppError::InvalidLink,
             AuthError::EmailNotVerified => AppError::EmailNotVerified,

@@ -15,6 +15,7 @@ mod mfa;
 mod oauth;
 mod openapi;
 mod passkeys;
+mod provider;
 pub mod server;
 mod users;
 
@@ -74,6 +75,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "users", description = "The current user"),
         (name = "admin", description = "User management (role `admin`)"),
         (name = "health", description = "Probes"),
+        (name = "oauth", description = "The OAuth 2.1 / OpenID Connect provider, for registered clients"),
         (name = "keys", description = "Signing keys and discovery, for services that verify tokens"),
     )
 )]
@@ -86,6 +88,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
         .merge(oauth::router())
+        .merge(provider::router())
         .merge(links::router())
         .merge(mfa::router())
         .merge(passkeys::router())

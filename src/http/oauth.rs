@@ -98,7 +98,7 @@ enum Caller {
 }
 
 /// HTTP Basic (RFC 6749 §2.3.1: id and secret form-encoded, then base64).
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub(super) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

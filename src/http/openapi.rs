@@ -35,6 +35,11 @@ impl Modify for SecuritySchemes {
                     .build(),
             ),
         );
+        // Registered OAuth clients: id and secret (`client_secret_basic`).
+        components.add_security_scheme(
+            "client",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
         // Lets Swagger UI's Authorize button log in through the token endpoint.
         components.add_security_scheme(
             "oauth2",

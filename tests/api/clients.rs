@@ -18,6 +18,14 @@ on_both_databases!(
     client_routes_are_for_admins_only,
 );
 
+/// Registers a client as the app's admin; its JSON, secret included.
+pub async fn register_client(app: &TestApp, body: Value) -> Value {
+    let admin = app.admin_token().await;
+    let res = register(app, &admin, body).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    res.json().await.unwrap()
+}
+
 async fn register(app: &TestApp, admin: &str, body: Value) -> reqwest::Response {
     app.client
         .post(app.url("/admin/clients"))

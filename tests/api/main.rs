@@ -25,6 +25,7 @@ mod mfa;
 mod outage;
 mod outbox;
 mod passkeys;
+mod provider;
 mod refresh;
 mod signup;
 mod throttling;
@@ -60,6 +61,7 @@ fn main() {
         outbox::trials,
         outbox::postgres_only_trials,
         passkeys::trials,
+        provider::trials,
         refresh::trials,
         signup::trials,
         throttling::trials,
