@@ -3727,9 +3727,19 @@ async fn a_client_is_deleted_once_with_its_effects(backend: Backend) {
                 .detail(client.id.clone()),
         )
     };
-    assert!(store.delete_client(&client.id, &event()).await.unwrap());
+    assert!(
+        store
+            .delete_client(&client.id, clock::now(), &event())
+            .await
+            .unwrap()
+    );
     assert_eq!(store.client(&client.id).await.unwrap(), None);
-    assert!(!store.delete_client(&client.id, &event()).await.unwrap());
+    assert!(
+        !store
+            .delete_client(&client.id, clock::now(), &event())
+            .await
+            .unwrap()
+    );
     let events = every_audit_event(&store).await;
     assert_eq!(events.len(), 1, "only the real deletion is recorded");
     assert_eq!(events[0].kind, AuditKind::ClientDeleted);

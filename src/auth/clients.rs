@@ -187,7 +187,7 @@ impl Clients {
             .detail(id.to_owned());
         if self
             .store
-            .delete_client(id, &Effects::audit(record))
+            .delete_client(id, self.clock.now(), &Effects::audit(record))
             .await?
         {
             Ok(())

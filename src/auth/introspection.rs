@@ -59,7 +59,10 @@ const CLIENT_FREE_FAILURES: u32 = 10;
 #[derive(Debug, Clone)]
 pub enum Introspected {
     /// A valid access token of a live session, with the session's user.
-    Access { claims: AccessClaims, user: User },
+    Access {
+        claims: Box<AccessClaims>,
+        user: User,
+    },
     /// A refresh token that would rotate now.
     Refresh(LiveRefreshToken),
 }
@@ -126,7 +129,10 @@ impl Introspection {
             return Ok(None);
         };
         match self.store.session_user(claims.sid, now).await? {
-            Some(user) if user.id == claims.sub => Ok(Some(Introspected::Access { claims, user })),
+            Some(user) if user.id == claims.sub => Ok(Some(Introspected::Access {
+                claims: Box::new(claims),
+                user,
+            })),
             _ => Ok(None),
         }
     }

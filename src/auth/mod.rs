@@ -270,8 +270,11 @@ impl Services {
             clock: clock.clone(),
         };
         let oauth = oauth::OAuth {
+            store: store.clone(),
             tokens: tokens.clone(),
+            audit: audit.clone(),
             clock: clock.clone(),
+            sessions: settings.sessions,
         };
         Self {
             accounts,

@@ -1,13 +1,35 @@
 //! authgate as an OAuth 2.1 authorization server: the grants of
 //! `POST /oauth/token` for registered clients.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use super::{
+    Client,
+    audit::Audit,
     error::{AuthError, AuthResult},
-    tokens::TokenService,
+    sessions::SessionPolicy,
+    tokens::{Subject, TokenService},
 };
-use crate::{clock::SharedClock, domain::Scopes, store::OAuthClient};
+use crate::{
+    clock::SharedClock,
+    crypto::refresh,
+    domain::{Scope, Scopes, User},
+    store::{
+        AuditKind, AuthorizationCode, CodeRedemption, Effects, LiveRefreshToken, NewClientSession,
+        OAuthClient, Store,
+    },
+};
+
+/// How long an authorization code lives (RFC 6749 §4.1.2: at most ten
+/// minutes; one is plenty for a redirect and a back-channel call).
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// The longest `state` and `nonce` taken.
+pub const MAX_STATE: usize = 1024;
 
 /// An access token a client got for itself.
 #[derive(Debug, Clone)]
@@ -19,8 +41,125 @@ pub struct ClientToken {
 
 #[derive(Clone)]
 pub struct OAuth {
+    pub(super) store: Arc<dyn Store>,
     pub(super) tokens: Arc<TokenService>,
+    pub(super) audit: Audit,
     pub(super) clock: SharedClock,
+    pub(super) sessions: SessionPolicy,
+}
+
+/// The parameters of `GET /oauth/authorize`, as sent.
+#[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
+pub struct AuthorizeParams {
+    pub response_type: Option<String>,
+    pub client_id: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub scope: Option<String>,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+}
+
+/// Why an authorization request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizeRefusal {
+    /// The client or its redirect URI is not known: the user is told, and
+    /// nothing is sent anywhere (RFC 6749 §4.1.2.1), so this service is no
+    /// open redirector.
+    Shown(String),
+    /// Sent back to the client's redirect URI as `error`.
+    Redirected {
+        redirect_uri: String,
+        error: &'static str,
+        description: String,
+        state: Option<String>,
+    },
+}
+
+/// An authorization request that passed every check.
+#[derive(Debug, Clone)]
+pub struct ValidAuthorize {
+    pub client: OAuthClient,
+    pub redirect_uri: String,
+    pub scope: Scopes,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: String,
+}
+
+/// The tokens an exchanged code gives.
+#[derive(Debug, Clone)]
+pub struct CodeTokens {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub id_token: Option<String>,
+    pub scope: Scopes,
+}
+
+/// The claims of an ID token (OpenID Connect Core §2, §5.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct IdClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub auth_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    pub amr: Vec<String>,
+    /// The assurance level (`aal1`, `aal2`).
+    pub acr: String,
+    #[serde(flatten)]
+    pub user: UserClaims,
+}
+
+/// What the scopes release about a user, in the ID token and at userinfo.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UserClaims {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+}
+
+impl UserClaims {
+    /// `email` releases the address and whether it is verified; `profile`
+    /// the username (or, without one, the address).
+    pub fn of(user: &User, scope: &Scopes) -> Self {
+        let mut claims = Self::default();
+        if scope.contains(Scope::EMAIL) {
+            claims.email.clone_from(&user.email);
+            claims.email_verified = user.email.as_ref().map(|_| user.email_verified);
+        }
+        if scope.contains(Scope::PROFILE) {
+            claims.preferred_username = user.username.clone().or_else(|| user.email.clone());
+        }
+        claims
+    }
+}
+
+/// Whether `raw` is a PKCE value: 43–128 characters of RFC 7636's set.
+fn is_pkce_value(raw: &str) -> bool {
+    (43..=128).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// RFC 7636 §4.6: `BASE64URL(SHA256(verifier)) == challenge`.
+pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    if !is_pkce_value(verifier) {
+        return false;
+    }
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    crate::crypto::same_digest(
+        &Sha256::digest(computed.as_bytes()).into(),
+        &Sha256::digest(challenge.as_bytes()).into(),
+    )
 }
 
 /// The scopes a client registered, as stored.
@@ -52,6 +191,303 @@ fn requested(scope: Option<&str>, allowed: &Scopes) -> AuthResult<Scopes> {
 }
 
 impl OAuth {
+    /// Checks an authorization request (RFC 6749 §4.1.1, RFC 7636, OAuth
+    /// 2.1): a known client, its redirect URI exactly, `response_type=code`,
+    /// an S256 PKCE challenge, and scopes the client may ask for.
+    pub async fn check_authorize(
+        &self,
+        params: &AuthorizeParams,
+    ) -> AuthResult<Result<ValidAuthorize, AuthorizeRefusal>> {
+        let shown = |why: &str| Ok(Err(AuthorizeRefusal::Shown(why.to_owned())));
+        let Some(client_id) = params.client_id.as_deref().filter(|c| c.len() <= 64) else {
+            return shown("The application did not say who it is (client_id).");
+        };
+        let Some(client) = self.store.client(client_id).await? else {
+            return shown("The application is not known here.");
+        };
+        let Some(redirect_uri) = params.redirect_uri.clone() else {
+            return shown("The application did not say where to send you back (redirect_uri).");
+        };
+        // Why exact: prefix or pattern matching lets codes be sent to
+        // another page of the client's site (RFC 9700 §4.1.3).
+        if !client.redirect_uris.contains(&redirect_uri) {
+            return shown(
+                "The application asked to send you back to an address it did not register.",
+            );
+        }
+        let state = params.state.clone();
+        let refuse = |error: &'static str, description: &str| {
+            Ok(Err(AuthorizeRefusal::Redirected {
+                redirect_uri: redirect_uri.clone(),
+                error,
+                description: description.to_owned(),
+                state: state.clone().filter(|s| s.len() <= MAX_STATE),
+            }))
+        };
+        if state.as_ref().is_some_and(|s| s.len() > MAX_STATE) {
+            return refuse("invalid_request", "state is too long");
+        }
+        match params.response_type.as_deref() {
+            Some("code") => {}
+            None => return refuse("invalid_request", "response_type is required"),
+            Some(_) => return refuse("unsupported_response_type", "response_type must be code"),
+        }
+        // Why PKCE for every client: it binds the code to whoever started
+        // the flow, so an intercepted code is worthless (RFC 9700 §2.1.1).
+        let Some(challenge) = params.code_challenge.clone() else {
+            return refuse("invalid_request", "code_challenge is required (PKCE, S256)");
+        };
+        if params.code_challenge_method.as_deref() != Some("S256") {
+            return refuse(
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is refused)",
+            );
+        }
+        if !is_pkce_value(&challenge) {
+            return refuse("invalid_request", "code_challenge is malformed");
+        }
+        if params.nonce.as_ref().is_some_and(|n| n.len() > MAX_STATE) {
+            return refuse("invalid_request", "nonce is too long");
+        }
+        let allowed = registered(&client)?;
+        let scope = match params.scope.as_deref() {
+            None | Some("") => return refuse("invalid_scope", "scope is required"),
+            Some(raw) => match requested(Some(raw), &allowed) {
+                Ok(scope) => scope,
+                Err(AuthError::InvalidScope(why)) => return refuse("invalid_scope", &why),
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(Ok(ValidAuthorize {
+            client,
+            redirect_uri,
+            scope,
+            state,
+            nonce: params.nonce.clone(),
+            code_challenge: challenge,
+        }))
+    }
+
+    /// The browser's session on the hosted pages, from its cookie: the
+    /// refresh token of a live session, which the pages never rotate.
+    pub async fn browser_session(&self, token: &str) -> AuthResult<Option<LiveRefreshToken>> {
+        if !refresh::looks_valid(token) {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .refresh_token_session(&refresh::hash(token), self.clock.now())
+            .await?)
+    }
+
+    /// Whether the user must be asked: not for a first-party client, nor
+    /// for scopes the user allowed this client before.
+    pub async fn needs_consent(&self, user_id: Uuid, request: &ValidAuthorize) -> AuthResult<bool> {
+        if request.client.first_party {
+            return Ok(false);
+        }
+        let Some(granted) = self.store.grant(user_id, &request.client.id).await? else {
+            return Ok(true);
+        };
+        let granted = Scopes::parse(&granted).unwrap_or_default();
+        Ok(!request.scope.is_subset(&granted))
+    }
+
+    /// The user allowed the request: remembered, with what was allowed before.
+    pub async fn remember_consent(
+        &self,
+        user_id: Uuid,
+        request: &ValidAuthorize,
+    ) -> AuthResult<()> {
+        let before = self.store.grant(user_id, &request.client.id).await?;
+        let mut names: Vec<String> = request.scope.names();
+        if let Some(before) = before {
+            names.extend(
+                before
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        let all = Scopes::from_names(names.iter().map(String::as_str))
+            .map_err(|e| AuthError::Internal(anyhow::anyhow!("stored grant: {e}")))?;
+        self.store
+            .save_grant(
+                user_id,
+                &request.client.id,
+                &all.to_string(),
+                self.clock.now(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A code for the request, for the browser's session `session`.
+    pub async fn issue_code(
+        &self,
+        session: &LiveRefreshToken,
+        request: &ValidAuthorize,
+    ) -> AuthResult<String> {
+        let now = self.clock.now();
+        let code = refresh::generate();
+        let stored = AuthorizationCode {
+            code_hash: code.hash,
+            client_id: request.client.id.clone(),
+            user_id: session.user.id,
+            redirect_uri: request.redirect_uri.clone(),
+            scope: request.scope.to_string(),
+            nonce: request.nonce.clone(),
+            code_challenge: request.code_challenge.clone(),
+            created_at: now,
+            expires_at: now + CODE_TTL,
+        };
+        if !self.store.add_code(&stored, session.session_id).await? {
+            // The session ended between the check and now.
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        Ok(code.token)
+    }
+
+    /// `grant_type=authorization_code` (RFC 6749 §4.1.3): the code, used
+    /// up here whatever comes of it, gives the client an access token and,
+    /// with `openid`, an ID token. A code presented twice ends the session
+    /// its first exchange opened.
+    pub async fn exchange_code(
+        &self,
+        by: &Client,
+        client: &OAuthClient,
+        code: &str,
+        redirect_uri: Option<&str>,
+        verifier: Option<&str>,
+    ) -> AuthResult<CodeTokens> {
+        let Some(verifier) = verifier else {
+            return Err(AuthError::Invalid {
+                field: "code_verifier",
+                message: "code_verifier is required (PKCE)".into(),
+            });
+        };
+        if !refresh::looks_valid(code) {
+            return Err(AuthError::InvalidGrant(
+                "the code is invalid, expired or used",
+            ));
+        }
+        let now = self.clock.now();
+        let refresh = refresh::generate();
+        let session_end = now + self.sessions.session_max_age;
+        let session = NewClientSession {
+            id: Uuid::now_v7(),
+            created_at: now,
+            expires_at: session_end,
+            refresh_hash: refresh.hash,
+            refresh_expires_at: super::sessions::refresh_expiry(
+                now,
+                self.sessions.refresh_token_ttl,
+                session_end,
+            ),
+            user_agent: by.user_agent.clone(),
+            ip: Some(by.ip.to_string()),
+        };
+        let (client_id, redirect_uri, verifier) = (
+            client.id.clone(),
+            redirect_uri.map(str::to_owned),
+            verifier.to_owned(),
+        );
+        // Why every check at once, inside the exchange: a code that fails
+        // any of them is used up all the same (OAuth 2.1 §4.1.3).
+        let check: crate::store::CodeCheck = Arc::new(move |code| {
+            code.client_id == client_id
+                && redirect_uri.as_deref() == Some(code.redirect_uri.as_str())
+                && pkce_matches(&verifier, &code.code_challenge)
+        });
+        let event = self
+            .audit
+            .event(by, None, AuditKind::Login)
+            .session(session.id)
+            .detail(format!("authorization code for client {}", client.id));
+        let redeemed = self
+            .store
+            .redeem_code(
+                &refresh::hash(code),
+                now,
+                check,
+                &session,
+                &Effects::audit(event),
+            )
+            .await?;
+        let issued = match redeemed {
+            CodeRedemption::Redeemed(issued) => issued,
+            CodeRedemption::Replayed => {
+                let event = self
+                    .audit
+                    .event(by, None, AuditKind::CodeReplay)
+                    .failed()
+                    .detail(format!("client {}", client.id));
+                self.audit.record(event).await;
+                tracing::warn!(client_id = %client.id, "authorization code replayed");
+                return Err(AuthError::InvalidGrant(
+                    "the code is invalid, expired or used",
+                ));
+            }
+            CodeRedemption::Refused => {
+                return Err(AuthError::InvalidGrant(
+                    "the code was issued to another client or redirect_uri, or the code_verifier does not match",
+                ));
+            }
+            CodeRedemption::Invalid => {
+                return Err(AuthError::InvalidGrant(
+                    "the code is invalid, expired or used",
+                ));
+            }
+        };
+        let user =
+            self.store
+                .get_user(issued.code.user_id)
+                .await?
+                .ok_or(AuthError::InvalidGrant(
+                    "the code is invalid, expired or used",
+                ))?;
+        let scope = Scopes::parse(&issued.code.scope).unwrap_or_default();
+        let auth: super::tokens::Authentication = issued.auth.clone().into();
+        let subject = Subject {
+            user_id: user.id,
+            session_id: session.id,
+            roles: user.roles.names(),
+            auth: auth.clone(),
+            jti: Uuid::now_v7(),
+        };
+        let scope_text = scope.to_string();
+        let access = self.tokens.issue_for(
+            subject,
+            Some((client.id.as_str(), scope_text.as_str())),
+            now,
+            session_end,
+        )?;
+        let id_token = if scope.contains(Scope::OPENID) {
+            let iat = now.unix_timestamp();
+            let claims = IdClaims {
+                iss: self.tokens.issuer().to_owned(),
+                sub: user.id.to_string(),
+                aud: client.id.clone(),
+                exp: access.claims.exp,
+                iat,
+                auth_time: auth.time.unix_timestamp(),
+                nonce: issued.code.nonce.clone(),
+                amr: auth.methods.clone(),
+                acr: auth.level.clone(),
+                user: UserClaims::of(&user, &scope),
+            };
+            Some(self.tokens.sign_id_token(&claims, now)?)
+        } else {
+            None
+        };
+        Ok(CodeTokens {
+            expires_in: u64::try_from(access.claims.exp - now.unix_timestamp()).unwrap_or(0),
+            access_token: access.token,
+            id_token,
+            scope,
+        })
+    }
+
     /// `grant_type=client_credentials` (RFC 6749 §4.4): a confidential
     /// client, already authenticated, gets a token for itself, with the
     /// scopes it registered that are not about a user.

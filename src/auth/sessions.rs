@@ -510,6 +510,18 @@ impl Sessions {
     /// session must be live. The answer may be cached for a bounded time (see
     /// [`super::liveness`]), so most calls do not wait for the database.
     pub async fn authenticate(&self, access_token: &str) -> AuthResult<Authenticated> {
+        let who = self.authenticate_delegated(access_token).await?;
+        // Why: a token a user gave an OAuth client is for what the client
+        // was allowed (its scopes, `/oauth/userinfo`), never for the
+        // account itself: its password, factors, sessions, or admin rights.
+        if who.claims.client_id.is_some() {
+            return Err(AuthError::InvalidToken(TokenRejection::WrongType));
+        }
+        Ok(who)
+    }
+
+    /// [`Sessions::authenticate`], taking tokens held by OAuth clients too.
+    pub async fn authenticate_delegated(&self, access_token: &str) -> AuthResult<Authenticated> {
         let claims = self
             .tokens
             .verify(access_token, self.clock.now())

@@ -163,6 +163,13 @@ pub struct AccessClaims {
     /// Never set by this service; a token that has one is checked against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    /// The OAuth client the user gave the token to (RFC 9068 §2.2); none
+    /// for the service's own sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// What the user allowed that client, space-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// The claims of an access token a client gets for itself
@@ -273,6 +280,18 @@ impl TokenService {
         now: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> anyhow::Result<IssuedAccessToken> {
+        self.issue_for(subject, None, now, not_after)
+    }
+
+    /// [`TokenService::issue`], for a session an OAuth client holds: the
+    /// token names the client and the scopes (`client_id`, `scope`).
+    pub fn issue_for(
+        &self,
+        subject: Subject,
+        delegation: Option<(&str, &str)>,
+        now: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<IssuedAccessToken> {
         let Subject {
             user_id,
             session_id,
@@ -295,8 +314,10 @@ impl TokenService {
             aal: auth.level.clone(),
             amr: auth.methods.clone(),
             nbf: None,
+            client_id: delegation.map(|(client, _)| client.to_owned()),
+            scope: delegation.map(|(_, scope)| scope.to_owned()),
         };
-        let token = self.sign(&claims, now)?;
+        let token = self.sign(&claims, ACCESS_TOKEN_TYP, now)?;
         Ok(IssuedAccessToken { token, claims })
     }
 
@@ -320,12 +341,27 @@ impl TokenService {
             iat,
             exp: iat + lifetime,
         };
-        let token = self.sign(&claims, now)?;
+        let token = self.sign(&claims, ACCESS_TOKEN_TYP, now)?;
         Ok((token, claims))
     }
 
-    /// Signs `claims` as an access token with the key that signs now.
-    fn sign(&self, claims: &impl Serialize, now: OffsetDateTime) -> anyhow::Result<String> {
+    /// Signs an OpenID Connect ID token: typed `JWT`, so that it never
+    /// passes for an access token (RFC 8725 §3.11).
+    pub fn sign_id_token(
+        &self,
+        claims: &impl Serialize,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<String> {
+        self.sign(claims, "JWT", now)
+    }
+
+    /// Signs `claims` as a JWT of type `typ` with the key that signs now.
+    fn sign(
+        &self,
+        claims: &impl Serialize,
+        typ: &str,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<String> {
         let keys = self.keys.current();
         // The key that signs now, not when the pair was first issued (a pair
         // given again) nor when the request began: a key revoked meanwhile
@@ -338,7 +374,7 @@ impl TokenService {
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("signing key {} cannot sign", key.kid))?;
         let mut header = Header::new(key.algorithm.jwt());
-        header.typ = Some(ACCESS_TOKEN_TYP.into());
+        header.typ = Some(typ.into());
         header.kid = Some(key.kid.clone());
         signer.sign(&header, claims)
     }

@@ -106,20 +106,28 @@ fn metadata(state: &AppState) -> Value {
     json!({
         "issuer": tokens.issuer(),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
-        "token_endpoint": format!("{base}/auth/token"),
+        "authorization_endpoint": format!("{base}/oauth/authorize"),
+        "token_endpoint": format!("{base}/oauth/token"),
+        "userinfo_endpoint": format!("{base}/oauth/userinfo"),
         "introspection_endpoint": format!("{base}/auth/introspect"),
         "revocation_endpoint": format!("{base}/auth/revoke"),
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none"],
-        "grant_types_supported": ["password", "refresh_token"],
-        // The password grant's clients are first-party apps without secrets.
-        "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": [],
+        "grant_types_supported": ["authorization_code", "client_credentials"],
+        // Public clients send their id alone, with PKCE.
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algorithms,
         "access_token_signing_alg_values_supported": algorithms,
+        "acr_values_supported": ["aal1", "aal2"],
         "claims_supported": [
-            "iss", "aud", "sub", "sid", "jti", "iat", "exp", "roles", "auth_time", "aal", "amr"
+            "iss", "aud", "sub", "iat", "exp", "auth_time", "nonce", "amr", "acr",
+            "email", "email_verified", "preferred_username"
         ],
         "service_documentation": format!("{base}/docs"),
     })

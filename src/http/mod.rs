@@ -14,6 +14,7 @@ mod links;
 mod mfa;
 mod oauth;
 mod openapi;
+mod pages;
 mod passkeys;
 mod provider;
 pub mod server;
@@ -243,11 +244,11 @@ async fn security_headers(req: Request, next: axum::middleware::Next) -> axum::r
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
+    // A page sets its own policy; everything else gets the API's or the docs'.
     let policy = if docs { DOCS_POLICY } else { API_POLICY };
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(policy),
-    );
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(policy));
     res
 }
 
@@ -267,7 +268,8 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID);
     let cors = cors_layer(&state.cors_origins);
     let router = api
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(pages::router().with_state(state))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })

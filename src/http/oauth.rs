@@ -65,6 +65,12 @@ pub struct IntrospectionResponse {
     pub jti: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The OAuth client holding the token, if one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// What the user allowed that client, space-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
 }
@@ -172,6 +178,8 @@ fn describe(state: &AppState, found: Introspected) -> IntrospectionResponse {
             username: username(&user),
             // The roles the user holds now, not when the token was signed.
             roles: Some(user.roles.names()),
+            client_id: claims.client_id.clone(),
+            scope: claims.scope.clone(),
         },
         Introspected::Refresh(live) => IntrospectionResponse {
             active: true,
@@ -185,6 +193,8 @@ fn describe(state: &AppState, found: Introspected) -> IntrospectionResponse {
             jti: None,
             username: username(&live.user),
             roles: Some(live.user.roles.names()),
+            client_id: None,
+            scope: None,
         },
     }
 }

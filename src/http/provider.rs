@@ -15,20 +15,31 @@ use super::{
     AppState,
     auth::{OAuthError, oauth_error, to_oauth},
     error::AppError,
-    extract::{ClientInfo, body_rejection, has_content_type},
+    extract::{ClientInfo, bearer_token, body_rejection, has_content_type},
     oauth::basic_credentials,
 };
-use crate::auth::{AuthError, Client};
+use crate::{
+    auth::{AuthError, Client, oauth::UserClaims},
+    domain::{Scope, Scopes},
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(token))
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(userinfo_get, userinfo_post))
 }
 
 /// The form of `POST /oauth/token` (RFC 6749 §4).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct ClientTokenForm {
-    /// `client_credentials`.
+    /// `authorization_code` or `client_credentials`.
     pub grant_type: Option<String>,
+    /// `authorization_code`: the code from the redirect …
+    pub code: Option<String>,
+    /// … the redirect URI it was sent to …
+    pub redirect_uri: Option<String>,
+    /// … and the PKCE verifier of its challenge.
+    pub code_verifier: Option<String>,
     /// With `client_secret`, unless HTTP Basic carries them
     /// (`client_secret_post` / `client_secret_basic`).
     pub client_id: Option<String>,
@@ -45,6 +56,9 @@ pub struct ClientTokenResponse {
     /// Always `Bearer`.
     pub token_type: &'static str,
     pub expires_in: u64,
+    /// With `openid`: the ID token, signed with the published keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
     /// What was granted, space-separated.
     pub scope: String,
 }
@@ -52,7 +66,12 @@ pub struct ClientTokenResponse {
 /// Who the client says it is, by HTTP Basic or in the form, never both
 /// (RFC 6749 §2.3: one method per request).
 enum ClientAuth {
-    Secret { id: String, secret: String },
+    Secret {
+        id: String,
+        secret: String,
+    },
+    /// A `client_id` alone: a public client.
+    Public(String),
     None,
 }
 
@@ -75,7 +94,8 @@ fn client_auth(headers: &HeaderMap, form: &ClientTokenForm) -> Result<ClientAuth
             id: id.clone(),
             secret: secret.clone(),
         }),
-        (None, _, None) => Ok(ClientAuth::None),
+        (None, Some(id), None) => Ok(ClientAuth::Public(id.clone())),
+        (None, None, None) => Ok(ClientAuth::None),
         (None, None, Some(_)) => Err(AuthError::Invalid {
             field: "client_id",
             message: "client_id is required with client_secret".into(),
@@ -129,14 +149,58 @@ async fn client_credentials(
         access_token: issued.access_token,
         token_type: "Bearer",
         expires_in: issued.expires_in,
+        id_token: None,
+        scope: issued.scope.to_string(),
+    })
+}
+
+async fn authorization_code(
+    state: &AppState,
+    client: &Client,
+    auth: ClientAuth,
+    form: &ClientTokenForm,
+) -> Result<ClientTokenResponse, AuthError> {
+    let clients = &state.services.clients;
+    // A confidential client proves itself; a public one names itself, and
+    // PKCE stands in for its missing secret.
+    let registered = match auth {
+        ClientAuth::Secret { id, secret } => clients.authenticate(client, &id, &secret).await?,
+        ClientAuth::Public(id) => clients.public(&id).await?,
+        ClientAuth::None => return Err(AuthError::InvalidClient),
+    };
+    let Some(code) = form.code.as_deref() else {
+        return Err(AuthError::Invalid {
+            field: "code",
+            message: "code is required".into(),
+        });
+    };
+    let issued = state
+        .services
+        .oauth
+        .exchange_code(
+            client,
+            &registered,
+            code,
+            form.redirect_uri.as_deref(),
+            form.code_verifier.as_deref(),
+        )
+        .await?;
+    Ok(ClientTokenResponse {
+        access_token: issued.access_token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        id_token: issued.id_token,
         scope: issued.scope.to_string(),
     })
 }
 
 /// The token endpoint for registered clients (RFC 6749 §3.2):
-/// `grant_type=client_credentials` for a confidential client acting for
-/// itself. Clients authenticate with `client_secret_basic` or
-/// `client_secret_post`.
+/// `grant_type=authorization_code` (with the PKCE `code_verifier`) after
+/// `GET /oauth/authorize`, and `client_credentials` for a confidential
+/// client acting for itself. Confidential clients authenticate with
+/// `client_secret_basic` or `client_secret_post`; a public client sends its
+/// `client_id` alone. A code is single-use: presented again, it fails and
+/// ends the session its first exchange opened.
 #[utoipa::path(
     post, path = "/oauth/token", tag = "oauth",
     request_body(content = ClientTokenForm, content_type = "application/x-www-form-urlencoded"),
@@ -175,11 +239,12 @@ async fn token(
     };
     let answer = match form.grant_type.as_deref() {
         Some("client_credentials") => client_credentials(&state, &client, auth, &form).await,
+        Some("authorization_code") => authorization_code(&state, &client, auth, &form).await,
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "grant_type must be client_credentials.",
+                "grant_type must be authorization_code or client_credentials.",
             );
         }
         None => {
@@ -202,4 +267,113 @@ async fn token(
             .into_response(),
         Err(e) => token_error(e),
     }
+}
+
+/// What `/oauth/userinfo` says about the user (OpenID Connect Core §5.3):
+/// `sub` always, the rest as the token's scopes allow.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserInfo {
+    pub sub: String,
+    /// With `email`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// With `email`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    /// With `profile`: the username, or the address without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+}
+
+/// A refusal of a Bearer token, as RFC 6750 §3 renders it.
+fn bearer_error(status: StatusCode, error: &'static str, description: &str) -> Response {
+    let mut res = oauth_error(status, error, description);
+    if let Ok(value) =
+        HeaderValue::from_str(&format!(r#"Bearer realm="authgate", error="{error}""#))
+    {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    res
+}
+
+async fn userinfo(state: AppState, headers: HeaderMap) -> Response {
+    let Ok(token) = bearer_token(&headers) else {
+        let mut res = oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "An access token is required (Authorization: Bearer).",
+        );
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="authgate""#),
+        );
+        return res;
+    };
+    let who = match state.services.sessions.authenticate_delegated(token).await {
+        Ok(who) => who,
+        Err(AuthError::InvalidToken(_)) => {
+            return bearer_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "The access token is invalid, expired or revoked.",
+            );
+        }
+        Err(e) => return to_oauth(e.into()),
+    };
+    // Only a token a user gave a client for `openid` answers here.
+    let scope = Scopes::parse(who.claims.scope.as_deref().unwrap_or("")).unwrap_or_default();
+    if who.claims.client_id.is_none() || !scope.contains(Scope::OPENID) {
+        return bearer_error(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "The token was not granted the openid scope.",
+        );
+    }
+    let user = &who.user.user;
+    let released = UserClaims::of(user, &scope);
+    let info = UserInfo {
+        sub: user.id.to_string(),
+        email: released.email,
+        email_verified: released.email_verified,
+        preferred_username: released.preferred_username,
+    };
+    (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        axum::Json(info),
+    )
+        .into_response()
+}
+
+/// The user the access token speaks for, as its scopes allow (OpenID
+/// Connect Core §5.3). Takes tokens from `/oauth/token` with `openid`.
+#[utoipa::path(
+    get, path = "/oauth/userinfo", tag = "oauth",
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The user's claims", body = UserInfo),
+        (status = 401, description = "No, or an invalid, access token (`invalid_token`)", body = OAuthError,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"authgate\"`"))),
+        (status = 403, description = "The token lacks the `openid` scope (`insufficient_scope`)", body = OAuthError),
+        (status = 503, description = "The database is unavailable; retry after Retry-After", body = OAuthError),
+    )
+)]
+async fn userinfo_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    userinfo(state, headers).await
+}
+
+/// The same as `GET /oauth/userinfo`.
+#[utoipa::path(
+    post, path = "/oauth/userinfo", tag = "oauth",
+    security(("bearer" = []), ("oauth2" = [])),
+    responses(
+        (status = 200, description = "The user's claims", body = UserInfo),
+        (status = 401, description = "No, or an invalid, access token (`invalid_token`)", body = OAuthError,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"authgate\"`"))),
+        (status = 403, description = "The token lacks the `openid` scope (`insufficient_scope`)", body = OAuthError),
+        (status = 503, description = "The database is unavailable; retry after Retry-After", body = OAuthError),
+    )
+)]
+async fn userinfo_post(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    userinfo(state, headers).await
 }

@@ -184,6 +184,7 @@ audit_kinds! {
     RecoveryCodesRegenerated = "recovery_codes_regenerated",
     ClientCreated = "client_created",
     ClientDeleted = "client_deleted",
+    CodeReplay = "authorization_code_replay",
 }
 
 impl AuditKind {

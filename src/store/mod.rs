@@ -29,7 +29,10 @@ pub use lifecycle::{
     MailStatus, NewFlowToken, OutboxMail, Outcome, QueuedMail, Redeemed, Redemption,
 };
 pub use mfa::{Attempt, Factor, FactorKind, MfaStore, NewChallenge};
-pub use oauth::{OAuthClient, OAuthStore};
+pub use oauth::{
+    AuthorizationCode, CodeCheck, CodeRedemption, IssuedCode, NewClientSession, OAuthClient,
+    OAuthStore,
+};
 pub use passkeys::{Added, Ceremony, CeremonyPurpose, PasskeyStore, StoredPasskey};
 
 pub use postgres::PgStore;
@@ -301,6 +304,10 @@ pub enum RevokeReason {
     PasswordChanged,
     /// A password reset link was used.
     PasswordReset,
+    /// The OAuth client that opened it was deleted.
+    ClientDeleted,
+    /// The authorization code it was opened with was presented again.
+    CodeReplay,
 }
 
 impl RevokeReason {
@@ -313,6 +320,8 @@ impl RevokeReason {
             RevokeReason::EndedByUser => "ended_by_user",
             RevokeReason::PasswordChanged => "password_changed",
             RevokeReason::PasswordReset => "password_reset",
+            RevokeReason::ClientDeleted => "client_deleted",
+            RevokeReason::CodeReplay => "code_replay",
         }
     }
 }

@@ -16,10 +16,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditContext, AuditKind, AuditRecord, Credentials, Factor, FactorKind, FlowToken,
-    LiveRefreshToken, MailInfo, MailStatus, NewUser, OAuthClient, Outcome, RefreshRequest,
-    RevokeReason, Rotation, SessionAuth, SessionInfo, StoreError, StoreResult, StoredKey,
-    StoredPasskey,
+    AuditContext, AuditKind, AuditRecord, AuthorizationCode, Credentials, Factor, FactorKind,
+    FlowToken, IssuedCode, LiveRefreshToken, MailInfo, MailStatus, NewUser, OAuthClient, Outcome,
+    RefreshRequest, RevokeReason, Rotation, SessionAuth, SessionInfo, StoreError, StoreResult,
+    StoredKey, StoredPasskey,
 };
 use crate::domain::{Roles, User};
 
@@ -295,6 +295,46 @@ impl TryFrom<ClientRow> for OAuthClient {
 
 pub(super) const SELECT_CLIENTS: &str = "SELECT id, name, secret_hash, redirect_uris, \
      post_logout_redirect_uris, scopes, first_party, created_at FROM oauth_clients";
+
+/// An authorization code as stored.
+#[derive(FromRow)]
+pub(super) struct CodeRow {
+    code_hash: Vec<u8>,
+    client_id: String,
+    user_id: Uuid,
+    redirect_uri: String,
+    scope: String,
+    nonce: Option<String>,
+    code_challenge: String,
+    aal: String,
+    amr: String,
+    authenticated_at: Timestamp,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+}
+
+impl TryFrom<CodeRow> for IssuedCode {
+    type Error = sqlx::Error;
+
+    fn try_from(row: CodeRow) -> sqlx::Result<Self> {
+        let code_hash = <[u8; 32]>::try_from(row.code_hash.as_slice())
+            .map_err(|_| sqlx::Error::Decode("a malformed code hash".into()))?;
+        Ok(IssuedCode {
+            code: AuthorizationCode {
+                code_hash,
+                client_id: row.client_id,
+                user_id: row.user_id,
+                redirect_uri: row.redirect_uri,
+                scope: row.scope,
+                nonce: row.nonce,
+                code_challenge: row.code_challenge,
+                created_at: row.created_at.0,
+                expires_at: row.expires_at.0,
+            },
+            auth: SessionAuth::from_columns(row.aal, &row.amr, row.authenticated_at.0),
+        })
+    }
+}
 
 /// A session as [`SessionInfo`] shows it.
 #[derive(FromRow)]
@@ -979,7 +1019,8 @@ macro_rules! sql_store {
                 store::{
                     Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
                     Added, Ceremony, CeremonyPurpose, Factor, MfaStore, NewChallenge, PasskeyStore,
-                    StoredPasskey, OAuthClient, OAuthStore,
+                    StoredPasskey, OAuthClient, OAuthStore, AuthorizationCode, CodeCheck, CodeRedemption,
+                    IssuedCode, NewClientSession,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore,
                     LiveRefreshToken, MailInfo, MailStatus, MailStore, NewSession, NewUser, ProvedFactor,
                     QueuedMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
@@ -1833,6 +1874,8 @@ macro_rules! sql_store {
                             purge_expired(&writer, "mfa_challenges", "token_hash", "", now)
                                 .await?
                                 + purge_expired(&writer, "webauthn_ceremonies", "id", "", now)
+                                    .await?
+                                + purge_expired(&writer, "oauth_codes", "code_hash", "", now)
                                     .await?;
                         let purged = tokens + sessions + links + challenges;
                         Ok(purged)
@@ -2401,23 +2444,198 @@ macro_rules! sql_store {
                     Ok(row.map(OAuthClient::try_from).transpose()?)
                 }
 
-                async fn delete_client(&self, id: &str, effects: &Effects) -> StoreResult<bool> {
+                async fn delete_client(
+                    &self,
+                    id: &str,
+                    now: OffsetDateTime,
+                    effects: &Effects,
+                ) -> StoreResult<bool> {
                     let writer = self.writer().clone();
                     let (id, effects) = (id.to_owned(), effects.clone());
                     detached(async move {
                         let mut tx = Self::begin_write(&writer).await?;
                         let done = sqlx::query("DELETE FROM oauth_clients WHERE id = $1")
-                            .bind(id)
+                            .bind(id.clone())
                             .execute(&mut *tx)
                             .await?;
                         if done.rows_affected() != 1 {
                             return Ok(false);
                         }
+                        // Its codes and grants go with it (foreign keys);
+                        // the sessions it opened end, and stay for the record.
+                        sqlx::query(
+                            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+                             WHERE client_id = $1 AND revoked_at IS NULL",
+                        )
+                        .bind(id)
+                        .bind(Timestamp(now))
+                        .bind(RevokeReason::ClientDeleted.as_str())
+                        .execute(&mut *tx)
+                        .await?;
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(true)
                     })
                     .await
+                }
+
+                async fn add_code(&self, code: &AuthorizationCode, session_id: Uuid) -> StoreResult<bool> {
+                    // The session's authentication, as it is at this moment,
+                    // goes with the code into the ID token.
+                    let done = sqlx::query(
+                        "INSERT INTO oauth_codes (code_hash, client_id, user_id, redirect_uri, \
+                         scope, nonce, code_challenge, aal, amr, authenticated_at, created_at, \
+                         expires_at) \
+                         SELECT $1, $2, $3, $4, $5, $6, $7, s.aal, s.amr, \
+                                COALESCE(s.authenticated_at, s.created_at), $8, $9 \
+                         FROM sessions s WHERE s.id = $10 AND s.user_id = $3 \
+                           AND s.revoked_at IS NULL AND s.expires_at > $8",
+                    )
+                    .bind(&code.code_hash[..])
+                    .bind(code.client_id.clone())
+                    .bind(code.user_id)
+                    .bind(code.redirect_uri.clone())
+                    .bind(code.scope.clone())
+                    .bind(code.nonce.clone())
+                    .bind(code.code_challenge.clone())
+                    .bind(Timestamp(code.created_at))
+                    .bind(Timestamp(code.expires_at))
+                    .bind(session_id)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn redeem_code(
+                    &self,
+                    code_hash: &[u8; 32],
+                    now: OffsetDateTime,
+                    check: CodeCheck,
+                    session: &NewClientSession,
+                    effects: &Effects,
+                ) -> StoreResult<CodeRedemption> {
+                    let writer = self.writer().clone();
+                    let (hash, session, effects) = (code_hash.to_vec(), session.clone(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        // Of racing exchanges, one sets used_at.
+                        let row: Option<sql::CodeRow> = sqlx::query_as(
+                            "UPDATE oauth_codes SET used_at = $2 \
+                             WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+                             RETURNING code_hash, client_id, user_id, redirect_uri, scope, nonce, \
+                             code_challenge, aal, amr, authenticated_at, created_at, expires_at",
+                        )
+                        .bind(hash.clone())
+                        .bind(Timestamp(now))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some(row) = row else {
+                            let used: Option<Option<Uuid>> = sqlx::query_scalar(
+                                "SELECT issued_session_id FROM oauth_codes \
+                                 WHERE code_hash = $1 AND used_at IS NOT NULL",
+                            )
+                            .bind(hash)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            let Some(issued) = used else {
+                                return Ok(CodeRedemption::Invalid);
+                            };
+                            // A code presented twice was stolen, or its
+                            // exchange was: what the first exchange opened ends.
+                            if let Some(session_id) = issued {
+                                sqlx::query(
+                                    "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+                                     WHERE id = $1 AND revoked_at IS NULL",
+                                )
+                                .bind(session_id)
+                                .bind(Timestamp(now))
+                                .bind(RevokeReason::CodeReplay.as_str())
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                            tx.commit().await?;
+                            return Ok(CodeRedemption::Replayed);
+                        };
+                        let issued = IssuedCode::try_from(row)?;
+                        if !check(&issued.code) {
+                            tx.commit().await?;
+                            return Ok(CodeRedemption::Refused);
+                        }
+                        let user_id = issued.code.user_id;
+                        Self::lock_for_new_session(&mut tx, user_id).await?;
+                        let opened = sqlx::query(
+                            "INSERT INTO sessions (id, user_id, created_at, expires_at, user_agent, \
+                             ip, aal, amr, authenticated_at, client_id, scope) \
+                             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+                             WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND is_active)",
+                        )
+                        .bind(session.id)
+                        .bind(user_id)
+                        .bind(Timestamp(session.created_at))
+                        .bind(Timestamp(session.expires_at))
+                        .bind(session.user_agent.clone())
+                        .bind(session.ip.clone())
+                        .bind(issued.auth.level.clone())
+                        .bind(issued.auth.methods_column())
+                        .bind(Timestamp(issued.auth.at))
+                        .bind(issued.code.client_id.clone())
+                        .bind(issued.code.scope.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                        if opened.rows_affected() == 0 {
+                            tx.commit().await?;
+                            return Ok(CodeRedemption::Invalid);
+                        }
+                        sql::insert_refresh_token(
+                            &session.refresh_hash,
+                            session.id,
+                            Timestamp(session.created_at),
+                            Timestamp(session.refresh_expires_at),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query("UPDATE oauth_codes SET issued_session_id = $2 WHERE code_hash = $1")
+                            .bind(issued.code.code_hash.to_vec())
+                            .bind(session.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(CodeRedemption::Redeemed(Box::new(issued)))
+                    })
+                    .await
+                }
+
+                async fn grant(&self, user_id: Uuid, client_id: &str) -> StoreResult<Option<String>> {
+                    Ok(sqlx::query_scalar(
+                        "SELECT scope FROM oauth_grants WHERE user_id = $1 AND client_id = $2",
+                    )
+                    .bind(user_id)
+                    .bind(client_id.to_owned())
+                    .fetch_optional(self.reader())
+                    .await?)
+                }
+
+                async fn save_grant(
+                    &self,
+                    user_id: Uuid,
+                    client_id: &str,
+                    scope: &str,
+                    now: OffsetDateTime,
+                ) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO oauth_grants (user_id, client_id, scope, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $4) \
+                         ON CONFLICT (user_id, client_id) \
+                         DO UPDATE SET scope = excluded.scope, updated_at = excluded.updated_at",
+                    )
+                    .bind(user_id)
+                    .bind(client_id.to_owned())
+                    .bind(scope.to_owned())
+                    .bind(Timestamp(now))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
                 }
             }
 

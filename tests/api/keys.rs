@@ -237,12 +237,25 @@ async fn discovery_documents_name_the_issuer_tokens_carry_and_where_the_keys_are
             doc["jwks_uri"],
             "https://auth.example.com/.well-known/jwks.json"
         );
-        assert_eq!(doc["token_endpoint"], "https://auth.example.com/auth/token");
+        assert_eq!(
+            doc["token_endpoint"],
+            "https://auth.example.com/oauth/token"
+        );
+        assert_eq!(
+            doc["authorization_endpoint"],
+            "https://auth.example.com/oauth/authorize"
+        );
+        assert_eq!(
+            doc["code_challenge_methods_supported"],
+            serde_json::json!(["S256"])
+        );
+        assert_eq!(doc["response_types_supported"], serde_json::json!(["code"]));
+        assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
         assert!(
             doc["grant_types_supported"]
                 .as_array()
                 .unwrap()
-                .contains(&"refresh_token".into())
+                .contains(&"authorization_code".into())
         );
         assert!(doc["token_endpoint_auth_methods_supported"].is_array());
         assert_eq!(

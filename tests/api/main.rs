@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod authorize;
 mod browser;
 mod clients;
 mod connections;
@@ -39,6 +40,7 @@ fn main() {
     let modules: &[fn(bool) -> Vec<Trial>] = &[
         admin::trials,
         audit::trials,
+        authorize::trials,
         browser::trials,
         clients::trials,
         connections::trials,

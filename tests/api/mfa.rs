@@ -42,15 +42,15 @@ async fn spawn(backend: Backend) -> TestApp {
 
 /// An enrolled, confirmed authenticator app: its secret and the recovery
 /// codes its confirmation gave.
-struct App {
+pub struct App {
     id: String,
     secret: TotpSecret,
-    recovery_codes: Vec<String>,
+    pub recovery_codes: Vec<String>,
 }
 
 impl App {
     /// The app's code at the server's time.
-    fn code(&self, app: &TestApp) -> String {
+    pub fn code(&self, app: &TestApp) -> String {
         self.secret
             .code_at(totp::step_of(app.clock.now().unix_timestamp()))
     }
@@ -90,7 +90,7 @@ async fn enroll(app: &TestApp, access: &str) -> (String, TotpSecret) {
 }
 
 /// Signs `name` up and enrolls and confirms an app from a password session.
-async fn user_with_app(app: &TestApp, name: &str) -> (Tokens, App) {
+pub async fn user_with_app(app: &TestApp, name: &str) -> (Tokens, App) {
     app.create_user(name).await;
     let tokens = app.tokens(name).await;
     let (id, secret) = enroll(app, &tokens.access).await;

@@ -1,0 +1,630 @@
+//! The hosted pages of the OAuth provider: `GET /oauth/authorize` and the
+//! login, second-step and consent forms it leads through. Server-rendered
+//! HTML without scripts, a strict content security policy, a CSRF token on
+//! every form, and the browser's session in an `HttpOnly`, `SameSite=Lax`
+//! cookie. These are pages, not API: they are outside the API document.
+
+mod views;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::Deserialize;
+
+use super::{AppState, cookies::origin_of, extract::ClientInfo};
+use crate::auth::{
+    AuthError,
+    mfa::Proof,
+    oauth::{AuthorizeParams, AuthorizeRefusal, ValidAuthorize},
+    sessions::TokenPair,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/authorize", get(authorize))
+        .route("/oauth/login", post(login))
+        .route("/oauth/mfa", post(mfa))
+        .route("/oauth/consent", post(consent))
+        .route("/oauth/pages.css", get(stylesheet))
+}
+
+/// The browser's session: the refresh token of a session the pages opened.
+const SESSION_COOKIE: &str = "authgate_sso";
+/// The double-submit CSRF token of the forms.
+const FORM_COOKIE: &str = "authgate_form";
+/// Where a login goes back to: an authorization request, nothing else.
+const RETURN_PREFIX: &str = "/oauth/authorize?";
+
+/// A cookie's value from the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+fn set_cookie(res: &mut Response, state: &AppState, name: &str, value: &str, max_age: Option<u64>) {
+    let secure = if state.cookies.secure { "; Secure" } else { "" };
+    let age = max_age
+        .map(|s| format!("; Max-Age={s}"))
+        .unwrap_or_default();
+    let cookie = format!("{name}={value}{age}; Path=/oauth; HttpOnly; SameSite=Lax{secure}");
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// The form token of this browser, and whether it must be set.
+fn form_token(headers: &HeaderMap) -> (String, bool) {
+    match cookie(headers, FORM_COOKIE).filter(|t| t.len() == 43) {
+        Some(token) => (token.to_owned(), false),
+        None => {
+            let mut bytes = [0u8; 32];
+            rand::fill(&mut bytes);
+            (URL_SAFE_NO_PAD.encode(bytes), true)
+        }
+    }
+}
+
+/// Whether a form post comes from these pages: the token in the form is
+/// the one in the cookie (which another site can neither read nor set),
+/// and the `Origin`, when the browser sends one, is this service's.
+fn same_site_form(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> bool {
+    let Some(expected) = cookie(headers, FORM_COOKIE) else {
+        return false;
+    };
+    let token_ok = csrf.is_some_and(|given| {
+        crate::crypto::same_digest(
+            &sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), given))
+                .into(),
+            &sha2::Digest::finalize(sha2::Digest::chain_update(
+                sha2::Sha256::default(),
+                expected,
+            ))
+            .into(),
+        )
+    });
+    let origin_ok = match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        None => true,
+        Some(origin) => origin_of(&state.public_url).as_deref() == Some(origin),
+    };
+    token_ok && origin_ok
+}
+
+/// A page with the policy it needs: nothing but this origin's stylesheet,
+/// forms posting here, and (after a form) the redirect to `redirect_uri`.
+fn html_page(
+    status: StatusCode,
+    markup: maud::Markup,
+    redirect_uri: Option<&str>,
+    form: Option<(&str, bool)>,
+    state: &AppState,
+) -> Response {
+    // Why the redirect URI's origin in form-action: browsers hold the
+    // redirects that follow a form post to it too.
+    let target = redirect_uri
+        .and_then(|u| url::Url::parse(u).ok())
+        .map(|u| match u.origin() {
+            url::Origin::Tuple(..) => u.origin().ascii_serialization(),
+            url::Origin::Opaque(_) => format!("{}:", u.scheme()),
+        })
+        .map(|o| format!(" {o}"))
+        .unwrap_or_default();
+    let policy = format!(
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'{target}; \
+         frame-ancestors 'none'; base-uri 'none'"
+    );
+    let mut res = (status, Html(markup.into_string())).into_response();
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        res.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    if let Some((token, true)) = form {
+        set_cookie(&mut res, state, FORM_COOKIE, token, None);
+    }
+    res
+}
+
+fn refused_page(state: &AppState, status: StatusCode, message: &str) -> Response {
+    html_page(status, views::refused(message), None, None, state)
+}
+
+/// `redirect_uri` with the answer's parameters, and `iss` (RFC 9207).
+fn back_to_client(state: &AppState, redirect_uri: &str, params: &[(&str, &str)]) -> Response {
+    let Ok(mut url) = url::Url::parse(redirect_uri) else {
+        return refused_page(
+            state,
+            StatusCode::BAD_REQUEST,
+            "The redirect address is invalid.",
+        );
+    };
+    {
+        let mut query = url.query_pairs_mut();
+        for (key, value) in params {
+            query.append_pair(key, value);
+        }
+        query.append_pair("iss", state.services.tokens.issuer());
+    }
+    let mut res = StatusCode::FOUND.into_response();
+    if let Ok(location) = HeaderValue::from_str(url.as_str()) {
+        res.headers_mut().insert(header::LOCATION, location);
+    }
+    res
+}
+
+fn refusal(state: &AppState, refusal: AuthorizeRefusal) -> Response {
+    match refusal {
+        AuthorizeRefusal::Shown(message) => refused_page(state, StatusCode::BAD_REQUEST, &message),
+        AuthorizeRefusal::Redirected {
+            redirect_uri,
+            error,
+            description,
+            state: client_state,
+        } => {
+            let mut params = vec![
+                ("error", error),
+                ("error_description", description.as_str()),
+            ];
+            if let Some(s) = client_state.as_deref() {
+                params.push(("state", s));
+            }
+            back_to_client(state, &redirect_uri, &params)
+        }
+    }
+}
+
+/// What a service failure shows: a page, never a stack of JSON.
+fn failure_page(state: &AppState, err: AuthError) -> Response {
+    match err {
+        AuthError::Throttled(t) => refused_page(
+            state,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "Too many attempts. Try again in {} seconds.",
+                t.wait.as_secs().max(1)
+            ),
+        ),
+        AuthError::Unavailable(_) | AuthError::Overloaded(_) => refused_page(
+            state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is busy. Try again in a moment.",
+        ),
+        other => {
+            tracing::error!(error = %other, "page request failed");
+            refused_page(
+                state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong.",
+            )
+        }
+    }
+}
+
+/// The authorization request's parameters as the hidden fields of a form.
+fn request_fields(params: &AuthorizeParams) -> Vec<(&'static str, String)> {
+    [
+        ("response_type", &params.response_type),
+        ("client_id", &params.client_id),
+        ("redirect_uri", &params.redirect_uri),
+        ("scope", &params.scope),
+        ("state", &params.state),
+        ("nonce", &params.nonce),
+        ("code_challenge", &params.code_challenge),
+        ("code_challenge_method", &params.code_challenge_method),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+    .collect()
+}
+
+fn as_hidden<'a>(fields: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    fields.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Where the flow stands for a browser: the login page, the consent page,
+/// or the code on its way to the client.
+async fn continue_flow(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &AuthorizeParams,
+    request: ValidAuthorize,
+    session_token: Option<&str>,
+) -> Response {
+    let oauth = &state.services.oauth;
+    let (form, new_form) = form_token(headers);
+    let session = match session_token {
+        Some(token) => match oauth.browser_session(token).await {
+            Ok(found) => found,
+            Err(e) => return failure_page(state, e),
+        },
+        None => None,
+    };
+    let Some(session) = session else {
+        let query = serde_urlencoded::to_string(params).unwrap_or_default();
+        let return_to = format!("{RETURN_PREFIX}{query}");
+        let fields = [("csrf", form.as_str()), ("return_to", return_to.as_str())];
+        return html_page(
+            StatusCode::OK,
+            views::login(&request.client.name, &fields, None, ""),
+            Some(&request.redirect_uri),
+            Some((&form, new_form)),
+            state,
+        );
+    };
+    match oauth.needs_consent(session.user.id, &request).await {
+        Err(e) => return failure_page(state, e),
+        Ok(true) => {
+            let mut fields = request_fields(params);
+            fields.push(("csrf", form.clone()));
+            let who = session
+                .user
+                .username
+                .clone()
+                .or_else(|| session.user.email.clone())
+                .unwrap_or_default();
+            return html_page(
+                StatusCode::OK,
+                views::consent(
+                    &request.client.name,
+                    &who,
+                    &request.scope.names(),
+                    &as_hidden(&fields),
+                ),
+                Some(&request.redirect_uri),
+                Some((&form, new_form)),
+                state,
+            );
+        }
+        Ok(false) => {}
+    }
+    issue(state, &session, &request).await
+}
+
+async fn issue(
+    state: &AppState,
+    session: &crate::store::LiveRefreshToken,
+    request: &ValidAuthorize,
+) -> Response {
+    match state.services.oauth.issue_code(session, request).await {
+        Ok(code) => {
+            let mut params = vec![("code", code.as_str())];
+            if let Some(s) = request.state.as_deref() {
+                params.push(("state", s));
+            }
+            back_to_client(state, &request.redirect_uri, &params)
+        }
+        Err(AuthError::InvalidRefreshToken) => refused_page(
+            state,
+            StatusCode::BAD_REQUEST,
+            "Your session ended. Go back to the application and sign in again.",
+        ),
+        Err(e) => failure_page(state, e),
+    }
+}
+
+/// `GET /oauth/authorize`: the authorization endpoint (RFC 6749 §3.1).
+async fn authorize(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let params: AuthorizeParams = match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
+        Ok(params) => params,
+        Err(_) => {
+            return refused_page(&state, StatusCode::BAD_REQUEST, "The request is malformed.");
+        }
+    };
+    match state.services.oauth.check_authorize(&params).await {
+        Err(e) => failure_page(&state, e),
+        Ok(Err(refused)) => refusal(&state, refused),
+        Ok(Ok(request)) => {
+            continue_flow(
+                &state,
+                &headers,
+                &params,
+                request,
+                cookie(&headers, SESSION_COOKIE),
+            )
+            .await
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LoginForm {
+    login: Option<String>,
+    password: Option<String>,
+    code: Option<String>,
+    mfa_token: Option<String>,
+    csrf: Option<String>,
+    return_to: Option<String>,
+}
+
+/// The authorization request a login form goes back to, checked again.
+async fn returning(
+    state: &AppState,
+    return_to: Option<&str>,
+) -> Result<(AuthorizeParams, ValidAuthorize), Response> {
+    let Some(query) = return_to.and_then(|r| r.strip_prefix(RETURN_PREFIX)) else {
+        return Err(refused_page(
+            state,
+            StatusCode::BAD_REQUEST,
+            "The request is malformed.",
+        ));
+    };
+    let params: AuthorizeParams = serde_urlencoded::from_str(query)
+        .map_err(|_| refused_page(state, StatusCode::BAD_REQUEST, "The request is malformed."))?;
+    match state.services.oauth.check_authorize(&params).await {
+        Err(e) => Err(failure_page(state, e)),
+        Ok(Err(refused)) => Err(refusal(state, refused)),
+        Ok(Ok(request)) => Ok((params, request)),
+    }
+}
+
+fn parse_form<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Option<T> {
+    serde_urlencoded::from_bytes(body).ok()
+}
+
+/// A session opened by a form: its cookie set, back to the request.
+fn signed_in(state: &AppState, pair: &TokenPair, return_to: &str) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    if let Ok(location) = HeaderValue::from_str(return_to) {
+        res.headers_mut().insert(header::LOCATION, location);
+    }
+    set_cookie(
+        &mut res,
+        state,
+        SESSION_COOKIE,
+        &pair.refresh_token,
+        Some(pair.refresh_expires_in),
+    );
+    res
+}
+
+/// `POST /oauth/login`: the login form.
+async fn login(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(form) = parse_form::<LoginForm>(&body) else {
+        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    };
+    if !same_site_form(&state, &headers, form.csrf.as_deref()) {
+        return refused_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            "The form expired. Go back and try again.",
+        );
+    }
+    let (_, request) = match returning(&state, form.return_to.as_deref()).await {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    let return_to = form.return_to.clone().unwrap_or_default();
+    let csrf = form.csrf.clone().unwrap_or_default();
+    let typed = form.login.clone().unwrap_or_default();
+    let again = |status: StatusCode, message: &str| {
+        let fields = [("csrf", csrf.as_str()), ("return_to", return_to.as_str())];
+        html_page(
+            status,
+            views::login(&request.client.name, &fields, Some(message), &typed),
+            Some(&request.redirect_uri),
+            None,
+            &state,
+        )
+    };
+    let result = state
+        .services
+        .login
+        .with_password(&client, &typed, form.password.as_deref().unwrap_or(""))
+        .await;
+    match result {
+        Ok(pair) => signed_in(&state, &pair, &return_to),
+        Err(AuthError::MfaRequired(challenge)) => {
+            let fields = [
+                ("csrf", csrf.as_str()),
+                ("return_to", return_to.as_str()),
+                ("mfa_token", challenge.mfa_token.as_str()),
+            ];
+            html_page(
+                StatusCode::OK,
+                views::mfa(&fields, None),
+                Some(&request.redirect_uri),
+                None,
+                &state,
+            )
+        }
+        Err(AuthError::InvalidCredentials) => again(
+            StatusCode::UNAUTHORIZED,
+            "Wrong username, email or password.",
+        ),
+        Err(AuthError::EmailNotVerified) => again(
+            StatusCode::FORBIDDEN,
+            "Verify your email address first: follow the link we sent you.",
+        ),
+        Err(AuthError::Throttled(t)) => again(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "Too many attempts. Try again in {} seconds.",
+                t.wait.as_secs().max(1)
+            ),
+        ),
+        Err(e) => failure_page(&state, e),
+    }
+}
+
+/// `POST /oauth/mfa`: the second step's form.
+async fn mfa(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(form) = parse_form::<LoginForm>(&body) else {
+        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    };
+    if !same_site_form(&state, &headers, form.csrf.as_deref()) {
+        return refused_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            "The form expired. Go back and try again.",
+        );
+    }
+    let (_, request) = match returning(&state, form.return_to.as_deref()).await {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    let return_to = form.return_to.clone().unwrap_or_default();
+    let mfa_token = form.mfa_token.clone().unwrap_or_default();
+    let code: String = form
+        .code
+        .clone()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    // Six digits are an app's code; anything else is tried as a recovery code.
+    let proof = if code.bytes().all(|b| b.is_ascii_digit()) {
+        Proof::Code(code)
+    } else {
+        Proof::RecoveryCode(code)
+    };
+    let result = state
+        .services
+        .mfa
+        .verify_login(&client, &mfa_token, &proof)
+        .await;
+    let csrf = form.csrf.clone().unwrap_or_default();
+    match result {
+        Ok(pair) => signed_in(&state, &pair, &return_to),
+        Err(AuthError::InvalidCode) => {
+            let fields = [
+                ("csrf", csrf.as_str()),
+                ("return_to", return_to.as_str()),
+                ("mfa_token", mfa_token.as_str()),
+            ];
+            html_page(
+                StatusCode::UNAUTHORIZED,
+                views::mfa(&fields, Some("That code is not right. Try again.")),
+                Some(&request.redirect_uri),
+                None,
+                &state,
+            )
+        }
+        Err(AuthError::InvalidMfaToken) => {
+            let fields = [("csrf", csrf.as_str()), ("return_to", return_to.as_str())];
+            html_page(
+                StatusCode::UNAUTHORIZED,
+                views::login(
+                    &request.client.name,
+                    &fields,
+                    Some("The sign-in took too long or had too many tries. Sign in again."),
+                    "",
+                ),
+                Some(&request.redirect_uri),
+                None,
+                &state,
+            )
+        }
+        Err(AuthError::Throttled(t)) => refused_page(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "Too many attempts. Try again in {} seconds.",
+                t.wait.as_secs().max(1)
+            ),
+        ),
+        Err(e) => failure_page(&state, e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConsentForm {
+    #[serde(flatten)]
+    params: AuthorizeParams,
+    csrf: Option<String>,
+    decision: Option<String>,
+}
+
+/// `POST /oauth/consent`: Allow or Deny.
+async fn consent(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(form) = parse_form::<ConsentForm>(&body) else {
+        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    };
+    if !same_site_form(&state, &headers, form.csrf.as_deref()) {
+        return refused_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            "The form expired. Go back and try again.",
+        );
+    }
+    let request = match state.services.oauth.check_authorize(&form.params).await {
+        Err(e) => return failure_page(&state, e),
+        Ok(Err(refused)) => return refusal(&state, refused),
+        Ok(Ok(request)) => request,
+    };
+    let session = match cookie(&headers, SESSION_COOKIE) {
+        Some(token) => match state.services.oauth.browser_session(token).await {
+            Ok(found) => found,
+            Err(e) => return failure_page(&state, e),
+        },
+        None => None,
+    };
+    let Some(session) = session else {
+        // The session ended while the page was open: sign in again.
+        return continue_flow(&state, &headers, &form.params, request, None).await;
+    };
+    match form.decision.as_deref() {
+        Some("allow") => {
+            if let Err(e) = state
+                .services
+                .oauth
+                .remember_consent(session.user.id, &request)
+                .await
+            {
+                return failure_page(&state, e);
+            }
+            issue(&state, &session, &request).await
+        }
+        Some("deny") => {
+            let mut params = vec![
+                ("error", "access_denied"),
+                ("error_description", "The user denied the request."),
+            ];
+            if let Some(s) = request.state.as_deref() {
+                params.push(("state", s));
+            }
+            back_to_client(&state, &request.redirect_uri, &params)
+        }
+        _ => refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed."),
+    }
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/css; charset=utf-8"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
+        ],
+        views::STYLESHEET,
+    )
+        .into_response()
+}
