@@ -1,7 +1,9 @@
 //! Passkeys in a real browser: `tests/browser/passkeys.mjs` drives Debian's
 //! Chromium through Playwright, with a virtual authenticator, against the
 //! server: registration, a login with the passkey alone (no username), and
-//! the passkey as the second factor of a password login.
+//! the passkey as the second factor of a password login. And
+//! `tests/browser/oidc.mjs`: the OpenID Connect code flow through the hosted
+//! pages, with openid-client as the application.
 //!
 //! It needs Node, Chromium (`AUTHGATE_TEST_CHROMIUM`, default `chromium`)
 //! and `AUTHGATE_TEST_PLAYWRIGHT`, a directory whose `node_modules` holds the
@@ -24,7 +26,10 @@ use crate::{
     on_both_databases,
 };
 
-on_both_databases!(a_passkey_registers_and_logs_in_in_chromium);
+on_both_databases!(
+    a_passkey_registers_and_logs_in_in_chromium,
+    the_oidc_code_flow_runs_in_chromium_with_a_real_client_library,
+);
 
 const CHROMIUM: &str = "AUTHGATE_TEST_CHROMIUM";
 const PLAYWRIGHT: &str = "AUTHGATE_TEST_PLAYWRIGHT";
@@ -80,9 +85,9 @@ fn tools() -> Option<Tools> {
     let missing = missing.join(", ");
     assert!(
         !required(),
-        "the passkey browser test needs {missing} (.ci/run installs them; see tests/api/browser.rs)"
+        "the browser tests need {missing} (.ci/run installs them; see tests/api/browser.rs)"
     );
-    eprintln!("note: the passkey browser test did nothing, missing {missing}");
+    eprintln!("note: a browser test did nothing, missing {missing}");
     None
 }
 
@@ -204,4 +209,89 @@ async fn a_passkey_registers_and_logs_in_in_chromium(backend: Backend) {
     assert_eq!(refused["code"], "mfa_required", "{refused}");
     let factors = refused["factor_types"].as_array().expect("factor_types");
     assert!(factors.contains(&json!("passkey")), "{refused}");
+}
+
+/// A port free at the moment: the server must listen where its public URL
+/// (the issuer the client library checks) says.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend: Backend) {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let app = TestApp::builder_with_generated_key()
+        .with_admin()
+        .arg("--listen", &format!("127.0.0.1:{port}"))
+        .arg("--public-url", &base)
+        .spawn(backend)
+        .await;
+    assert_eq!(app.address, base);
+    let (_, authenticator) = crate::mfa::user_with_app(&app, "grace").await;
+    let redirect = "http://127.0.0.1:9/callback";
+    let client = crate::clients::register_client(
+        &app,
+        json!({"name": "Example App", "redirect_uris": [redirect]}),
+    )
+    .await;
+    // The server's clock runs ahead of this one after the enrolment.
+    let offset = (authgate::clock::Clock::now(app.clock.as_ref())
+        - time::OffsetDateTime::now_utc())
+    .whole_seconds();
+    // `AUTHGATE_TEST_SCREENSHOTS=docs/pages` refreshes the pictures of the
+    // pages in the docs (from the SQLite run).
+    let screenshots = match (backend, std::env::var("AUTHGATE_TEST_SCREENSHOTS")) {
+        (Backend::Sqlite, Ok(dir)) if !dir.is_empty() => repo(&dir).display().to_string(),
+        _ => String::new(),
+    };
+    let script = repo("tests/browser/oidc.mjs");
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(&script)
+        .current_dir(&tools.playwright)
+        .env("AUTHGATE_URL", &app.address)
+        .env("OIDC_CLIENT_ID", client["client_id"].as_str().unwrap())
+        .env(
+            "OIDC_CLIENT_SECRET",
+            client["client_secret"].as_str().unwrap(),
+        )
+        .env("OIDC_REDIRECT_URI", redirect)
+        .env("OIDC_USERNAME", "grace")
+        .env("OIDC_PASSWORD", PASSWORD)
+        .env("OIDC_TOTP_SECRET", authenticator.secret_base32())
+        .env("OIDC_TOTP_OFFSET", offset.to_string())
+        .env("SCREENSHOT_DIR", &screenshots)
+        .env("CHROMIUM", &tools.chromium)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for proxy in ["http_proxy", "https_proxy", "all_proxy"] {
+        command.env_remove(proxy).env_remove(proxy.to_uppercase());
+    }
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("oidc.mjs ran over {SCRIPT_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("cannot run node {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "oidc.mjs failed, {}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        output.status
+    );
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("oidc.mjs did not end with its JSON line ({e})\n{stdout}"));
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(last["acr"], "aal2");
+    assert_eq!(last["amr"], json!(["pwd", "otp", "mfa"]));
+    // The token the library got is the client's, for this user.
+    let claims = claims_of(last["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], last["sub"]);
+    assert_eq!(claims["client_id"], client["client_id"]);
 }

@@ -252,8 +252,14 @@ async fn every_error_is_documented_as_a_problem_document(backend: Backend) {
                     "{method} {path} {status}"
                 );
                 // The OAuth endpoints answer in RFC 6749 §5.2 form, as
-                // RFC 6749, 7009 and 7662 require.
-                let oauth = ["/auth/token", "/auth/introspect", "/auth/revoke"];
+                // RFC 6749, 6750, 7009 and 7662 require.
+                let oauth = [
+                    "/auth/token",
+                    "/auth/introspect",
+                    "/auth/revoke",
+                    "/oauth/token",
+                    "/oauth/userinfo",
+                ];
                 if status.starts_with('4') && !oauth.contains(&path.as_str()) {
                     assert!(
                         refs_problem("application/problem+json"),

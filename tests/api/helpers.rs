@@ -72,13 +72,15 @@ impl TestAppBuilder {
         };
         let mut argv: Vec<String> = vec![
             "authgate".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
             "--database-url".into(),
             db.url.clone(),
             "--smtp-url".into(),
             mail.url(),
         ];
+        // Any free port, unless the test names one.
+        if !self.args.iter().any(|a| a == "--listen") {
+            argv.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
         argv.extend(self.args.iter().cloned());
         let config = Args::try_parse_from(&argv)
             .expect("valid test settings")

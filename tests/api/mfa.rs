@@ -50,6 +50,11 @@ pub struct App {
 
 impl App {
     /// The app's code at the server's time.
+    /// The secret as the app shows it.
+    pub fn secret_base32(&self) -> String {
+        self.secret.to_base32()
+    }
+
     pub fn code(&self, app: &TestApp) -> String {
         self.secret
             .code_at(totp::step_of(app.clock.now().unix_timestamp()))

@@ -129,6 +129,13 @@ fn html_page(
         res.headers_mut()
             .insert(header::CONTENT_SECURITY_POLICY, value);
     }
+    // Why not `no-referrer` as elsewhere: under it a browser sends
+    // `Origin: null` with the pages' own forms, and the origin check could
+    // not tell them from another site's. Other origins still get nothing.
+    res.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     if let Some((token, true)) = form {
         set_cookie(&mut res, state, FORM_COOKIE, token, None);
     }

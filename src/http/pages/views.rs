@@ -13,7 +13,6 @@ fn page(title: &str, body: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
                 title { (title) " · authgate" }
                 link rel="stylesheet" href="/oauth/pages.css";
             }
