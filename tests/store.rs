@@ -240,6 +240,7 @@ fn graced(presented: u8, next: u8, now: time::OffsetDateTime) -> RefreshRequest 
         now,
         sealed_next: Some(vec![next; 5]),
         grace_since: Some(now - Duration::seconds(10)),
+        client_id: None,
     }
 }
 
@@ -1160,6 +1161,7 @@ async fn rows_written_with_plain_sql_read_back_through_the_store(backend: Backen
                 methods: vec!["pwd".into()],
                 at: created_at,
             },
+            scope: None,
         }
     );
     let keys = store.signing_keys().await.unwrap();

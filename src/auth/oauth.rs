@@ -93,6 +93,8 @@ pub struct ValidAuthorize {
 pub struct CodeTokens {
     pub access_token: String,
     pub expires_in: u64,
+    /// With `offline_access` only.
+    pub refresh_token: Option<String>,
     pub id_token: Option<String>,
     pub scope: Scopes,
 }
@@ -480,9 +482,15 @@ impl OAuth {
         } else {
             None
         };
+        // Why only with `offline_access`: a refresh token keeps the client
+        // in after the user has gone, which the user must have allowed.
+        let refresh_token = scope
+            .contains(Scope::OFFLINE_ACCESS)
+            .then_some(refresh.token);
         Ok(CodeTokens {
             expires_in: u64::try_from(access.claims.exp - now.unix_timestamp()).unwrap_or(0),
             access_token: access.token,
+            refresh_token,
             id_token,
             scope,
         })

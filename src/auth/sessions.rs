@@ -99,6 +99,8 @@ pub struct TokenPair {
     pub expires_in: u64,
     /// Seconds until the refresh token expires.
     pub refresh_expires_in: u64,
+    /// The scopes, for a session an OAuth client holds.
+    pub scope: Option<String>,
 }
 
 /// A new access token for a session whose refresh token stays.
@@ -193,6 +195,7 @@ impl Sessions {
                 user,
                 session_id: session.id,
                 auth,
+                delegation: None,
                 session_end,
                 refresh_token: refresh.token,
                 refresh_expires_at,
@@ -253,13 +256,31 @@ impl Sessions {
     /// up; presenting it again ends the session (RFC 9700 §4.14.2).
     #[tracing::instrument(skip_all, fields(ip = %client.ip))]
     pub async fn refresh(&self, client: &Client, presented: &str) -> AuthResult<TokenPair> {
-        let result = self.rotate(client, presented).await;
+        self.refresh_for(client, presented, None).await
+    }
+
+    /// [`Sessions::refresh`] of a session the OAuth client `holder` holds
+    /// (none: the service's own). A token of another kind of session is
+    /// refused as unknown, so a client's token never turns into one of the
+    /// account's own, nor one client's into another's.
+    pub async fn refresh_for(
+        &self,
+        client: &Client,
+        presented: &str,
+        holder: Option<&str>,
+    ) -> AuthResult<TokenPair> {
+        let result = self.rotate(client, presented, holder).await;
         metrics::counter!("authgate_refreshes_total", "outcome" => super::error::outcome(&result))
             .increment(1);
         result
     }
 
-    async fn rotate(&self, client: &Client, presented: &str) -> AuthResult<TokenPair> {
+    async fn rotate(
+        &self,
+        client: &Client,
+        presented: &str,
+        holder: Option<&str>,
+    ) -> AuthResult<TokenPair> {
         let ip = client_bucket(client.ip);
         let taken = self
             .limiter
@@ -290,6 +311,7 @@ impl Sessions {
             sealed_next: (!grace.is_zero())
                 .then(|| refresh::seal_successor(presented, &next.token)),
             grace_since: (!grace.is_zero()).then(|| now - grace),
+            client_id: holder.map(str::to_owned),
         };
         let rotation = self
             .store
@@ -301,11 +323,13 @@ impl Sessions {
                 user,
                 session_expires_at,
                 auth,
+                scope,
             } => self.pair(
                 PairParts {
                     user: &user,
                     session_id,
                     auth: auth.into(),
+                    delegation: holder.map(|client| (client, scope.unwrap_or_default())),
                     session_end: session_expires_at,
                     refresh_expires_at: refresh_expiry(
                         now,
@@ -322,6 +346,7 @@ impl Sessions {
                 user,
                 session_expires_at,
                 auth,
+                scope,
                 rotated_at,
                 sealed_next,
                 next_expires_at,
@@ -337,6 +362,7 @@ impl Sessions {
                         user: &user,
                         session_id,
                         auth: auth.into(),
+                        delegation: holder.map(|client| (client, scope.unwrap_or_default())),
                         session_end: session_expires_at,
                         refresh_expires_at: next_expires_at.min(session_expires_at),
                         refresh_token: successor,
@@ -611,15 +637,20 @@ impl Sessions {
             auth: parts.auth,
             jti: refresh::access_token_id(&parts.refresh_token),
         };
-        let access = self
-            .tokens
-            .issue(subject, parts.issued_at, parts.session_end)?;
+        let delegation = parts
+            .delegation
+            .as_ref()
+            .map(|(client, scope)| (*client, scope.as_str()));
+        let access =
+            self.tokens
+                .issue_for(subject, delegation, parts.issued_at, parts.session_end)?;
         let seconds_left = |until: i64| u64::try_from(until - now.unix_timestamp()).unwrap_or(0);
         Ok(TokenPair {
             access_token: access.token,
             refresh_token: parts.refresh_token,
             expires_in: seconds_left(access.claims.exp),
             refresh_expires_in: seconds_left(parts.refresh_expires_at.unix_timestamp()),
+            scope: access.claims.scope,
         })
     }
 }
@@ -629,6 +660,8 @@ struct PairParts<'a> {
     user: &'a User,
     session_id: Uuid,
     auth: Authentication,
+    /// The OAuth client holding the session, and its scopes.
+    delegation: Option<(&'a str, String)>,
     session_end: OffsetDateTime,
     refresh_token: String,
     refresh_expires_at: OffsetDateTime,

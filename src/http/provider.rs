@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The form of `POST /oauth/token` (RFC 6749 §4).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct ClientTokenForm {
-    /// `authorization_code` or `client_credentials`.
+    /// `authorization_code`, `refresh_token` or `client_credentials`.
     pub grant_type: Option<String>,
     /// `authorization_code`: the code from the redirect …
     pub code: Option<String>,
@@ -40,6 +40,9 @@ pub struct ClientTokenForm {
     pub redirect_uri: Option<String>,
     /// … and the PKCE verifier of its challenge.
     pub code_verifier: Option<String>,
+    /// `refresh_token`: the client's refresh token (rotated: use the new
+    /// one from the answer).
+    pub refresh_token: Option<String>,
     /// With `client_secret`, unless HTTP Basic carries them
     /// (`client_secret_post` / `client_secret_basic`).
     pub client_id: Option<String>,
@@ -56,6 +59,10 @@ pub struct ClientTokenResponse {
     /// Always `Bearer`.
     pub token_type: &'static str,
     pub expires_in: u64,
+    /// With `offline_access`: a refresh token, single-use (each refresh
+    /// answers a new one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     /// With `openid`: the ID token, signed with the published keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
@@ -149,6 +156,7 @@ async fn client_credentials(
         access_token: issued.access_token,
         token_type: "Bearer",
         expires_in: issued.expires_in,
+        refresh_token: None,
         id_token: None,
         scope: issued.scope.to_string(),
     })
@@ -160,14 +168,9 @@ async fn authorization_code(
     auth: ClientAuth,
     form: &ClientTokenForm,
 ) -> Result<ClientTokenResponse, AuthError> {
-    let clients = &state.services.clients;
     // A confidential client proves itself; a public one names itself, and
     // PKCE stands in for its missing secret.
-    let registered = match auth {
-        ClientAuth::Secret { id, secret } => clients.authenticate(client, &id, &secret).await?,
-        ClientAuth::Public(id) => clients.public(&id).await?,
-        ClientAuth::None => return Err(AuthError::InvalidClient),
-    };
+    let registered = registered_client(state, client, auth).await?;
     let Some(code) = form.code.as_deref() else {
         return Err(AuthError::Invalid {
             field: "code",
@@ -189,14 +192,67 @@ async fn authorization_code(
         access_token: issued.access_token,
         token_type: "Bearer",
         expires_in: issued.expires_in,
+        refresh_token: issued.refresh_token,
         id_token: issued.id_token,
         scope: issued.scope.to_string(),
     })
 }
 
+/// Who the client is, proved by its secret or, for a public client, named.
+async fn registered_client(
+    state: &AppState,
+    client: &Client,
+    auth: ClientAuth,
+) -> Result<crate::store::OAuthClient, AuthError> {
+    let clients = &state.services.clients;
+    match auth {
+        ClientAuth::Secret { id, secret } => clients.authenticate(client, &id, &secret).await,
+        ClientAuth::Public(id) => clients.public(&id).await,
+        ClientAuth::None => Err(AuthError::InvalidClient),
+    }
+}
+
+async fn refresh_token(
+    state: &AppState,
+    client: &Client,
+    auth: ClientAuth,
+    form: &ClientTokenForm,
+) -> Result<ClientTokenResponse, AuthError> {
+    let registered = registered_client(state, client, auth).await?;
+    let Some(token) = form.refresh_token.as_deref() else {
+        return Err(AuthError::Invalid {
+            field: "refresh_token",
+            message: "refresh_token is required".into(),
+        });
+    };
+    // Only a session this client holds rotates here (RFC 6749 §6: the
+    // token is bound to the client it was issued to).
+    let pair = state
+        .services
+        .sessions
+        .refresh_for(client, token, Some(&registered.id))
+        .await
+        .map_err(|e| match e {
+            AuthError::InvalidRefreshToken => {
+                AuthError::InvalidGrant("the refresh token is invalid, expired or revoked")
+            }
+            other => other,
+        })?;
+    Ok(ClientTokenResponse {
+        access_token: pair.access_token,
+        token_type: "Bearer",
+        expires_in: pair.expires_in,
+        refresh_token: Some(pair.refresh_token),
+        id_token: None,
+        scope: pair.scope.unwrap_or_default(),
+    })
+}
+
 /// The token endpoint for registered clients (RFC 6749 §3.2):
 /// `grant_type=authorization_code` (with the PKCE `code_verifier`) after
-/// `GET /oauth/authorize`, and `client_credentials` for a confidential
+/// `GET /oauth/authorize`, `refresh_token` (rotating, as for the service's
+/// own sessions) when the user allowed `offline_access`, and
+/// `client_credentials` for a confidential
 /// client acting for itself. Confidential clients authenticate with
 /// `client_secret_basic` or `client_secret_post`; a public client sends its
 /// `client_id` alone. A code is single-use: presented again, it fails and
@@ -240,11 +296,12 @@ async fn token(
     let answer = match form.grant_type.as_deref() {
         Some("client_credentials") => client_credentials(&state, &client, auth, &form).await,
         Some("authorization_code") => authorization_code(&state, &client, auth, &form).await,
+        Some("refresh_token") => refresh_token(&state, &client, auth, &form).await,
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "grant_type must be authorization_code or client_credentials.",
+                "grant_type must be authorization_code, refresh_token or client_credentials.",
             );
         }
         None => {

@@ -219,6 +219,8 @@ pub enum Rotation {
         session_expires_at: OffsetDateTime,
         /// How the session was authenticated.
         auth: SessionAuth,
+        /// The scopes of a session an OAuth client holds.
+        scope: Option<String>,
     },
     /// The token had been used before: the session is now revoked.
     Reused { session_id: Uuid, user_id: Uuid },
@@ -230,6 +232,7 @@ pub enum Rotation {
         user: User,
         session_expires_at: OffsetDateTime,
         auth: SessionAuth,
+        scope: Option<String>,
         /// When the token was used: the successor pair's issue time.
         rotated_at: OffsetDateTime,
         sealed_next: Vec<u8>,
@@ -251,6 +254,9 @@ pub struct RefreshRequest {
     pub sealed_next: Option<Vec<u8>>,
     /// Tokens used after this may be presented again (the grace window).
     pub grace_since: Option<OffsetDateTime>,
+    /// The OAuth client the session must be held by; none: the service's
+    /// own sessions only. A token of another kind of session is invalid.
+    pub client_id: Option<String>,
 }
 
 /// A live refresh token and its session.
@@ -450,6 +456,7 @@ pub trait SessionStore: Send + Sync + 'static {
             now,
             sealed_next: None,
             grace_since: None,
+            client_id: None,
         };
         self.rotate_refresh(&request, by).await
     }

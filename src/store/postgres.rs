@@ -164,12 +164,13 @@ impl Dialect for PgStore {
             "WITH live AS ( \
                  SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
                         COALESCE(s.authenticated_at, s.created_at) AS session_created_at, \
-                        s.aal AS session_aal, s.amr AS session_amr, \
+                        s.aal AS session_aal, s.amr AS session_amr, s.scope AS session_scope, \
                         u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
                  FROM refresh_tokens t \
                  JOIN sessions s ON s.id = t.session_id \
                  JOIN users u ON u.id = s.user_id \
                  WHERE t.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active \
+                   AND COALESCE(s.client_id, '') = $12 \
                  FOR UPDATE OF s \
              ), used AS ( \
                  UPDATE refresh_tokens SET used_at = $2, successor_hash = $3, \
@@ -202,6 +203,7 @@ impl Dialect for PgStore {
         .bind(refresh.by.user_agent.as_deref())
         .bind(refresh.by.request_id.as_deref())
         .bind(refresh.request.sealed_next.as_deref())
+        .bind(refresh.holder())
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = rotated {

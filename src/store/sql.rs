@@ -369,6 +369,7 @@ pub(super) struct RotatedRow {
     session_created_at: Timestamp,
     session_aal: String,
     session_amr: String,
+    session_scope: Option<String>,
     #[sqlx(flatten, try_from = "UserRow")]
     user: User,
 }
@@ -376,6 +377,7 @@ pub(super) struct RotatedRow {
 impl From<RotatedRow> for Rotation {
     fn from(row: RotatedRow) -> Self {
         Rotation::Rotated {
+            scope: row.session_scope,
             session_id: row.session_id,
             user: row.user,
             session_expires_at: row.session_expires_at.0,
@@ -445,6 +447,7 @@ pub(super) struct RepeatedRow {
     session_created_at: Timestamp,
     session_aal: String,
     session_amr: String,
+    session_scope: Option<String>,
     rotated_at: Timestamp,
     successor_sealed: Vec<u8>,
     next_expires_at: Timestamp,
@@ -455,6 +458,7 @@ pub(super) struct RepeatedRow {
 impl From<RepeatedRow> for Rotation {
     fn from(row: RepeatedRow) -> Self {
         Rotation::Repeated {
+            scope: row.session_scope,
             session_id: row.session_id,
             user: row.user,
             session_expires_at: row.session_expires_at.0,
@@ -723,6 +727,12 @@ impl Refresh {
         self.request.grace_since.map(Timestamp)
     }
 
+    /// Whose session the token must be of, as `COALESCE(client_id, '')`
+    /// reads it: a client's id, or empty for the service's own.
+    pub fn holder(&self) -> &str {
+        self.request.client_id.as_deref().unwrap_or("")
+    }
+
     /// The event recording that the token gave its successor again.
     pub fn repeated_audit(&self, repeated: &Rotation) -> Option<AuditRecord> {
         match repeated {
@@ -890,13 +900,15 @@ pub(super) fn repeat_within_grace<'a, DB: Database>(
 ) -> QueryAs<'a, DB, RepeatedRow, DB::Arguments>
 where
     &'a [u8]: Bind<DB>,
+    &'a str: Bind<DB>,
     Timestamp: Bind<DB>,
     RepeatedRow: for<'r> FromRow<'r, DB::Row>,
 {
     sqlx::query_as(
         "SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
          COALESCE(s.authenticated_at, s.created_at) AS session_created_at, \
-                        s.aal AS session_aal, s.amr AS session_amr, p.used_at AS rotated_at, p.successor_sealed, \
+         s.aal AS session_aal, s.amr AS session_amr, s.scope AS session_scope, \
+         p.used_at AS rotated_at, p.successor_sealed, \
          c.expires_at AS next_expires_at, \
          u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
          FROM refresh_tokens p \
@@ -905,11 +917,13 @@ where
          JOIN users u ON u.id = s.user_id \
          WHERE p.token_hash = $1 AND p.used_at > $3 AND p.successor_sealed IS NOT NULL \
            AND c.used_at IS NULL AND c.expires_at > $2 \
-           AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
+           AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active \
+           AND COALESCE(s.client_id, '') = $4",
     )
     .bind(&refresh.request.presented[..])
     .bind(refresh.now())
     .bind(since)
+    .bind(refresh.holder())
 }
 
 /// Runs `batch`, a delete of at most `size` rows, until it deletes fewer;

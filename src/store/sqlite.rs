@@ -250,13 +250,15 @@ impl Dialect for SqliteStore {
             let live: Option<RotatedRow> = sqlx::query_as(
                 "SELECT s.id AS session_id, s.expires_at AS session_expires_at, \
                  COALESCE(s.authenticated_at, s.created_at) AS session_created_at, \
-                        s.aal AS session_aal, s.amr AS session_amr, u.id, u.username, \
-                 u.email, u.email_verified, u.roles, u.is_active, u.created_at \
+                 s.aal AS session_aal, s.amr AS session_amr, s.scope AS session_scope, \
+                 u.id, u.username, u.email, u.email_verified, u.roles, u.is_active, u.created_at \
                  FROM sessions s JOIN users u ON u.id = s.user_id \
-                 WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
+                 WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active \
+                   AND COALESCE(s.client_id, '') = $3",
             )
             .bind(session_id)
             .bind(refresh.now())
+            .bind(refresh.holder())
             .fetch_optional(&mut *tx)
             .await?;
             let Some(live) = live else {

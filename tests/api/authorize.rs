@@ -31,6 +31,7 @@ on_both_databases!(
     the_second_step_is_part_of_the_flow,
     a_public_client_exchanges_its_code_with_pkce_alone,
     forms_without_their_csrf_token_are_refused,
+    offline_access_gives_a_refresh_token_that_rotates_for_its_client_only,
 );
 
 const REDIRECT: &str = "https://app.example.com/callback";
@@ -753,4 +754,71 @@ async fn forms_without_their_csrf_token_are_refused(backend: Backend) {
         .await;
     assert_eq!(elsewhere.status, StatusCode::BAD_REQUEST);
     assert!(elsewhere.location.is_none());
+}
+
+async fn refresh_at(app: &TestApp, client: &RegisteredClient, token: &str) -> reqwest::Response {
+    let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", token)];
+    let mut req = app.client.post(app.url("/oauth/token"));
+    match &client.secret {
+        Some(secret) => req = req.basic_auth(&client.id, Some(secret)),
+        None => form.push(("client_id", client.id.as_str())),
+    }
+    req.form(&form).send().await.unwrap()
+}
+
+async fn offline_access_gives_a_refresh_token_that_rotates_for_its_client_only(backend: Backend) {
+    let app = spawn().spawn(backend).await;
+    app.create_user("ada").await;
+    let client = register(&app, json!({"first_party": true})).await;
+    let other = register(&app, json!({"first_party": true, "name": "Other"})).await;
+
+    // Without offline_access: no refresh token.
+    let code = code_for(&app, &client, "ada", "openid").await;
+    let tokens: Value = exchange(&app, &client, &code, VERIFIER)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(tokens.get("refresh_token").is_none(), "{tokens}");
+
+    let code = code_for(&app, &client, "ada", "openid offline_access").await;
+    let tokens: Value = exchange(&app, &client, &code, VERIFIER)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first = tokens["refresh_token"].as_str().unwrap().to_owned();
+
+    // Not the account's own refresh token, nor another client's.
+    assert_eq!(app.refresh(&first).await.status(), StatusCode::UNAUTHORIZED);
+    let res = refresh_at(&app, &other, &first).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+
+    // Its own client rotates it, and the new pair speaks for the client.
+    let res = refresh_at(&app, &client, &first).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let rotated: Value = res.json().await.unwrap();
+    let second = rotated["refresh_token"].as_str().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(rotated["scope"], "offline_access openid");
+    let claims = claims_of(rotated["access_token"].as_str().unwrap());
+    assert_eq!(claims["client_id"], client.id.as_str());
+    assert_eq!(claims["scope"], "offline_access openid");
+    assert_eq!(
+        app.me_status(rotated["access_token"].as_str().unwrap())
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        refresh_at(&app, &client, second).await.status(),
+        StatusCode::OK
+    );
+
+    // And the account's own refresh token is no client's.
+    let own = app.tokens("ada").await.refresh;
+    let res = refresh_at(&app, &client, &own).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.refresh(&own).await.status(), StatusCode::OK);
 }
