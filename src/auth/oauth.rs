@@ -324,6 +324,41 @@ impl OAuth {
         Ok(())
     }
 
+    /// What the user allowed, oldest first.
+    pub async fn grants(&self, user_id: Uuid) -> AuthResult<Vec<crate::store::Grant>> {
+        Ok(self.store.grants(user_id).await?)
+    }
+
+    /// Takes back what the caller allowed the client: the consent is asked
+    /// again next time, and every session the client holds for the caller
+    /// ends (its tokens stop within seconds).
+    pub async fn revoke_grant(
+        &self,
+        caller: &super::sessions::Authenticated,
+        by: &Client,
+        client_id: &str,
+    ) -> AuthResult<()> {
+        let event = self
+            .audit
+            .event(by, Some(caller.user_id), AuditKind::GrantRevoked)
+            .user(caller.user_id)
+            .detail(format!("client {client_id}"));
+        if self
+            .store
+            .revoke_grant(
+                caller.user_id,
+                client_id,
+                self.clock.now(),
+                &Effects::audit(event),
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(AuthError::NotFound)
+        }
+    }
+
     /// A code for the request, for the browser's session `session`.
     pub async fn issue_code(
         &self,

@@ -38,7 +38,7 @@ pub struct AuditParams {
     #[serde(rename = "type")]
     #[param(
         rename = "type",
-        pattern = "^(signup|login|refresh|refresh_token_reuse|logout|logout_all|session_ended|password_changed|password_reset_requested|password_reset|email_verification_requested|email_verified|email_change_requested|email_changed|username_changed|user_created|roles_changed|user_disabled|user_enabled|user_deleted|throttled|key_rotated|key_revoked|mfa_enrolled|mfa_removed|mfa_reset|mfa_step_up|recovery_codes_regenerated|client_created|client_deleted|authorization_code_replay)?$"
+        pattern = "^(signup|login|refresh|refresh_token_reuse|logout|logout_all|session_ended|password_changed|password_reset_requested|password_reset|email_verification_requested|email_verified|email_change_requested|email_changed|username_changed|user_created|roles_changed|user_disabled|user_enabled|user_deleted|throttled|key_rotated|key_revoked|mfa_enrolled|mfa_removed|mfa_reset|mfa_step_up|recovery_codes_regenerated|client_created|client_deleted|authorization_code_replay|grant_revoked)?$"
     )]
     pub kind: Option<String>,
     /// Only events at or after this time (RFC 3339, years 1 to 9999 in UTC).

@@ -8,6 +8,7 @@ mod clients;
 pub mod cookies;
 pub mod error;
 pub mod extract;
+mod grants;
 mod health;
 mod keys;
 mod links;
@@ -94,6 +95,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(mfa::router())
         .merge(passkeys::router())
         .merge(users::router())
+        .merge(grants::router())
         .merge(admin::router())
         .merge(clients::router())
         .merge(audit::router())

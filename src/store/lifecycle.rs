@@ -185,6 +185,7 @@ audit_kinds! {
     ClientCreated = "client_created",
     ClientDeleted = "client_deleted",
     CodeReplay = "authorization_code_replay",
+    GrantRevoked = "grant_revoked",
 }
 
 impl AuditKind {

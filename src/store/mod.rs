@@ -30,7 +30,7 @@ pub use lifecycle::{
 };
 pub use mfa::{Attempt, Factor, FactorKind, MfaStore, NewChallenge};
 pub use oauth::{
-    AuthorizationCode, CodeCheck, CodeRedemption, IssuedCode, NewClientSession, OAuthClient,
+    AuthorizationCode, CodeCheck, CodeRedemption, Grant, IssuedCode, NewClientSession, OAuthClient,
     OAuthStore,
 };
 pub use passkeys::{Added, Ceremony, CeremonyPurpose, PasskeyStore, StoredPasskey};
@@ -314,6 +314,8 @@ pub enum RevokeReason {
     ClientDeleted,
     /// The authorization code it was opened with was presented again.
     CodeReplay,
+    /// The user took back what they allowed its client.
+    GrantRevoked,
 }
 
 impl RevokeReason {
@@ -328,6 +330,7 @@ impl RevokeReason {
             RevokeReason::PasswordReset => "password_reset",
             RevokeReason::ClientDeleted => "client_deleted",
             RevokeReason::CodeReplay => "code_replay",
+            RevokeReason::GrantRevoked => "grant_revoked",
         }
     }
 }

@@ -66,6 +66,17 @@ pub struct NewClientSession {
     pub ip: Option<String>,
 }
 
+/// What a user allowed a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub client_id: String,
+    pub client_name: String,
+    /// Space-separated.
+    pub scope: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
 /// What presenting a code led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeRedemption {
@@ -118,6 +129,18 @@ pub trait OAuthStore: Send + Sync + 'static {
     ) -> StoreResult<CodeRedemption>;
     /// The scopes the user allowed the client, space-separated.
     async fn grant(&self, user_id: Uuid, client_id: &str) -> StoreResult<Option<String>>;
+    /// What the user allowed, oldest first.
+    async fn grants(&self, user_id: Uuid) -> StoreResult<Vec<Grant>>;
+    /// Takes back what the user allowed the client and ends the sessions
+    /// the client holds for the user, with `effects`, in one transaction;
+    /// `false` if there was neither.
+    async fn revoke_grant(
+        &self,
+        user_id: Uuid,
+        client_id: &str,
+        now: OffsetDateTime,
+        effects: &Effects,
+    ) -> StoreResult<bool>;
     /// Records that the user allowed the client `scope` (replacing what
     /// was allowed before).
     async fn save_grant(

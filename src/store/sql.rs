@@ -1034,7 +1034,7 @@ macro_rules! sql_store {
                     Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, AuditStore, Credentials,
                     Added, Ceremony, CeremonyPurpose, Factor, MfaStore, NewChallenge, PasskeyStore,
                     StoredPasskey, OAuthClient, OAuthStore, AuthorizationCode, CodeCheck, CodeRedemption,
-                    IssuedCode, NewClientSession,
+                    IssuedCode, NewClientSession, Grant,
                     Effects, FlowPurpose, FlowStore, FlowToken, KeyGuard, KeyStore,
                     LiveRefreshToken, MailInfo, MailStatus, MailStore, NewSession, NewUser, ProvedFactor,
                     QueuedMail, Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation,
@@ -2616,6 +2616,65 @@ macro_rules! sql_store {
                         write_effects(&mut tx, &effects).await?;
                         tx.commit().await?;
                         Ok(CodeRedemption::Redeemed(Box::new(issued)))
+                    })
+                    .await
+                }
+
+                async fn grants(&self, user_id: Uuid) -> StoreResult<Vec<Grant>> {
+                    let rows: Vec<(String, String, String, Timestamp, Timestamp)> = sqlx::query_as(
+                        "SELECT g.client_id, c.name, g.scope, g.created_at, g.updated_at \
+                         FROM oauth_grants g JOIN oauth_clients c ON c.id = g.client_id \
+                         WHERE g.user_id = $1 ORDER BY g.created_at, g.client_id",
+                    )
+                    .bind(user_id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(client_id, client_name, scope, created_at, updated_at)| Grant {
+                            client_id,
+                            client_name,
+                            scope,
+                            created_at: created_at.0,
+                            updated_at: updated_at.0,
+                        })
+                        .collect())
+                }
+
+                async fn revoke_grant(
+                    &self,
+                    user_id: Uuid,
+                    client_id: &str,
+                    now: OffsetDateTime,
+                    effects: &Effects,
+                ) -> StoreResult<bool> {
+                    let writer = self.writer().clone();
+                    let (client_id, effects) = (client_id.to_owned(), effects.clone());
+                    detached(async move {
+                        let mut tx = Self::begin_write(&writer).await?;
+                        let grants = sqlx::query(
+                            "DELETE FROM oauth_grants WHERE user_id = $1 AND client_id = $2",
+                        )
+                        .bind(user_id)
+                        .bind(client_id.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                        let sessions = sqlx::query(
+                            "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+                             WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL",
+                        )
+                        .bind(user_id)
+                        .bind(client_id)
+                        .bind(Timestamp(now))
+                        .bind(RevokeReason::GrantRevoked.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                        if grants.rows_affected() + sessions.rows_affected() == 0 {
+                            return Ok(false);
+                        }
+                        write_effects(&mut tx, &effects).await?;
+                        tx.commit().await?;
+                        Ok(true)
                     })
                     .await
                 }

@@ -32,6 +32,7 @@ on_both_databases!(
     a_public_client_exchanges_its_code_with_pkce_alone,
     forms_without_their_csrf_token_are_refused,
     offline_access_gives_a_refresh_token_that_rotates_for_its_client_only,
+    a_grant_is_listed_and_taken_back_with_the_clients_sessions,
 );
 
 const REDIRECT: &str = "https://app.example.com/callback";
@@ -821,4 +822,85 @@ async fn offline_access_gives_a_refresh_token_that_rotates_for_its_client_only(b
     let res = refresh_at(&app, &client, &own).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(app.refresh(&own).await.status(), StatusCode::OK);
+}
+
+async fn a_grant_is_listed_and_taken_back_with_the_clients_sessions(backend: Backend) {
+    let app = spawn().spawn(backend).await;
+    app.create_user("ada").await;
+    let client = register(&app, json!({"name": "Photo Printer"})).await;
+    let mut browser = Browser::new(&app);
+    let login = browser
+        .get(&authorize_path(
+            &client.id,
+            "openid email offline_access",
+            &[],
+        ))
+        .await;
+    let back = browser.sign_in(&login, "ada", PASSWORD).await;
+    let consent = browser.get(back.location.as_deref().unwrap()).await;
+    let code = browser.decide(&consent, "allow").await.params()["code"].clone();
+    let tokens: Value = exchange(&app, &client, &code, VERIFIER)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+
+    let own = app.tokens("ada").await.access;
+    let listed: Value = app
+        .get("/users/me/grants", Some(&own))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let grants = listed["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{listed}");
+    assert_eq!(grants[0]["client_id"], client.id.as_str());
+    assert_eq!(grants[0]["client_name"], "Photo Printer");
+    assert_eq!(
+        grants[0]["scopes"],
+        json!(["email", "offline_access", "openid"])
+    );
+    // The client's own token cannot manage the account's grants.
+    assert_eq!(
+        app.get("/users/me/grants", Some(access)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let path = format!("/users/me/grants/{}", client.id);
+    let delete = || async {
+        app.client
+            .delete(app.url(&path))
+            .bearer_auth(&own)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(delete().await, StatusCode::NO_CONTENT);
+    assert_eq!(delete().await, StatusCode::NOT_FOUND);
+    let mut status = StatusCode::OK;
+    for _ in 0..40 {
+        status = userinfo(&app, access).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the client's token ends");
+    let res = refresh_at(&app, &client, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let listed: Value = app
+        .get("/users/me/grants", Some(&own))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["grants"], json!([]));
+    // Asked again next time.
+    let again = browser
+        .get(&authorize_path(&client.id, "openid", &[]))
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(again.body.contains("Allow"));
 }
