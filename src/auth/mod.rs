@@ -274,7 +274,8 @@ impl Services {
             tokens: tokens.clone(),
             audit: audit.clone(),
             clock: clock.clone(),
-            sessions: settings.sessions,
+            policy: settings.sessions,
+            sessions: sessions.clone(),
         };
         Self {
             accounts,

@@ -45,7 +45,8 @@ pub struct OAuth {
     pub(super) tokens: Arc<TokenService>,
     pub(super) audit: Audit,
     pub(super) clock: SharedClock,
-    pub(super) sessions: SessionPolicy,
+    pub(super) policy: SessionPolicy,
+    pub(super) sessions: super::sessions::Sessions,
 }
 
 /// The parameters of `GET /oauth/authorize`, as sent.
@@ -99,6 +100,27 @@ pub struct CodeTokens {
     pub scope: Scopes,
 }
 
+/// The parameters of `/oauth/logout` (OpenID Connect RP-Initiated Logout 1.0).
+#[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
+pub struct LogoutParams {
+    pub id_token_hint: Option<String>,
+    pub client_id: Option<String>,
+    pub post_logout_redirect_uri: Option<String>,
+    pub state: Option<String>,
+}
+
+/// A logout request that passed its checks.
+#[derive(Debug, Clone)]
+pub struct ValidLogout {
+    /// An ID token this service issued (expired or not): whose, for which
+    /// client and session. Without one the user is asked to confirm.
+    pub hint: Option<super::tokens::IdTokenHint>,
+    /// Where to send the browser afterwards: registered by the client.
+    pub redirect: Option<String>,
+    pub state: Option<String>,
+    pub client_name: Option<String>,
+}
+
 /// The claims of an ID token (OpenID Connect Core §2, §5.1).
 #[derive(Debug, Clone, Serialize)]
 pub struct IdClaims {
@@ -113,6 +135,8 @@ pub struct IdClaims {
     pub amr: Vec<String>,
     /// The assurance level (`aal1`, `aal2`).
     pub acr: String,
+    /// The session the client holds: RP-initiated logout ends it.
+    pub sid: String,
     #[serde(flatten)]
     pub user: UserClaims,
 }
@@ -324,6 +348,102 @@ impl OAuth {
         Ok(())
     }
 
+    /// Checks a logout request: an ID token hint must be one this service
+    /// signed, and a redirect must be one the client registered for after
+    /// logout. Refusals are shown, never redirected.
+    pub async fn check_logout(
+        &self,
+        params: &LogoutParams,
+    ) -> AuthResult<Result<ValidLogout, String>> {
+        let hint = match params.id_token_hint.as_deref() {
+            None | Some("") => None,
+            Some(token) => match self.tokens.verify_id_token_hint(token, self.clock.now()) {
+                Some(hint) => Some(hint),
+                None => {
+                    return Ok(Err(
+                        "The sign-out request names a session this service does not know.".into(),
+                    ));
+                }
+            },
+        };
+        let client_id = match (&hint, params.client_id.as_deref().filter(|c| !c.is_empty())) {
+            (Some(hint), Some(given)) if hint.aud != given => {
+                return Ok(Err(
+                    "The sign-out request names two different applications.".into(),
+                ));
+            }
+            (Some(hint), _) => Some(hint.aud.clone()),
+            (None, given) => given.map(str::to_owned),
+        };
+        let client = match &client_id {
+            Some(id) if id.len() <= 64 => self.store.client(id).await?,
+            _ => None,
+        };
+        let redirect = match params
+            .post_logout_redirect_uri
+            .as_deref()
+            .filter(|u| !u.is_empty())
+        {
+            None => None,
+            Some(uri) => match &client {
+                // Why exact and registered: otherwise a sign-out link would
+                // be an open redirector.
+                Some(c) if c.post_logout_redirect_uris.iter().any(|r| r == uri) => {
+                    Some(uri.to_owned())
+                }
+                _ => {
+                    return Ok(Err(
+                        "The application asked to send you to an address it did not register."
+                            .into(),
+                    ));
+                }
+            },
+        };
+        if params.state.as_ref().is_some_and(|s| s.len() > MAX_STATE) {
+            return Ok(Err("The sign-out request is malformed.".into()));
+        }
+        Ok(Ok(ValidLogout {
+            hint,
+            redirect,
+            state: params.state.clone(),
+            client_name: client.map(|c| c.name),
+        }))
+    }
+
+    /// Signs the browser out: its session ends, and so does the session the
+    /// hint's client holds for the same user.
+    pub async fn logout(
+        &self,
+        by: &Client,
+        browser_session: Option<&str>,
+        request: &ValidLogout,
+    ) -> AuthResult<()> {
+        if let Some(token) = browser_session {
+            self.sessions.logout(by, token).await?;
+        }
+        if let Some(hint) = &request.hint
+            && let (Ok(user_id), Ok(session_id)) =
+                (Uuid::parse_str(&hint.sub), Uuid::parse_str(&hint.sid))
+        {
+            let event = self
+                .audit
+                .event(by, Some(user_id), AuditKind::Logout)
+                .user(user_id)
+                .session(session_id)
+                .detail(format!("signed out through client {}", hint.aud));
+            self.store
+                .revoke_session(
+                    user_id,
+                    session_id,
+                    crate::store::RevokeReason::Logout,
+                    self.clock.now(),
+                    &Effects::audit(event),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// What the user allowed, oldest first.
     pub async fn grants(&self, user_id: Uuid) -> AuthResult<Vec<crate::store::Grant>> {
         Ok(self.store.grants(user_id).await?)
@@ -410,7 +530,7 @@ impl OAuth {
         }
         let now = self.clock.now();
         let refresh = refresh::generate();
-        let session_end = now + self.sessions.session_max_age;
+        let session_end = now + self.policy.session_max_age;
         let session = NewClientSession {
             id: Uuid::now_v7(),
             created_at: now,
@@ -418,7 +538,7 @@ impl OAuth {
             refresh_hash: refresh.hash,
             refresh_expires_at: super::sessions::refresh_expiry(
                 now,
-                self.sessions.refresh_token_ttl,
+                self.policy.refresh_token_ttl,
                 session_end,
             ),
             user_agent: by.user_agent.clone(),
@@ -511,6 +631,7 @@ impl OAuth {
                 nonce: issued.code.nonce.clone(),
                 amr: auth.methods.clone(),
                 acr: auth.level.clone(),
+                sid: session.id.to_string(),
                 user: UserClaims::of(&user, &scope),
             };
             Some(self.tokens.sign_id_token(&claims, now)?)

@@ -190,6 +190,16 @@ pub struct ClientAccessClaims {
     pub exp: i64,
 }
 
+/// What an ID token presented back (`id_token_hint`) says.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IdTokenHint {
+    pub sub: String,
+    /// The client it was issued to.
+    pub aud: String,
+    #[serde(default)]
+    pub sid: String,
+}
+
 /// Whom an access token speaks for, and its id.
 #[derive(Debug, Clone)]
 pub struct Subject {
@@ -377,6 +387,28 @@ impl TokenService {
         header.typ = Some(typ.into());
         header.kid = Some(key.kid.clone());
         signer.sign(&header, claims)
+    }
+
+    /// An ID token this service signed, expired or not (a hint at logout
+    /// may be old): signature under a known key, type `JWT`, issuer.
+    pub fn verify_id_token_hint(&self, token: &str, now: OffsetDateTime) -> Option<IdTokenHint> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.typ.as_deref() != Some("JWT") || header.crit.is_some() {
+            return None;
+        }
+        let keys = self.keys.current();
+        let key = keys.verifier(header.kid.as_deref()?, now)?;
+        if header.alg != key.algorithm.jwt() {
+            return None;
+        }
+        let mut validation = Validation::new(key.algorithm.jwt());
+        validation.set_issuer(&[&self.issuer]);
+        validation.validate_aud = false;
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["iss", "sub", "aud"]);
+        jsonwebtoken::decode::<IdTokenHint>(token, &key.decoding, &validation)
+            .ok()
+            .map(|data| data.claims)
     }
 
     /// Verifies signature, algorithm, type, expiry (at `now`), issuer and

@@ -109,6 +109,7 @@ fn metadata(state: &AppState) -> Value {
         "authorization_endpoint": format!("{base}/oauth/authorize"),
         "token_endpoint": format!("{base}/oauth/token"),
         "userinfo_endpoint": format!("{base}/oauth/userinfo"),
+        "end_session_endpoint": format!("{base}/oauth/logout"),
         "introspection_endpoint": format!("{base}/auth/introspect"),
         "revocation_endpoint": format!("{base}/auth/revoke"),
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -126,7 +127,7 @@ fn metadata(state: &AppState) -> Value {
         "access_token_signing_alg_values_supported": algorithms,
         "acr_values_supported": ["aal1", "aal2"],
         "claims_supported": [
-            "iss", "aud", "sub", "iat", "exp", "auth_time", "nonce", "amr", "acr",
+            "iss", "aud", "sub", "iat", "exp", "auth_time", "nonce", "amr", "acr", "sid",
             "email", "email_verified", "preferred_username"
         ],
         "service_documentation": format!("{base}/docs"),

@@ -33,6 +33,8 @@ on_both_databases!(
     forms_without_their_csrf_token_are_refused,
     offline_access_gives_a_refresh_token_that_rotates_for_its_client_only,
     a_grant_is_listed_and_taken_back_with_the_clients_sessions,
+    rp_initiated_logout_ends_the_browser_and_client_sessions,
+    logout_without_a_hint_asks_first_and_never_redirects_elsewhere,
 );
 
 const REDIRECT: &str = "https://app.example.com/callback";
@@ -903,4 +905,126 @@ async fn a_grant_is_listed_and_taken_back_with_the_clients_sessions(backend: Bac
         .await;
     assert_eq!(again.status, StatusCode::OK);
     assert!(again.body.contains("Allow"));
+}
+
+async fn rp_initiated_logout_ends_the_browser_and_client_sessions(backend: Backend) {
+    let app = spawn().spawn(backend).await;
+    app.create_user("ada").await;
+    let client = register(
+        &app,
+        json!({"first_party": true, "post_logout_redirect_uris": ["https://app.example.com/bye"]}),
+    )
+    .await;
+    let mut browser = Browser::new(&app);
+    let login = browser
+        .get(&authorize_path(&client.id, "openid", &[]))
+        .await;
+    let back = browser.sign_in(&login, "ada", PASSWORD).await;
+    let code = browser
+        .get(back.location.as_deref().unwrap())
+        .await
+        .params()["code"]
+        .clone();
+    let tokens: Value = exchange(&app, &client, &code, VERIFIER)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(claims_of(id_token)["sid"], claims_of(access)["sid"]);
+
+    // Neither an access token nor a redirect the client did not register.
+    for query in [
+        format!("id_token_hint={access}"),
+        format!(
+            "id_token_hint={id_token}&post_logout_redirect_uri=https%3A%2F%2Fevil.example.com%2F"
+        ),
+        format!("id_token_hint={id_token}&client_id=AAAAAAAAAAAAAAAAAAAAAA"),
+    ] {
+        let refused = browser.get(&format!("/oauth/logout?{query}")).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(refused.location.is_none());
+    }
+    assert!(
+        browser.cookies.contains_key("authgate_sso"),
+        "still signed in"
+    );
+
+    let out = browser
+        .get(&format!(
+            "/oauth/logout?id_token_hint={id_token}\
+             &post_logout_redirect_uri=https%3A%2F%2Fapp.example.com%2Fbye&state=s1"
+        ))
+        .await;
+    assert_eq!(out.status, StatusCode::FOUND);
+    assert_eq!(
+        out.location.as_deref(),
+        Some("https://app.example.com/bye?state=s1")
+    );
+    assert!(
+        !browser.cookies.contains_key("authgate_sso"),
+        "cookie cleared"
+    );
+    let mut status = StatusCode::OK;
+    for _ in 0..40 {
+        status = userinfo(&app, access).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the client's session ended"
+    );
+    // The browser must sign in again.
+    let again = browser
+        .get(&authorize_path(&client.id, "openid", &[]))
+        .await;
+    assert!(again.body.contains("Sign in"), "{}", again.body);
+}
+
+async fn logout_without_a_hint_asks_first_and_never_redirects_elsewhere(backend: Backend) {
+    let app = spawn().spawn(backend).await;
+    app.create_user("ada").await;
+    let client = register(&app, json!({"first_party": true})).await;
+    let mut browser = Browser::new(&app);
+    let login = browser
+        .get(&authorize_path(&client.id, "openid", &[]))
+        .await;
+    let back = browser.sign_in(&login, "ada", PASSWORD).await;
+    let sso = browser.cookies["authgate_sso"].clone();
+
+    let ask = browser.get("/oauth/logout").await;
+    assert_eq!(ask.status, StatusCode::OK);
+    assert!(ask.body.contains("Sign out"));
+    assert!(
+        browser.cookies.contains_key("authgate_sso"),
+        "a link alone signs nobody out"
+    );
+    let forged = Browser::new(&app)
+        .post("/oauth/logout", &[("csrf", "A".repeat(43).as_str())])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let out = browser
+        .post("/oauth/logout", &[("csrf", &ask.field("csrf"))])
+        .await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert!(out.body.contains("You are signed out"));
+    assert!(!browser.cookies.contains_key("authgate_sso"));
+    // The old cookie opens nothing any more.
+    browser.cookies.insert("authgate_sso".into(), sso);
+    let again = browser.get(back.location.as_deref().unwrap()).await;
+    assert!(again.body.contains("Sign in"), "{}", again.body);
+
+    let elsewhere = browser
+        .get(&format!(
+            "/oauth/logout?client_id={}&post_logout_redirect_uri=https%3A%2F%2Fevil.example.com%2F",
+            client.id
+        ))
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::BAD_REQUEST);
+    assert!(elsewhere.location.is_none());
 }

@@ -21,7 +21,7 @@ use super::{AppState, cookies::origin_of, extract::ClientInfo};
 use crate::auth::{
     AuthError,
     mfa::Proof,
-    oauth::{AuthorizeParams, AuthorizeRefusal, ValidAuthorize},
+    oauth::{AuthorizeParams, AuthorizeRefusal, LogoutParams, ValidAuthorize, ValidLogout},
     sessions::TokenPair,
 };
 
@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/oauth/login", post(login))
         .route("/oauth/mfa", post(mfa))
         .route("/oauth/consent", post(consent))
+        .route("/oauth/logout", get(logout_get).post(logout_post))
         .route("/oauth/pages.css", get(stylesheet))
 }
 
@@ -617,6 +618,116 @@ async fn consent(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         }
         _ => refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed."),
     }
+}
+
+/// Ends the browser's session (and the hint's), clears its cookie, and
+/// goes back to the client if it asked, else says so.
+async fn sign_out(
+    state: &AppState,
+    client: &crate::auth::Client,
+    headers: &HeaderMap,
+    request: &ValidLogout,
+) -> Response {
+    let browser = cookie(headers, SESSION_COOKIE);
+    if let Err(e) = state.services.oauth.logout(client, browser, request).await {
+        return failure_page(state, e);
+    }
+    let mut res = match &request.redirect {
+        Some(uri) => {
+            let Ok(mut url) = url::Url::parse(uri) else {
+                return refused_page(
+                    state,
+                    StatusCode::BAD_REQUEST,
+                    "The redirect address is invalid.",
+                );
+            };
+            if let Some(s) = request.state.as_deref() {
+                url.query_pairs_mut().append_pair("state", s);
+            }
+            let mut res = StatusCode::FOUND.into_response();
+            if let Ok(location) = HeaderValue::from_str(url.as_str()) {
+                res.headers_mut().insert(header::LOCATION, location);
+            }
+            res
+        }
+        None => html_page(StatusCode::OK, views::signed_out(), None, None, state),
+    };
+    set_cookie(&mut res, state, SESSION_COOKIE, "", Some(0));
+    res
+}
+
+/// `GET /oauth/logout` (OpenID Connect RP-Initiated Logout 1.0): with an
+/// `id_token_hint` this service issued, signs out at once; without one,
+/// asks first, so that a link on another site cannot sign anyone out.
+async fn logout_get(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(params) = serde_urlencoded::from_str::<LogoutParams>(query.as_deref().unwrap_or(""))
+    else {
+        return refused_page(&state, StatusCode::BAD_REQUEST, "The request is malformed.");
+    };
+    let request = match state.services.oauth.check_logout(&params).await {
+        Err(e) => return failure_page(&state, e),
+        Ok(Err(why)) => return refused_page(&state, StatusCode::BAD_REQUEST, &why),
+        Ok(Ok(request)) => request,
+    };
+    if request.hint.is_some() {
+        return sign_out(&state, &client, &headers, &request).await;
+    }
+    let (form, new_form) = form_token(&headers);
+    let mut fields: Vec<(&str, String)> = vec![("csrf", form.clone())];
+    for (name, value) in [
+        ("client_id", &params.client_id),
+        ("post_logout_redirect_uri", &params.post_logout_redirect_uri),
+        ("state", &params.state),
+    ] {
+        if let Some(value) = value {
+            fields.push((name, value.clone()));
+        }
+    }
+    let hidden: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    html_page(
+        StatusCode::OK,
+        views::logout_confirm(request.client_name.as_deref(), &hidden),
+        request.redirect.as_deref(),
+        Some((&form, new_form)),
+        &state,
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LogoutForm {
+    #[serde(flatten)]
+    params: LogoutParams,
+    csrf: Option<String>,
+}
+
+/// `POST /oauth/logout`: the confirmation's form.
+async fn logout_post(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(form) = parse_form::<LogoutForm>(&body) else {
+        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    };
+    if !same_site_form(&state, &headers, form.csrf.as_deref()) {
+        return refused_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            "The form expired. Go back and try again.",
+        );
+    }
+    let request = match state.services.oauth.check_logout(&form.params).await {
+        Err(e) => return failure_page(&state, e),
+        Ok(Err(why)) => return refused_page(&state, StatusCode::BAD_REQUEST, &why),
+        Ok(Ok(request)) => request,
+    };
+    sign_out(&state, &client, &headers, &request).await
 }
 
 async fn stylesheet() -> Response {

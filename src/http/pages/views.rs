@@ -115,6 +115,34 @@ pub fn consent(client_name: &str, user: &str, scopes: &[String], fields: Hidden)
     )
 }
 
+/// Asks before signing out (a link alone must not sign anyone out).
+pub fn logout_confirm(client_name: Option<&str>, fields: Hidden) -> Markup {
+    page(
+        "Sign out?",
+        html! {
+            @if let Some(name) = client_name {
+                p { strong { (name) } " asks to sign you out." }
+            } @else {
+                p { "Sign out of this service on this browser?" }
+            }
+            form method="post" action="/oauth/logout" {
+                (hidden(fields))
+                button type="submit" { "Sign out" }
+            }
+        },
+    )
+}
+
+/// After signing out, when no application asked to have the browser back.
+pub fn signed_out() -> Markup {
+    page(
+        "You are signed out",
+        html! {
+            p { "You can close this window." }
+        },
+    )
+}
+
 /// A request that cannot go back to where it came from.
 pub fn refused(message: &str) -> Markup {
     page(
