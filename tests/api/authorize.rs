@@ -45,23 +45,23 @@ fn challenge(verifier: &str) -> String {
 }
 
 /// A browser: its cookies, and no automatic redirects.
-struct Browser<'a> {
+pub struct Browser<'a> {
     app: &'a TestApp,
-    http: reqwest::Client,
-    cookies: HashMap<String, String>,
+    pub http: reqwest::Client,
+    pub cookies: HashMap<String, String>,
 }
 
 /// A page or a redirect.
-struct Answer {
-    status: StatusCode,
-    location: Option<String>,
-    csp: Option<String>,
-    body: String,
+pub struct Answer {
+    pub status: StatusCode,
+    pub location: Option<String>,
+    pub csp: Option<String>,
+    pub body: String,
 }
 
 impl Answer {
     /// The value of the form field `name` on the page.
-    fn field(&self, name: &str) -> String {
+    pub fn field(&self, name: &str) -> String {
         let marker = format!("name=\"{name}\" value=\"");
         let start = self
             .body
@@ -89,7 +89,7 @@ impl Answer {
 }
 
 impl<'a> Browser<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub fn new(app: &'a TestApp) -> Self {
         Self {
             app,
             http: reqwest::Client::builder()
@@ -133,7 +133,7 @@ impl<'a> Browser<'a> {
         }
     }
 
-    async fn get(&mut self, path_and_query: &str) -> Answer {
+    pub async fn get(&mut self, path_and_query: &str) -> Answer {
         let res = self
             .http
             .get(self.app.url(path_and_query))
@@ -144,7 +144,7 @@ impl<'a> Browser<'a> {
         self.answer(res).await
     }
 
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
         let res = self
             .http
             .post(self.app.url(path))

@@ -43,6 +43,8 @@ on_both_databases!(
     an_admin_cannot_create_an_account_without_a_password_and_an_email,
     garbage_tokens_are_invalid_links_never_server_errors,
     a_link_works_only_at_the_endpoint_of_its_purpose,
+    a_mailed_link_opens_a_page_whose_button_spends_it,
+    the_reset_page_sets_a_new_password_once,
 );
 
 /// How long a test waits for a mail to arrive.
@@ -1090,4 +1092,108 @@ async fn a_link_works_only_at_the_endpoint_of_its_purpose(backend: Backend) {
         reset(&app, &reset_token, NEW_PASSWORD).await.status(),
         StatusCode::NO_CONTENT
     );
+}
+
+async fn a_mailed_link_opens_a_page_whose_button_spends_it(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    let (_, token) = sign_up(&app, "lena").await;
+    let mut browser = crate::authorize::Browser::new(&app);
+    // Opening the link (as a mail scanner would) spends nothing.
+    for _ in 0..2 {
+        let page = browser
+            .get(&format!("/auth/verify-email?token={token}"))
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains("Verify my address"), "{}", page.body);
+    }
+    let page = browser
+        .get(&format!("/auth/verify-email?token={token}"))
+        .await;
+    let done = browser
+        .post(
+            "/oauth/verify-email",
+            &[
+                ("token", &page.field("token")),
+                ("csrf", &page.field("csrf")),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("Your email address is verified"));
+    let access = app.tokens("lena").await.access;
+    assert_eq!(me(&app, &access).await["email_verified"], true);
+    // Spent: the page's button now says so.
+    let again = browser
+        .post(
+            "/oauth/verify-email",
+            &[
+                ("token", &page.field("token")),
+                ("csrf", &page.field("csrf")),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    assert!(again.body.contains("invalid, expired or used"));
+    // Without a token, or from another site's form: refused.
+    assert_eq!(
+        browser.get("/auth/verify-email").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let forged = crate::authorize::Browser::new(&app)
+        .post(
+            "/oauth/verify-email",
+            &[("token", &token), ("csrf", &"A".repeat(43))],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+}
+
+async fn the_reset_page_sets_a_new_password_once(backend: Backend) {
+    let app = spawn_with_admin(backend).await;
+    sign_up(&app, "omar").await;
+    let token = reset_link(&app, "omar").await;
+    let mut browser = crate::authorize::Browser::new(&app);
+    let page = browser
+        .get(&format!("/auth/password/reset?token={token}"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("New password") && page.body.contains("Set password"));
+    let post = |password: &'static str, repeat: &'static str| {
+        let fields = vec![
+            ("token".to_owned(), page.field("token")),
+            ("csrf".to_owned(), page.field("csrf")),
+            ("new_password".to_owned(), password.to_owned()),
+            ("repeat".to_owned(), repeat.to_owned()),
+        ];
+        fields
+    };
+    let send = |fields: Vec<(String, String)>| {
+        let http = browser.http.clone();
+        let cookie = format!("authgate_form={}", browser.cookies["authgate_form"]);
+        let url = app.url("/oauth/password-reset");
+        async move {
+            let res = http
+                .post(url)
+                .header("cookie", cookie)
+                .form(&fields)
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.text().await.unwrap())
+        }
+    };
+    let (status, body) = send(post("a brand new passphrase", "a different one")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.contains("The two passwords differ."));
+    let (status, body) = send(post("short", "short")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = send(post("a brand new passphrase", "a brand new passphrase")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Your new password is set"));
+    assert_eq!(
+        app.login("omar", "a brand new passphrase").await.status(),
+        StatusCode::OK
+    );
+    let (status, _) = send(post("another new passphrase", "another new passphrase")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the link is spent");
 }

@@ -4,6 +4,7 @@
 //! every form, and the browser's session in an `HttpOnly`, `SameSite=Lax`
 //! cookie. These are pages, not API: they are outside the API document.
 
+mod links;
 mod views;
 
 use axum::{
@@ -33,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .route("/oauth/consent", post(consent))
         .route("/oauth/logout", get(logout_get).post(logout_post))
         .route("/oauth/pages.css", get(stylesheet))
+        .merge(links::router())
 }
 
 /// The browser's session: the refresh token of a session the pages opened.

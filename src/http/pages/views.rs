@@ -143,6 +143,52 @@ pub fn signed_out() -> Markup {
     )
 }
 
+/// A mailed link's landing page: one button spends the link (a mail
+/// scanner that opens the link spends nothing).
+pub fn link(title: &str, intro: &str, action: &str, button: &str, fields: Hidden) -> Markup {
+    page(
+        title,
+        html! {
+            p { (intro) }
+            form method="post" action=(action) {
+                (hidden(fields))
+                button type="submit" { (button) }
+            }
+        },
+    )
+}
+
+/// The reset link's page: the new password, twice.
+pub fn new_password(fields: Hidden, message: Option<&str>) -> Markup {
+    page(
+        "Choose a new password",
+        html! {
+            p { "Every session of your account ends when the new password is set." }
+            (error(message))
+            form method="post" action="/oauth/password-reset" {
+                (hidden(fields))
+                label for="new_password" { "New password" }
+                input id="new_password" name="new_password" type="password"
+                    autocomplete="new-password" required minlength="8";
+                label for="repeat" { "Repeat the new password" }
+                input id="repeat" name="repeat" type="password"
+                    autocomplete="new-password" required minlength="8";
+                button type="submit" { "Set password" }
+            }
+        },
+    )
+}
+
+/// A plain message.
+pub fn done(title: &str, message: &str) -> Markup {
+    page(
+        title,
+        html! {
+            p { (message) }
+        },
+    )
+}
+
 /// A request that cannot go back to where it came from.
 pub fn refused(message: &str) -> Markup {
     page(
