@@ -68,20 +68,20 @@ fn landing(
 }
 
 /// A link form's token, if the form is this site's own.
-fn posted(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<LinkForm, Response> {
+fn posted(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<LinkForm, Box<Response>> {
     let Some(form) = parse_form::<LinkForm>(body) else {
-        return Err(refused_page(
+        return Err(Box::new(refused_page(
             state,
             StatusCode::BAD_REQUEST,
             "The form is malformed.",
-        ));
+        )));
     };
     if !same_site_form(state, headers, form.csrf.as_deref()) {
-        return Err(refused_page(
+        return Err(Box::new(refused_page(
             state,
             StatusCode::FORBIDDEN,
             "The form expired. Open the link again.",
-        ));
+        )));
     }
     Ok(form)
 }
@@ -137,7 +137,7 @@ async fn verify_email(
 ) -> Response {
     let form = match posted(&state, &headers, &body) {
         Ok(form) => form,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let token = form.token.unwrap_or_default();
     let result = state.services.flows.verify_email(&token, &client).await;
@@ -175,7 +175,7 @@ async fn confirm_email(
 ) -> Response {
     let form = match posted(&state, &headers, &body) {
         Ok(form) => form,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let token = form.token.unwrap_or_default();
     let result = state
@@ -218,7 +218,7 @@ async fn reset(
 ) -> Response {
     let form = match posted(&state, &headers, &body) {
         Ok(form) => form,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let token = form.token.clone().unwrap_or_default();
     let csrf = form.csrf.clone().unwrap_or_default();
