@@ -300,10 +300,13 @@ impl OAuth {
         if !refresh::looks_valid(token) {
             return Ok(None);
         }
+        // Only a session of the service's own: a client's refresh token in
+        // the cookie opens nothing.
         Ok(self
             .store
             .refresh_token_session(&refresh::hash(token), self.clock.now())
-            .await?)
+            .await?
+            .filter(|live| live.client_id.is_none()))
     }
 
     /// Whether the user must be asked: not for a first-party client, nor

@@ -546,6 +546,48 @@ impl Sessions {
         Ok(who)
     }
 
+    /// The caller behind a browser's session on the hosted pages (its
+    /// refresh token, kept in a cookie and never rotated there): the live
+    /// session, the service's own only, described as an access token of it
+    /// would be. `None` if there is no such session.
+    pub async fn browser_caller(&self, refresh_token: &str) -> AuthResult<Option<Authenticated>> {
+        if !refresh::looks_valid(refresh_token) {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        let Some(live) = self
+            .store
+            .refresh_token_session(&refresh::hash(refresh_token), now)
+            .await?
+            .filter(|live| live.client_id.is_none())
+        else {
+            return Ok(None);
+        };
+        let iat = now.unix_timestamp();
+        let claims = AccessClaims {
+            iss: self.tokens.issuer().to_owned(),
+            aud: self.tokens.audience().to_owned(),
+            sub: live.user.id,
+            sid: live.session_id,
+            jti: Uuid::now_v7(),
+            iat,
+            exp: iat + i64::try_from(self.tokens.ttl().as_secs()).unwrap_or(0),
+            roles: live.user.roles.names(),
+            auth_time: live.auth.at.unix_timestamp(),
+            aal: live.auth.level.clone(),
+            amr: live.auth.methods.clone(),
+            nbf: None,
+            client_id: None,
+            scope: None,
+        };
+        Ok(Some(Authenticated {
+            user_id: live.user.id,
+            session_id: live.session_id,
+            claims,
+            user: Arc::new(LiveUser::new(live.user)),
+        }))
+    }
+
     /// [`Sessions::authenticate`], taking tokens held by OAuth clients too.
     pub async fn authenticate_delegated(&self, access_token: &str) -> AuthResult<Authenticated> {
         let claims = self

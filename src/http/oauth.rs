@@ -193,7 +193,7 @@ fn describe(state: &AppState, found: Introspected) -> IntrospectionResponse {
             jti: None,
             username: username(&live.user),
             roles: Some(live.user.roles.names()),
-            client_id: None,
+            client_id: live.client_id.clone(),
             scope: None,
         },
     }

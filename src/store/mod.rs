@@ -266,6 +266,10 @@ pub struct LiveRefreshToken {
     pub user: User,
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// How the session was authenticated.
+    pub auth: SessionAuth,
+    /// The OAuth client holding the session; none for the service's own.
+    pub client_id: Option<String>,
 }
 
 /// An admin's change to a user; `None` leaves a field as it is.

@@ -480,6 +480,10 @@ pub(super) struct LiveRefreshRow {
     session_id: Uuid,
     issued_at: Timestamp,
     token_expires_at: Timestamp,
+    session_aal: String,
+    session_amr: String,
+    session_authenticated_at: Timestamp,
+    session_client_id: Option<String>,
     #[sqlx(flatten, try_from = "UserRow")]
     user: User,
 }
@@ -491,6 +495,12 @@ impl From<LiveRefreshRow> for LiveRefreshToken {
             user: row.user,
             issued_at: row.issued_at.0,
             expires_at: row.token_expires_at.0,
+            auth: SessionAuth::from_columns(
+                row.session_aal,
+                &row.session_amr,
+                row.session_authenticated_at.0,
+            ),
+            client_id: row.session_client_id,
         }
     }
 }
@@ -1586,7 +1596,10 @@ macro_rules! sql_store {
                 ) -> StoreResult<Option<LiveRefreshToken>> {
                     let row: Option<LiveRefreshRow> = sqlx::query_as(
                         "SELECT t.session_id, t.created_at AS issued_at, \
-                         t.expires_at AS token_expires_at, u.id, u.username, u.email, \
+                         t.expires_at AS token_expires_at, s.aal AS session_aal, \
+                         s.amr AS session_amr, \
+                         COALESCE(s.authenticated_at, s.created_at) AS session_authenticated_at, \
+                         s.client_id AS session_client_id, u.id, u.username, u.email, \
                          u.email_verified, u.roles, u.is_active, u.created_at \
                          FROM refresh_tokens t \
                          JOIN sessions s ON s.id = t.session_id \

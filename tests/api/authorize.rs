@@ -108,7 +108,7 @@ impl<'a> Browser<'a> {
             .join("; ")
     }
 
-    async fn answer(&mut self, res: reqwest::Response) -> Answer {
+    pub async fn answer(&mut self, res: reqwest::Response) -> Answer {
         for set in res.headers().get_all(header::SET_COOKIE) {
             let set = set.to_str().unwrap();
             let (pair, _) = set.split_once(';').unwrap_or((set, ""));

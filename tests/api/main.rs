@@ -5,6 +5,7 @@
 mod common;
 mod helpers;
 
+mod account;
 mod admin;
 mod audit;
 mod authorize;
@@ -38,6 +39,7 @@ use libtest_mimic::{Arguments, Trial};
 fn main() {
     let pg = common::postgres_reachable();
     let modules: &[fn(bool) -> Vec<Trial>] = &[
+        account::trials,
         admin::trials,
         audit::trials,
         authorize::trials,

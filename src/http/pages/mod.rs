@@ -4,6 +4,7 @@
 //! every form, and the browser's session in an `HttpOnly`, `SameSite=Lax`
 //! cookie. These are pages, not API: they are outside the API document.
 
+mod account;
 mod links;
 mod views;
 
@@ -35,10 +36,11 @@ pub fn router() -> Router<AppState> {
         .route("/oauth/logout", get(logout_get).post(logout_post))
         .route("/oauth/pages.css", get(stylesheet))
         .merge(links::router())
+        .merge(account::router())
 }
 
 /// The browser's session: the refresh token of a session the pages opened.
-const SESSION_COOKIE: &str = "authgate_sso";
+pub(super) const SESSION_COOKIE: &str = "authgate_sso";
 /// The double-submit CSRF token of the forms.
 const FORM_COOKIE: &str = "authgate_form";
 /// Where a login goes back to: an authorization request, nothing else.
@@ -61,7 +63,8 @@ fn set_cookie(res: &mut Response, state: &AppState, name: &str, value: &str, max
     let age = max_age
         .map(|s| format!("; Max-Age={s}"))
         .unwrap_or_default();
-    let cookie = format!("{name}={value}{age}; Path=/oauth; HttpOnly; SameSite=Lax{secure}");
+    // Path=/: the account page at /account reads them too.
+    let cookie = format!("{name}={value}{age}; Path=/; HttpOnly; SameSite=Lax{secure}");
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         res.headers_mut().append(header::SET_COOKIE, value);
     }
@@ -360,24 +363,43 @@ struct LoginForm {
     return_to: Option<String>,
 }
 
-/// The authorization request a login form goes back to, checked again.
-async fn returning(
-    state: &AppState,
-    return_to: Option<&str>,
-) -> Result<(AuthorizeParams, ValidAuthorize), Response> {
+/// Where a login form goes back to: an authorization request (checked
+/// again), or the account page.
+enum Return {
+    Authorize(Box<ValidAuthorize>),
+    Account,
+}
+
+impl Return {
+    /// Whom the user signs in to, as the login page says.
+    fn name(&self) -> &str {
+        match self {
+            Return::Authorize(request) => &request.client.name,
+            Return::Account => "your account",
+        }
+    }
+
+    fn redirect_uri(&self) -> Option<&str> {
+        match self {
+            Return::Authorize(request) => Some(&request.redirect_uri),
+            Return::Account => None,
+        }
+    }
+}
+
+async fn returning(state: &AppState, return_to: Option<&str>) -> Result<Return, Response> {
+    if return_to == Some(account::PATH) {
+        return Ok(Return::Account);
+    }
     let Some(query) = return_to.and_then(|r| r.strip_prefix(RETURN_PREFIX)) else {
-        return Err(refused_page(
-            state,
-            StatusCode::BAD_REQUEST,
-            "The request is malformed.",
-        ));
+        return Err(refused_page(state, StatusCode::BAD_REQUEST, "The request is malformed."));
     };
     let params: AuthorizeParams = serde_urlencoded::from_str(query)
         .map_err(|_| refused_page(state, StatusCode::BAD_REQUEST, "The request is malformed."))?;
     match state.services.oauth.check_authorize(&params).await {
         Err(e) => Err(failure_page(state, e)),
         Ok(Err(refused)) => Err(refusal(state, refused)),
-        Ok(Ok(request)) => Ok((params, request)),
+        Ok(Ok(request)) => Ok(Return::Authorize(Box::new(request))),
     }
 }
 
@@ -418,7 +440,7 @@ async fn login(
             "The form expired. Go back and try again.",
         );
     }
-    let (_, request) = match returning(&state, form.return_to.as_deref()).await {
+    let target = match returning(&state, form.return_to.as_deref()).await {
         Ok(r) => r,
         Err(res) => return res,
     };
@@ -429,8 +451,8 @@ async fn login(
         let fields = [("csrf", csrf.as_str()), ("return_to", return_to.as_str())];
         html_page(
             status,
-            views::login(&request.client.name, &fields, Some(message), &typed),
-            Some(&request.redirect_uri),
+            views::login(target.name(), &fields, Some(message), &typed),
+            target.redirect_uri(),
             None,
             &state,
         )
@@ -451,7 +473,7 @@ async fn login(
             html_page(
                 StatusCode::OK,
                 views::mfa(&fields, None),
-                Some(&request.redirect_uri),
+                target.redirect_uri(),
                 None,
                 &state,
             )
@@ -492,7 +514,7 @@ async fn mfa(
             "The form expired. Go back and try again.",
         );
     }
-    let (_, request) = match returning(&state, form.return_to.as_deref()).await {
+    let target = match returning(&state, form.return_to.as_deref()).await {
         Ok(r) => r,
         Err(res) => return res,
     };
@@ -528,7 +550,7 @@ async fn mfa(
             html_page(
                 StatusCode::UNAUTHORIZED,
                 views::mfa(&fields, Some("That code is not right. Try again.")),
-                Some(&request.redirect_uri),
+                target.redirect_uri(),
                 None,
                 &state,
             )
@@ -538,12 +560,12 @@ async fn mfa(
             html_page(
                 StatusCode::UNAUTHORIZED,
                 views::login(
-                    &request.client.name,
+                    target.name(),
                     &fields,
                     Some("The sign-in took too long or had too many tries. Sign in again."),
                     "",
                 ),
-                Some(&request.redirect_uri),
+                target.redirect_uri(),
                 None,
                 &state,
             )

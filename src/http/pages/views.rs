@@ -189,6 +189,146 @@ pub fn done(title: &str, message: &str) -> Markup {
     )
 }
 
+/// A session as the account page lists it.
+pub struct SessionRow {
+    pub id: String,
+    pub device: String,
+    pub ip: String,
+    pub last_used: String,
+    pub current: bool,
+}
+
+/// A second factor as the account page lists it.
+pub struct FactorRow {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// What the account page shows.
+pub struct AccountView<'a> {
+    pub username: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub email_verified: bool,
+    pub sessions: Vec<SessionRow>,
+    pub factors: Vec<FactorRow>,
+    pub recovery_codes_left: u32,
+    pub csrf: &'a str,
+    pub notice: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// `/account`: the profile, the sessions, the password, the second factors.
+pub fn account(view: &AccountView) -> Markup {
+    let csrf = [("csrf", view.csrf)];
+    page(
+        "Your account",
+        html! {
+            @if let Some(notice) = view.notice {
+                p.notice role="status" { (notice) }
+            }
+            (error(view.error))
+            section {
+                h2 { "Profile" }
+                dl {
+                    @if let Some(username) = view.username {
+                        dt { "Username" } dd { (username) }
+                    }
+                    @if let Some(email) = view.email {
+                        dt { "Email" }
+                        dd { (email) @if view.email_verified { " (verified)" } @else { " (not verified)" } }
+                    }
+                }
+            }
+            section {
+                h2 { "Sessions" }
+                ul.sessions {
+                    @for s in &view.sessions {
+                        li {
+                            span { (s.device) " · " (s.ip) " · last used " (s.last_used)
+                                @if s.current { strong { " · this browser" } } }
+                            form method="post" action="/account/sessions/end" {
+                                (hidden(&csrf))
+                                input type="hidden" name="session_id" value=(s.id);
+                                button.secondary.small type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+            }
+            section {
+                h2 { "Password" }
+                form method="post" action="/account/password" {
+                    (hidden(&csrf))
+                    label for="current_password" { "Current password" }
+                    input id="current_password" name="current_password" type="password"
+                        autocomplete="current-password" required;
+                    label for="new_password" { "New password" }
+                    input id="new_password" name="new_password" type="password"
+                        autocomplete="new-password" required minlength="8";
+                    label for="repeat" { "Repeat the new password" }
+                    input id="repeat" name="repeat" type="password"
+                        autocomplete="new-password" required minlength="8";
+                    button type="submit" { "Change password" }
+                }
+            }
+            section {
+                h2 { "Two-step verification" }
+                @if view.factors.is_empty() {
+                    p { "Only your password protects this account." }
+                } @else {
+                    ul {
+                        @for f in &view.factors {
+                            li { (f.name) " (" (f.kind) ")" }
+                        }
+                    }
+                    p { (view.recovery_codes_left) " recovery codes left." }
+                }
+                form method="post" action="/account/mfa/totp" {
+                    (hidden(&csrf))
+                    button.secondary type="submit" { "Set up an authenticator app" }
+                }
+            }
+            form method="post" action="/oauth/logout" {
+                (hidden(&csrf))
+                button.secondary type="submit" { "Sign out" }
+            }
+        },
+    )
+}
+
+/// The enrolment of an authenticator app: the QR code, the secret, and the
+/// first code.
+pub fn enrol(qr_svg: &str, secret: &str, fields: Hidden, message: Option<&str>) -> Markup {
+    page(
+        "Set up an authenticator app",
+        html! {
+            p { "Scan this code with the app, or type in the key below." }
+            div.qr { (maud::PreEscaped(qr_svg)) }
+            p.secret { code { (secret) } }
+            (error(message))
+            form method="post" action="/account/mfa/totp/confirm" {
+                (hidden(fields))
+                label for="code" { "Code" }
+                input id="code" name="code" type="text" inputmode="numeric"
+                    autocomplete="one-time-code" required;
+                button type="submit" { "Verify" }
+            }
+        },
+    )
+}
+
+/// The recovery codes, shown once.
+pub fn recovery_codes(codes: &[String]) -> Markup {
+    page(
+        "Keep your recovery codes",
+        html! {
+            p { "Each code signs you in once if you lose the app. They are shown only now." }
+            ul.codes { @for c in codes { li { code { (c) } } } }
+            p { a href="/account" { "Back to your account" } }
+        },
+    )
+}
+
 /// A request that cannot go back to where it came from.
 pub fn refused(message: &str) -> Markup {
     page(
@@ -211,7 +351,7 @@ pub const STYLESHEET: &str = r#":root {
 * { box-sizing: border-box; }
 body { margin: 0; min-height: 100vh; display: flex; align-items: center; justify-content: center;
   background: var(--ag-bg); color: var(--ag-text); font-family: var(--ag-font); }
-main { width: 100%; max-width: 380px; margin: 2rem 1rem; padding: 2rem; background: var(--ag-card);
+main { width: 100%; max-width: 460px; margin: 2rem 1rem; padding: 2rem; background: var(--ag-card);
   border: 1px solid var(--ag-border); border-radius: var(--ag-radius); }
 h1 { font-size: 1.4rem; margin: 0 0 1rem; }
 p { color: var(--ag-muted); line-height: 1.4; }
@@ -225,4 +365,15 @@ button.secondary { color: var(--ag-text); background: transparent; border: 1px s
 .buttons { display: flex; gap: .6rem; }
 .error { color: var(--ag-error); font-weight: 600; }
 ul.scopes { padding-left: 1.2rem; line-height: 1.7; }
+h2 { font-size: 1.05rem; margin: 1.6rem 0 .4rem; }
+dl { display: grid; grid-template-columns: auto 1fr; gap: .3rem 1rem; margin: 0; }
+dt { font-weight: 600; } dd { margin: 0; }
+ul.sessions { list-style: none; padding: 0; }
+ul.sessions li { display: flex; align-items: center; justify-content: space-between; gap: .6rem;
+  padding: .4rem 0; border-bottom: 1px solid var(--ag-border); font-size: .9rem; }
+button.small { width: auto; margin: 0; padding: .3rem .7rem; font-size: .85rem; }
+.notice { color: var(--ag-text); font-weight: 600; }
+.qr svg { width: 200px; height: 200px; display: block; margin: 0 auto; }
+.secret { text-align: center; word-break: break-all; }
+ul.codes { columns: 2; font-family: monospace; }
 "#;
