@@ -1,4 +1,5 @@
--- Authorization codes, by the SHA-256 of the code: single-use and short-lived.
+-- Authorization codes, by the SHA-256 of the code: single-use and short-lived,
+-- good only while the browser's session they were issued in (session_id) is.
 -- They carry how the browser's session was authenticated (aal, amr,
 -- authenticated_at) into the ID token, and, once exchanged, the session
 -- the exchange opened (issued_session_id), which a replay of the code ends.
@@ -6,6 +7,7 @@ CREATE TABLE oauth_codes (
     code_hash         BYTEA PRIMARY KEY NOT NULL,
     client_id         TEXT NOT NULL REFERENCES oauth_clients (id) ON DELETE CASCADE,
     user_id           UUID NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    session_id        UUID NOT NULL,
     redirect_uri      TEXT NOT NULL,
     scope             TEXT NOT NULL,
     nonce             TEXT,

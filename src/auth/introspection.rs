@@ -7,13 +7,13 @@ use super::{
     Client,
     error::{AuthError, AuthResult},
     sessions::Sessions,
-    tokens::AccessClaims,
+    tokens::{AccessClaims, ClientAccessClaims},
 };
 use crate::{
     crypto::{refresh, same_digest},
     domain::User,
     limits::{Key, client_bucket},
-    store::{LiveRefreshToken, SessionStore},
+    store::{LiveRefreshToken, Store},
 };
 use sha2::{Digest, Sha256};
 
@@ -65,13 +65,15 @@ pub enum Introspected {
     },
     /// A refresh token that would rotate now.
     Refresh(LiveRefreshToken),
+    /// A token a registered client got for itself, the client still there.
+    Client(Box<ClientAccessClaims>),
 }
 
 /// Answers about tokens, for resource servers and holders.
 #[derive(Clone)]
 pub struct Introspection {
     pub(super) sessions: Sessions,
-    pub(super) store: Arc<dyn SessionStore>,
+    pub(super) store: Arc<dyn Store>,
     pub(super) clients: IntrospectionClients,
 }
 
@@ -126,6 +128,12 @@ impl Introspection {
     async fn access(&self, token: &str) -> AuthResult<Option<Introspected>> {
         let now = self.sessions.clock.now();
         let Ok(claims) = self.sessions.tokens.verify(token, now) else {
+            // A client's own token: live while its client is registered.
+            if let Ok(claims) = self.sessions.tokens.verify_client(token, now)
+                && self.store.client(&claims.client_id).await?.is_some()
+            {
+                return Ok(Some(Introspected::Client(Box::new(claims))));
+            }
             return Ok(None);
         };
         match self.store.session_user(claims.sid, now).await? {
@@ -156,7 +164,9 @@ impl Introspection {
         if refresh::looks_valid(token) {
             return self.sessions.logout(client, token).await;
         }
-        let Ok(who) = self.sessions.authenticate(token).await else {
+        // Any access token of a live session, a client's too: whoever holds
+        // one may give it up (RFC 7009 §2.1).
+        let Ok(who) = self.sessions.authenticate_delegated(token).await else {
             return Ok(());
         };
         match self.sessions.end(&who, client, who.session_id).await {

@@ -277,7 +277,10 @@ impl OAuth {
         }
         let allowed = registered(&client)?;
         let scope = match params.scope.as_deref() {
-            None | Some("") => return refuse("invalid_scope", "scope is required"),
+            None => return refuse("invalid_scope", "scope is required"),
+            Some(raw) if raw.trim().is_empty() => {
+                return refuse("invalid_scope", "scope is required");
+            }
             Some(raw) => match requested(Some(raw), &allowed) {
                 Ok(scope) => scope,
                 Err(AuthError::InvalidScope(why)) => return refuse("invalid_scope", &why),

@@ -200,6 +200,38 @@ pub struct IdTokenHint {
     pub sid: String,
 }
 
+/// What every signed access token has, for the checks all of them pass.
+pub trait Timed {
+    fn iss(&self) -> &str;
+    fn aud(&self) -> &str;
+    /// `iat`, `exp` and `nbf`.
+    fn times(&self) -> (i64, i64, Option<i64>);
+}
+
+impl Timed for AccessClaims {
+    fn iss(&self) -> &str {
+        &self.iss
+    }
+    fn aud(&self) -> &str {
+        &self.aud
+    }
+    fn times(&self) -> (i64, i64, Option<i64>) {
+        (self.iat, self.exp, self.nbf)
+    }
+}
+
+impl Timed for ClientAccessClaims {
+    fn iss(&self) -> &str {
+        &self.iss
+    }
+    fn aud(&self) -> &str {
+        &self.aud
+    }
+    fn times(&self) -> (i64, i64, Option<i64>) {
+        (self.iat, self.exp, None)
+    }
+}
+
 /// Whom an access token speaks for, and its id.
 #[derive(Debug, Clone)]
 pub struct Subject {
@@ -319,7 +351,13 @@ impl TokenService {
             jti,
             iat,
             exp: (iat + lifetime).min(not_after.unix_timestamp()),
-            roles,
+            // Why none for a client: the user's roles (admin, say) are
+            // nothing a third-party application was allowed to learn.
+            roles: if delegation.is_some() {
+                Vec::new()
+            } else {
+                roles
+            },
             auth_time: auth.time.unix_timestamp(),
             aal: auth.level.clone(),
             amr: auth.methods.clone(),
@@ -389,6 +427,21 @@ impl TokenService {
         signer.sign(&header, claims)
     }
 
+    /// Verifies a token a client got for itself (`client_credentials`) as
+    /// [`TokenService::verify`] does a user's, without the cache.
+    pub fn verify_client(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<ClientAccessClaims, TokenRejection> {
+        let keys = self.keys.current();
+        let (_, claims) = self.verify_signed::<ClientAccessClaims>(token, &keys, now)?;
+        if claims.sub != claims.client_id {
+            return Err(TokenRejection::Malformed);
+        }
+        Ok(claims)
+    }
+
     /// An ID token this service signed, expired or not (a hint at logout
     /// may be old): signature under a known key, type `JWT`, issuer.
     pub fn verify_id_token_hint(&self, token: &str, now: OffsetDateTime) -> Option<IdTokenHint> {
@@ -420,7 +473,7 @@ impl TokenService {
         let (kid, claims) = match remembered {
             Some((kid, claims)) => (kid, claims),
             None => {
-                let (kid, claims) = self.verify_signed(token, &keys, now)?;
+                let (kid, claims) = self.verify_signed::<AccessClaims>(token, &keys, now)?;
                 let kid: Arc<str> = kid.into();
                 let mut verified = self.verified.write();
                 if verified.len() >= VERIFIED_CAPACITY {
@@ -444,12 +497,12 @@ impl TokenService {
 
     /// The signature and static checks of a token not seen before; the key id
     /// it verified under, and its claims.
-    fn verify_signed(
+    fn verify_signed<C: Timed + serde::de::DeserializeOwned>(
         &self,
         token: &str,
         keys: &super::keys::KeySet,
         now: OffsetDateTime,
-    ) -> Result<(String, AccessClaims), TokenRejection> {
+    ) -> Result<(String, C), TokenRejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
         // RFC 7515 §4.1.11: a critical extension this service does not know
         // (it knows none) makes the token invalid.
@@ -465,34 +518,32 @@ impl TokenService {
             return Err(TokenRejection::BadSignature);
         }
         let validation = &self.validations[&key.algorithm];
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenRejection::Expired,
-                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
-                    TokenRejection::WrongIssuerOrAudience
+        let data =
+            jsonwebtoken::decode::<C>(token, &key.decoding, validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => TokenRejection::Expired,
+                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                        TokenRejection::WrongIssuerOrAudience
+                    }
+                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                        TokenRejection::BadSignature
+                    }
+                    _ => TokenRejection::Malformed,
                 }
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                    TokenRejection::BadSignature
-                }
-                _ => TokenRejection::Malformed,
-            },
-        )?;
+            })?;
         let claims = data.claims;
         // Checked here too, before the token is remembered: the crate checks
         // `iss` and `aud`, and this is the place where a token is first seen.
-        if claims.iss != self.issuer || claims.aud != self.audience {
+        if claims.iss() != self.issuer || claims.aud() != self.audience {
             return Err(TokenRejection::WrongIssuerOrAudience);
         }
         self.check_times(&claims, now)?;
         Ok((kid, claims))
     }
 
-    fn check_times(
-        &self,
-        claims: &AccessClaims,
-        now: OffsetDateTime,
-    ) -> Result<(), TokenRejection> {
-        if claims.exp <= now.unix_timestamp() {
+    fn check_times(&self, claims: &impl Timed, now: OffsetDateTime) -> Result<(), TokenRejection> {
+        let (iat, exp, nbf) = claims.times();
+        if exp <= now.unix_timestamp() {
             return Err(TokenRejection::Expired);
         }
         // RFC 8725 §3.10: check every claim that bounds the token's life. A
@@ -502,10 +553,7 @@ impl TokenService {
         // for years.
         let lifetime = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let soon = now.unix_timestamp().saturating_add(IAT_LEEWAY_SECS);
-        if claims.iat > soon
-            || claims.nbf.is_some_and(|nbf| nbf > soon)
-            || claims.exp.saturating_sub(claims.iat) > lifetime
-        {
+        if iat > soon || nbf.is_some_and(|nbf| nbf > soon) || exp.saturating_sub(iat) > lifetime {
             return Err(TokenRejection::ImplausibleTimes);
         }
         Ok(())

@@ -42,6 +42,12 @@ impl RedirectUri {
         if raw.is_empty() || raw.len() > Self::MAX_LEN {
             return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
         }
+        // Why: a space or control character is never part of a URI as
+        // sent; let through (the parser keeps them in an app scheme's
+        // path), one registered value could read as two.
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain spaces or control characters".into());
+        }
         let url = url::Url::parse(raw).map_err(|e| format!("is not an absolute URI: {e}"))?;
         // Why: URIs are compared as registered; what the parser would
         // rewrite (case, default ports, dot segments, spaces) must be
@@ -251,6 +257,8 @@ mod tests {
             "HTTPS://APP.example.com/cb",
             "https://app.example.com:443/cb",
             "https://app.example.com/a/../cb",
+            "com.example.app:cb https://evil.example/x",
+            "com.example.app:x\tjavascript:alert(1)",
         ] {
             assert!(RedirectUri::parse(bad).is_err(), "{bad}");
         }

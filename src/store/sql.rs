@@ -2510,10 +2510,10 @@ macro_rules! sql_store {
                     // The session's authentication, as it is at this moment,
                     // goes with the code into the ID token.
                     let done = sqlx::query(
-                        "INSERT INTO oauth_codes (code_hash, client_id, user_id, redirect_uri, \
-                         scope, nonce, code_challenge, aal, amr, authenticated_at, created_at, \
-                         expires_at) \
-                         SELECT $1, $2, $3, $4, $5, $6, $7, s.aal, s.amr, \
+                        "INSERT INTO oauth_codes (code_hash, client_id, user_id, session_id, \
+                         redirect_uri, scope, nonce, code_challenge, aal, amr, authenticated_at, \
+                         created_at, expires_at) \
+                         SELECT $1, $2, $3, s.id, $4, $5, $6, $7, s.aal, s.amr, \
                                 COALESCE(s.authenticated_at, s.created_at), $8, $9 \
                          FROM sessions s WHERE s.id = $10 AND s.user_id = $3 \
                            AND s.revoked_at IS NULL AND s.expires_at > $8",
@@ -2584,6 +2584,21 @@ macro_rules! sql_store {
                             return Ok(CodeRedemption::Replayed);
                         };
                         let issued = IssuedCode::try_from(row)?;
+                        // The browser's session the code was issued in must
+                        // still be live: a logout everywhere, a password
+                        // change or a reset since then ends the code too.
+                        let issuing: Option<i32> = sqlx::query_scalar(
+                            "SELECT 1 FROM oauth_codes c JOIN sessions s ON s.id = c.session_id \
+                             WHERE c.code_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
+                        )
+                        .bind(issued.code.code_hash.to_vec())
+                        .bind(Timestamp(now))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if issuing.is_none() {
+                            tx.commit().await?;
+                            return Ok(CodeRedemption::Invalid);
+                        }
                         if !check(&issued.code) {
                             tx.commit().await?;
                             return Ok(CodeRedemption::Refused);

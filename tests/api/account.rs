@@ -64,7 +64,10 @@ async fn the_account_page_signs_in_first_and_shows_the_profile_and_sessions(back
         assert!(page.body.contains(text), "{text} in {}", page.body);
     }
     let csp = page.csp.unwrap();
-    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
 }
 
 async fn a_session_is_signed_out_from_the_account_page(backend: Backend) {
@@ -91,15 +94,22 @@ async fn a_session_is_signed_out_from_the_account_page(backend: Backend) {
     let done = browser
         .post(
             "/account/sessions/end",
-            &[("csrf", &page.field("csrf")), ("session_id", &phone_session)],
+            &[
+                ("csrf", &page.field("csrf")),
+                ("session_id", &phone_session),
+            ],
         )
         .await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
     let page = browser.get(done.location.as_deref().unwrap()).await;
     assert!(page.body.contains("The session is signed out."));
     assert!(!page.body.contains(&phone_session));
-    app.assert_refused_within(&phone.access, Duration::from_secs(3)).await;
-    assert_eq!(app.refresh(&phone.refresh).await.status(), StatusCode::UNAUTHORIZED);
+    app.assert_refused_within(&phone.access, Duration::from_secs(3))
+        .await;
+    assert_eq!(
+        app.refresh(&phone.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 async fn the_password_is_changed_from_the_account_page(backend: Backend) {
@@ -118,7 +128,11 @@ async fn the_password_is_changed_from_the_account_page(backend: Backend) {
     };
     for (form, message) in [
         (
-            change("wrong password!", "a fresh passphrase", "a fresh passphrase"),
+            change(
+                "wrong password!",
+                "a fresh passphrase",
+                "a fresh passphrase",
+            ),
             "The current password is wrong.",
         ),
         (
@@ -129,18 +143,34 @@ async fn the_password_is_changed_from_the_account_page(backend: Backend) {
     ] {
         let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let refused = browser.post("/account/password", &form).await;
-        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{message}");
-        assert!(refused.body.contains(message), "{message} in {}", refused.body);
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{message}"
+        );
+        assert!(
+            refused.body.contains(message),
+            "{message} in {}",
+            refused.body
+        );
     }
     let form = change(PASSWORD, "a fresh passphrase", "a fresh passphrase");
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let done = browser.post("/account/password", &form).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
     let page = browser.get(done.location.as_deref().unwrap()).await;
-    assert!(page.body.contains("Your password is changed."), "{}", page.body);
-    assert_eq!(app.login("ada", "a fresh passphrase").await.status(), StatusCode::OK);
+    assert!(
+        page.body.contains("Your password is changed."),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        app.login("ada", "a fresh passphrase").await.status(),
+        StatusCode::OK
+    );
     // The other sessions end; this browser's goes on.
-    app.assert_refused_within(&other.access, Duration::from_secs(3)).await;
+    app.assert_refused_within(&other.access, Duration::from_secs(3))
+        .await;
     assert!(browser.get("/account").await.body.contains("Your account"));
 }
 
@@ -161,7 +191,11 @@ async fn an_authenticator_app_is_added_with_its_qr_code_and_recovery_codes(backe
     let wrong = browser
         .post(
             "/account/mfa/totp/confirm",
-            &[("csrf", &csrf), ("factor_id", &factor_id), ("code", "000000")],
+            &[
+                ("csrf", &csrf),
+                ("factor_id", &factor_id),
+                ("code", "000000"),
+            ],
         )
         .await;
     assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -175,7 +209,12 @@ async fn an_authenticator_app_is_added_with_its_qr_code_and_recovery_codes(backe
         )
         .await;
     assert_eq!(codes.status, StatusCode::OK, "{}", codes.body);
-    assert_eq!(codes.body.matches("<li><code>").count(), 10, "{}", codes.body);
+    assert_eq!(
+        codes.body.matches("<li><code>").count(),
+        10,
+        "{}",
+        codes.body
+    );
     let page = browser.get("/account").await;
     assert!(page.body.contains("(authenticator app)"), "{}", page.body);
     assert!(page.body.contains("10 recovery codes left."));
@@ -198,7 +237,11 @@ async fn account_forms_need_their_csrf_token_and_a_session(backend: Backend) {
     let anonymous = stranger
         .post("/account/mfa/totp", &[("csrf", &login.field("csrf"))])
         .await;
-    assert!(anonymous.body.contains("Username or email"), "{}", anonymous.body);
+    assert!(
+        anonymous.body.contains("Username or email"),
+        "{}",
+        anonymous.body
+    );
     assert!(!anonymous.body.contains("<svg"));
     let _ = page;
 }

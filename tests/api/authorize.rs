@@ -100,7 +100,7 @@ impl<'a> Browser<'a> {
         }
     }
 
-    fn cookie_header(&self) -> String {
+    pub fn cookie_header(&self) -> String {
         self.cookies
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -401,11 +401,25 @@ async fn the_code_flow_logs_in_asks_consent_and_gives_verifiable_tokens(backend:
     let info: Value = res.json().await.unwrap();
     assert_eq!(info["sub"], id["sub"]);
     assert_eq!(info["email"], "ada@example.com");
+    // The user's roles are nothing the client was allowed to learn.
+    assert_eq!(claims["roles"], json!([]));
     // The token is the client's, for what it was allowed: not the account's.
     assert_eq!(app.me_status(access).await, StatusCode::UNAUTHORIZED);
     // And the user's own token is no client's: userinfo refuses it.
     let own = app.tokens("ada").await.access;
     assert_eq!(userinfo(&app, &own).await.status(), StatusCode::FORBIDDEN);
+    // Whoever holds the client's token may give it up (RFC 7009).
+    let res = app.post_form("/auth/revoke", &[("token", access)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut status = StatusCode::OK;
+    for _ in 0..40 {
+        status = userinfo(&app, access).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked");
 }
 
 async fn consent_is_remembered_and_a_first_party_client_never_asks(backend: Backend) {
@@ -480,6 +494,7 @@ async fn pkce_is_required_and_a_wrong_verifier_uses_the_code_up(backend: Backend
             "unsupported_response_type",
         ),
         (vec![("scope", "openid admin")], "invalid_scope"),
+        (vec![("scope", " ")], "invalid_scope"),
     ] {
         let answer = browser
             .get(&authorize_path(&client.id, "openid", &extra))
@@ -614,6 +629,24 @@ async fn a_code_lives_a_minute_and_only_for_its_client_and_redirect_uri(backend:
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant", "another redirect_uri");
 
+    // A logout everywhere after the code was issued ends the code too.
+    let code = code_for(&app, &client, "ada", "openid").await;
+    let own = app.tokens("ada").await.access;
+    let res = app
+        .client
+        .post(app.url("/auth/logout-all"))
+        .bearer_auth(&own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = exchange(&app, &client, &code, VERIFIER).await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["error"], "invalid_grant",
+        "the code's session has ended"
+    );
+
     app.stop_clock();
     let code = code_for(&app, &client, "ada", "openid").await;
     app.advance(Duration::from_secs(61));
@@ -736,6 +769,42 @@ async fn forms_without_their_csrf_token_are_refused(backend: Backend) {
         .form(&[
             ("csrf", login.field("csrf").as_str()),
             ("return_to", &return_to),
+            ("login", "ada"),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // A second cookie of the same name (planted for a narrower path or from
+    // a sibling domain) makes both count for nothing.
+    let planted = format!(
+        "authgate_form={}; {}",
+        "B".repeat(43),
+        browser.cookie_header()
+    );
+    let res = browser
+        .http
+        .post(app.url("/oauth/login"))
+        .header(header::COOKIE, planted)
+        .form(&[
+            ("csrf", "B".repeat(43).as_str()),
+            ("return_to", &return_to),
+            ("login", "ada"),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // An empty token with an empty cookie is no token.
+    let res = browser
+        .http
+        .post(app.url("/oauth/login"))
+        .header(header::COOKIE, "authgate_form=")
+        .form(&[
+            ("csrf", ""),
+            ("return_to", return_to.as_str()),
             ("login", "ada"),
             ("password", PASSWORD),
         ])

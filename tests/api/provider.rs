@@ -98,6 +98,22 @@ async fn a_confidential_client_gets_a_token_for_itself_with_basic_or_form_creden
 
     // It is no user's token: user routes refuse it.
     assert_eq!(app.me_status(token).await, StatusCode::UNAUTHORIZED);
+    // A resource server may introspect it: live while the client is.
+    let admin = app.admin_token().await;
+    let introspected: Value = app
+        .client
+        .post(app.url("/auth/introspect"))
+        .bearer_auth(&admin)
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(introspected["active"], true, "{introspected}");
+    assert_eq!(introspected["client_id"], id.as_str());
+    assert_eq!(introspected["scope"], "reports:read");
 
     let form = [
         ("grant_type", "client_credentials"),

@@ -37,7 +37,7 @@ pub fn router() -> Router<AppState> {
 
 /// The signed-in user of this browser, if any.
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Authenticated>, Response> {
-    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+    let Some(token) = cookie(state, headers, SESSION_COOKIE) else {
         return Ok(None);
     };
     state
@@ -58,7 +58,7 @@ fn see_account(done: &str) -> Response {
 
 /// The login page, coming back here.
 fn sign_in_first(state: &AppState, headers: &HeaderMap) -> Response {
-    let (form, new_form) = form_token(headers);
+    let (form, new_form) = form_token(state, headers);
     let fields = [("csrf", form.as_str()), ("return_to", PATH)];
     html_page(
         StatusCode::OK,
@@ -75,7 +75,9 @@ fn notice(query: Option<&str>) -> Option<&'static str> {
     struct Done {
         done: Option<String>,
     }
-    let done = serde_urlencoded::from_str::<Done>(query.unwrap_or("")).ok()?.done?;
+    let done = serde_urlencoded::from_str::<Done>(query.unwrap_or(""))
+        .ok()?
+        .done?;
     match done.as_str() {
         "password" => Some("Your password is changed. Your other sessions have ended."),
         "session" => Some("The session is signed out."),
@@ -100,7 +102,7 @@ async fn render(
         Ok(f) => f,
         Err(e) => return failure_page(state, e),
     };
-    let (form, new_form) = form_token(headers);
+    let (form, new_form) = form_token(state, headers);
     let user = &who.user.user;
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
     let view = views::AccountView {
@@ -125,7 +127,11 @@ async fn render(
             .factors
             .into_iter()
             .map(|f| views::FactorRow {
-                kind: if f.kind == "passkey" { "passkey" } else { "authenticator app" },
+                kind: if f.kind == "passkey" {
+                    "passkey"
+                } else {
+                    "authenticator app"
+                },
                 name: f.name,
             })
             .collect(),
@@ -134,7 +140,13 @@ async fn render(
         notice,
         error,
     };
-    html_page(status, views::account(&view), None, Some((&form, new_form)), state)
+    html_page(
+        status,
+        views::account(&view),
+        None,
+        Some((&form, new_form)),
+        state,
+    )
 }
 
 /// `GET /account`.
@@ -147,7 +159,15 @@ async fn account(
         Err(res) => res,
         Ok(None) => sign_in_first(&state, &headers),
         Ok(Some(who)) => {
-            render(&state, &headers, &who, notice(query.as_deref()), None, StatusCode::OK).await
+            render(
+                &state,
+                &headers,
+                &who,
+                notice(query.as_deref()),
+                None,
+                StatusCode::OK,
+            )
+            .await
         }
     }
 }
@@ -170,7 +190,11 @@ async fn posted(
     body: &Bytes,
 ) -> Result<(AccountForm, Authenticated), Response> {
     let Some(form) = parse_form::<AccountForm>(body) else {
-        return Err(refused_page(state, StatusCode::BAD_REQUEST, "The form is malformed."));
+        return Err(refused_page(
+            state,
+            StatusCode::BAD_REQUEST,
+            "The form is malformed.",
+        ));
     };
     if !same_site_form(state, headers, form.csrf.as_deref()) {
         return Err(refused_page(
@@ -196,7 +220,11 @@ async fn end_session(
         Ok(posted) => posted,
         Err(res) => return res,
     };
-    let Some(id) = form.session_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()) else {
+    let Some(id) = form
+        .session_id
+        .as_deref()
+        .and_then(|s| Uuid::parse_str(s).ok())
+    else {
         return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
     };
     match state.services.sessions.end(&who, &client, id).await {
@@ -220,7 +248,15 @@ async fn change_password(
         let message = message.to_owned();
         let (state, headers, who) = (&state, &headers, &who);
         async move {
-            render(state, headers, who, None, Some(&message), StatusCode::UNPROCESSABLE_ENTITY).await
+            render(
+                state,
+                headers,
+                who,
+                None,
+                Some(&message),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
         }
     };
     let new = form.new_password.unwrap_or_default();
@@ -228,7 +264,10 @@ async fn change_password(
         return refuse("The two new passwords differ.").await;
     }
     let user = &who.user.user;
-    let username = user.username.as_deref().and_then(|u| Username::parse(u).ok());
+    let username = user
+        .username
+        .as_deref()
+        .and_then(|u| Username::parse(u).ok());
     let email = user.email.as_deref().and_then(|e| Email::parse(e).ok());
     let password = match Password::parse(&new, username.as_ref(), email.as_ref()) {
         Ok(p) => p,
@@ -247,8 +286,11 @@ async fn change_password(
             refuse("Sign out and in again with your second step first.").await
         }
         Err(AuthError::Throttled(t)) => {
-            refuse(&format!("Too many attempts. Try again in {} seconds.", t.wait.as_secs().max(1)))
-                .await
+            refuse(&format!(
+                "Too many attempts. Try again in {} seconds.",
+                t.wait.as_secs().max(1)
+            ))
+            .await
         }
         Err(e) => failure_page(&state, e),
     }
@@ -263,7 +305,8 @@ fn qr_svg(uri: &str) -> String {
                 .min_dimensions(200, 200)
                 .build();
             // The element alone: an XML declaration has no place in HTML.
-            svg.find("<svg").map_or(svg.clone(), |at| svg[at..].to_owned())
+            svg.find("<svg")
+                .map_or(svg.clone(), |at| svg[at..].to_owned())
         }
         Err(_) => String::new(),
     }
@@ -282,7 +325,12 @@ async fn enrol(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
             let fields = [("csrf", csrf.as_str()), ("factor_id", id.as_str())];
             html_page(
                 StatusCode::OK,
-                views::enrol(&qr_svg(&enrolment.otpauth_uri), &enrolment.secret, &fields, None),
+                views::enrol(
+                    &qr_svg(&enrolment.otpauth_uri),
+                    &enrolment.secret,
+                    &fields,
+                    None,
+                ),
                 None,
                 None,
                 &state,
@@ -315,19 +363,39 @@ async fn confirm(
         Ok(posted) => posted,
         Err(res) => return res,
     };
-    let Some(id) = form.factor_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()) else {
+    let Some(id) = form
+        .factor_id
+        .as_deref()
+        .and_then(|s| Uuid::parse_str(s).ok())
+    else {
         return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
     };
     let code = form.code.unwrap_or_default();
-    match state.services.mfa.confirm_totp(&client, &who, id, code.trim()).await {
-        Ok(codes) => html_page(StatusCode::OK, views::recovery_codes(&codes), None, None, &state),
+    match state
+        .services
+        .mfa
+        .confirm_totp(&client, &who, id, code.trim())
+        .await
+    {
+        Ok(codes) => html_page(
+            StatusCode::OK,
+            views::recovery_codes(&codes),
+            None,
+            None,
+            &state,
+        ),
         Err(AuthError::Invalid { .. }) => {
             let csrf = form.csrf.unwrap_or_default();
             let id = id.to_string();
             let fields = [("csrf", csrf.as_str()), ("factor_id", id.as_str())];
             html_page(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                views::enrol("", "", &fields, Some("That code is not right. Try the next one.")),
+                views::enrol(
+                    "",
+                    "",
+                    &fields,
+                    Some("That code is not right. Try the next one."),
+                ),
                 None,
                 None,
                 &state,
@@ -341,7 +409,10 @@ async fn confirm(
         Err(AuthError::Throttled(t)) => refused_page(
             &state,
             StatusCode::TOO_MANY_REQUESTS,
-            &format!("Too many attempts. Try again in {} seconds.", t.wait.as_secs().max(1)),
+            &format!(
+                "Too many attempts. Try again in {} seconds.",
+                t.wait.as_secs().max(1)
+            ),
         ),
         Err(e) => failure_page(&state, e),
     }

@@ -56,7 +56,7 @@ fn landing(
     let Some(token) = token_of(query) else {
         return refused_page(state, StatusCode::BAD_REQUEST, INVALID);
     };
-    let (form, new_form) = form_token(headers);
+    let (form, new_form) = form_token(state, headers);
     let fields = [("token", token.as_str()), ("csrf", form.as_str())];
     html_page(
         StatusCode::OK,
@@ -199,7 +199,7 @@ async fn reset_page(
     let Some(token) = token_of(query.as_deref()) else {
         return refused_page(&state, StatusCode::BAD_REQUEST, INVALID);
     };
-    let (form, new_form) = form_token(&headers);
+    let (form, new_form) = form_token(&state, &headers);
     let fields = [("token", token.as_str()), ("csrf", form.as_str())];
     html_page(
         StatusCode::OK,

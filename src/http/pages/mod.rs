@@ -46,19 +46,41 @@ const FORM_COOKIE: &str = "authgate_form";
 /// Where a login goes back to: an authorization request, nothing else.
 const RETURN_PREFIX: &str = "/oauth/authorize?";
 
-/// A cookie's value from the request.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+/// A cookie's value from the request. Two cookies of one name (one
+/// planted from a sibling domain or for a narrower path) are ambiguous, so
+/// neither counts.
+fn cookie<'a>(state: &AppState, headers: &'a HeaderMap, name: &'static str) -> Option<&'a str> {
+    let name = cookie_name(state, name);
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value);
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
-fn set_cookie(res: &mut Response, state: &AppState, name: &str, value: &str, max_age: Option<u64>) {
+/// The cookies' names: with `Secure`, the `__Host-` prefix, so that no
+/// sibling domain and no plain-HTTP answer can set them (RFC 6265bis).
+fn cookie_name(state: &AppState, name: &'static str) -> &'static str {
+    match (state.cookies.secure, name) {
+        (true, SESSION_COOKIE) => "__Host-authgate_sso",
+        (true, FORM_COOKIE) => "__Host-authgate_form",
+        _ => name,
+    }
+}
+
+fn set_cookie(
+    res: &mut Response,
+    state: &AppState,
+    name: &'static str,
+    value: &str,
+    max_age: Option<u64>,
+) {
+    let name = cookie_name(state, name);
     let secure = if state.cookies.secure { "; Secure" } else { "" };
     let age = max_age
         .map(|s| format!("; Max-Age={s}"))
@@ -71,8 +93,8 @@ fn set_cookie(res: &mut Response, state: &AppState, name: &str, value: &str, max
 }
 
 /// The form token of this browser, and whether it must be set.
-fn form_token(headers: &HeaderMap) -> (String, bool) {
-    match cookie(headers, FORM_COOKIE).filter(|t| t.len() == 43) {
+fn form_token(state: &AppState, headers: &HeaderMap) -> (String, bool) {
+    match cookie(state, headers, FORM_COOKIE).filter(|t| t.len() == 43) {
         Some(token) => (token.to_owned(), false),
         None => {
             let mut bytes = [0u8; 32];
@@ -86,9 +108,14 @@ fn form_token(headers: &HeaderMap) -> (String, bool) {
 /// the one in the cookie (which another site can neither read nor set),
 /// and the `Origin`, when the browser sends one, is this service's.
 fn same_site_form(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> bool {
-    let Some(expected) = cookie(headers, FORM_COOKIE) else {
+    let Some(expected) = cookie(state, headers, FORM_COOKIE) else {
         return false;
     };
+    // Why the length: an empty or short token (planted with its cookie)
+    // is none this service made.
+    if expected.len() != 43 {
+        return false;
+    }
     let token_ok = csrf.is_some_and(|given| {
         crate::crypto::same_digest(
             &sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), given))
@@ -254,7 +281,7 @@ async fn continue_flow(
     session_token: Option<&str>,
 ) -> Response {
     let oauth = &state.services.oauth;
-    let (form, new_form) = form_token(headers);
+    let (form, new_form) = form_token(state, headers);
     let session = match session_token {
         Some(token) => match oauth.browser_session(token).await {
             Ok(found) => found,
@@ -346,7 +373,7 @@ async fn authorize(
                 &headers,
                 &params,
                 request,
-                cookie(&headers, SESSION_COOKIE),
+                cookie(&state, &headers, SESSION_COOKIE),
             )
             .await
         }
@@ -392,7 +419,11 @@ async fn returning(state: &AppState, return_to: Option<&str>) -> Result<Return, 
         return Ok(Return::Account);
     }
     let Some(query) = return_to.and_then(|r| r.strip_prefix(RETURN_PREFIX)) else {
-        return Err(refused_page(state, StatusCode::BAD_REQUEST, "The request is malformed."));
+        return Err(refused_page(
+            state,
+            StatusCode::BAD_REQUEST,
+            "The request is malformed.",
+        ));
     };
     let params: AuthorizeParams = serde_urlencoded::from_str(query)
         .map_err(|_| refused_page(state, StatusCode::BAD_REQUEST, "The request is malformed."))?;
@@ -409,8 +440,20 @@ fn parse_form<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Option<
 
 /// A session opened by a form: its cookie set, back to the request.
 fn signed_in(state: &AppState, pair: &TokenPair, return_to: &str) -> Response {
+    // The query written anew, percent-encoded: what was posted may hold
+    // raw bytes no header should carry.
+    let location = match return_to.split_once('?') {
+        Some((path, query)) => {
+            let pairs = url::form_urlencoded::parse(query.as_bytes());
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish();
+            format!("{path}?{query}")
+        }
+        None => return_to.to_owned(),
+    };
     let mut res = StatusCode::SEE_OTHER.into_response();
-    if let Ok(location) = HeaderValue::from_str(return_to) {
+    if let Ok(location) = HeaderValue::from_str(&location) {
         res.headers_mut().insert(header::LOCATION, location);
     }
     set_cookie(
@@ -607,7 +650,7 @@ async fn consent(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         Ok(Err(refused)) => return refusal(&state, refused),
         Ok(Ok(request)) => request,
     };
-    let session = match cookie(&headers, SESSION_COOKIE) {
+    let session = match cookie(&state, &headers, SESSION_COOKIE) {
         Some(token) => match state.services.oauth.browser_session(token).await {
             Ok(found) => found,
             Err(e) => return failure_page(&state, e),
@@ -652,7 +695,7 @@ async fn sign_out(
     headers: &HeaderMap,
     request: &ValidLogout,
 ) -> Response {
-    let browser = cookie(headers, SESSION_COOKIE);
+    let browser = cookie(state, headers, SESSION_COOKIE);
     if let Err(e) = state.services.oauth.logout(client, browser, request).await {
         return failure_page(state, e);
     }
@@ -701,7 +744,7 @@ async fn logout_get(
     if request.hint.is_some() {
         return sign_out(&state, &client, &headers, &request).await;
     }
-    let (form, new_form) = form_token(&headers);
+    let (form, new_form) = form_token(&state, &headers);
     let mut fields: Vec<(&str, String)> = vec![("csrf", form.clone())];
     for (name, value) in [
         ("client_id", &params.client_id),
