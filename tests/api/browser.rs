@@ -235,6 +235,27 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
         .await;
     assert_eq!(app.address, base);
     let (_, authenticator) = crate::mfa::user_with_app(&app, "grace").await;
+    // The links mailed to her: the sign-up's verification, and a reset.
+    let wait = Duration::from_secs(10);
+    let verify_token = app
+        .mail
+        .wait_for("grace@example.com", wait)
+        .await
+        .link_token()
+        .expect("a verification link");
+    let res = app
+        .post_json(
+            "/auth/password/forgot",
+            &json!({"email": "grace@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let reset_token = app
+        .mail
+        .wait_for("grace@example.com", wait)
+        .await
+        .link_token()
+        .expect("a reset link");
     let redirect = "http://127.0.0.1:9/callback";
     let client = crate::clients::register_client(
         &app,
@@ -267,6 +288,8 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
         .env("OIDC_PASSWORD", PASSWORD)
         .env("OIDC_TOTP_SECRET", authenticator.secret_base32())
         .env("OIDC_TOTP_OFFSET", offset.to_string())
+        .env("OIDC_VERIFY_TOKEN", &verify_token)
+        .env("OIDC_RESET_TOKEN", &reset_token)
         .env("SCREENSHOT_DIR", &screenshots)
         .env("CHROMIUM", &tools.chromium)
         .stdin(Stdio::null())

@@ -16,6 +16,8 @@
 //   OIDC_USERNAME, OIDC_PASSWORD
 //   OIDC_TOTP_SECRET        base32; OIDC_TOTP_OFFSET: the server clock's
 //                           lead over this one, in seconds
+//   OIDC_VERIFY_TOKEN, OIDC_RESET_TOKEN  the tokens of a verification and a
+//                           reset link mailed to the user
 //   SCREENSHOT_DIR          where to save a screenshot of each page (optional)
 //   CHROMIUM                default /usr/bin/chromium
 //
@@ -55,6 +57,8 @@ const username = env('OIDC_USERNAME');
 const password = env('OIDC_PASSWORD');
 const totpSecret = env('OIDC_TOTP_SECRET');
 const totpOffset = Number(process.env.OIDC_TOTP_OFFSET || '0');
+const verifyToken = env('OIDC_VERIFY_TOKEN');
+const resetToken = env('OIDC_RESET_TOKEN');
 const screenshots = process.env.SCREENSHOT_DIR || '';
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 
@@ -165,6 +169,35 @@ try {
   step('userinfo');
   const info = await client.fetchUserInfo(config, tokens.access_token, claims.sub);
   expect(info.preferred_username === username, `preferred_username ${info.preferred_username}`);
+
+  step('the account page');
+  await page.goto(`${issuer}/account`);
+  await page.getByRole('heading', { name: 'Your account' }).waitFor();
+  expect(await page.getByText('this browser').isVisible(), 'this session is listed');
+  expect(await page.getByRole('button', { name: 'Change password' }).isVisible(), 'a password form');
+  await shot(page, 'account');
+
+  step('the verification link');
+  await page.goto(`${issuer}/auth/verify-email?token=${verifyToken}`);
+  await page.getByRole('button', { name: 'Verify my address' }).waitFor();
+  await shot(page, 'verify-email');
+  await page.getByRole('button', { name: 'Verify my address' }).click();
+  await page.getByRole('heading', { name: 'Address verified' }).waitFor();
+
+  step('the reset link');
+  await page.goto(`${issuer}/auth/password/reset?token=${resetToken}`);
+  await page.getByLabel('New password', { exact: true }).waitFor();
+  await shot(page, 'reset-password');
+
+  step('signing out');
+  await page.goto(`${issuer}/oauth/logout`);
+  await page.getByRole('button', { name: 'Sign out' }).waitFor();
+  await shot(page, 'logout');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('heading', { name: 'You are signed out' }).waitFor();
+  await page.goto(`${issuer}/account`);
+  await page.getByLabel('Username or email').waitFor();
+  expect(violations.length === 0, `no CSP violations: ${violations.join('; ')}`);
 
   console.log(
     JSON.stringify({
