@@ -101,14 +101,17 @@ pub struct ClientList {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateClientRequest {
     /// Shown to users on the consent page; 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Where codes may be sent, compared exactly: `https`, `http` on a
     /// loopback host, or an app's private-use scheme (`com.example.app:/cb`).
     /// At most 10; a public client needs one.
     #[serde(default)]
+    #[schema(max_items = 10)]
     pub redirect_uris: Vec<String>,
     /// Where RP-initiated logout may send the user back. At most 10.
     #[serde(default)]
+    #[schema(max_items = 10)]
     pub post_logout_redirect_uris: Vec<String>,
     /// What it may ask for (default `openid profile email offline_access`).
     pub scopes: Option<Vec<String>>,
