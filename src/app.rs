@@ -117,6 +117,7 @@ impl Application {
                     &config.allowed_origins,
                 )),
                 cors_origins: config.cors_origins.clone().into(),
+                pages_logo: config.pages_logo_url.as_deref().map(Into::into),
             },
             purge_interval: config.purge_interval,
             audit_retention: config.audit_retention,

@@ -276,6 +276,11 @@ pub struct Config {
     /// AUTHGATE_PUBLIC_URL.
     #[arg(long, env = "AUTHGATE_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub allowed_origins: Vec<String>,
+    /// The logo shown on the hosted pages (login, consent, account): an
+    /// https URL, or http on a loopback host. Colours: override the CSS
+    /// variables of /oauth/pages.css in front of the service.
+    #[arg(long, env = "AUTHGATE_PAGES_LOGO_URL", value_parser = parse_logo_url)]
+    pub pages_logo_url: Option<String>,
 
     /// Comma-separated origins allowed to call the API from browsers (CORS,
     /// with credentials). Empty (the default): no CORS headers at all.
@@ -582,6 +587,22 @@ fn parse_public_url(raw: &str) -> Result<String, String> {
         return Err("must not carry a query, a fragment or credentials".into());
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// The pages' logo: https, or http on the machine itself (development);
+/// the pages' policy allows images from its origin.
+fn parse_logo_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("is not a URL: {e}"))?;
+    let local = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" if url.host().is_some() => {}
+        "http" if local => {}
+        _ => return Err("must be an https:// URL (or http:// on a loopback host)".into()),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(url.as_str().to_owned())
 }
 
 fn non_empty(raw: &str) -> Result<String, String> {

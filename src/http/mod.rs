@@ -60,6 +60,8 @@ pub struct AppState {
     pub cookies: Arc<cookies::CookiePolicy>,
     /// Origins allowed by CORS; none: no CORS layer.
     pub cors_origins: Arc<[String]>,
+    /// The logo on the hosted pages (`AUTHGATE_PAGES_LOGO_URL`).
+    pub pages_logo: Option<Arc<str>>,
 }
 
 /// Request bodies larger than this are refused with 413.

@@ -171,12 +171,7 @@ async fn authorization_code(
     // A confidential client proves itself; a public one names itself, and
     // PKCE stands in for its missing secret.
     let registered = registered_client(state, client, auth).await?;
-    let Some(code) = form.code.as_deref() else {
-        return Err(AuthError::Invalid {
-            field: "code",
-            message: "code is required".into(),
-        });
-    };
+    let code = required(form.code.as_deref(), "code")?;
     let issued = state
         .services
         .oauth
@@ -195,6 +190,14 @@ async fn authorization_code(
         refresh_token: issued.refresh_token,
         id_token: issued.id_token,
         scope: issued.scope.to_string(),
+    })
+}
+
+/// A field the grant needs (`invalid_request` without it).
+fn required<'a>(value: Option<&'a str>, field: &'static str) -> Result<&'a str, AuthError> {
+    value.ok_or_else(|| AuthError::Invalid {
+        field,
+        message: format!("{field} is required"),
     })
 }
 
@@ -219,12 +222,7 @@ async fn refresh_token(
     form: &ClientTokenForm,
 ) -> Result<ClientTokenResponse, AuthError> {
     let registered = registered_client(state, client, auth).await?;
-    let Some(token) = form.refresh_token.as_deref() else {
-        return Err(AuthError::Invalid {
-            field: "refresh_token",
-            message: "refresh_token is required".into(),
-        });
-    };
+    let token = required(form.refresh_token.as_deref(), "refresh_token")?;
     // Only a session this client holds rotates here (RFC 6749 §6: the
     // token is bound to the client it was issued to).
     let pair = state

@@ -35,6 +35,7 @@ on_both_databases!(
     a_grant_is_listed_and_taken_back_with_the_clients_sessions,
     rp_initiated_logout_ends_the_browser_and_client_sessions,
     logout_without_a_hint_asks_first_and_never_redirects_elsewhere,
+    the_pages_show_the_configured_logo_and_allow_only_its_origin,
 );
 
 const REDIRECT: &str = "https://app.example.com/callback";
@@ -307,6 +308,20 @@ async fn jwks_verify(app: &TestApp, token: &str, audience: &str) -> Value {
         .claims
 }
 
+/// Waits up to four seconds for `/oauth/userinfo` to refuse `token` (an
+/// ended session is refused everywhere within a second or so).
+async fn userinfo_refused_within(app: &TestApp, token: &str, why: &str) {
+    let mut status = StatusCode::OK;
+    for _ in 0..40 {
+        status = userinfo(app, token).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
+}
+
 async fn userinfo(app: &TestApp, token: &str) -> reqwest::Response {
     app.client
         .get(app.url("/oauth/userinfo"))
@@ -411,15 +426,7 @@ async fn the_code_flow_logs_in_asks_consent_and_gives_verifiable_tokens(backend:
     // Whoever holds the client's token may give it up (RFC 7009).
     let res = app.post_form("/auth/revoke", &[("token", access)]).await;
     assert_eq!(res.status(), StatusCode::OK);
-    let mut status = StatusCode::OK;
-    for _ in 0..40 {
-        status = userinfo(&app, access).await.status();
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked");
+    userinfo_refused_within(&app, access, "revoked").await;
 }
 
 async fn consent_is_remembered_and_a_first_party_client_never_asks(backend: Backend) {
@@ -548,19 +555,7 @@ async fn a_replayed_code_fails_and_ends_what_its_first_exchange_opened(backend: 
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant");
-    let mut status = StatusCode::OK;
-    for _ in 0..40 {
-        status = userinfo(&app, access).await.status();
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "the first exchange's token ends"
-    );
+    userinfo_refused_within(&app, access, "the first exchange's token ends").await;
     let admin = app.admin_token().await;
     let audit: Value = app
         .client
@@ -950,15 +945,7 @@ async fn a_grant_is_listed_and_taken_back_with_the_clients_sessions(backend: Bac
     };
     assert_eq!(delete().await, StatusCode::NO_CONTENT);
     assert_eq!(delete().await, StatusCode::NOT_FOUND);
-    let mut status = StatusCode::OK;
-    for _ in 0..40 {
-        status = userinfo(&app, access).await.status();
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "the client's token ends");
+    userinfo_refused_within(&app, access, "the client's token ends").await;
     let res = refresh_at(&app, &client, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let listed: Value = app
@@ -1035,19 +1022,7 @@ async fn rp_initiated_logout_ends_the_browser_and_client_sessions(backend: Backe
         !browser.cookies.contains_key("authgate_sso"),
         "cookie cleared"
     );
-    let mut status = StatusCode::OK;
-    for _ in 0..40 {
-        status = userinfo(&app, access).await.status();
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "the client's session ended"
-    );
+    userinfo_refused_within(&app, access, "the client's session ended").await;
     // The browser must sign in again.
     let again = browser
         .get(&authorize_path(&client.id, "openid", &[]))
@@ -1096,4 +1071,33 @@ async fn logout_without_a_hint_asks_first_and_never_redirects_elsewhere(backend:
         .await;
     assert_eq!(elsewhere.status, StatusCode::BAD_REQUEST);
     assert!(elsewhere.location.is_none());
+}
+
+async fn the_pages_show_the_configured_logo_and_allow_only_its_origin(backend: Backend) {
+    let app = spawn()
+        .arg("--pages-logo-url", "https://cdn.example.com/brand/logo.svg")
+        .spawn(backend)
+        .await;
+    let client = register(&app, json!({})).await;
+    let mut browser = Browser::new(&app);
+    let login = browser
+        .get(&authorize_path(&client.id, "openid", &[]))
+        .await;
+    assert!(
+        login
+            .body
+            .contains(r#"<img class="logo" src="https://cdn.example.com/brand/logo.svg" alt="">"#),
+        "{}",
+        login.body
+    );
+    let csp = login.csp.unwrap();
+    assert!(
+        csp.contains("img-src 'self' https://cdn.example.com;"),
+        "{csp}"
+    );
+    // Without the setting, no logo and images from this origin only.
+    let plain = spawn().spawn(backend).await;
+    let page = Browser::new(&plain).get("/account").await;
+    assert!(!page.body.contains("<img"));
+    assert!(page.csp.unwrap().contains("img-src 'self';"));
 }

@@ -14,8 +14,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{
-    SESSION_COOKIE, cookie, failure_page, form_token, html_page, parse_form, refused_page,
-    same_site_form, views,
+    SESSION_COOKIE, cookie, failure_page, form_token, html_page, own_form, refused_page, views,
 };
 use crate::{
     auth::{AuthError, sessions::Authenticated},
@@ -189,20 +188,7 @@ async fn posted(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(AccountForm, Authenticated), Response> {
-    let Some(form) = parse_form::<AccountForm>(body) else {
-        return Err(refused_page(
-            state,
-            StatusCode::BAD_REQUEST,
-            "The form is malformed.",
-        ));
-    };
-    if !same_site_form(state, headers, form.csrf.as_deref()) {
-        return Err(refused_page(
-            state,
-            StatusCode::FORBIDDEN,
-            "The form expired. Go back and try again.",
-        ));
-    }
+    let form: AccountForm = own_form(state, headers, body).map_err(|res| *res)?;
     match caller(state, headers).await? {
         Some(who) => Ok((form, who)),
         None => Err(sign_in_first(state, headers)),

@@ -12,7 +12,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{form_token, html_page, parse_form, refused_page, same_site_form, views};
+use super::{form_token, html_page, own_form, refused_page, views};
 use crate::{
     auth::AuthError,
     http::{AppState, extract::ClientInfo},
@@ -67,25 +67,6 @@ fn landing(
     )
 }
 
-/// A link form's token, if the form is this site's own.
-fn posted(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<LinkForm, Box<Response>> {
-    let Some(form) = parse_form::<LinkForm>(body) else {
-        return Err(Box::new(refused_page(
-            state,
-            StatusCode::BAD_REQUEST,
-            "The form is malformed.",
-        )));
-    };
-    if !same_site_form(state, headers, form.csrf.as_deref()) {
-        return Err(Box::new(refused_page(
-            state,
-            StatusCode::FORBIDDEN,
-            "The form expired. Open the link again.",
-        )));
-    }
-    Ok(form)
-}
-
 /// What a spent (or refused) link shows.
 fn outcome(
     state: &AppState,
@@ -135,7 +116,7 @@ async fn verify_email(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match posted(&state, &headers, &body) {
+    let form: LinkForm = match own_form(&state, &headers, &body) {
         Ok(form) => form,
         Err(res) => return *res,
     };
@@ -173,7 +154,7 @@ async fn confirm_email(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match posted(&state, &headers, &body) {
+    let form: LinkForm = match own_form(&state, &headers, &body) {
         Ok(form) => form,
         Err(res) => return *res,
     };
@@ -216,7 +197,7 @@ async fn reset(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match posted(&state, &headers, &body) {
+    let form: LinkForm = match own_form(&state, &headers, &body) {
         Ok(form) => form,
         Err(res) => return *res,
     };

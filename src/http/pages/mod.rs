@@ -138,7 +138,7 @@ fn same_site_form(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> 
 /// forms posting here, and (after a form) the redirect to `redirect_uri`.
 fn html_page(
     status: StatusCode,
-    markup: maud::Markup,
+    page: views::Page,
     redirect_uri: Option<&str>,
     form: Option<(&str, bool)>,
     state: &AppState,
@@ -153,11 +153,17 @@ fn html_page(
         })
         .map(|o| format!(" {o}"))
         .unwrap_or_default();
+    // The logo may live elsewhere: its origin, and no other, may serve images.
+    let logo = state.pages_logo.as_deref();
+    let logo_origin = logo
+        .and_then(|u| url::Url::parse(u).ok())
+        .map(|u| format!(" {}", u.origin().ascii_serialization()))
+        .unwrap_or_default();
     let policy = format!(
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'{target}; \
-         frame-ancestors 'none'; base-uri 'none'"
+        "default-src 'none'; style-src 'self'; img-src 'self'{logo_origin}; \
+         form-action 'self'{target}; frame-ancestors 'none'; base-uri 'none'"
     );
-    let mut res = (status, Html(markup.into_string())).into_response();
+    let mut res = (status, Html(page.render(logo).into_string())).into_response();
     if let Ok(value) = HeaderValue::from_str(&policy) {
         res.headers_mut()
             .insert(header::CONTENT_SECURITY_POLICY, value);
@@ -434,8 +440,37 @@ async fn returning(state: &AppState, return_to: Option<&str>) -> Result<Return, 
     }
 }
 
-fn parse_form<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Option<T> {
+fn parse_form<T: serde::de::DeserializeOwned>(body: &Bytes) -> Option<T> {
     serde_urlencoded::from_bytes(body).ok()
+}
+
+/// A form of these pages posted from this site: parsed, its CSRF token
+/// checked ([`same_site_form`]); else the page that says why.
+fn own_form<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, Box<Response>> {
+    #[derive(Deserialize)]
+    struct Token {
+        csrf: Option<String>,
+    }
+    let (Some(form), Some(Token { csrf })) = (parse_form::<T>(body), parse_form::<Token>(body))
+    else {
+        return Err(Box::new(refused_page(
+            state,
+            StatusCode::BAD_REQUEST,
+            "The form is malformed.",
+        )));
+    };
+    if !same_site_form(state, headers, csrf.as_deref()) {
+        return Err(Box::new(refused_page(
+            state,
+            StatusCode::FORBIDDEN,
+            "The form expired. Go back and try again.",
+        )));
+    }
+    Ok(form)
 }
 
 /// A session opened by a form: its cookie set, back to the request.
@@ -473,16 +508,10 @@ async fn login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = parse_form::<LoginForm>(&body) else {
-        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    let form: LoginForm = match own_form(&state, &headers, &body) {
+        Ok(form) => form,
+        Err(res) => return *res,
     };
-    if !same_site_form(&state, &headers, form.csrf.as_deref()) {
-        return refused_page(
-            &state,
-            StatusCode::FORBIDDEN,
-            "The form expired. Go back and try again.",
-        );
-    }
     let target = match returning(&state, form.return_to.as_deref()).await {
         Ok(r) => r,
         Err(res) => return res,
@@ -547,16 +576,10 @@ async fn mfa(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = parse_form::<LoginForm>(&body) else {
-        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    let form: LoginForm = match own_form(&state, &headers, &body) {
+        Ok(form) => form,
+        Err(res) => return *res,
     };
-    if !same_site_form(&state, &headers, form.csrf.as_deref()) {
-        return refused_page(
-            &state,
-            StatusCode::FORBIDDEN,
-            "The form expired. Go back and try again.",
-        );
-    }
     let target = match returning(&state, form.return_to.as_deref()).await {
         Ok(r) => r,
         Err(res) => return res,
@@ -629,22 +652,15 @@ async fn mfa(
 struct ConsentForm {
     #[serde(flatten)]
     params: AuthorizeParams,
-    csrf: Option<String>,
     decision: Option<String>,
 }
 
 /// `POST /oauth/consent`: Allow or Deny.
 async fn consent(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(form) = parse_form::<ConsentForm>(&body) else {
-        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    let form: ConsentForm = match own_form(&state, &headers, &body) {
+        Ok(form) => form,
+        Err(res) => return *res,
     };
-    if !same_site_form(&state, &headers, form.csrf.as_deref()) {
-        return refused_page(
-            &state,
-            StatusCode::FORBIDDEN,
-            "The form expired. Go back and try again.",
-        );
-    }
     let request = match state.services.oauth.check_authorize(&form.params).await {
         Err(e) => return failure_page(&state, e),
         Ok(Err(refused)) => return refusal(&state, refused),
@@ -769,7 +785,6 @@ async fn logout_get(
 struct LogoutForm {
     #[serde(flatten)]
     params: LogoutParams,
-    csrf: Option<String>,
 }
 
 /// `POST /oauth/logout`: the confirmation's form.
@@ -779,16 +794,10 @@ async fn logout_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = parse_form::<LogoutForm>(&body) else {
-        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    let form: LogoutForm = match own_form(&state, &headers, &body) {
+        Ok(form) => form,
+        Err(res) => return *res,
     };
-    if !same_site_form(&state, &headers, form.csrf.as_deref()) {
-        return refused_page(
-            &state,
-            StatusCode::FORBIDDEN,
-            "The form expired. Go back and try again.",
-        );
-    }
     let request = match state.services.oauth.check_logout(&form.params).await {
         Err(e) => return failure_page(&state, e),
         Ok(Err(why)) => return refused_page(&state, StatusCode::BAD_REQUEST, &why),

@@ -6,20 +6,40 @@ use maud::{DOCTYPE, Markup, html};
 /// The hidden fields a form carries back: the CSRF token and its context.
 pub type Hidden<'a> = &'a [(&'a str, &'a str)];
 
-fn page(title: &str, body: Markup) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · authgate" }
-                link rel="stylesheet" href="/oauth/pages.css";
-            }
-            body {
-                main {
-                    h1 { (title) }
-                    (body)
+/// A page's title and body, put in the shell (head, stylesheet, logo) when
+/// it is sent.
+pub struct Page {
+    title: String,
+    body: Markup,
+}
+
+fn page(title: &str, body: Markup) -> Page {
+    Page {
+        title: title.to_owned(),
+        body,
+    }
+}
+
+impl Page {
+    /// The whole document, with the deployment's logo above the title.
+    pub fn render(self, logo: Option<&str>) -> Markup {
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (self.title) " · authgate" }
+                    link rel="stylesheet" href="/oauth/pages.css";
+                }
+                body {
+                    main {
+                        @if let Some(logo) = logo {
+                            img.logo src=(logo) alt="";
+                        }
+                        h1 { (self.title) }
+                        (self.body)
+                    }
                 }
             }
         }
@@ -43,7 +63,7 @@ fn error(message: Option<&str>) -> Markup {
 }
 
 /// The login form, for `client_name`.
-pub fn login(client_name: &str, fields: Hidden, message: Option<&str>, login: &str) -> Markup {
+pub fn login(client_name: &str, fields: Hidden, message: Option<&str>, login: &str) -> Page {
     page(
         "Sign in",
         html! {
@@ -64,7 +84,7 @@ pub fn login(client_name: &str, fields: Hidden, message: Option<&str>, login: &s
 }
 
 /// The second step: a code from the authenticator app, or a recovery code.
-pub fn mfa(fields: Hidden, message: Option<&str>) -> Markup {
+pub fn mfa(fields: Hidden, message: Option<&str>) -> Page {
     page(
         "Two-step verification",
         html! {
@@ -93,7 +113,7 @@ fn describe_scope(scope: &str) -> String {
 }
 
 /// The consent page.
-pub fn consent(client_name: &str, user: &str, scopes: &[String], fields: Hidden) -> Markup {
+pub fn consent(client_name: &str, user: &str, scopes: &[String], fields: Hidden) -> Page {
     page(
         "Allow access?",
         html! {
@@ -116,7 +136,7 @@ pub fn consent(client_name: &str, user: &str, scopes: &[String], fields: Hidden)
 }
 
 /// Asks before signing out (a link alone must not sign anyone out).
-pub fn logout_confirm(client_name: Option<&str>, fields: Hidden) -> Markup {
+pub fn logout_confirm(client_name: Option<&str>, fields: Hidden) -> Page {
     page(
         "Sign out?",
         html! {
@@ -134,7 +154,7 @@ pub fn logout_confirm(client_name: Option<&str>, fields: Hidden) -> Markup {
 }
 
 /// After signing out, when no application asked to have the browser back.
-pub fn signed_out() -> Markup {
+pub fn signed_out() -> Page {
     page(
         "You are signed out",
         html! {
@@ -145,7 +165,7 @@ pub fn signed_out() -> Markup {
 
 /// A mailed link's landing page: one button spends the link (a mail
 /// scanner that opens the link spends nothing).
-pub fn link(title: &str, intro: &str, action: &str, button: &str, fields: Hidden) -> Markup {
+pub fn link(title: &str, intro: &str, action: &str, button: &str, fields: Hidden) -> Page {
     page(
         title,
         html! {
@@ -159,7 +179,7 @@ pub fn link(title: &str, intro: &str, action: &str, button: &str, fields: Hidden
 }
 
 /// The reset link's page: the new password, twice.
-pub fn new_password(fields: Hidden, message: Option<&str>) -> Markup {
+pub fn new_password(fields: Hidden, message: Option<&str>) -> Page {
     page(
         "Choose a new password",
         html! {
@@ -180,7 +200,7 @@ pub fn new_password(fields: Hidden, message: Option<&str>) -> Markup {
 }
 
 /// A plain message.
-pub fn done(title: &str, message: &str) -> Markup {
+pub fn done(title: &str, message: &str) -> Page {
     page(
         title,
         html! {
@@ -218,7 +238,7 @@ pub struct AccountView<'a> {
 }
 
 /// `/account`: the profile, the sessions, the password, the second factors.
-pub fn account(view: &AccountView) -> Markup {
+pub fn account(view: &AccountView) -> Page {
     let csrf = [("csrf", view.csrf)];
     page(
         "Your account",
@@ -298,7 +318,7 @@ pub fn account(view: &AccountView) -> Markup {
 
 /// The enrolment of an authenticator app: the QR code, the secret, and the
 /// first code.
-pub fn enrol(qr_svg: &str, secret: &str, fields: Hidden, message: Option<&str>) -> Markup {
+pub fn enrol(qr_svg: &str, secret: &str, fields: Hidden, message: Option<&str>) -> Page {
     page(
         "Set up an authenticator app",
         html! {
@@ -318,7 +338,7 @@ pub fn enrol(qr_svg: &str, secret: &str, fields: Hidden, message: Option<&str>) 
 }
 
 /// The recovery codes, shown once.
-pub fn recovery_codes(codes: &[String]) -> Markup {
+pub fn recovery_codes(codes: &[String]) -> Page {
     page(
         "Keep your recovery codes",
         html! {
@@ -330,7 +350,7 @@ pub fn recovery_codes(codes: &[String]) -> Markup {
 }
 
 /// A request that cannot go back to where it came from.
-pub fn refused(message: &str) -> Markup {
+pub fn refused(message: &str) -> Page {
     page(
         "This request cannot be completed",
         html! {
@@ -373,6 +393,7 @@ ul.sessions li { display: flex; align-items: center; justify-content: space-betw
   padding: .4rem 0; border-bottom: 1px solid var(--ag-border); font-size: .9rem; }
 button.small { width: auto; margin: 0; padding: .3rem .7rem; font-size: .85rem; }
 .notice { color: var(--ag-text); font-weight: 600; }
+.logo { display: block; max-height: 48px; max-width: 100%; margin: 0 auto 1rem; }
 .qr svg { width: 200px; height: 200px; display: block; margin: 0 auto; }
 .secret { text-align: center; word-break: break-all; }
 ul.codes { columns: 2; font-family: monospace; }
