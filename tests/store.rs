@@ -9,11 +9,12 @@ use authgate::{
     config::DatabaseUrl,
     domain::{Email, Role, Roles, Username},
     store::{
-        self, Added, Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, Ceremony,
-        CeremonyPurpose, Effects, Factor, FactorKind, FlowPurpose, KeyGuard, MailStatus,
-        NewChallenge, NewFlowToken, NewSession, NewUser, OAuthClient, OutboxMail, ProvedFactor,
-        Redeemed, Redemption, RefreshRequest, RevokeReason, Rotation, SessionAuth, Store,
-        StoreError, StoredKey, StoredPasskey, UserChanges, UserFilter,
+        self, Added, Attempt, AuditContext, AuditFilter, AuditKind, AuditRecord, AuthorizationCode,
+        Ceremony, CeremonyPurpose, CodeCheck, CodeRedemption, Effects, Factor, FactorKind,
+        FlowPurpose, KeyGuard, MailStatus, NewChallenge, NewClientSession, NewFlowToken,
+        NewSession, NewUser, OAuthClient, OutboxMail, ProvedFactor, Redeemed, Redemption,
+        RefreshRequest, RevokeReason, Rotation, SessionAuth, Store, StoreError, StoredKey,
+        StoredPasskey, UserChanges, UserFilter,
     },
 };
 use common::{Backend, TestDb};
@@ -138,6 +139,10 @@ on_both_databases!(
     a_session_resting_on_a_factor_opens_only_while_the_factor_is_there,
     a_client_reads_back_whole_and_its_id_is_unique,
     a_client_is_deleted_once_with_its_effects,
+    a_code_is_redeemed_once_and_a_replay_ends_the_session_it_opened,
+    of_racing_redemptions_of_one_code_exactly_one_opens_a_session,
+    a_code_dies_with_its_browser_session_and_fails_its_check_used_up,
+    a_grant_is_saved_listed_and_revoked_with_the_clients_sessions,
 );
 
 async fn a_created_user_reads_back_identically_by_id_username_and_email(backend: Backend) {
@@ -3745,4 +3750,264 @@ async fn a_client_is_deleted_once_with_its_effects(backend: Backend) {
     let events = every_audit_event(&store).await;
     assert_eq!(events.len(), 1, "only the real deletion is recorded");
     assert_eq!(events[0].kind, AuditKind::ClientDeleted);
+}
+
+/// A user with a live browser session and a registered client: the user,
+/// the session, the client.
+async fn signed_in_with_client(store: &Arc<dyn Store>, name: &str) -> (Uuid, Uuid, OAuthClient) {
+    let user = user_id(store, name).await;
+    let browser = session_for(user, 1, Duration::hours(1));
+    assert!(
+        store
+            .create_session(&browser, &Default::default())
+            .await
+            .unwrap()
+    );
+    let client = oauth_client("AAAAAAAAAAAAAAAAAAAAAA", Some([9; 32]));
+    store
+        .add_client(&client, &Default::default())
+        .await
+        .unwrap();
+    (user, browser.id, client)
+}
+
+fn code_for(user_id: Uuid, hash: u8) -> AuthorizationCode {
+    let now = clock::now();
+    AuthorizationCode {
+        code_hash: [hash; 32],
+        client_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+        user_id,
+        redirect_uri: "https://app.example.com/callback".into(),
+        scope: "openid".into(),
+        nonce: Some("n".into()),
+        code_challenge: "c".repeat(43),
+        created_at: now,
+        expires_at: now + Duration::seconds(60),
+    }
+}
+
+fn client_session(refresh: u8) -> NewClientSession {
+    let now = clock::now();
+    NewClientSession {
+        id: Uuid::now_v7(),
+        created_at: now,
+        expires_at: now + Duration::hours(1),
+        refresh_hash: [refresh; 32],
+        refresh_expires_at: now + Duration::hours(1),
+        user_agent: None,
+        ip: None,
+    }
+}
+
+fn passes() -> CodeCheck {
+    Arc::new(|_| true)
+}
+
+async fn a_code_is_redeemed_once_and_a_replay_ends_the_session_it_opened(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let (user, browser, _) = signed_in_with_client(&store, "ivy").await;
+    let code = code_for(user, 7);
+    assert!(store.add_code(&code, browser).await.unwrap());
+    let opened = client_session(8);
+    let now = clock::now();
+    let redeemed = store
+        .redeem_code(&code.code_hash, now, passes(), &opened, &Default::default())
+        .await
+        .unwrap();
+    let CodeRedemption::Redeemed(issued) = redeemed else {
+        panic!("expected a redemption, got {redeemed:?}");
+    };
+    assert_eq!(issued.code, code);
+    // The browser session's authentication comes with the code.
+    assert_eq!(issued.auth.level, "aal1");
+    assert_eq!(
+        store
+            .session_user(opened.id, now)
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(user)
+    );
+
+    let again = store
+        .redeem_code(
+            &code.code_hash,
+            now,
+            passes(),
+            &client_session(9),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, CodeRedemption::Replayed);
+    assert_eq!(
+        store.session_user(opened.id, now).await.unwrap(),
+        None,
+        "ended"
+    );
+    // The browser's own session is not the client's: it goes on.
+    assert!(store.session_user(browser, now).await.unwrap().is_some());
+    let unknown = store
+        .redeem_code(
+            &[1; 32],
+            now,
+            passes(),
+            &client_session(10),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown, CodeRedemption::Invalid);
+}
+
+async fn of_racing_redemptions_of_one_code_exactly_one_opens_a_session(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let (user, browser, _) = signed_in_with_client(&store, "jon").await;
+    let code = code_for(user, 7);
+    assert!(store.add_code(&code, browser).await.unwrap());
+    let tasks = (0..8u8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .redeem_code(
+                    &[7; 32],
+                    clock::now(),
+                    passes(),
+                    &client_session(20 + i),
+                    &Default::default(),
+                )
+                .await
+                .unwrap()
+        })
+    });
+    let outcomes: Vec<CodeRedemption> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let redeemed = outcomes
+        .iter()
+        .filter(|o| matches!(o, CodeRedemption::Redeemed(_)))
+        .count();
+    assert_eq!(redeemed, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, CodeRedemption::Redeemed(_) | CodeRedemption::Replayed)),
+        "{outcomes:?}"
+    );
+}
+
+async fn a_code_dies_with_its_browser_session_and_fails_its_check_used_up(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let (user, browser, _) = signed_in_with_client(&store, "kai").await;
+    let now = clock::now();
+    // A check that fails uses the code up all the same.
+    let refused = code_for(user, 3);
+    assert!(store.add_code(&refused, browser).await.unwrap());
+    let fails: CodeCheck = Arc::new(|_| false);
+    let outcome = store
+        .redeem_code(
+            &[3; 32],
+            now,
+            fails,
+            &client_session(30),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, CodeRedemption::Refused);
+    let outcome = store
+        .redeem_code(
+            &[3; 32],
+            now,
+            passes(),
+            &client_session(31),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, CodeRedemption::Replayed);
+
+    let code = code_for(user, 4);
+    assert!(store.add_code(&code, browser).await.unwrap());
+    store
+        .revoke_user_sessions(
+            user,
+            None,
+            RevokeReason::LogoutAll,
+            now,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let outcome = store
+        .redeem_code(
+            &[4; 32],
+            now,
+            passes(),
+            &client_session(32),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CodeRedemption::Invalid,
+        "the browser session ended"
+    );
+    // And no code is issued for an ended session.
+    assert!(!store.add_code(&code_for(user, 5), browser).await.unwrap());
+}
+
+async fn a_grant_is_saved_listed_and_revoked_with_the_clients_sessions(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let (user, browser, client) = signed_in_with_client(&store, "lux").await;
+    let now = clock::now();
+    assert_eq!(store.grant(user, &client.id).await.unwrap(), None);
+    store
+        .save_grant(user, &client.id, "openid", now)
+        .await
+        .unwrap();
+    store
+        .save_grant(user, &client.id, "email openid", now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.grant(user, &client.id).await.unwrap().as_deref(),
+        Some("email openid")
+    );
+    let grants = store.grants(user).await.unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].client_name, client.name);
+
+    let code = code_for(user, 6);
+    assert!(store.add_code(&code, browser).await.unwrap());
+    let opened = client_session(40);
+    store
+        .redeem_code(&[6; 32], now, passes(), &opened, &Default::default())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .revoke_grant(user, &client.id, now, &Default::default())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.grant(user, &client.id).await.unwrap(), None);
+    assert_eq!(
+        store.session_user(opened.id, now).await.unwrap(),
+        None,
+        "the client's session ended"
+    );
+    assert!(
+        store.session_user(browser, now).await.unwrap().is_some(),
+        "the browser's goes on"
+    );
+    assert!(
+        !store
+            .revoke_grant(user, &client.id, now, &Default::default())
+            .await
+            .unwrap()
+    );
 }

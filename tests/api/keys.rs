@@ -475,11 +475,18 @@ async fn scheduled_rotation_adds_one_key_however_many_instances_are_due(backend:
     }
     let (ra, rb) = tokio::join!(keys[0].rotate_if_due(), keys[1].rotate_if_due());
     let added: Vec<String> = [ra.unwrap(), rb.unwrap()].into_iter().flatten().collect();
-    assert_eq!(added.len(), 1, "{added:?}");
+    // An instance's own maintenance task may have been first (it runs as
+    // the instance starts, and a loaded machine may run it only after the
+    // clocks moved): then neither call adds one. Never both.
+    assert!(added.len() <= 1, "{added:?}");
     keys[0].reload().await.unwrap();
     let list = keys_list(&a, &a.admin_token().await).await;
-    assert_eq!(list.len(), 2);
-    assert_eq!(state_of(&list, &added[0]), "standby");
+    assert_eq!(list.len(), 2, "one key added in all: {list:?}");
+    let standby: Vec<&Value> = list.iter().filter(|k| k["state"] == "standby").collect();
+    assert_eq!(standby.len(), 1, "{list:?}");
+    if let Some(kid) = added.first() {
+        assert_eq!(state_of(&list, kid), "standby");
+    }
     assert_eq!(keys[1].rotate_if_due().await.unwrap(), None);
 }
 
