@@ -25,7 +25,7 @@ use crate::{
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(token))
+        .routes(routes!(oauth_token))
         .routes(routes!(userinfo_get, userinfo_post))
 }
 
@@ -268,7 +268,7 @@ async fn refresh_token(
         (status = 503, description = "The database is unavailable; retry after Retry-After", body = OAuthError),
     )
 )]
-async fn token(
+async fn oauth_token(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
