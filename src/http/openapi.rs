@@ -472,6 +472,16 @@ mod tests {
     }
 
     #[test]
+    fn every_operation_id_is_unique() {
+        let doc = document();
+        let mut seen = std::collections::HashSet::new();
+        for (name, op) in operations(&doc) {
+            let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+            assert!(seen.insert(id.clone()), "{name}: operationId {id} is taken");
+        }
+    }
+
+    #[test]
     fn every_error_answer_is_a_problem_document_or_an_oauth_error() {
         let doc = document();
         for (name, op) in operations(&doc) {
