@@ -16,8 +16,10 @@ use crate::{
     crypto::{refresh, same_digest},
     domain::{ClientName, RedirectUri, Scopes},
     limits::{Key, RateLimiter, client_bucket},
-    store::{AuditKind, Effects, OAuthClient, OAuthStore, StoreError},
+    store::{AuditKind, Effects, OAuthStore, StoreError},
 };
+
+pub use crate::store::OAuthClient;
 
 /// The most redirect URIs of either kind one client may register.
 pub const MAX_REDIRECT_URIS: usize = 10;

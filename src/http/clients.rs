@@ -15,10 +15,7 @@ use super::{
     error::{AppError, AppResult, FieldError, Problem},
     extract::{Admin, ApiJson, ClientInfo, RequireRole},
 };
-use crate::{
-    auth::clients::{ClientRequest, CreatedClient},
-    store::OAuthClient,
-};
+use crate::auth::clients::{ClientRequest, CreatedClient, OAuthClient};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -206,7 +206,7 @@ async fn registered_client(
     state: &AppState,
     client: &Client,
     auth: ClientAuth,
-) -> Result<crate::store::OAuthClient, AuthError> {
+) -> Result<crate::auth::clients::OAuthClient, AuthError> {
     let clients = &state.services.clients;
     match auth {
         ClientAuth::Secret { id, secret } => clients.authenticate(client, &id, &secret).await,
