@@ -20,10 +20,13 @@ use crate::{
     crypto::refresh,
     domain::{Scope, Scopes, User},
     store::{
-        AuditKind, AuthorizationCode, CodeRedemption, Effects, LiveRefreshToken, NewClientSession,
-        OAuthClient, Store,
+        AuditKind, AuthorizationCode, CodeRedemption, Effects, NewClientSession, OAuthClient, Store,
     },
 };
+
+/// A browser's session on the hosted pages: the live session its cookie
+/// names.
+pub use crate::store::LiveRefreshToken as BrowserSession;
 
 /// How long an authorization code lives (RFC 6749 §4.1.2: at most ten
 /// minutes; one is plenty for a redirect and a back-channel call).
@@ -299,17 +302,8 @@ impl OAuth {
 
     /// The browser's session on the hosted pages, from its cookie: the
     /// refresh token of a live session, which the pages never rotate.
-    pub async fn browser_session(&self, token: &str) -> AuthResult<Option<LiveRefreshToken>> {
-        if !refresh::looks_valid(token) {
-            return Ok(None);
-        }
-        // Only a session of the service's own: a client's refresh token in
-        // the cookie opens nothing.
-        Ok(self
-            .store
-            .refresh_token_session(&refresh::hash(token), self.clock.now())
-            .await?
-            .filter(|live| live.client_id.is_none()))
+    pub async fn browser_session(&self, token: &str) -> AuthResult<Option<BrowserSession>> {
+        self.sessions.browser_session(token).await
     }
 
     /// Whether the user must be asked: not for a first-party client, nor
@@ -488,7 +482,7 @@ impl OAuth {
     /// A code for the request, for the browser's session `session`.
     pub async fn issue_code(
         &self,
-        session: &LiveRefreshToken,
+        session: &BrowserSession,
         request: &ValidAuthorize,
     ) -> AuthResult<String> {
         let now = self.clock.now();

@@ -20,8 +20,8 @@ use crate::{
     domain::User,
     limits::{Key, Quota, RateLimiter, client_bucket},
     store::{
-        AuditKind, Effects, NewSession, ProvedFactor, RefreshRequest, RevokeReason, Rotation,
-        SessionAuth, SessionStore,
+        AuditKind, Effects, LiveRefreshToken, NewSession, ProvedFactor, RefreshRequest,
+        RevokeReason, Rotation, SessionAuth, SessionStore,
     },
 };
 
@@ -546,23 +546,32 @@ impl Sessions {
         Ok(who)
     }
 
+    /// The live session a browser's cookie on the hosted pages names (its
+    /// refresh token, never rotated there). Only a session of the
+    /// service's own: a client's refresh token in the cookie opens nothing.
+    pub async fn browser_session(
+        &self,
+        refresh_token: &str,
+    ) -> AuthResult<Option<LiveRefreshToken>> {
+        if !refresh::looks_valid(refresh_token) {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .refresh_token_session(&refresh::hash(refresh_token), self.clock.now())
+            .await?
+            .filter(|live| live.client_id.is_none()))
+    }
+
     /// The caller behind a browser's session on the hosted pages (its
     /// refresh token, kept in a cookie and never rotated there): the live
     /// session, the service's own only, described as an access token of it
     /// would be. `None` if there is no such session.
     pub async fn browser_caller(&self, refresh_token: &str) -> AuthResult<Option<Authenticated>> {
-        if !refresh::looks_valid(refresh_token) {
-            return Ok(None);
-        }
-        let now = self.clock.now();
-        let Some(live) = self
-            .store
-            .refresh_token_session(&refresh::hash(refresh_token), now)
-            .await?
-            .filter(|live| live.client_id.is_none())
-        else {
+        let Some(live) = self.browser_session(refresh_token).await? else {
             return Ok(None);
         };
+        let now = self.clock.now();
         let iat = now.unix_timestamp();
         let claims = AccessClaims {
             iss: self.tokens.issuer().to_owned(),

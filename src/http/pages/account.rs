@@ -195,6 +195,11 @@ async fn posted(
     }
 }
 
+/// An id a form carries (of a session, of a factor).
+fn form_id(raw: Option<&str>) -> Option<Uuid> {
+    raw.and_then(|s| Uuid::parse_str(s).ok())
+}
+
 /// `POST /account/sessions/end`: signs one session out.
 async fn end_session(
     State(state): State<AppState>,
@@ -206,11 +211,7 @@ async fn end_session(
         Ok(posted) => posted,
         Err(res) => return res,
     };
-    let Some(id) = form
-        .session_id
-        .as_deref()
-        .and_then(|s| Uuid::parse_str(s).ok())
-    else {
+    let Some(id) = form_id(form.session_id.as_deref()) else {
         return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
     };
     match state.services.sessions.end(&who, &client, id).await {
@@ -349,11 +350,7 @@ async fn confirm(
         Ok(posted) => posted,
         Err(res) => return res,
     };
-    let Some(id) = form
-        .factor_id
-        .as_deref()
-        .and_then(|s| Uuid::parse_str(s).ok())
-    else {
+    let Some(id) = form_id(form.factor_id.as_deref()) else {
         return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
     };
     let code = form.code.unwrap_or_default();

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{form_token, html_page, own_form, refused_page, views};
 use crate::{
-    auth::AuthError,
+    auth::{AuthError, Client},
     http::{AppState, extract::ClientInfo},
 };
 
@@ -46,18 +46,68 @@ fn token_of(query: Option<&str>) -> Option<String> {
 
 const INVALID: &str = "This link is invalid, expired or used. Ask for a new one.";
 
-/// A landing page with one button that posts the token to `action`.
+/// A link whose page has one button: it spends the link as it is.
+#[derive(Clone, Copy)]
+enum OneButton {
+    VerifyEmail,
+    ConfirmEmail,
+}
+
+impl OneButton {
+    /// The page's title, text, form action and button.
+    fn page(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            OneButton::VerifyEmail => (
+                "Verify your email address",
+                "Confirm that this address is yours.",
+                "/oauth/verify-email",
+                "Verify my address",
+            ),
+            OneButton::ConfirmEmail => (
+                "Confirm your new email address",
+                "Your account's address changes to this one when you confirm.",
+                "/oauth/email-confirm",
+                "Confirm the new address",
+            ),
+        }
+    }
+
+    /// What the page says once the link is spent.
+    fn done(self) -> (&'static str, &'static str) {
+        match self {
+            OneButton::VerifyEmail => (
+                "Address verified",
+                "Your email address is verified. You can close this window.",
+            ),
+            OneButton::ConfirmEmail => (
+                "Address changed",
+                "Your account now uses this email address.",
+            ),
+        }
+    }
+
+    async fn spend(self, state: &AppState, token: &str, client: &Client) -> Result<(), AuthError> {
+        let flows = &state.services.flows;
+        match self {
+            OneButton::VerifyEmail => flows.verify_email(token, client).await.map(|_| ()),
+            OneButton::ConfirmEmail => flows.confirm_email_change(token, client).await.map(|_| ()),
+        }
+    }
+}
+
+/// The link's landing page: its button posts the token.
 fn landing(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
-    (title, intro, action, button): (&str, &str, &str, &str),
+    link: OneButton,
 ) -> Response {
     let Some(token) = token_of(query) else {
         return refused_page(state, StatusCode::BAD_REQUEST, INVALID);
     };
     let (form, new_form) = form_token(state, headers);
     let fields = [("token", token.as_str()), ("csrf", form.as_str())];
+    let (title, intro, action, button) = link.page();
     html_page(
         StatusCode::OK,
         views::link(title, intro, action, button, &fields),
@@ -65,6 +115,25 @@ fn landing(
         Some((&form, new_form)),
         state,
     )
+}
+
+/// The button's post: the link spent, or why not.
+async fn spend(
+    state: &AppState,
+    client: &Client,
+    headers: &HeaderMap,
+    body: &Bytes,
+    link: OneButton,
+) -> Response {
+    let form: LinkForm = match own_form(state, headers, body) {
+        Ok(form) => form,
+        Err(res) => return *res,
+    };
+    let result = link
+        .spend(state, form.token.as_deref().unwrap_or_default(), client)
+        .await;
+    let (title, message) = link.done();
+    outcome(state, result, title, message)
 }
 
 /// What a spent (or refused) link shows.
@@ -97,17 +166,7 @@ async fn verify_email_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    landing(
-        &state,
-        &headers,
-        query.as_deref(),
-        (
-            "Verify your email address",
-            "Confirm that this address is yours.",
-            "/oauth/verify-email",
-            "Verify my address",
-        ),
-    )
+    landing(&state, &headers, query.as_deref(), OneButton::VerifyEmail)
 }
 
 async fn verify_email(
@@ -116,18 +175,7 @@ async fn verify_email(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form: LinkForm = match own_form(&state, &headers, &body) {
-        Ok(form) => form,
-        Err(res) => return *res,
-    };
-    let token = form.token.unwrap_or_default();
-    let result = state.services.flows.verify_email(&token, &client).await;
-    outcome(
-        &state,
-        result.map(|_| ()),
-        "Address verified",
-        "Your email address is verified. You can close this window.",
-    )
+    spend(&state, &client, &headers, &body, OneButton::VerifyEmail).await
 }
 
 async fn confirm_email_page(
@@ -135,17 +183,7 @@ async fn confirm_email_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    landing(
-        &state,
-        &headers,
-        query.as_deref(),
-        (
-            "Confirm your new email address",
-            "Your account's address changes to this one when you confirm.",
-            "/oauth/email-confirm",
-            "Confirm the new address",
-        ),
-    )
+    landing(&state, &headers, query.as_deref(), OneButton::ConfirmEmail)
 }
 
 async fn confirm_email(
@@ -154,22 +192,7 @@ async fn confirm_email(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form: LinkForm = match own_form(&state, &headers, &body) {
-        Ok(form) => form,
-        Err(res) => return *res,
-    };
-    let token = form.token.unwrap_or_default();
-    let result = state
-        .services
-        .flows
-        .confirm_email_change(&token, &client)
-        .await;
-    outcome(
-        &state,
-        result.map(|_| ()),
-        "Address changed",
-        "Your account now uses this email address.",
-    )
+    spend(&state, &client, &headers, &body, OneButton::ConfirmEmail).await
 }
 
 async fn reset_page(

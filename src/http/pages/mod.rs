@@ -338,7 +338,7 @@ async fn continue_flow(
 
 async fn issue(
     state: &AppState,
-    session: &crate::store::LiveRefreshToken,
+    session: &crate::auth::oauth::BrowserSession,
     request: &ValidAuthorize,
 ) -> Response {
     match state.services.oauth.issue_code(session, request).await {
