@@ -4,10 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use base64::{
-    Engine,
-    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
-};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -241,32 +238,35 @@ async fn register(app: &TestApp, extra: Value) -> RegisteredClient {
     }
 }
 
+/// `POST /oauth/token` with `form`, as `client` authenticates: its secret
+/// by HTTP Basic, or a public client's id in the form.
+async fn token_call(
+    app: &TestApp,
+    client: &RegisteredClient,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = form.to_vec();
+    let mut req = app.client.post(app.url("/oauth/token"));
+    match &client.secret {
+        Some(secret) => req = req.basic_auth(&client.id, Some(secret)),
+        None => form.push(("client_id", client.id.as_str())),
+    }
+    req.form(&form).send().await.unwrap()
+}
+
 async fn exchange(
     app: &TestApp,
     client: &RegisteredClient,
     code: &str,
     verifier: &str,
 ) -> reqwest::Response {
-    let mut form = vec![
+    let form = [
         ("grant_type", "authorization_code"),
         ("code", code),
         ("redirect_uri", REDIRECT),
         ("code_verifier", verifier),
     ];
-    let mut req = app.client.post(app.url("/oauth/token"));
-    match &client.secret {
-        Some(secret) => {
-            req = req.header(
-                header::AUTHORIZATION,
-                format!(
-                    "Basic {}",
-                    STANDARD.encode(format!("{}:{secret}", client.id))
-                ),
-            );
-        }
-        None => form.push(("client_id", client.id.as_str())),
-    }
-    req.form(&form).send().await.unwrap()
+    token_call(app, client, &form).await
 }
 
 /// Walks a fresh browser through login and consent to the code.
@@ -524,18 +524,12 @@ async fn pkce_is_required_and_a_wrong_verifier_uses_the_code_up(backend: Backend
     assert_eq!(body["error"], "invalid_grant", "the code is used up");
     // No verifier at all is a malformed request.
     let code = code_for(&app, &client, "ada", "openid").await;
-    let res = app
-        .client
-        .post(app.url("/oauth/token"))
-        .basic_auth(&client.id, client.secret.as_deref())
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+    ];
+    let res = token_call(&app, &client, &form).await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "invalid_request");
 }
@@ -608,19 +602,13 @@ async fn a_code_lives_a_minute_and_only_for_its_client_and_redirect_uri(backend:
     assert_eq!(body["error"], "invalid_grant", "another client's code");
 
     let code = code_for(&app, &client, "ada", "openid").await;
-    let res = app
-        .client
-        .post(app.url("/oauth/token"))
-        .basic_auth(&client.id, client.secret.as_deref())
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", "https://app.example.com/other"),
-            ("code_verifier", VERIFIER),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "https://app.example.com/other"),
+        ("code_verifier", VERIFIER),
+    ];
+    let res = token_call(&app, &client, &form).await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant", "another redirect_uri");
 
@@ -824,13 +812,8 @@ async fn forms_without_their_csrf_token_are_refused(backend: Backend) {
 }
 
 async fn refresh_at(app: &TestApp, client: &RegisteredClient, token: &str) -> reqwest::Response {
-    let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", token)];
-    let mut req = app.client.post(app.url("/oauth/token"));
-    match &client.secret {
-        Some(secret) => req = req.basic_auth(&client.id, Some(secret)),
-        None => form.push(("client_id", client.id.as_str())),
-    }
-    req.form(&form).send().await.unwrap()
+    let form = [("grant_type", "refresh_token"), ("refresh_token", token)];
+    token_call(app, client, &form).await
 }
 
 async fn offline_access_gives_a_refresh_token_that_rotates_for_its_client_only(backend: Backend) {
