@@ -23,7 +23,7 @@ on_both_databases!(
 );
 
 /// A browser signed in to `/account` as `name`; the account page.
-async fn signed_in<'a>(app: &'a TestApp, name: &str) -> (Browser<'a>, Answer) {
+pub async fn signed_in<'a>(app: &'a TestApp, name: &str) -> (Browser<'a>, Answer) {
     let mut browser = Browser::new(app);
     let login = browser.get("/account").await;
     assert_eq!(login.status, StatusCode::OK);

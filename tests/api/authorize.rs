@@ -35,8 +35,8 @@ on_both_databases!(
     the_pages_show_the_configured_logo_and_allow_only_its_origin,
 );
 
-const REDIRECT: &str = "https://app.example.com/callback";
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub const REDIRECT: &str = "https://app.example.com/callback";
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 
 fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
@@ -60,11 +60,20 @@ pub struct Answer {
 impl Answer {
     /// The value of the form field `name` on the page.
     pub fn field(&self, name: &str) -> String {
-        let marker = format!("name=\"{name}\" value=\"");
+        self.quoted(&format!("name=\"{name}\" value=\""))
+    }
+
+    /// The value of the first attribute `name` on the page.
+    pub fn attribute(&self, name: &str) -> String {
+        self.quoted(&format!(" {name}=\""))
+    }
+
+    /// The quoted text after `marker`, unescaped.
+    fn quoted(&self, marker: &str) -> String {
         let start = self
             .body
-            .find(&marker)
-            .unwrap_or_else(|| panic!("no field {name} in {}", self.body))
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker} in {}", self.body))
             + marker.len();
         let end = start + self.body[start..].find('"').unwrap();
         self.body[start..end]
@@ -76,7 +85,7 @@ impl Answer {
     }
 
     /// The redirect's query parameters.
-    fn params(&self) -> HashMap<String, String> {
+    pub fn params(&self) -> HashMap<String, String> {
         let location = self.location.as_deref().expect("a redirect");
         url::Url::parse(location)
             .unwrap()
@@ -155,7 +164,7 @@ impl<'a> Browser<'a> {
     }
 
     /// Fills in and posts the login form of `page`.
-    async fn sign_in(&mut self, page: &Answer, login: &str, password: &str) -> Answer {
+    pub async fn sign_in(&mut self, page: &Answer, login: &str, password: &str) -> Answer {
         let (csrf, return_to) = (page.field("csrf"), page.field("return_to"));
         self.post(
             "/oauth/login",
@@ -170,7 +179,7 @@ impl<'a> Browser<'a> {
     }
 
     /// Posts the consent page's form with `decision`.
-    async fn decide(&mut self, page: &Answer, decision: &str) -> Answer {
+    pub async fn decide(&mut self, page: &Answer, decision: &str) -> Answer {
         let names = [
             "response_type",
             "client_id",
@@ -197,7 +206,7 @@ impl<'a> Browser<'a> {
 }
 
 /// An authorization request's path and query.
-fn authorize_path(client_id: &str, scope: &str, extra: &[(&str, &str)]) -> String {
+pub fn authorize_path(client_id: &str, scope: &str, extra: &[(&str, &str)]) -> String {
     let challenge = challenge(VERIFIER);
     let mut params = vec![
         ("response_type", "code"),
@@ -221,12 +230,12 @@ fn authorize_path(client_id: &str, scope: &str, extra: &[(&str, &str)]) -> Strin
     )
 }
 
-struct RegisteredClient {
-    id: String,
+pub struct RegisteredClient {
+    pub id: String,
     secret: Option<String>,
 }
 
-async fn register(app: &TestApp, extra: Value) -> RegisteredClient {
+pub async fn register(app: &TestApp, extra: Value) -> RegisteredClient {
     let mut body = json!({"name": "Example App", "redirect_uris": [REDIRECT]});
     body.as_object_mut()
         .unwrap()
@@ -254,7 +263,7 @@ async fn token_call(
     req.form(&form).send().await.unwrap()
 }
 
-async fn exchange(
+pub async fn exchange(
     app: &TestApp,
     client: &RegisteredClient,
     code: &str,
@@ -359,7 +368,14 @@ async fn the_code_flow_logs_in_asks_consent_and_gives_verifiable_tokens(backend:
         csp.contains("form-action 'self' https://app.example.com"),
         "{csp}"
     );
-    assert!(!login.body.contains("<script"), "no scripts");
+    // One script, the passkeys', from this origin; nothing inline.
+    assert_eq!(login.body.matches("<script").count(), 1, "{}", login.body);
+    assert!(
+        login
+            .body
+            .contains("<script src=\"/oauth/passkeys.js\" defer></script>")
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
 
     let wrong = browser.sign_in(&login, "ada", "not the password").await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
@@ -651,6 +667,11 @@ async fn the_second_step_is_part_of_the_flow(backend: Backend) {
     assert!(
         step.body.contains("Code") && step.body.contains("Verify"),
         "{}",
+        step.body
+    );
+    assert!(
+        !step.body.contains("Use a passkey") && !step.body.contains("passkeys.js"),
+        "an app alone offers no passkey: {}",
         step.body
     );
     assert!(

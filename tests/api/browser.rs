@@ -3,7 +3,9 @@
 //! server: registration, a login with the passkey alone (no username), and
 //! the passkey as the second factor of a password login. And
 //! `tests/browser/oidc.mjs`: the OpenID Connect code flow through the hosted
-//! pages, with openid-client as the application.
+//! pages, with openid-client as the application. And `tests/browser/pages.mjs`:
+//! passkeys on the hosted pages (added on the account page, signing in to
+//! an application, as the second step, removed).
 //!
 //! It needs Node, Chromium (`AUTHGATE_TEST_CHROMIUM`, default `chromium`)
 //! and `AUTHGATE_TEST_PLAYWRIGHT`, a directory whose `node_modules` holds the
@@ -29,6 +31,7 @@ use crate::{
 on_both_databases!(
     a_passkey_registers_and_logs_in_in_chromium,
     the_oidc_code_flow_runs_in_chromium_with_a_real_client_library,
+    passkeys_work_on_the_hosted_pages_in_chromium,
 );
 
 const CHROMIUM: &str = "AUTHGATE_TEST_CHROMIUM";
@@ -122,41 +125,21 @@ struct Made {
     access_token: String,
 }
 
-/// Runs the script against `app`; fails, showing its output, unless it
-/// exits 0 within `SCRIPT_TIMEOUT`.
+/// Runs `passkeys.mjs` against `app`.
 async fn run_script(app: &TestApp, tools: &Tools) -> Made {
-    let script = repo("tests/browser/passkeys.mjs");
-    let mut command = tokio::process::Command::new("node");
-    command
-        .arg(&script)
-        .current_dir(&tools.playwright)
-        .env("NODE_PATH", tools.playwright.join("node_modules"))
-        .env("AUTHGATE_URL", &app.address)
-        .env("AUTHGATE_WEBAUTHN_ORIGIN", ORIGIN)
-        .env("AUTHGATE_CHECK_PASSWORD", PASSWORD)
-        .env("CHROMIUM", &tools.chromium)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    // The server is on loopback: no proxy must stand in between.
-    for proxy in ["http_proxy", "https_proxy", "all_proxy"] {
-        command.env_remove(proxy).env_remove(proxy.to_uppercase());
-    }
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("passkeys.mjs ran over {SCRIPT_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("cannot run node {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "passkeys.mjs failed, {}\n--- stdout\n{stdout}--- stderr\n{stderr}",
-        output.status
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    let made: Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!("passkeys.mjs did not end with its JSON line ({e})\n--- stdout\n{stdout}")
-    });
-    assert_eq!(made["ok"], true, "{last}");
+    let node_path = tools.playwright.join("node_modules").display().to_string();
+    let made = run_browser_script(
+        tools,
+        "passkeys.mjs",
+        &[
+            ("NODE_PATH", &node_path),
+            ("AUTHGATE_URL", &app.address),
+            ("AUTHGATE_WEBAUTHN_ORIGIN", ORIGIN),
+            ("AUTHGATE_CHECK_PASSWORD", PASSWORD),
+        ],
+    )
+    .await;
+    let last = made.to_string();
     let field = |name: &str| {
         made[name]
             .as_str()
@@ -267,54 +250,137 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
         - time::OffsetDateTime::now_utc())
     .whole_seconds();
     // `AUTHGATE_TEST_SCREENSHOTS=docs/pages` refreshes the pictures of the
-    // pages in the docs (from the SQLite run).
-    let screenshots = match (backend, std::env::var("AUTHGATE_TEST_SCREENSHOTS")) {
-        (Backend::Sqlite, Ok(dir)) if !dir.is_empty() => repo(&dir).display().to_string(),
-        _ => String::new(),
-    };
-    let script = repo("tests/browser/oidc.mjs");
-    let mut command = tokio::process::Command::new("node");
-    command
-        .arg(&script)
-        .current_dir(&tools.playwright)
-        .env("AUTHGATE_URL", &app.address)
-        .env("OIDC_CLIENT_ID", client["client_id"].as_str().unwrap())
-        .env(
-            "OIDC_CLIENT_SECRET",
-            client["client_secret"].as_str().unwrap(),
-        )
-        .env("OIDC_REDIRECT_URI", redirect)
-        .env("OIDC_USERNAME", "grace")
-        .env("OIDC_PASSWORD", PASSWORD)
-        .env("OIDC_TOTP_SECRET", authenticator.secret_base32())
-        .env("OIDC_TOTP_OFFSET", offset.to_string())
-        .env("OIDC_VERIFY_TOKEN", &verify_token)
-        .env("OIDC_RESET_TOKEN", &reset_token)
-        .env("SCREENSHOT_DIR", &screenshots)
-        .env("CHROMIUM", &tools.chromium)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    for proxy in ["http_proxy", "https_proxy", "all_proxy"] {
-        command.env_remove(proxy).env_remove(proxy.to_uppercase());
-    }
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("oidc.mjs ran over {SCRIPT_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("cannot run node {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "oidc.mjs failed, {}\n--- stdout\n{stdout}--- stderr\n{stderr}",
-        output.status
-    );
-    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("oidc.mjs did not end with its JSON line ({e})\n{stdout}"));
-    assert_eq!(last["ok"], true, "{last}");
+    // pages in the docs.
+    let screenshots = screenshot_dir(backend);
+    let offset = offset.to_string();
+    let secret = authenticator.secret_base32();
+    let last = run_browser_script(
+        &tools,
+        "oidc.mjs",
+        &[
+            ("AUTHGATE_URL", &app.address),
+            ("OIDC_CLIENT_ID", client["client_id"].as_str().unwrap()),
+            (
+                "OIDC_CLIENT_SECRET",
+                client["client_secret"].as_str().unwrap(),
+            ),
+            ("OIDC_REDIRECT_URI", redirect),
+            ("OIDC_USERNAME", "grace"),
+            ("OIDC_PASSWORD", PASSWORD),
+            ("OIDC_TOTP_SECRET", &secret),
+            ("OIDC_TOTP_OFFSET", &offset),
+            ("OIDC_VERIFY_TOKEN", &verify_token),
+            ("OIDC_RESET_TOKEN", &reset_token),
+            ("SCREENSHOT_DIR", &screenshots),
+        ],
+    )
+    .await;
     assert_eq!(last["acr"], "aal2");
     assert_eq!(last["amr"], json!(["pwd", "otp", "mfa"]));
     // The token the library got is the client's, for this user.
     let claims = claims_of(last["access_token"].as_str().unwrap());
     assert_eq!(claims["sub"], last["sub"]);
     assert_eq!(claims["client_id"], client["client_id"]);
+}
+
+/// Runs a script of `tests/browser` with `env`; its last line, the JSON it
+/// ends with. Fails, showing its output, unless it exits 0 in time.
+async fn run_browser_script(tools: &Tools, name: &str, env: &[(&str, &str)]) -> Value {
+    let script = repo(&format!("tests/browser/{name}"));
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(&script)
+        .current_dir(&tools.playwright)
+        .env("CHROMIUM", &tools.chromium)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    // The server is on loopback: no proxy must stand in between.
+    for proxy in ["http_proxy", "https_proxy", "all_proxy"] {
+        command.env_remove(proxy).env_remove(proxy.to_uppercase());
+    }
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{name} ran over {SCRIPT_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("cannot run node {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{name} failed, {}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        output.status
+    );
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{name} did not end with its JSON line ({e})\n{stdout}"));
+    assert_eq!(last["ok"], true, "{last}");
+    last
+}
+
+/// Where `AUTHGATE_TEST_SCREENSHOTS` asks for the pages' pictures (from the
+/// SQLite run only); empty for none.
+fn screenshot_dir(backend: Backend) -> String {
+    match (backend, std::env::var("AUTHGATE_TEST_SCREENSHOTS")) {
+        (Backend::Sqlite, Ok(dir)) if !dir.is_empty() => repo(&dir).display().to_string(),
+        _ => String::new(),
+    }
+}
+
+async fn passkeys_work_on_the_hosted_pages_in_chromium(backend: Backend) {
+    let Some(tools) = tools() else {
+        return;
+    };
+    // WebAuthn wants a domain, not an address: the pages are at localhost.
+    let port = free_port();
+    let base = format!("http://localhost:{port}");
+    let app = TestApp::builder_with_generated_key()
+        .with_admin()
+        .arg("--listen", &format!("127.0.0.1:{port}"))
+        .arg("--public-url", &base)
+        .arg("--webauthn-rp-id", RP_ID)
+        .arg("--webauthn-origin", &base)
+        .spawn(backend)
+        .await;
+    app.create_user("ivy").await;
+    let client = crate::authorize::register(&app, json!({})).await;
+    let request = crate::authorize::authorize_path(&client.id, "openid profile", &[]);
+    let screenshots = screenshot_dir(backend);
+    let made = run_browser_script(
+        &tools,
+        "pages.mjs",
+        &[
+            ("AUTHGATE_PAGES_URL", &base),
+            ("PAGES_USERNAME", "ivy"),
+            ("PAGES_PASSWORD", PASSWORD),
+            ("PAGES_AUTHORIZE", &request),
+            ("PAGES_REDIRECT_URI", crate::authorize::REDIRECT),
+            ("SCREENSHOT_DIR", &screenshots),
+        ],
+    )
+    .await;
+    assert_eq!(made["state"], "xyz-state");
+    assert_eq!(made["recovery_codes"].as_array().map(Vec::len), Some(10));
+
+    // The code the passkey alone won is the user's, of two factors.
+    let code = made["code"].as_str().expect("a code");
+    let res = crate::authorize::exchange(&app, &client, code, crate::authorize::VERIFIER).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let tokens: Value = res.json().await.unwrap();
+    let id = claims_of(tokens["id_token"].as_str().unwrap());
+    assert_eq!(id["preferred_username"], "ivy");
+    assert_eq!(id["acr"], "aal2");
+    assert_eq!(id["amr"], json!(["hwk", "mfa"]), "{id}");
+
+    // Removed on the page: the password alone signs in again.
+    let res = app.login("ivy", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let tokens: Value = res.json().await.unwrap();
+    let listed: Value = app
+        .get("/users/me/passkeys", tokens["access_token"].as_str())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["passkeys"], json!([]), "{listed}");
 }

@@ -26,6 +26,7 @@ mod metrics;
 mod mfa;
 mod outage;
 mod outbox;
+mod page_passkeys;
 mod passkeys;
 mod provider;
 mod refresh;
@@ -63,6 +64,7 @@ fn main() {
         outage::trials,
         outage::more_trials,
         outbox::trials,
+        page_passkeys::trials,
         outbox::postgres_only_trials,
         passkeys::trials,
         provider::trials,

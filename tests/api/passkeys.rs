@@ -41,7 +41,7 @@ on_both_databases!(
 );
 
 /// The origin the service expects by default.
-const ORIGIN: &str = "http://localhost:8010";
+pub const ORIGIN: &str = "http://localhost:8010";
 
 async fn spawn(backend: Backend) -> TestApp {
     TestApp::builder()
@@ -54,7 +54,7 @@ async fn spawn(backend: Backend) -> TestApp {
 /// A software authenticator that keeps its credentials, as a platform
 /// authenticator does: it answers a request that names no credential with
 /// its own, and says whose it is (the user handle). `SoftPasskey` signs.
-struct Authenticator {
+pub struct Authenticator {
     soft: SoftPasskey,
     /// Each credential's user handle, in the order made.
     users: Vec<(Vec<u8>, Vec<u8>)>,
@@ -63,7 +63,7 @@ struct Authenticator {
 }
 
 impl Authenticator {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             // `true`: it says it verified its user (a PIN, a fingerprint).
             soft: SoftPasskey::new(true),
@@ -72,7 +72,7 @@ impl Authenticator {
         }
     }
 
-    fn register(
+    pub fn register(
         &mut self,
         origin: &str,
         public_key: &Value,
@@ -82,7 +82,7 @@ impl Authenticator {
         self.do_registration(Url::parse(origin).unwrap(), options)
     }
 
-    fn assert(
+    pub fn assert(
         &mut self,
         origin: &str,
         public_key: &Value,
@@ -154,7 +154,7 @@ async fn post(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> re
 }
 
 /// A ceremony's start: `(challenge_id, publicKey)`.
-async fn start(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> (String, Value) {
+pub async fn start(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> (String, Value) {
     let res = post(app, path, token, body).await;
     assert_eq!(res.status(), StatusCode::OK, "{path}");
     let body: Value = res.json().await.unwrap();
@@ -225,7 +225,7 @@ async fn register(app: &TestApp, access: &str, authenticator: &mut Authenticator
 }
 
 /// Signs `name` up and registers a passkey from a password session.
-async fn user_with_passkey(app: &TestApp, name: &str) -> (Tokens, Authenticator, Value) {
+pub async fn user_with_passkey(app: &TestApp, name: &str) -> (Tokens, Authenticator, Value) {
     app.create_user(name).await;
     let tokens = app.tokens(name).await;
     let mut authenticator = Authenticator::new();

@@ -140,7 +140,7 @@ try {
   await shot(page, 'login');
   await page.getByLabel('Username or email').fill(username);
   await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
 
   step('the second step');
   await page.getByLabel('Code').waitFor();

@@ -1,6 +1,7 @@
 //! `/account`: the signed-in user's own page: profile, sessions (each with
-//! "Sign out"), the password, and an authenticator app with a QR code.
-//! Every change is a form with the CSRF token, under the browser's session.
+//! "Sign out"), the password, second factors (an authenticator app with a
+//! QR code, passkeys; each with "Remove"). Every change is a form with the
+//! CSRF token, under the browser's session.
 
 use axum::{
     Router,
@@ -12,6 +13,7 @@ use axum::{
 };
 use serde::Deserialize;
 use uuid::Uuid;
+use webauthn_rs::prelude::RegisterPublicKeyCredential;
 
 use super::{
     SESSION_COOKIE, cookie, failure_page, form_token, html_page, own_form, refused_page, views,
@@ -19,7 +21,10 @@ use super::{
 use crate::{
     auth::{AuthError, sessions::Authenticated},
     domain::{Email, Password, Username},
-    http::{AppState, extract::ClientInfo},
+    http::{
+        AppState,
+        extract::{ClientInfo, factor_name},
+    },
 };
 
 /// Where the page is, and where a login for it goes back to.
@@ -32,6 +37,9 @@ pub fn router() -> Router<AppState> {
         .route("/account/password", post(change_password))
         .route("/account/mfa/totp", post(enrol))
         .route("/account/mfa/totp/confirm", post(confirm))
+        .route("/account/mfa/remove", post(remove_factor))
+        .route("/account/passkeys", post(start_passkey))
+        .route("/account/passkeys/finish", post(finish_passkey))
 }
 
 /// The signed-in user of this browser, if any.
@@ -80,6 +88,8 @@ fn notice(query: Option<&str>) -> Option<&'static str> {
     match done.as_str() {
         "password" => Some("Your password is changed. Your other sessions have ended."),
         "session" => Some("The session is signed out."),
+        "passkey" => Some("The passkey is added."),
+        "removed" => Some("The second step is removed."),
         _ => None,
     }
 }
@@ -126,6 +136,7 @@ async fn render(
             .factors
             .into_iter()
             .map(|f| views::FactorRow {
+                id: f.id.to_string(),
                 kind: if f.kind == "passkey" {
                     "passkey"
                 } else {
@@ -180,17 +191,49 @@ struct AccountForm {
     repeat: Option<String>,
     factor_id: Option<String>,
     code: Option<String>,
+    name: Option<String>,
+    challenge_id: Option<String>,
+    credential: Option<String>,
+}
+
+/// A signed-in browser's request: what refusing a change needs.
+struct SignedIn<'a> {
+    state: &'a AppState,
+    headers: &'a HeaderMap,
+    who: Authenticated,
+}
+
+impl SignedIn<'_> {
+    /// The account page again, saying why a change was refused.
+    async fn refuse(&self, status: StatusCode, message: &str) -> Response {
+        render(
+            self.state,
+            self.headers,
+            &self.who,
+            None,
+            Some(message),
+            status,
+        )
+        .await
+    }
 }
 
 /// A form of this page, from this site, by a signed-in browser.
-async fn posted(
-    state: &AppState,
-    headers: &HeaderMap,
+async fn posted<'a>(
+    state: &'a AppState,
+    headers: &'a HeaderMap,
     body: &Bytes,
-) -> Result<(AccountForm, Authenticated), Response> {
+) -> Result<(AccountForm, SignedIn<'a>), Response> {
     let form: AccountForm = own_form(state, headers, body).map_err(|res| *res)?;
     match caller(state, headers).await? {
-        Some(who) => Ok((form, who)),
+        Some(who) => Ok((
+            form,
+            SignedIn {
+                state,
+                headers,
+                who,
+            },
+        )),
         None => Err(sign_in_first(state, headers)),
     }
 }
@@ -207,14 +250,14 @@ async fn end_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (form, who) = match posted(&state, &headers, &body).await {
+    let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
         Err(res) => return res,
     };
     let Some(id) = form_id(form.session_id.as_deref()) else {
         return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
     };
-    match state.services.sessions.end(&who, &client, id).await {
+    match state.services.sessions.end(&here.who, &client, id).await {
         Ok(()) | Err(AuthError::NotFound) => see_account("session"),
         Err(e) => failure_page(&state, e),
     }
@@ -227,30 +270,16 @@ async fn change_password(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (form, who) = match posted(&state, &headers, &body).await {
+    let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
         Err(res) => return res,
     };
-    let refuse = |message: &str| {
-        let message = message.to_owned();
-        let (state, headers, who) = (&state, &headers, &who);
-        async move {
-            render(
-                state,
-                headers,
-                who,
-                None,
-                Some(&message),
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
-            .await
-        }
-    };
+    let unfit = StatusCode::UNPROCESSABLE_ENTITY;
     let new = form.new_password.unwrap_or_default();
     if form.repeat.as_deref() != Some(new.as_str()) {
-        return refuse("The two new passwords differ.").await;
+        return here.refuse(unfit, "The two new passwords differ.").await;
     }
-    let user = &who.user.user;
+    let user = &here.who.user.user;
     let username = user
         .username
         .as_deref()
@@ -258,25 +287,26 @@ async fn change_password(
     let email = user.email.as_deref().and_then(|e| Email::parse(e).ok());
     let password = match Password::parse(&new, username.as_ref(), email.as_ref()) {
         Ok(p) => p,
-        Err(e) => return refuse(&format!("The new password {e}.")).await,
+        Err(e) => return here.refuse(unfit, &format!("The new password {e}.")).await,
     };
     let current = form.current_password.unwrap_or_default();
     match state
         .services
         .accounts
-        .change_password(&who, &client, &current, password)
+        .change_password(&here.who, &client, &current, password)
         .await
     {
         Ok(()) => see_account("password"),
-        Err(AuthError::WrongPassword) => refuse("The current password is wrong.").await,
-        Err(AuthError::InsufficientAuthentication) => {
-            refuse("Sign out and in again with your second step first.").await
-        }
+        Err(AuthError::WrongPassword) => here.refuse(unfit, "The current password is wrong.").await,
+        Err(AuthError::InsufficientAuthentication) => here.refuse(unfit, SECOND_STEP_FIRST).await,
         Err(AuthError::Throttled(t)) => {
-            refuse(&format!(
-                "Too many attempts. Try again in {} seconds.",
-                t.wait.as_secs().max(1)
-            ))
+            here.refuse(
+                unfit,
+                &format!(
+                    "Too many attempts. Try again in {} seconds.",
+                    t.wait.as_secs().max(1)
+                ),
+            )
             .await
         }
         Err(e) => failure_page(&state, e),
@@ -301,11 +331,11 @@ fn qr_svg(uri: &str) -> String {
 
 /// `POST /account/mfa/totp`: a new authenticator app, unconfirmed.
 async fn enrol(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (form, who) = match posted(&state, &headers, &body).await {
+    let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
         Err(res) => return res,
     };
-    match state.services.mfa.enroll_totp(&who, None).await {
+    match state.services.mfa.enroll_totp(&here.who, None).await {
         Ok(enrolment) => {
             let id = enrolment.id.to_string();
             let csrf = form.csrf.unwrap_or_default();
@@ -324,19 +354,14 @@ async fn enrol(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
             )
         }
         Err(AuthError::InsufficientAuthentication) => {
-            render(
-                &state,
-                &headers,
-                &who,
-                None,
-                Some("Sign out and in again with your second step first."),
-                StatusCode::FORBIDDEN,
-            )
-            .await
+            here.refuse(StatusCode::FORBIDDEN, SECOND_STEP_FIRST).await
         }
         Err(e) => failure_page(&state, e),
     }
 }
+
+/// What a change that needs a session of two factors says to one of one.
+const SECOND_STEP_FIRST: &str = "Sign out and in again with your second step first.";
 
 /// `POST /account/mfa/totp/confirm`: the app's first code; the recovery
 /// codes, once.
@@ -346,7 +371,7 @@ async fn confirm(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (form, who) = match posted(&state, &headers, &body).await {
+    let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
         Err(res) => return res,
     };
@@ -357,7 +382,7 @@ async fn confirm(
     match state
         .services
         .mfa
-        .confirm_totp(&client, &who, id, code.trim())
+        .confirm_totp(&client, &here.who, id, code.trim())
         .await
     {
         Ok(codes) => html_page(
@@ -397,6 +422,149 @@ async fn confirm(
                 t.wait.as_secs().max(1)
             ),
         ),
+        Err(e) => failure_page(&state, e),
+    }
+}
+
+/// `POST /account/mfa/remove`: takes a second factor (an app, a passkey)
+/// off the account; only from a session of two factors.
+async fn remove_factor(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (form, here) = match posted(&state, &headers, &body).await {
+        Ok(posted) => posted,
+        Err(res) => return res,
+    };
+    let Some(id) = form_id(form.factor_id.as_deref()) else {
+        return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
+    };
+    match state.services.mfa.remove(&client, &here.who, id).await {
+        // Gone already (another tab): what the user wanted.
+        Ok(()) | Err(AuthError::NotFound) => see_account("removed"),
+        Err(AuthError::InsufficientAuthentication) => {
+            here.refuse(StatusCode::FORBIDDEN, SECOND_STEP_FIRST).await
+        }
+        Err(e) => failure_page(&state, e),
+    }
+}
+
+const TOO_MANY_PASSKEYS: &str = "This account holds as many passkeys as it may.";
+
+/// `POST /account/passkeys`: starts a registration; the page that follows
+/// hands the options to the authenticator.
+async fn start_passkey(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (form, here) = match posted(&state, &headers, &body).await {
+        Ok(posted) => posted,
+        Err(res) => return res,
+    };
+    match state
+        .services
+        .passkeys
+        .start_registration(&client, &here.who)
+        .await
+    {
+        Ok(started) => {
+            let csrf = form.csrf.unwrap_or_default();
+            let id = started.challenge_id.to_string();
+            let fields = [("csrf", csrf.as_str()), ("challenge_id", id.as_str())];
+            html_page(
+                StatusCode::OK,
+                views::new_passkey(&started.options.to_string(), &fields, None),
+                None,
+                None,
+                &state,
+            )
+        }
+        Err(AuthError::InsufficientAuthentication) => {
+            here.refuse(StatusCode::FORBIDDEN, SECOND_STEP_FIRST).await
+        }
+        Err(AuthError::Invalid { .. }) => {
+            here.refuse(StatusCode::UNPROCESSABLE_ENTITY, TOO_MANY_PASSKEYS)
+                .await
+        }
+        Err(e) => failure_page(&state, e),
+    }
+}
+
+/// `POST /account/passkeys/finish`: the authenticator's answer (posted by
+/// the page's script); the recovery codes if it is the first factor.
+async fn finish_passkey(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (form, here) = match posted(&state, &headers, &body).await {
+        Ok(posted) => posted,
+        Err(res) => return res,
+    };
+    let answer = form_id(form.challenge_id.as_deref()).zip(
+        form.credential
+            .as_deref()
+            .and_then(|c| serde_json::from_str::<RegisterPublicKeyCredential>(c).ok()),
+    );
+    let Some((challenge_id, credential)) = answer else {
+        return here
+            .refuse(
+                StatusCode::BAD_REQUEST,
+                "The passkey's answer did not arrive. Add it again.",
+            )
+            .await;
+    };
+    let name = match factor_name(form.name.as_deref()) {
+        Ok(name) => name,
+        Err(_) => {
+            return here
+                .refuse(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "A passkey's name is at most 64 characters, without control characters.",
+                )
+                .await;
+        }
+    };
+    match state
+        .services
+        .passkeys
+        .finish_registration(&client, &here.who, challenge_id, &credential, name)
+        .await
+    {
+        Ok(registered) => match registered.recovery_codes {
+            Some(codes) => html_page(
+                StatusCode::CREATED,
+                views::recovery_codes(&codes),
+                None,
+                None,
+                &state,
+            ),
+            None => see_account("passkey"),
+        },
+        Err(AuthError::InsufficientAuthentication) => {
+            here.refuse(StatusCode::FORBIDDEN, SECOND_STEP_FIRST).await
+        }
+        Err(AuthError::Conflict(_)) => {
+            here.refuse(
+                StatusCode::CONFLICT,
+                "This passkey is on the account already.",
+            )
+            .await
+        }
+        Err(AuthError::Invalid { field, .. }) => {
+            let message = if field == "passkeys" {
+                TOO_MANY_PASSKEYS
+            } else {
+                "The passkey was not added: it took too long or did not answer as it should. \
+                 Add it again."
+            };
+            here.refuse(StatusCode::UNPROCESSABLE_ENTITY, message).await
+        }
         Err(e) => failure_page(&state, e),
     }
 }

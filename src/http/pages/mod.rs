@@ -1,8 +1,9 @@
 //! The hosted pages of the OAuth provider: `GET /oauth/authorize` and the
 //! login, second-step and consent forms it leads through. Server-rendered
-//! HTML without scripts, a strict content security policy, a CSRF token on
-//! every form, and the browser's session in an `HttpOnly`, `SameSite=Lax`
-//! cookie. These are pages, not API: they are outside the API document.
+//! HTML, a strict content security policy, a CSRF token on every form, and
+//! the browser's session in an `HttpOnly`, `SameSite=Lax` cookie. The only
+//! script is the passkeys' (`/oauth/passkeys.js`), on the pages that offer
+//! one. These are pages, not API: they are outside the API document.
 
 mod account;
 mod links;
@@ -31,10 +32,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/oauth/authorize", get(authorize))
         .route("/oauth/login", post(login))
+        .route("/oauth/passkey", post(passkey_login))
         .route("/oauth/mfa", post(mfa))
         .route("/oauth/consent", post(consent))
         .route("/oauth/logout", get(logout_get).post(logout_post))
         .route("/oauth/pages.css", get(stylesheet))
+        .route(views::SCRIPT_PATH, get(script))
         .merge(links::router())
         .merge(account::router())
 }
@@ -159,9 +162,16 @@ fn html_page(
         .and_then(|u| url::Url::parse(u).ok())
         .map(|u| format!(" {}", u.origin().ascii_serialization()))
         .unwrap_or_default();
+    // The passkey script, where a page has it, and the calls it makes: this
+    // origin's own, nothing inline.
+    let script = if page.has_script() {
+        "; script-src 'self'; connect-src 'self'"
+    } else {
+        ""
+    };
     let policy = format!(
         "default-src 'none'; style-src 'self'; img-src 'self'{logo_origin}; \
-         form-action 'self'{target}; frame-ancestors 'none'; base-uri 'none'"
+         form-action 'self'{target}; frame-ancestors 'none'; base-uri 'none'{script}"
     );
     let mut res = (status, Html(page.render(logo).into_string())).into_response();
     if let Ok(value) = HeaderValue::from_str(&policy) {
@@ -394,6 +404,32 @@ struct LoginForm {
     mfa_token: Option<String>,
     csrf: Option<String>,
     return_to: Option<String>,
+    /// A passkey's ceremony and the authenticator's answer (JSON).
+    challenge_id: Option<String>,
+    credential: Option<String>,
+    /// On the second step's forms: the user has a passkey to offer.
+    passkey: Option<String>,
+}
+
+impl LoginForm {
+    /// The hidden fields of the login forms that follow this one.
+    fn carried(&self) -> [(&str, &str); 2] {
+        [
+            ("csrf", self.csrf.as_deref().unwrap_or_default()),
+            ("return_to", self.return_to.as_deref().unwrap_or_default()),
+        ]
+    }
+
+    /// A passkey's ceremony and answer, when the form carries one: `None`
+    /// when it does not, `Some(None)` when it is malformed.
+    fn passkey_answer<T: serde::de::DeserializeOwned>(&self) -> Option<Option<(uuid::Uuid, T)>> {
+        let credential = self.credential.as_deref().filter(|c| !c.is_empty())?;
+        let id = self
+            .challenge_id
+            .as_deref()
+            .and_then(|id| uuid::Uuid::parse_str(id).ok());
+        Some(id.zip(serde_json::from_str(credential).ok()))
+    }
 }
 
 /// Where a login form goes back to: an authorization request (checked
@@ -501,6 +537,17 @@ fn signed_in(state: &AppState, pair: &TokenPair, return_to: &str) -> Response {
     res
 }
 
+/// A login form of these pages ([`own_form`]) and where it goes back to.
+async fn login_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(LoginForm, Return), Response> {
+    let form: LoginForm = own_form(state, headers, body).map_err(|res| *res)?;
+    let target = returning(state, form.return_to.as_deref()).await?;
+    Ok((form, target))
+}
+
 /// `POST /oauth/login`: the login form.
 async fn login(
     State(state): State<AppState>,
@@ -508,64 +555,144 @@ async fn login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form: LoginForm = match own_form(&state, &headers, &body) {
-        Ok(form) => form,
-        Err(res) => return *res,
-    };
-    let target = match returning(&state, form.return_to.as_deref()).await {
-        Ok(r) => r,
+    let (form, target) = match login_form(&state, &headers, &body).await {
+        Ok(posted) => posted,
         Err(res) => return res,
     };
-    let return_to = form.return_to.clone().unwrap_or_default();
-    let csrf = form.csrf.clone().unwrap_or_default();
     let typed = form.login.clone().unwrap_or_default();
-    let again = |status: StatusCode, message: &str| {
-        let fields = [("csrf", csrf.as_str()), ("return_to", return_to.as_str())];
-        html_page(
-            status,
-            views::login(target.name(), &fields, Some(message), &typed),
-            target.redirect_uri(),
-            None,
-            &state,
-        )
-    };
     let result = state
         .services
         .login
         .with_password(&client, &typed, form.password.as_deref().unwrap_or(""))
         .await;
     match result {
-        Ok(pair) => signed_in(&state, &pair, &return_to),
+        Ok(pair) => signed_in(&state, &pair, form.return_to.as_deref().unwrap_or_default()),
         Err(AuthError::MfaRequired(challenge)) => {
-            let fields = [
-                ("csrf", csrf.as_str()),
-                ("return_to", return_to.as_str()),
-                ("mfa_token", challenge.mfa_token.as_str()),
-            ];
-            html_page(
-                StatusCode::OK,
-                views::mfa(&fields, None),
-                target.redirect_uri(),
-                None,
-                &state,
-            )
+            let passkey = challenge.factor_types.contains(&"passkey");
+            second_step(&state, &form, &target, &challenge.mfa_token, passkey, None)
         }
-        Err(AuthError::InvalidCredentials) => again(
+        Err(AuthError::InvalidCredentials) => login_again(
+            &state,
+            &form,
+            &target,
             StatusCode::UNAUTHORIZED,
             "Wrong username, email or password.",
         ),
-        Err(AuthError::EmailNotVerified) => again(
+        Err(e) => login_refused(&state, &form, &target, e),
+    }
+}
+
+/// The login page again, saying why.
+fn login_again(
+    state: &AppState,
+    form: &LoginForm,
+    target: &Return,
+    status: StatusCode,
+    message: &str,
+) -> Response {
+    let typed = form.login.as_deref().unwrap_or_default();
+    html_page(
+        status,
+        views::login(target.name(), &form.carried(), Some(message), typed),
+        target.redirect_uri(),
+        None,
+        state,
+    )
+}
+
+/// What the login page says of a refusal every way in shares.
+fn login_refused(state: &AppState, form: &LoginForm, target: &Return, err: AuthError) -> Response {
+    match err {
+        AuthError::EmailNotVerified => login_again(
+            state,
+            form,
+            target,
             StatusCode::FORBIDDEN,
             "Verify your email address first: follow the link we sent you.",
         ),
-        Err(AuthError::Throttled(t)) => again(
+        AuthError::Throttled(t) => login_again(
+            state,
+            form,
+            target,
             StatusCode::TOO_MANY_REQUESTS,
             &format!(
                 "Too many attempts. Try again in {} seconds.",
                 t.wait.as_secs().max(1)
             ),
         ),
-        Err(e) => failure_page(&state, e),
+        e => failure_page(state, e),
+    }
+}
+
+/// The second step's page, for `mfa_token`; with the passkey button when
+/// the user has one.
+fn second_step(
+    state: &AppState,
+    form: &LoginForm,
+    target: &Return,
+    mfa_token: &str,
+    passkey: bool,
+    error: Option<(StatusCode, &str)>,
+) -> Response {
+    let [csrf, return_to] = form.carried();
+    let mut fields = vec![csrf, return_to, ("mfa_token", mfa_token)];
+    if passkey {
+        fields.push(("passkey", "1"));
+    }
+    let (status, message) = error.map_or((StatusCode::OK, None), |(s, m)| (s, Some(m)));
+    html_page(
+        status,
+        views::mfa(&fields, message, passkey),
+        target.redirect_uri(),
+        None,
+        state,
+    )
+}
+
+/// `POST /oauth/passkey`: the login page's passkey, its answer posted by
+/// the page's script.
+async fn passkey_login(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (form, target) = match login_form(&state, &headers, &body).await {
+        Ok(posted) => posted,
+        Err(res) => return res,
+    };
+    let Some(Some((challenge_id, credential))) = form.passkey_answer() else {
+        return login_again(
+            &state,
+            &form,
+            &target,
+            StatusCode::BAD_REQUEST,
+            "The passkey's answer did not arrive. Try again.",
+        );
+    };
+    let result = state
+        .services
+        .passkeys
+        .finish_login(&client, challenge_id, &credential)
+        .await;
+    match result {
+        Ok(pair) => signed_in(&state, &pair, form.return_to.as_deref().unwrap_or_default()),
+        // One answer for every passkey that proves no account, as the API's.
+        Err(AuthError::InvalidCredentials) => login_again(
+            &state,
+            &form,
+            &target,
+            StatusCode::UNAUTHORIZED,
+            "That passkey did not sign you in.",
+        ),
+        Err(AuthError::Invalid { .. }) => login_again(
+            &state,
+            &form,
+            &target,
+            StatusCode::BAD_REQUEST,
+            "The passkey took too long. Try again.",
+        ),
+        Err(e) => login_refused(&state, &form, &target, e),
     }
 }
 
@@ -576,66 +703,73 @@ async fn mfa(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form: LoginForm = match own_form(&state, &headers, &body) {
-        Ok(form) => form,
-        Err(res) => return *res,
-    };
-    let target = match returning(&state, form.return_to.as_deref()).await {
-        Ok(r) => r,
+    let (form, target) = match login_form(&state, &headers, &body).await {
+        Ok(posted) => posted,
         Err(res) => return res,
     };
-    let return_to = form.return_to.clone().unwrap_or_default();
     let mfa_token = form.mfa_token.clone().unwrap_or_default();
-    let code: String = form
-        .code
-        .clone()
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    // Six digits are an app's code; anything else is tried as a recovery code.
-    let proof = if code.bytes().all(|b| b.is_ascii_digit()) {
-        Proof::Code(code)
-    } else {
-        Proof::RecoveryCode(code)
+    let passkey = form.passkey.is_some();
+    let again = |status: StatusCode, message: &str| {
+        second_step(
+            &state,
+            &form,
+            &target,
+            &mfa_token,
+            passkey,
+            Some((status, message)),
+        )
+    };
+    let proof = match form.passkey_answer() {
+        Some(Some((challenge_id, credential))) => Proof::Passkey {
+            challenge_id,
+            credential: Box::new(credential),
+        },
+        Some(None) => {
+            return again(
+                StatusCode::BAD_REQUEST,
+                "The passkey's answer did not arrive. Try again.",
+            );
+        }
+        None => {
+            let code: String = form
+                .code
+                .as_deref()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            // Six digits are an app's code; anything else is tried as a
+            // recovery code.
+            if code.bytes().all(|b| b.is_ascii_digit()) {
+                Proof::Code(code)
+            } else {
+                Proof::RecoveryCode(code)
+            }
+        }
+    };
+    let wrong = match proof {
+        Proof::Passkey { .. } => "That passkey is not right. Try again.",
+        _ => "That code is not right. Try again.",
     };
     let result = state
         .services
         .mfa
         .verify_login(&client, &mfa_token, &proof)
         .await;
-    let csrf = form.csrf.clone().unwrap_or_default();
     match result {
-        Ok(pair) => signed_in(&state, &pair, &return_to),
-        Err(AuthError::InvalidCode) => {
-            let fields = [
-                ("csrf", csrf.as_str()),
-                ("return_to", return_to.as_str()),
-                ("mfa_token", mfa_token.as_str()),
-            ];
-            html_page(
-                StatusCode::UNAUTHORIZED,
-                views::mfa(&fields, Some("That code is not right. Try again.")),
-                target.redirect_uri(),
-                None,
-                &state,
-            )
-        }
-        Err(AuthError::InvalidMfaToken) => {
-            let fields = [("csrf", csrf.as_str()), ("return_to", return_to.as_str())];
-            html_page(
-                StatusCode::UNAUTHORIZED,
-                views::login(
-                    target.name(),
-                    &fields,
-                    Some("The sign-in took too long or had too many tries. Sign in again."),
-                    "",
-                ),
-                target.redirect_uri(),
-                None,
-                &state,
-            )
-        }
+        Ok(pair) => signed_in(&state, &pair, form.return_to.as_deref().unwrap_or_default()),
+        Err(AuthError::InvalidCode) => again(StatusCode::UNAUTHORIZED, wrong),
+        Err(AuthError::Invalid { .. }) => again(
+            StatusCode::BAD_REQUEST,
+            "The passkey took too long. Try again.",
+        ),
+        Err(AuthError::InvalidMfaToken) => login_again(
+            &state,
+            &form,
+            &target,
+            StatusCode::UNAUTHORIZED,
+            "The sign-in took too long or had too many tries. Sign in again.",
+        ),
         Err(AuthError::Throttled(t)) => refused_page(
             &state,
             StatusCode::TOO_MANY_REQUESTS,
@@ -804,6 +938,25 @@ async fn logout_post(
         Ok(Ok(request)) => request,
     };
     sign_out(&state, &client, &headers, &request).await
+}
+
+/// The passkey script: served from here, so that the pages' policy allows
+/// this origin's scripts and no others.
+async fn script() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
+        ],
+        include_str!("passkeys.js"),
+    )
+        .into_response()
 }
 
 async fn stylesheet() -> Response {

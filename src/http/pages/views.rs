@@ -1,5 +1,6 @@
-//! The hosted pages' HTML, compiled in (maud escapes every value). No
-//! scripts; one stylesheet, themed by CSS variables.
+//! The hosted pages' HTML, compiled in (maud escapes every value). One
+//! stylesheet, themed by CSS variables; one script, for passkeys, on the
+//! pages that offer one (and nothing else needs it).
 
 use maud::{DOCTYPE, Markup, html};
 
@@ -11,16 +12,31 @@ pub type Hidden<'a> = &'a [(&'a str, &'a str)];
 pub struct Page {
     title: String,
     body: Markup,
+    script: bool,
 }
 
 fn page(title: &str, body: Markup) -> Page {
     Page {
         title: title.to_owned(),
         body,
+        script: false,
     }
 }
 
+/// Where the passkey script is served.
+pub const SCRIPT_PATH: &str = "/oauth/passkeys.js";
+
 impl Page {
+    /// Whether the page loads the passkey script (its policy must allow it).
+    pub fn has_script(&self) -> bool {
+        self.script
+    }
+
+    fn with_script(mut self) -> Self {
+        self.script = true;
+        self
+    }
+
     /// The whole document, with the deployment's logo above the title.
     pub fn render(self, logo: Option<&str>) -> Markup {
         html! {
@@ -31,6 +47,9 @@ impl Page {
                     meta name="viewport" content="width=device-width, initial-scale=1";
                     title { (self.title) " · authgate" }
                     link rel="stylesheet" href="/oauth/pages.css";
+                    @if self.script {
+                        script src=(SCRIPT_PATH) defer {}
+                    }
                 }
                 body {
                     main {
@@ -79,16 +98,38 @@ pub fn login(client_name: &str, fields: Hidden, message: Option<&str>, login: &s
                     autocomplete="current-password" required;
                 button type="submit" { "Sign in" }
             }
+            (passkey_form("login", "/oauth/passkey", fields, "Sign in with a passkey"))
         },
     )
+    .with_script()
 }
 
-/// The second step: a code from the authenticator app, or a recovery code.
-pub fn mfa(fields: Hidden, message: Option<&str>) -> Page {
-    page(
+/// A passkey's form: the script fills in the ceremony's id and the
+/// authenticator's answer, and posts it. Without the script (or WebAuthn)
+/// its button stays hidden.
+fn passkey_form(kind: &str, action: &str, fields: Hidden, button: &str) -> Markup {
+    html! {
+        form.passkey method="post" action=(action) {
+            (hidden(fields))
+            input type="hidden" name="challenge_id";
+            input type="hidden" name="credential";
+            p.error.passkey-error role="alert" hidden {}
+            button.secondary type="button" data-passkey=(kind) hidden { (button) }
+        }
+    }
+}
+
+/// The second step: a code from the authenticator app, or a recovery code;
+/// or the user's passkey, when `passkey`.
+pub fn mfa(fields: Hidden, message: Option<&str>, passkey: bool) -> Page {
+    let page = page(
         "Two-step verification",
         html! {
-            p { "Enter the code from your authenticator app, or one of your recovery codes." }
+            @if passkey {
+                p { "Use your passkey, or enter a code from your authenticator app or one of your recovery codes." }
+            } @else {
+                p { "Enter the code from your authenticator app, or one of your recovery codes." }
+            }
             (error(message))
             form method="post" action="/oauth/mfa" {
                 (hidden(fields))
@@ -97,8 +138,12 @@ pub fn mfa(fields: Hidden, message: Option<&str>) -> Page {
                     autocomplete="one-time-code" required;
                 button type="submit" { "Verify" }
             }
+            @if passkey {
+                (passkey_form("mfa", "/oauth/mfa", fields, "Use a passkey"))
+            }
         },
-    )
+    );
+    if passkey { page.with_script() } else { page }
 }
 
 /// What a scope lets a client do, in words.
@@ -220,6 +265,7 @@ pub struct SessionRow {
 
 /// A second factor as the account page lists it.
 pub struct FactorRow {
+    pub id: String,
     pub kind: &'static str,
     pub name: String,
 }
@@ -296,9 +342,17 @@ pub fn account(view: &AccountView) -> Page {
                 @if view.factors.is_empty() {
                     p { "Only your password protects this account." }
                 } @else {
-                    ul {
+                    ul.factors {
                         @for f in &view.factors {
-                            li { (f.name) " (" (f.kind) ")" }
+                            li {
+                                span { (f.name) " (" (f.kind) ")" }
+                                form method="post" action="/account/mfa/remove" {
+                                    (hidden(&csrf))
+                                    input type="hidden" name="factor_id" value=(f.id);
+                                    button.secondary.small type="submit"
+                                        aria-label={ "Remove " (f.name) } { "Remove" }
+                                }
+                            }
                         }
                     }
                     p { (view.recovery_codes_left) " recovery codes left." }
@@ -306,6 +360,10 @@ pub fn account(view: &AccountView) -> Page {
                 form method="post" action="/account/mfa/totp" {
                     (hidden(&csrf))
                     button.secondary type="submit" { "Set up an authenticator app" }
+                }
+                form method="post" action="/account/passkeys" {
+                    (hidden(&csrf))
+                    button.secondary type="submit" { "Add a passkey" }
                 }
             }
             form method="post" action="/oauth/logout" {
@@ -337,12 +395,35 @@ pub fn enrol(qr_svg: &str, secret: &str, fields: Hidden, message: Option<&str>) 
     )
 }
 
+/// A passkey's registration: its name, then the authenticator (the script
+/// passes it `options` and posts its answer).
+pub fn new_passkey(options: &str, fields: Hidden, message: Option<&str>) -> Page {
+    page(
+        "Add a passkey",
+        html! {
+            p { "Your device or security key keeps the passkey; it signs you in without a password." }
+            (error(message))
+            form.passkey method="post" action="/account/passkeys/finish" data-options=(options) {
+                (hidden(fields))
+                input type="hidden" name="credential";
+                label for="name" { "Name" }
+                input id="name" name="name" type="text" maxlength="64" value="Passkey";
+                p.error.passkey-error role="alert" hidden {}
+                p.no-passkeys { "This browser cannot make passkeys." }
+                button type="button" data-passkey="register" hidden { "Create passkey" }
+            }
+            p { a href="/account" { "Back to your account" } }
+        },
+    )
+    .with_script()
+}
+
 /// The recovery codes, shown once.
 pub fn recovery_codes(codes: &[String]) -> Page {
     page(
         "Keep your recovery codes",
         html! {
-            p { "Each code signs you in once if you lose the app. They are shown only now." }
+            p { "Each code signs you in once if you lose your second step. They are shown only now." }
             ul.codes { @for c in codes { li { code { (c) } } } }
             p { a href="/account" { "Back to your account" } }
         },
@@ -388,13 +469,16 @@ ul.scopes { padding-left: 1.2rem; line-height: 1.7; }
 h2 { font-size: 1.05rem; margin: 1.6rem 0 .4rem; }
 dl { display: grid; grid-template-columns: auto 1fr; gap: .3rem 1rem; margin: 0; }
 dt { font-weight: 600; } dd { margin: 0; }
-ul.sessions { list-style: none; padding: 0; }
-ul.sessions li { display: flex; align-items: center; justify-content: space-between; gap: .6rem;
+ul.sessions, ul.factors { list-style: none; padding: 0; }
+ul.sessions li, ul.factors li { display: flex; align-items: center; justify-content: space-between; gap: .6rem;
   padding: .4rem 0; border-bottom: 1px solid var(--ag-border); font-size: .9rem; }
-button.small { width: auto; margin: 0; padding: .3rem .7rem; font-size: .85rem; }
+button.small { width: auto; margin: 0; padding: .3rem .7rem; font-size: .85rem; white-space: nowrap; }
 .notice { color: var(--ag-text); font-weight: 600; }
 .logo { display: block; max-height: 48px; max-width: 100%; margin: 0 auto 1rem; }
 .qr svg { width: 200px; height: 200px; display: block; margin: 0 auto; }
 .secret { text-align: center; word-break: break-all; }
 ul.codes { columns: 2; font-family: monospace; }
+form.passkey { margin-top: .4rem; }
+[hidden] { display: none !important; }
+.js-passkeys .no-passkeys { display: none; }
 "#;
