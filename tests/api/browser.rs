@@ -217,8 +217,9 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
         .spawn(backend)
         .await;
     assert_eq!(app.address, base);
-    let (_, authenticator) = crate::mfa::user_with_app(&app, "grace").await;
-    // The links mailed to her: the sign-up's verification, and a reset.
+    let (tokens, authenticator) = crate::mfa::user_with_app(&app, "grace").await;
+    // The links mailed to her: the sign-up's verification, a reset, and
+    // (from a session stepped up to two factors) an address change's.
     let wait = Duration::from_secs(10);
     let verify_token = app
         .mail
@@ -239,6 +240,33 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
         .await
         .link_token()
         .expect("a reset link");
+    let res = app
+        .client
+        .post(app.url("/auth/mfa/verify"))
+        .bearer_auth(&tokens.access)
+        .json(&json!({"code": authenticator.code(&app)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let stepped: Value = res.json().await.unwrap();
+    let res = app
+        .client
+        .patch(app.url("/users/me"))
+        .bearer_auth(stepped["access_token"].as_str().unwrap())
+        .json(&json!({"email": "grace.new@example.com", "current_password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let email_token = app
+        .mail
+        .wait_for("grace.new@example.com", wait)
+        .await
+        .link_token()
+        .expect("an address change's link");
+    // The step-up spent this time step's code; the pages' login uses the next.
+    app.advance(Duration::from_secs(30));
     let redirect = "http://127.0.0.1:9/callback";
     let client = crate::clients::register_client(
         &app,
@@ -271,6 +299,7 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
             ("OIDC_TOTP_OFFSET", &offset),
             ("OIDC_VERIFY_TOKEN", &verify_token),
             ("OIDC_RESET_TOKEN", &reset_token),
+            ("OIDC_EMAIL_TOKEN", &email_token),
             ("SCREENSHOT_DIR", &screenshots),
         ],
     )

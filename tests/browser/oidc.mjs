@@ -16,8 +16,9 @@
 //   OIDC_USERNAME, OIDC_PASSWORD
 //   OIDC_TOTP_SECRET        base32; OIDC_TOTP_OFFSET: the server clock's
 //                           lead over this one, in seconds
-//   OIDC_VERIFY_TOKEN, OIDC_RESET_TOKEN  the tokens of a verification and a
-//                           reset link mailed to the user
+//   OIDC_VERIFY_TOKEN, OIDC_RESET_TOKEN, OIDC_EMAIL_TOKEN  the tokens of a
+//                           verification, a reset and an address change's
+//                           link mailed to the user
 //   SCREENSHOT_DIR          where to save a screenshot of each page (optional)
 //   CHROMIUM                default /usr/bin/chromium
 //
@@ -59,6 +60,7 @@ const totpSecret = env('OIDC_TOTP_SECRET');
 const totpOffset = Number(process.env.OIDC_TOTP_OFFSET || '0');
 const verifyToken = env('OIDC_VERIFY_TOKEN');
 const resetToken = env('OIDC_RESET_TOKEN');
+const emailToken = env('OIDC_EMAIL_TOKEN');
 const screenshots = process.env.SCREENSHOT_DIR || '';
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 
@@ -183,11 +185,26 @@ try {
   await shot(page, 'verify-email');
   await page.getByRole('button', { name: 'Verify my address' }).click();
   await page.getByRole('heading', { name: 'Address verified' }).waitFor();
+  await shot(page, 'verified');
 
   step('the reset link');
   await page.goto(`${issuer}/auth/password/reset?token=${resetToken}`);
   await page.getByLabel('New password', { exact: true }).waitFor();
   await shot(page, 'reset-password');
+
+  step('the address change link');
+  await page.goto(`${issuer}/auth/email/confirm?token=${emailToken}`);
+  await page.getByRole('button', { name: 'Confirm the new address' }).waitFor();
+  await shot(page, 'confirm-email');
+  await page.getByRole('button', { name: 'Confirm the new address' }).click();
+  await page.getByRole('heading', { name: 'Address changed' }).waitFor();
+  await page.goto(`${issuer}/account`);
+  await page.getByText('grace.new@example.com').waitFor();
+
+  step('a request that cannot go back');
+  await page.goto(`${issuer}/oauth/authorize?response_type=code&client_id=unknown-client`);
+  await page.getByRole('heading', { name: 'This request cannot be completed' }).waitFor();
+  await shot(page, 'refused');
 
   step('signing out');
   await page.goto(`${issuer}/oauth/logout`);
@@ -195,6 +212,7 @@ try {
   await shot(page, 'logout');
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'You are signed out' }).waitFor();
+  await shot(page, 'signed-out');
   await page.goto(`${issuer}/account`);
   await page.getByLabel('Username or email').waitFor();
   expect(violations.length === 0, `no CSP violations: ${violations.join('; ')}`);
