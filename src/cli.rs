@@ -102,7 +102,9 @@ pub enum KeysCommand {
     /// Revoke a key at once: tokens it signed are refused everywhere. If it
     /// was signing, a new key signs in its place at once.
     Revoke {
-        /// The key id (`kid`).
+        /// The key id (`kid`). A kid may start with `-` (it is base64url),
+        /// so it is never taken for an option.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[command(flatten)]
         args: KeyCommandArgs,

@@ -330,6 +330,10 @@ fn keys_are_listed_rotated_imported_and_revoked_from_the_command_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     let kid = listed[0]["kid"].as_str().unwrap();
+    // A kid that starts with `-` is still a kid, not an option.
+    let (ok, _, err) = keys(&["revoke", "-Wno-such-key"]);
+    assert!(!ok);
+    assert!(err.contains("no key -Wno-such-key"), "{err}");
     let (ok, revoked, err) = keys(&["revoke", kid]);
     assert!(ok, "{err}");
     let revoked: Value = serde_json::from_str(&revoked).unwrap();
