@@ -519,6 +519,27 @@ impl Config {
                 self.mail.public_url
             ));
         }
+        // The pages' passkeys answer to the WebAuthn origin; forms post to
+        // the public URL's. On loopback both names serve.
+        let public_origin = url::Url::parse(&self.mail.public_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        let loopback = |origin: &str| {
+            ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+                .iter()
+                .find_map(|prefix| origin.strip_prefix(prefix))
+                .map(str::to_owned)
+        };
+        if public_origin != self.webauthn_origin
+            && (loopback(&public_origin).is_none()
+                || loopback(&public_origin) != loopback(&self.webauthn_origin))
+        {
+            warnings.push(format!(
+                "AUTHGATE_WEBAUTHN_ORIGIN {} is not the origin of AUTHGATE_PUBLIC_URL {}: \
+                 passkeys on the hosted pages will be refused",
+                self.webauthn_origin, public_origin
+            ));
+        }
         for net in &self.trusted_proxies {
             if !is_private(net) {
                 warnings.push(format!(
@@ -1004,6 +1025,26 @@ mod tests {
         }
         assert!(!warnings.contains("10.0.0.0/8"), "{warnings}");
         assert!(parse(&[]).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn passkeys_at_another_origin_than_the_pages_start_with_a_warning() {
+        let elsewhere = parse(&["--public-url", "https://login.example.com"]).unwrap();
+        let warnings = elsewhere.warnings().join("\n");
+        assert!(warnings.contains("AUTHGATE_WEBAUTHN_ORIGIN"), "{warnings}");
+        let matched = parse(&[
+            "--public-url",
+            "https://login.example.com/",
+            "--webauthn-origin",
+            "https://login.example.com",
+            "--webauthn-rp-id",
+            "example.com",
+        ])
+        .unwrap();
+        assert!(matched.warnings().is_empty(), "{:?}", matched.warnings());
+        // On loopback, another port is another server.
+        let port = parse(&["--public-url", "http://127.0.0.1:9000"]).unwrap();
+        assert!(!port.warnings().is_empty());
     }
 
     #[test]

@@ -272,25 +272,35 @@ impl Mfa {
         factor_id: Uuid,
     ) -> AuthResult<()> {
         require_aal2(caller)?;
-        let mut effects = Effects::audit(
-            self.audit
-                .event(client, Some(caller.user_id), AuditKind::MfaRemoved)
-                .user(caller.user_id)
-                .session(caller.session_id),
-        );
-        self.letters.security_notice(
-            &mut effects,
-            &caller.user.user,
-            SecurityNotice::FactorRemoved,
-            self.clock.now(),
-        );
+        // The audit event names the kind removed, as the passkeys' own
+        // removal does.
+        let effects = |kind: &str| {
+            let mut effects = Effects::audit(
+                self.audit
+                    .event(client, Some(caller.user_id), AuditKind::MfaRemoved)
+                    .user(caller.user_id)
+                    .session(caller.session_id)
+                    .detail(kind),
+            );
+            self.letters.security_notice(
+                &mut effects,
+                &caller.user.user,
+                SecurityNotice::FactorRemoved,
+                self.clock.now(),
+            );
+            effects
+        };
         let removed = self
             .store
-            .delete_factor(caller.user_id, factor_id, &effects)
+            .delete_factor(
+                caller.user_id,
+                factor_id,
+                &effects(FactorKind::Totp.as_str()),
+            )
             .await?
             || self
                 .store
-                .delete_passkey(caller.user_id, factor_id, &effects)
+                .delete_passkey(caller.user_id, factor_id, &effects(PASSKEY))
                 .await?;
         if removed {
             self.letters.wake();

@@ -371,9 +371,10 @@ async fn the_code_flow_logs_in_asks_consent_and_gives_verifiable_tokens(backend:
     // One script, the passkeys', from this origin; nothing inline.
     assert_eq!(login.body.matches("<script").count(), 1, "{}", login.body);
     assert!(
-        login
-            .body
-            .contains("<script src=\"/oauth/passkeys.js\" defer></script>")
+        login.body.contains("<script src=\"/oauth/passkeys.js?v=")
+            && login.body.contains("\" defer></script>"),
+        "{}",
+        login.body
     );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
 
@@ -764,22 +765,26 @@ async fn forms_without_their_csrf_token_are_refused(backend: Backend) {
         .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
     assert!(!stranger.cookies.contains_key("authgate_sso"));
-    // A wrong token beside the right cookie, or a foreign Origin, fails too.
-    let res = browser
-        .http
-        .post(app.url("/oauth/login"))
-        .header(header::COOKIE, browser.cookie_header())
-        .header(header::ORIGIN, "https://evil.example.com")
-        .form(&[
-            ("csrf", login.field("csrf").as_str()),
-            ("return_to", &return_to),
-            ("login", "ada"),
-            ("password", PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // A wrong token beside the right cookie, or a foreign Origin, fails too;
+    // so does another server on this machine (the service's public URL is
+    // the default, http://127.0.0.1:8010).
+    for origin in ["https://evil.example.com", "http://localhost:8011"] {
+        let res = browser
+            .http
+            .post(app.url("/oauth/login"))
+            .header(header::COOKIE, browser.cookie_header())
+            .header(header::ORIGIN, origin)
+            .form(&[
+                ("csrf", login.field("csrf").as_str()),
+                ("return_to", &return_to),
+                ("login", "ada"),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origin}");
+    }
     // A second cookie of the same name (planted for a narrower path or from
     // a sibling domain) makes both count for nothing.
     let planted = format!(

@@ -132,11 +132,12 @@ try {
   await heading(page, 'Your account');
 
   step('adding a passkey');
+  await page.getByLabel('Passkey name').fill(passkeyName);
   await button(page, 'Add a passkey').click();
   await heading(page, 'Add a passkey');
   await button(page, 'Create passkey').waitFor();
   expect(!(await page.getByText('This browser cannot make passkeys.').isVisible()), 'WebAuthn is offered');
-  await page.getByLabel('Name').fill(passkeyName);
+  await page.getByText(passkeyName, { exact: true }).waitFor();
   await shot(page, 'passkey');
   await button(page, 'Create passkey').click();
   await heading(page, 'Keep your recovery codes');

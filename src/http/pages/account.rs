@@ -442,8 +442,15 @@ async fn remove_factor(
         return refused_page(&state, StatusCode::BAD_REQUEST, "The form is malformed.");
     };
     match state.services.mfa.remove(&client, &here.who, id).await {
-        // Gone already (another tab): what the user wanted.
-        Ok(()) | Err(AuthError::NotFound) => see_account("removed"),
+        Ok(()) => see_account("removed"),
+        // Not this user's, or gone already (another tab): say so.
+        Err(AuthError::NotFound) => {
+            here.refuse(
+                StatusCode::NOT_FOUND,
+                "That second step is not on this account (it may be removed already).",
+            )
+            .await
+        }
         Err(AuthError::InsufficientAuthentication) => {
             here.refuse(StatusCode::FORBIDDEN, SECOND_STEP_FIRST).await
         }
@@ -452,6 +459,9 @@ async fn remove_factor(
 }
 
 const TOO_MANY_PASSKEYS: &str = "This account holds as many passkeys as it may.";
+const UNFIT_NAME: &str = "A passkey's name is at most 64 characters, without control or \
+                          invisible characters (some emoji hold invisible joiners).";
+const DEFAULT_PASSKEY_NAME: &str = "Passkey";
 
 /// `POST /account/passkeys`: starts a registration; the page that follows
 /// hands the options to the authenticator.
@@ -465,6 +475,16 @@ async fn start_passkey(
         Ok(posted) => posted,
         Err(res) => return res,
     };
+    // The name is checked before the authenticator makes anything: a
+    // refusal after it would leave a passkey on the device and none here.
+    let name = match factor_name(form.name.as_deref()) {
+        Ok(name) => name.unwrap_or(DEFAULT_PASSKEY_NAME).to_owned(),
+        Err(_) => {
+            return here
+                .refuse(StatusCode::UNPROCESSABLE_ENTITY, UNFIT_NAME)
+                .await;
+        }
+    };
     match state
         .services
         .passkeys
@@ -474,10 +494,14 @@ async fn start_passkey(
         Ok(started) => {
             let csrf = form.csrf.unwrap_or_default();
             let id = started.challenge_id.to_string();
-            let fields = [("csrf", csrf.as_str()), ("challenge_id", id.as_str())];
+            let fields = [
+                ("csrf", csrf.as_str()),
+                ("challenge_id", id.as_str()),
+                ("name", name.as_str()),
+            ];
             html_page(
                 StatusCode::OK,
-                views::new_passkey(&started.options.to_string(), &fields, None),
+                views::new_passkey(&name, &started.options.to_string(), &fields),
                 None,
                 None,
                 &state,
@@ -523,10 +547,7 @@ async fn finish_passkey(
         Ok(name) => name,
         Err(_) => {
             return here
-                .refuse(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "A passkey's name is at most 64 characters, without control characters.",
-                )
+                .refuse(StatusCode::UNPROCESSABLE_ENTITY, UNFIT_NAME)
                 .await;
         }
     };
@@ -550,11 +571,8 @@ async fn finish_passkey(
             here.refuse(StatusCode::FORBIDDEN, SECOND_STEP_FIRST).await
         }
         Err(AuthError::Conflict(_)) => {
-            here.refuse(
-                StatusCode::CONFLICT,
-                "This passkey is on the account already.",
-            )
-            .await
+            here.refuse(StatusCode::CONFLICT, "This passkey is registered already.")
+                .await
         }
         Err(AuthError::Invalid { field, .. }) => {
             let message = if field == "passkeys" {

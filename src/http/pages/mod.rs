@@ -132,9 +132,27 @@ fn same_site_form(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> 
     });
     let origin_ok = match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         None => true,
-        Some(origin) => origin_of(&state.public_url).as_deref() == Some(origin),
+        Some(origin) => origin_of(&state.public_url)
+            .is_some_and(|public| public == origin || same_loopback(&public, origin)),
     };
     token_ok && origin_ok
+}
+
+/// Whether two origins are one loopback server by two names (`localhost`
+/// and `127.0.0.1`, say, on one port): a service on loopback is reached by
+/// either, and passkeys work only by name. The port must match, so no
+/// other server on the machine passes.
+fn same_loopback(a: &str, b: &str) -> bool {
+    let loopback = |origin: &str| {
+        let url = url::Url::parse(origin).ok()?;
+        let host = match url.host()? {
+            url::Host::Domain(name) => name == "localhost",
+            url::Host::Ipv4(ip) => ip.is_loopback(),
+            url::Host::Ipv6(ip) => ip.is_loopback(),
+        };
+        (host && url.scheme() == "http").then(|| url.port_or_known_default())?
+    };
+    loopback(a).is_some_and(|port| loopback(b) == Some(port))
 }
 
 /// A page with the policy it needs: nothing but this origin's stylesheet,
@@ -649,6 +667,9 @@ fn second_step(
     )
 }
 
+/// A passkey's answer to a ceremony unknown, used or expired.
+const SPENT_CEREMONY: &str = "That passkey answer was used already or came too late. Try again.";
+
 /// `POST /oauth/passkey`: the login page's passkey, its answer posted by
 /// the page's script.
 async fn passkey_login(
@@ -690,7 +711,7 @@ async fn passkey_login(
             &form,
             &target,
             StatusCode::BAD_REQUEST,
-            "The passkey took too long. Try again.",
+            SPENT_CEREMONY,
         ),
         Err(e) => login_refused(&state, &form, &target, e),
     }
@@ -759,10 +780,7 @@ async fn mfa(
     match result {
         Ok(pair) => signed_in(&state, &pair, form.return_to.as_deref().unwrap_or_default()),
         Err(AuthError::InvalidCode) => again(StatusCode::UNAUTHORIZED, wrong),
-        Err(AuthError::Invalid { .. }) => again(
-            StatusCode::BAD_REQUEST,
-            "The passkey took too long. Try again.",
-        ),
+        Err(AuthError::Invalid { .. }) => again(StatusCode::BAD_REQUEST, SPENT_CEREMONY),
         Err(AuthError::InvalidMfaToken) => login_again(
             &state,
             &form,
@@ -954,7 +972,7 @@ async fn script() -> Response {
                 HeaderValue::from_static("public, max-age=3600"),
             ),
         ],
-        include_str!("passkeys.js"),
+        views::SCRIPT,
     )
         .into_response()
 }
@@ -974,4 +992,39 @@ async fn stylesheet() -> Response {
         views::STYLESHEET,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_loopback;
+
+    #[test]
+    fn one_loopback_server_by_two_names_is_one_origin() {
+        assert!(same_loopback(
+            "http://127.0.0.1:8010",
+            "http://localhost:8010"
+        ));
+        assert!(same_loopback("http://localhost:8010", "http://[::1]:8010"));
+    }
+
+    #[test]
+    fn another_port_scheme_or_host_is_another_origin() {
+        assert!(!same_loopback(
+            "http://127.0.0.1:8010",
+            "http://localhost:8011"
+        ));
+        assert!(!same_loopback(
+            "http://127.0.0.1:8010",
+            "https://localhost:8010"
+        ));
+        assert!(!same_loopback(
+            "http://127.0.0.1:8010",
+            "http://evil.example:8010"
+        ));
+        assert!(!same_loopback(
+            "https://login.example.com",
+            "https://login.example.com.evil"
+        ));
+        assert!(!same_loopback("http://127.0.0.1:8010", "null"));
+    }
 }

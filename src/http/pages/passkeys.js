@@ -14,6 +14,8 @@
   'use strict';
 
   if (!window.PublicKeyCredential || !navigator.credentials) return;
+  // WebAuthn needs a domain: at an IP address every ceremony fails.
+  if (/^[0-9.]+$|^\[/.test(location.hostname)) return;
   document.documentElement.classList.add('js-passkeys');
 
   function encode(buffer) {
@@ -92,11 +94,23 @@
       body: JSON.stringify(body),
       credentials: 'same-origin',
     }).then(function (res) {
-      return res.json().catch(function () { return {}; }).then(function (json) {
-        if (!res.ok) throw new Error(json.detail || 'The passkey could not be used now.');
-        return json;
-      });
+      if (!res.ok) throw new Error(refusal(kind, res));
+      return res.json();
     });
+  }
+
+  // What a refused start tells the user (the API's own words are for
+  // developers).
+  function refusal(kind, res) {
+    if (res.status === 429) {
+      var wait = Number(res.headers.get('retry-after'));
+      return wait > 0 ? 'Too many attempts. Try again in ' + wait + ' seconds.' : 'Too many attempts. Try again later.';
+    }
+    if (kind === 'mfa' && res.status === 401) {
+      return 'The sign-in took too long or had too many tries. Sign in again.';
+    }
+    if (res.status === 503) return 'The service is busy. Try again in a moment.';
+    return 'The passkey could not be used now. Try again.';
   }
 
   function ceremony(kind, publicKey) {
@@ -107,10 +121,12 @@
 
   function explain(error) {
     // The browser's own words for a cancelled or timed-out prompt say
-    // little; the server's (from start) are meant for the user.
+    // little; refusal()'s are meant for the user.
     if (error && error.name === 'NotAllowedError') return 'The passkey was not used. Try again.';
     if (error && error.name === 'InvalidStateError') return 'This device holds a passkey of this account already.';
-    return (error && error.message) || 'The passkey could not be used.';
+    if (error && error.name === 'SecurityError') return 'Passkeys cannot be used at this address.';
+    if (error && error.name === 'Error') return error.message;
+    return 'The passkey could not be used.';
   }
 
   Array.prototype.forEach.call(document.querySelectorAll('button[data-passkey]'), function (button) {

@@ -25,6 +25,17 @@ fn page(title: &str, body: Markup) -> Page {
 
 /// Where the passkey script is served.
 pub const SCRIPT_PATH: &str = "/oauth/passkeys.js";
+/// The passkey script.
+pub const SCRIPT: &str = include_str!("passkeys.js");
+
+/// The script's address in the pages: with its digest, so that a cached
+/// copy of an older build's script is never run against newer pages.
+static SCRIPT_SRC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(SCRIPT.as_bytes());
+    let version: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SCRIPT_PATH}?v={version}")
+});
 
 impl Page {
     /// Whether the page loads the passkey script (its policy must allow it).
@@ -48,7 +59,7 @@ impl Page {
                     title { (self.title) " · authgate" }
                     link rel="stylesheet" href="/oauth/pages.css";
                     @if self.script {
-                        script src=(SCRIPT_PATH) defer {}
+                        script src=(*SCRIPT_SRC) defer {}
                     }
                 }
                 body {
@@ -363,6 +374,9 @@ pub fn account(view: &AccountView) -> Page {
                 }
                 form method="post" action="/account/passkeys" {
                     (hidden(&csrf))
+                    label for="passkey_name" { "Passkey name" }
+                    input id="passkey_name" name="name" type="text" maxlength="64"
+                        value="Passkey" required;
                     button.secondary type="submit" { "Add a passkey" }
                 }
             }
@@ -395,19 +409,17 @@ pub fn enrol(qr_svg: &str, secret: &str, fields: Hidden, message: Option<&str>) 
     )
 }
 
-/// A passkey's registration: its name, then the authenticator (the script
-/// passes it `options` and posts its answer).
-pub fn new_passkey(options: &str, fields: Hidden, message: Option<&str>) -> Page {
+/// A passkey's registration, its name chosen: the authenticator (the
+/// script passes it `options` and posts its answer).
+pub fn new_passkey(name: &str, options: &str, fields: Hidden) -> Page {
     page(
         "Add a passkey",
         html! {
             p { "Your device or security key keeps the passkey; it signs you in without a password." }
-            (error(message))
+            p { "Name: " strong { (name) } }
             form.passkey method="post" action="/account/passkeys/finish" data-options=(options) {
                 (hidden(fields))
                 input type="hidden" name="credential";
-                label for="name" { "Name" }
-                input id="name" name="name" type="text" maxlength="64" value="Passkey";
                 p.error.passkey-error role="alert" hidden {}
                 p.no-passkeys { "This browser cannot make passkeys." }
                 button type="button" data-passkey="register" hidden { "Create passkey" }
