@@ -218,8 +218,10 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
         .await;
     assert_eq!(app.address, base);
     let (tokens, authenticator) = crate::mfa::user_with_app(&app, "grace").await;
-    // The links mailed to her: the sign-up's verification, a reset, and
-    // (from a session stepped up to two factors) an address change's.
+    // The links mailed to her: the sign-up's verification and (from a
+    // session stepped up to two factors) an address change's. A reset's
+    // goes to another user: each of the two ends the other's link.
+    app.create_user("heidi").await;
     let wait = Duration::from_secs(10);
     let verify_token = app
         .mail
@@ -230,16 +232,17 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
     let res = app
         .post_json(
             "/auth/password/forgot",
-            &json!({"email": "grace@example.com"}),
+            &json!({"email": "heidi@example.com"}),
         )
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let reset_token = app
-        .mail
-        .wait_for("grace@example.com", wait)
-        .await
-        .link_token()
-        .expect("a reset link");
+    let reset_token = loop {
+        // Her sign-up's verification comes first.
+        let mail = app.mail.wait_for("heidi@example.com", wait).await;
+        if mail.subject().contains("eset") {
+            break mail.link_token().expect("a reset link");
+        }
+    };
     let res = app
         .client
         .post(app.url("/auth/mfa/verify"))
@@ -310,6 +313,13 @@ async fn the_oidc_code_flow_runs_in_chromium_with_a_real_client_library(backend:
     let claims = claims_of(last["access_token"].as_str().unwrap());
     assert_eq!(claims["sub"], last["sub"]);
     assert_eq!(claims["client_id"], client["client_id"]);
+    // The reset page set Heidi's new password: the old one is refused.
+    let res = app.login("heidi", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = app
+        .login("heidi", last["new_password"].as_str().unwrap())
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 /// Runs a script of `tests/browser` with `env`; its last line, the JSON it

@@ -16,9 +16,10 @@
 //   OIDC_USERNAME, OIDC_PASSWORD
 //   OIDC_TOTP_SECRET        base32; OIDC_TOTP_OFFSET: the server clock's
 //                           lead over this one, in seconds
-//   OIDC_VERIFY_TOKEN, OIDC_RESET_TOKEN, OIDC_EMAIL_TOKEN  the tokens of a
-//                           verification, a reset and an address change's
-//                           link mailed to the user
+//   OIDC_VERIFY_TOKEN, OIDC_EMAIL_TOKEN  the tokens of a verification and
+//                           an address change's link mailed to the user
+//   OIDC_RESET_TOKEN        a reset link's, mailed to another user (each of
+//                           the two ends the other's link)
 //   SCREENSHOT_DIR          where to save a screenshot of each page (optional)
 //   CHROMIUM                default /usr/bin/chromium
 //
@@ -61,6 +62,7 @@ const totpOffset = Number(process.env.OIDC_TOTP_OFFSET || '0');
 const verifyToken = env('OIDC_VERIFY_TOKEN');
 const resetToken = env('OIDC_RESET_TOKEN');
 const emailToken = env('OIDC_EMAIL_TOKEN');
+const newPassword = 'a brand new passphrase 42';
 const screenshots = process.env.SCREENSHOT_DIR || '';
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 
@@ -215,11 +217,20 @@ try {
   await shot(page, 'signed-out');
   await page.goto(`${issuer}/account`);
   await page.getByLabel('Username or email').waitFor();
+
+  step('a new password through the reset link');
+  await page.goto(`${issuer}/auth/password/reset?token=${resetToken}`);
+  await page.getByLabel('New password', { exact: true }).fill(newPassword);
+  await page.getByLabel('Repeat the new password').fill(newPassword);
+  await page.getByRole('button', { name: 'Set password' }).click();
+  await page.getByRole('heading', { name: 'Password set' }).waitFor();
+  await shot(page, 'password-set');
   expect(violations.length === 0, `no CSP violations: ${violations.join('; ')}`);
 
   console.log(
     JSON.stringify({
       ok: true,
+      new_password: newPassword,
       sub: claims.sub,
       email: claims.email,
       amr: claims.amr,
