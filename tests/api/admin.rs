@@ -392,6 +392,33 @@ async fn admins_search_users_by_name_prefix_role_and_state(backend: Backend) {
         names(&app, &admin, "q=b&role=admin&is_active=true").await,
         ["bob"]
     );
+    // A prefix of three characters or more is found through the prefix
+    // indexes first: the same answers, filters and pages.
+    assert_eq!(
+        names(&app, &admin, "q=bob&role=admin&is_active=true").await,
+        ["bob"]
+    );
+    assert!(names(&app, &admin, "q=bob&role=ops_1").await.is_empty());
+    assert_eq!(
+        names(&app, &admin, "q=car&is_active=false").await,
+        ["carol"]
+    );
+    assert!(names(&app, &admin, "q=car&is_active=true").await.is_empty());
+    assert_eq!(names(&app, &admin, "q=ali&role=ops_1").await, ["alice"]);
+    let first: Value = app
+        .get("/admin/users?q=ali&limit=1", Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["users"][0]["username"], "alice", "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    assert_eq!(
+        names(&app, &admin, &format!("q=ali&limit=1&cursor={cursor}")).await,
+        ["alicia"]
+    );
+    // An address matches by its start too, and each user comes once.
+    assert_eq!(names(&app, &admin, "q=alice").await, ["alice"]);
     let res = app
         .get("/admin/users?role=Admin&is_active=maybe", Some(&admin))
         .await;
