@@ -66,6 +66,18 @@ million_scenarios() {
 
 # ------------------------------------------------------------ 1. small
 admin_token
+# The role listing answers a full page (50) on both sizes, so that the two
+# compare the finding of admins and not the length of the answer: 50 of the
+# seeded accounts are admins too (the loaded database holds 101).
+PROMOTE="UPDATE users SET roles = 'admin,user' WHERE id IN \
+    (SELECT id FROM users WHERE roles = 'user' ORDER BY id LIMIT 50)"
+if [[ $BACKEND == postgres ]]; then
+    psql -q "$DATABASE_URL" -c "$PROMOTE" || die "the seeded admins could not be made"
+else
+    python3 -c 'import sqlite3, sys
+db = sqlite3.connect(sys.argv[1]); db.execute(sys.argv[2]); db.commit()' \
+        "$WORK/authgate.db" "$PROMOTE" || die "the seeded admins could not be made"
+fi
 echo "role=admin" >"$WORK/role_queries.txt"
 for ((i = 0; i < USERS; i++)); do echo "q=b$RUN_ID-u$i"; done >"$WORK/small_queries.txt"
 echo "==> small database ($USERS accounts): scenarios, $DURATION s each"
