@@ -524,15 +524,8 @@ impl Config {
         let public_origin = url::Url::parse(&self.mail.public_url)
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_default();
-        let loopback = |origin: &str| {
-            ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
-                .iter()
-                .find_map(|prefix| origin.strip_prefix(prefix))
-                .map(str::to_owned)
-        };
         if public_origin != self.webauthn_origin
-            && (loopback(&public_origin).is_none()
-                || loopback(&public_origin) != loopback(&self.webauthn_origin))
+            && !same_loopback(&public_origin, &self.webauthn_origin)
         {
             warnings.push(format!(
                 "AUTHGATE_WEBAUTHN_ORIGIN {} is not the origin of AUTHGATE_PUBLIC_URL {}: \
@@ -550,6 +543,23 @@ impl Config {
         }
         warnings
     }
+}
+
+/// Whether two origins are one loopback server by two names (`localhost`
+/// and `127.0.0.1`, say, on one port): a service on loopback is reached by
+/// either, and passkeys work only by name. The port must match, so no
+/// other server on the machine passes.
+pub fn same_loopback(a: &str, b: &str) -> bool {
+    let loopback = |origin: &str| {
+        let url = url::Url::parse(origin).ok()?;
+        let host = match url.host()? {
+            url::Host::Domain(name) => name == "localhost",
+            url::Host::Ipv4(ip) => ip.is_loopback(),
+            url::Host::Ipv6(ip) => ip.is_loopback(),
+        };
+        (host && url.scheme() == "http").then(|| url.port_or_known_default())?
+    };
+    loopback(a).is_some_and(|port| loopback(b) == Some(port))
 }
 
 /// Loopback, private (RFC 1918, unique local) or link-local networks only.

@@ -16,7 +16,8 @@ use uuid::Uuid;
 use webauthn_rs::prelude::RegisterPublicKeyCredential;
 
 use super::{
-    SESSION_COOKIE, cookie, failure_page, form_token, html_page, own_form, refused_page, views,
+    SESSION_COOKIE, cookie, failure_page, form_token, html_page, own_form, passkey_answer,
+    refused_page, views,
 };
 use crate::{
     auth::{AuthError, sessions::Authenticated},
@@ -530,12 +531,11 @@ async fn finish_passkey(
         Ok(posted) => posted,
         Err(res) => return res,
     };
-    let answer = form_id(form.challenge_id.as_deref()).zip(
-        form.credential
-            .as_deref()
-            .and_then(|c| serde_json::from_str::<RegisterPublicKeyCredential>(c).ok()),
+    let answer = passkey_answer::<RegisterPublicKeyCredential>(
+        form.challenge_id.as_deref(),
+        form.credential.as_deref(),
     );
-    let Some((challenge_id, credential)) = answer else {
+    let Some(Some((challenge_id, credential))) = answer else {
         return here
             .refuse(
                 StatusCode::BAD_REQUEST,

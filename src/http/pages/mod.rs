@@ -132,27 +132,11 @@ fn same_site_form(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> 
     });
     let origin_ok = match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         None => true,
-        Some(origin) => origin_of(&state.public_url)
-            .is_some_and(|public| public == origin || same_loopback(&public, origin)),
+        Some(origin) => origin_of(&state.public_url).is_some_and(|public| {
+            public == origin || crate::config::same_loopback(&public, origin)
+        }),
     };
     token_ok && origin_ok
-}
-
-/// Whether two origins are one loopback server by two names (`localhost`
-/// and `127.0.0.1`, say, on one port): a service on loopback is reached by
-/// either, and passkeys work only by name. The port must match, so no
-/// other server on the machine passes.
-fn same_loopback(a: &str, b: &str) -> bool {
-    let loopback = |origin: &str| {
-        let url = url::Url::parse(origin).ok()?;
-        let host = match url.host()? {
-            url::Host::Domain(name) => name == "localhost",
-            url::Host::Ipv4(ip) => ip.is_loopback(),
-            url::Host::Ipv6(ip) => ip.is_loopback(),
-        };
-        (host && url.scheme() == "http").then(|| url.port_or_known_default())?
-    };
-    loopback(a).is_some_and(|port| loopback(b) == Some(port))
 }
 
 /// A page with the policy it needs: nothing but this origin's stylesheet,
@@ -438,16 +422,21 @@ impl LoginForm {
         ]
     }
 
-    /// A passkey's ceremony and answer, when the form carries one: `None`
-    /// when it does not, `Some(None)` when it is malformed.
+    /// A passkey's ceremony and answer, when the form carries one.
     fn passkey_answer<T: serde::de::DeserializeOwned>(&self) -> Option<Option<(uuid::Uuid, T)>> {
-        let credential = self.credential.as_deref().filter(|c| !c.is_empty())?;
-        let id = self
-            .challenge_id
-            .as_deref()
-            .and_then(|id| uuid::Uuid::parse_str(id).ok());
-        Some(id.zip(serde_json::from_str(credential).ok()))
+        passkey_answer(self.challenge_id.as_deref(), self.credential.as_deref())
     }
+}
+
+/// The ceremony's id and the authenticator's answer (JSON) a form carries:
+/// `None` when it carries no answer, `Some(None)` when they are malformed.
+fn passkey_answer<T: serde::de::DeserializeOwned>(
+    challenge_id: Option<&str>,
+    credential: Option<&str>,
+) -> Option<Option<(uuid::Uuid, T)>> {
+    let credential = credential.filter(|c| !c.is_empty())?;
+    let id = challenge_id.and_then(|id| uuid::Uuid::parse_str(id).ok());
+    Some(id.zip(serde_json::from_str(credential).ok()))
 }
 
 /// Where a login form goes back to: an authorization request (checked
@@ -958,45 +947,34 @@ async fn logout_post(
     sign_out(&state, &client, &headers, &request).await
 }
 
-/// The passkey script: served from here, so that the pages' policy allows
-/// this origin's scripts and no others.
-async fn script() -> Response {
+/// A file of the pages, compiled in: cached an hour.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/javascript; charset=utf-8"),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("public, max-age=3600"),
             ),
         ],
-        views::SCRIPT,
+        body,
     )
         .into_response()
 }
 
+/// The passkey script: served from here, so that the pages' policy allows
+/// this origin's scripts and no others.
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", views::SCRIPT)
+}
+
 async fn stylesheet() -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/css; charset=utf-8"),
-            ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=3600"),
-            ),
-        ],
-        views::STYLESHEET,
-    )
-        .into_response()
+    asset("text/css; charset=utf-8", views::STYLESHEET)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::same_loopback;
+    use crate::config::same_loopback;
 
     #[test]
     fn one_loopback_server_by_two_names_is_one_origin() {
