@@ -11,8 +11,10 @@ impl ClientName {
     pub const MAX_LEN: usize = 100;
 
     pub fn parse(raw: &str) -> Result<Self, String> {
+        // The limit is on what was sent (as the API document says), the
+        // emptiness on what is left to show.
         let name = raw.trim();
-        if name.is_empty() || name.chars().count() > Self::MAX_LEN {
+        if name.is_empty() || raw.chars().count() > Self::MAX_LEN {
             return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
         }
         // Why: the name is shown on the consent page; invisible characters
@@ -289,5 +291,7 @@ mod tests {
         assert!(ClientName::parse("   ").is_err());
         assert!(ClientName::parse("Bank\u{200B}").is_err());
         assert!(ClientName::parse(&"a".repeat(101)).is_err());
+        // Over the limit as sent, even when the trimmed name would fit.
+        assert!(ClientName::parse(&format!(" {} ", "a".repeat(100))).is_err());
     }
 }

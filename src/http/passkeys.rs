@@ -316,8 +316,10 @@ async fn start_login(
     OptionalJson(body): OptionalJson<PasskeyLoginStart>,
 ) -> AppResult<Json<CeremonyStarted>> {
     let request = body.unwrap_or_default();
-    let login = request.username.as_deref().map(str::trim);
-    if login.is_some_and(|l| l.is_empty() || l.chars().count() > 320) {
+    // The length is the sent value's, as the schema says; trimming comes after.
+    let raw = request.username.as_deref();
+    let login = raw.map(str::trim);
+    if raw.is_some_and(|r| r.chars().count() > 320) || login.is_some_and(str::is_empty) {
         return Err(AppError::validation(
             "username",
             "must be a username or an email address",

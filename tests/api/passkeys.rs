@@ -337,6 +337,20 @@ async fn a_passkey_registered_from_a_session_logs_in_without_a_password_at_aal2(
     assert_eq!(res.status(), StatusCode::OK);
     let refreshed = Tokens::from(res.json::<Value>().await.unwrap());
     assert_eq!(claims_of(&refreshed.access)["amr"], json!(["hwk", "mfa"]));
+
+    // A name is held to the documented 320 characters as sent, spaces and
+    // all, and a blank one is no name.
+    for login in [format!("ada{}", " ".repeat(318)), "   ".into()] {
+        let res = post(
+            &app,
+            "/auth/passkey/start",
+            None,
+            json!({"username": login}),
+        )
+        .await;
+        let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(body["errors"][0]["field"], "username", "{body}");
+    }
 }
 
 async fn a_challenge_works_once_and_not_after_five_minutes(backend: Backend) {
