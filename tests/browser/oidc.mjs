@@ -27,29 +27,8 @@
 // expectation ends it with `FAIL: ...` and exit status 1.
 
 import { createHmac } from 'node:crypto';
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) fail(`set ${name}`);
-  return value;
-};
-const deadlineMs = 90_000;
-
-function fail(msg) {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-}
-
-function expect(condition, msg) {
-  if (!condition) throw new Error(msg);
-}
-
-function step(msg) {
-  console.log(`-- ${msg}`);
-}
+import { env, expect, failAt, launchChromium, load, shot, step, watchdog } from './lib.mjs';
 
 const issuer = env('AUTHGATE_URL').replace(/\/+$/, '');
 const clientId = env('OIDC_CLIENT_ID');
@@ -63,25 +42,8 @@ const verifyToken = env('OIDC_VERIFY_TOKEN');
 const resetToken = env('OIDC_RESET_TOKEN');
 const emailToken = env('OIDC_EMAIL_TOKEN');
 const newPassword = 'a brand new passphrase 42';
-const screenshots = process.env.SCREENSHOT_DIR || '';
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 
-const watchdog = setTimeout(() => fail(`still running after ${deadlineMs / 1000} s`), deadlineMs);
-watchdog.unref();
-
-// The packages are installed where the script runs from (its cwd; .ci/run
-// installs them into target/ci-browser), not beside it.
-const require = createRequire(path.join(process.cwd(), 'noop.js'));
-const load = async (name) => {
-  try {
-    return await import(pathToFileURL(require.resolve(name)).href);
-  } catch (e) {
-    fail(`${name} not found (${e.message}): npm ci with tests/browser/package.json and run from there`);
-  }
-};
-const playwright = await load('playwright-core');
-// A CommonJS package: its exports may come as `default` only.
-const chromium = playwright.chromium ?? playwright.default.chromium;
+watchdog();
 const client = await load('openid-client');
 
 /// RFC 6238 with SHA-1, 6 digits, 30 s steps, at the server's time.
@@ -99,12 +61,6 @@ function totp(secret, offsetSeconds) {
   const at = mac[mac.length - 1] & 0x0f;
   const value = (mac.readUInt32BE(at) & 0x7fffffff) % 1_000_000;
   return String(value).padStart(6, '0');
-}
-
-async function shot(page, name) {
-  if (screenshots) {
-    await page.screenshot({ path: path.join(screenshots, `${name}.png`), fullPage: true });
-  }
 }
 
 let browser;
@@ -126,7 +82,7 @@ try {
     nonce,
   });
 
-  browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
+  browser = await launchChromium();
   page = await browser.newPage();
   let returned = null;
   await page.route(`${redirectUri}**`, async (route) => {
@@ -239,8 +195,7 @@ try {
     }),
   );
 } catch (e) {
-  if (page) console.error(`at ${page.url()}:\n${await page.content().catch(() => '')}`);
-  fail(e && e.stack ? e.stack : String(e));
+  await failAt(page, e);
 } finally {
   if (browser) await browser.close();
 }

@@ -25,57 +25,16 @@
 // Prints a line per step and last a JSON line `{"ok": true, ...}`. Any failed
 // expectation ends it with `FAIL: ...` and exit status 1.
 
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) fail(`set ${name}`);
-  return value;
-};
-const deadlineMs = 90_000;
-
-function fail(msg) {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-}
-
-function expect(condition, msg) {
-  if (!condition) throw new Error(msg);
-}
-
-function step(msg) {
-  console.log(`-- ${msg}`);
-}
+import { env, expect, failAt, launchChromium, shot, step, watchdog } from './lib.mjs';
 
 const base = env('AUTHGATE_PAGES_URL').replace(/\/+$/, '');
 const username = env('PAGES_USERNAME');
 const password = env('PAGES_PASSWORD');
 const authorizePath = env('PAGES_AUTHORIZE');
 const redirectUri = env('PAGES_REDIRECT_URI');
-const screenshots = process.env.SCREENSHOT_DIR || '';
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const passkeyName = 'This laptop';
 
-const watchdog = setTimeout(() => fail(`still running after ${deadlineMs / 1000} s`), deadlineMs);
-watchdog.unref();
-
-// The packages are installed where the script runs from (its cwd).
-const require = createRequire(path.join(process.cwd(), 'noop.js'));
-let playwright;
-try {
-  playwright = await import(pathToFileURL(require.resolve('playwright-core')).href);
-} catch (e) {
-  fail(`playwright-core not found (${e.message}): npm ci with tests/browser/package.json and run from there`);
-}
-const chromium = playwright.chromium ?? playwright.default.chromium;
-
-async function shot(page, name) {
-  if (screenshots) {
-    await page.screenshot({ path: path.join(screenshots, `${name}.png`), fullPage: true });
-  }
-}
+watchdog();
 
 const heading = (page, name) => page.getByRole('heading', { name, exact: true }).waitFor();
 const button = (page, name) => page.getByRole('button', { name, exact: true });
@@ -97,7 +56,7 @@ async function signOut(page) {
 let browser;
 let page;
 try {
-  browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
+  browser = await launchChromium();
   const context = await browser.newContext();
   page = await context.newPage();
   const cdp = await context.newCDPSession(page);
@@ -195,8 +154,7 @@ try {
 
   console.log(JSON.stringify({ ok: true, code, state: back.searchParams.get('state'), recovery_codes: codes }));
 } catch (e) {
-  if (page) console.error(`at ${page.url()}:\n${await page.content().catch(() => '')}`);
-  fail(e && e.stack ? e.stack : String(e));
+  await failAt(page, e);
 } finally {
   if (browser) await browser.close();
 }

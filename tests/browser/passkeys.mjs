@@ -29,49 +29,16 @@
 // was made (for the Rust test to check from its side). Any failed
 // expectation ends it with `FAIL: ...` and exit status 1.
 
-import { createRequire } from 'node:module';
-import path from 'node:path';
+import { expect, fail, launchChromium, step, watchdog } from './lib.mjs';
 
 const apiBase = (process.env.AUTHGATE_URL || '').replace(/\/+$/, '');
 const pageOrigin = new URL(process.env.AUTHGATE_WEBAUTHN_ORIGIN || 'http://localhost:8010').origin;
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const password = process.env.AUTHGATE_CHECK_PASSWORD || 'passkey check passphrase 7';
 const passkeyName = 'Virtual authenticator';
-/// The whole run, browser start included, must end within this.
-const deadlineMs = 90_000;
-
-function fail(msg) {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-}
-
-function expect(condition, msg) {
-  if (!condition) throw new Error(msg);
-}
-
-function step(msg) {
-  console.log(`-- ${msg}`);
-}
 
 if (!apiBase) fail('set AUTHGATE_URL to the server, e.g. http://127.0.0.1:8080');
 
-const watchdog = setTimeout(() => fail(`still running after ${deadlineMs / 1000} s`), deadlineMs);
-watchdog.unref();
-
-// playwright-core is looked up next to this file first, then from the cwd
-// (and NODE_PATH, which require reads and import does not).
-async function loadPlaywright() {
-  try {
-    return await import('playwright-core');
-  } catch {
-    try {
-      return createRequire(path.join(process.cwd(), 'noop.js'))('playwright-core');
-    } catch {
-      fail('playwright-core not found: npm ci with tests/browser/package.json, '
-        + 'then run from that directory or set NODE_PATH to its node_modules');
-    }
-  }
-}
+watchdog();
 
 // What the test page defines, as `window.authgate`: the API calls and the
 // two WebAuthn calls, with the JSON conversions a browser client needs.
@@ -193,12 +160,7 @@ const testPage = `<!doctype html>
 <script>(${pageHelpers.toString()})();</script>
 </body></html>`;
 
-const { chromium } = await loadPlaywright();
-const browser = await chromium.launch({
-  executablePath,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launchChromium();
 
 let exitCode = 0;
 try {

@@ -17,19 +17,12 @@
 // Optional: CHROMIUM (default /usr/bin/chromium), SCREENSHOT (default
 // /tmp/swagger-check/authorized.png).
 
-import { createRequire } from 'node:module';
-import path from 'node:path';
+import { fail, launchChromium } from './lib.mjs';
 
 const base = (process.env.AUTHGATE_URL || '').replace(/\/+$/, '');
 const username = process.env.AUTHGATE_USERNAME;
 const password = process.env.AUTHGATE_PASSWORD;
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const screenshot = process.env.SCREENSHOT || '/tmp/swagger-check/authorized.png';
-
-function fail(msg) {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-}
 
 if (!base || !username || !password) {
   fail('set AUTHGATE_URL, AUTHGATE_USERNAME and AUTHGATE_PASSWORD');
@@ -40,21 +33,7 @@ function authScheme(value) {
   return value === 'Basic Og==' ? 'Basic Og== (empty client_id and secret)' : `${value.split(' ')[0]} …`;
 }
 
-// playwright-core is looked up next to this file first, then from the cwd.
-async function loadPlaywright() {
-  try {
-    return await import('playwright-core');
-  } catch {
-    return createRequire(path.join(process.cwd(), 'noop.js'))('playwright-core');
-  }
-}
-
-const { chromium } = await loadPlaywright();
-const browser = await chromium.launch({
-  executablePath,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launchChromium();
 
 let exitCode = 0;
 try {

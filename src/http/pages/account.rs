@@ -17,7 +17,7 @@ use webauthn_rs::prelude::RegisterPublicKeyCredential;
 
 use super::{
     SESSION_COOKIE, cookie, failure_page, form_token, html_page, own_form, passkey_answer,
-    refused_page, views,
+    refused_page, views, wait_words,
 };
 use crate::{
     auth::{AuthError, sessions::Authenticated},
@@ -300,16 +300,7 @@ async fn change_password(
         Ok(()) => see_account("password"),
         Err(AuthError::WrongPassword) => here.refuse(unfit, "The current password is wrong.").await,
         Err(AuthError::InsufficientAuthentication) => here.refuse(unfit, SECOND_STEP_FIRST).await,
-        Err(AuthError::Throttled(t)) => {
-            here.refuse(
-                unfit,
-                &format!(
-                    "Too many attempts. Try again in {} seconds.",
-                    t.wait.as_secs().max(1)
-                ),
-            )
-            .await
-        }
+        Err(AuthError::Throttled(t)) => here.refuse(unfit, &wait_words(t)).await,
         Err(e) => failure_page(&state, e),
     }
 }
@@ -415,14 +406,9 @@ async fn confirm(
             StatusCode::BAD_REQUEST,
             "This setup expired. Start again from your account page.",
         ),
-        Err(AuthError::Throttled(t)) => refused_page(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!(
-                "Too many attempts. Try again in {} seconds.",
-                t.wait.as_secs().max(1)
-            ),
-        ),
+        Err(AuthError::Throttled(t)) => {
+            refused_page(&state, StatusCode::TOO_MANY_REQUESTS, &wait_words(t))
+        }
         Err(e) => failure_page(&state, e),
     }
 }

@@ -21,11 +21,14 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
 
 use super::{AppState, cookies::origin_of, extract::ClientInfo};
-use crate::auth::{
-    AuthError,
-    mfa::Proof,
-    oauth::{AuthorizeParams, AuthorizeRefusal, LogoutParams, ValidAuthorize, ValidLogout},
-    sessions::TokenPair,
+use crate::{
+    auth::{
+        AuthError,
+        mfa::Proof,
+        oauth::{AuthorizeParams, AuthorizeRefusal, LogoutParams, ValidAuthorize, ValidLogout},
+        sessions::TokenPair,
+    },
+    limits::Throttle,
 };
 
 pub fn router() -> Router<AppState> {
@@ -241,17 +244,20 @@ fn refusal(state: &AppState, refusal: AuthorizeRefusal) -> Response {
     }
 }
 
+/// What a throttled attempt is told: how long to wait, in whole seconds.
+fn wait_words(throttle: Throttle) -> String {
+    format!(
+        "Too many attempts. Try again in {} seconds.",
+        throttle.wait.as_secs().max(1)
+    )
+}
+
 /// What a service failure shows: a page, never a stack of JSON.
 fn failure_page(state: &AppState, err: AuthError) -> Response {
     match err {
-        AuthError::Throttled(t) => refused_page(
-            state,
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!(
-                "Too many attempts. Try again in {} seconds.",
-                t.wait.as_secs().max(1)
-            ),
-        ),
+        AuthError::Throttled(t) => {
+            refused_page(state, StatusCode::TOO_MANY_REQUESTS, &wait_words(t))
+        }
         AuthError::Unavailable(_) | AuthError::Overloaded(_) => refused_page(
             state,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -622,10 +628,7 @@ fn login_refused(state: &AppState, form: &LoginForm, target: &Return, err: AuthE
             form,
             target,
             StatusCode::TOO_MANY_REQUESTS,
-            &format!(
-                "Too many attempts. Try again in {} seconds.",
-                t.wait.as_secs().max(1)
-            ),
+            &wait_words(t),
         ),
         e => failure_page(state, e),
     }
@@ -777,14 +780,9 @@ async fn mfa(
             StatusCode::UNAUTHORIZED,
             "The sign-in took too long or had too many tries. Sign in again.",
         ),
-        Err(AuthError::Throttled(t)) => refused_page(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!(
-                "Too many attempts. Try again in {} seconds.",
-                t.wait.as_secs().max(1)
-            ),
-        ),
+        Err(AuthError::Throttled(t)) => {
+            refused_page(&state, StatusCode::TOO_MANY_REQUESTS, &wait_words(t))
+        }
         Err(e) => failure_page(&state, e),
     }
 }
