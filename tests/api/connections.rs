@@ -30,6 +30,7 @@ on_both_databases!(
     a_request_head_over_16_kib_gets_431,
     a_client_that_stops_reading_its_answers_is_closed,
     a_content_length_over_the_limit_is_refused_at_once,
+    a_page_form_past_the_limit_or_stalled_gets_a_page_saying_so,
     connections_over_the_per_address_cap_are_refused_and_others_still_served,
     connections_over_the_overall_cap_are_refused_with_503,
     a_trusted_proxy_is_held_only_to_the_overall_cap,
@@ -256,6 +257,49 @@ async fn a_content_length_over_the_limit_is_refused_at_once(backend: Backend) {
         .unwrap();
     assert_eq!(status_of(&head[..n]), 413);
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+async fn a_page_form_past_the_limit_or_stalled_gets_a_page_saying_so(backend: Backend) {
+    let app = TestApp::builder()
+        .arg("--body-read-timeout", "1s")
+        .spawn(backend)
+        .await;
+    // Sent in chunks, so no Content-Length announces the size: the limit is
+    // met while reading.
+    let mut stream = connect_from("127.0.0.1", address(&app)).await;
+    let mut request = b"POST /oauth/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+        Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .to_vec();
+    for _ in 0..9 {
+        request.extend_from_slice(format!("2000\r\n{}\r\n", "a".repeat(0x2000)).as_bytes());
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let answer = read_to_close(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("answered and closed within 5 s");
+    assert_eq!(status_of(&answer), 413);
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(text.contains("content-type: text/html"), "{text}");
+    assert!(text.contains("the form is too large"), "{text}");
+
+    // A form that stops arriving.
+    let mut stream = connect_from("127.0.0.1", address(&app)).await;
+    stream
+        .write_all(
+            b"POST /oauth/login HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\
+              Content-Length: 100\r\n\r\nlogin=ada",
+        )
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("answered and closed within 5 s");
+    assert_eq!(status_of(&answer), 408);
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(text.contains("content-type: text/html"), "{text}");
+    assert!(text.contains("did not arrive in time"), "{text}");
 }
 
 async fn connections_over_the_per_address_cap_are_refused_and_others_still_served(

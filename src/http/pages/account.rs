@@ -16,8 +16,8 @@ use uuid::Uuid;
 use webauthn_rs::prelude::RegisterPublicKeyCredential;
 
 use super::{
-    SESSION_COOKIE, cookie, failure_page, form_token, html_page, own_form, passkey_answer,
-    refused_page, views, wait_words,
+    FormBody, SESSION_COOKIE, cookie, failure_page, form_token, html_page, own_form,
+    passkey_answer, refused_page, views, wait_words,
 };
 use crate::{
     auth::{AuthError, sessions::Authenticated},
@@ -249,7 +249,7 @@ async fn end_session(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
@@ -269,7 +269,7 @@ async fn change_password(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
@@ -322,7 +322,11 @@ fn qr_svg(uri: &str) -> String {
 }
 
 /// `POST /account/mfa/totp`: a new authenticator app, unconfirmed.
-async fn enrol(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn enrol(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    FormBody(body): FormBody,
+) -> Response {
     let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
         Err(res) => return res,
@@ -361,7 +365,7 @@ async fn confirm(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
@@ -419,7 +423,7 @@ async fn remove_factor(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
@@ -456,7 +460,7 @@ async fn start_passkey(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,
@@ -511,7 +515,7 @@ async fn finish_passkey(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, here) = match posted(&state, &headers, &body).await {
         Ok(posted) => posted,

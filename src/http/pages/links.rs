@@ -12,7 +12,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{form_token, html_page, own_form, refused_page, views};
+use super::{FormBody, form_token, html_page, own_form, refused_page, views};
 use crate::{
     auth::{AuthError, Client},
     http::{AppState, extract::ClientInfo},
@@ -173,7 +173,7 @@ async fn verify_email(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     spend(&state, &client, &headers, &body, OneButton::VerifyEmail).await
 }
@@ -190,7 +190,7 @@ async fn confirm_email(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     spend(&state, &client, &headers, &body, OneButton::ConfirmEmail).await
 }
@@ -218,7 +218,7 @@ async fn reset(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let form: LinkForm = match own_form(&state, &headers, &body) {
         Ok(form) => form,

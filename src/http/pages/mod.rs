@@ -12,7 +12,7 @@ mod views;
 use axum::{
     Router,
     body::Bytes,
-    extract::{RawQuery, State},
+    extract::{FromRequest, RawQuery, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::{get, post},
@@ -20,7 +20,12 @@ use axum::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
 
-use super::{AppState, cookies::origin_of, extract::ClientInfo};
+use super::{
+    AppState,
+    cookies::origin_of,
+    error::AppError,
+    extract::{ClientInfo, body_rejection},
+};
 use crate::{
     auth::{
         AuthError,
@@ -198,6 +203,35 @@ fn html_page(
 
 fn refused_page(state: &AppState, status: StatusCode, message: &str) -> Response {
     html_page(status, views::refused(message), None, None, state)
+}
+
+/// A page form's body. One that cannot be read (past the size limit,
+/// stalled, cut off) is answered with a page that says so, as every other
+/// refusal here is, not the framework's plain text.
+struct FormBody(Bytes);
+
+impl FromRequest<AppState> for FormBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|rejection| {
+                let (status, message) = match body_rejection(rejection) {
+                    AppError::PayloadTooLarge => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "The form is too large to be read.",
+                    ),
+                    AppError::RequestTimeout => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The form did not arrive in time. Try again.",
+                    ),
+                    _ => (StatusCode::BAD_REQUEST, "The form could not be read."),
+                };
+                refused_page(state, status, message)
+            })
+    }
 }
 
 /// `redirect_uri` with the answer's parameters, and `iss` (RFC 9207).
@@ -566,7 +600,7 @@ async fn login(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, target) = match login_form(&state, &headers, &body).await {
         Ok(posted) => posted,
@@ -668,7 +702,7 @@ async fn passkey_login(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, target) = match login_form(&state, &headers, &body).await {
         Ok(posted) => posted,
@@ -714,7 +748,7 @@ async fn mfa(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let (form, target) = match login_form(&state, &headers, &body).await {
         Ok(posted) => posted,
@@ -795,7 +829,11 @@ struct ConsentForm {
 }
 
 /// `POST /oauth/consent`: Allow or Deny.
-async fn consent(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn consent(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    FormBody(body): FormBody,
+) -> Response {
     let form: ConsentForm = match own_form(&state, &headers, &body) {
         Ok(form) => form,
         Err(res) => return *res,
@@ -931,7 +969,7 @@ async fn logout_post(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let form: LogoutForm = match own_form(&state, &headers, &body) {
         Ok(form) => form,
