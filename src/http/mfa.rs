@@ -135,7 +135,7 @@ async fn list_factors(
     request_body = Option<EnrollRequest>,
     security(("bearer" = []), ("oauth2" = [])),
     responses(
-        (status = 201, description = "Not confirmed yet: add it to the app, then confirm", body = TotpEnrolment),
+        (status = 201, description = "Not confirmed yet: add it to the app, then confirm. It replaces the user's earlier unconfirmed enrolment, if any", body = TotpEnrolment),
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The user has a factor and the session one (`insufficient_user_authentication`)", body = Problem),
     )
@@ -169,7 +169,7 @@ async fn enroll_totp(
         (status = 200, description = "Confirmed", body = RecoveryCodes),
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The user has a factor and the session one (`insufficient_user_authentication`)", body = Problem),
-        (status = 404, description = "No such unconfirmed enrolment (or it expired)", body = Problem),
+        (status = 404, description = "No such unconfirmed enrolment: it expired, or a newer enrolment replaced it", body = Problem),
         (status = 422, description = "Not the app's current code: still unconfirmed", body = Problem),
         (status = 429, description = "Too many wrong codes", body = Problem),
     )
