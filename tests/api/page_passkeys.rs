@@ -50,6 +50,31 @@ async fn login_answer(app: &TestApp, authenticator: &mut Authenticator) -> (Stri
     (challenge_id, serde_json::to_string(&credential).unwrap())
 }
 
+/// The nonce that `page`'s policy gives its one script, checked to be the
+/// one its script tag carries: no other script, of this origin or inline,
+/// may run.
+fn script_nonce(page: &Answer) -> String {
+    let csp = page.csp.as_deref().unwrap();
+    let sources = csp
+        .split(';')
+        .map(str::trim)
+        .find_map(|d| d.strip_prefix("script-src "))
+        .unwrap_or_else(|| panic!("no script-src in {csp}"));
+    let nonce = sources
+        .strip_prefix("'nonce-")
+        .and_then(|n| n.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("script-src is not one nonce: {csp}"));
+    assert!(nonce.len() >= 22, "{nonce}");
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    assert!(
+        page.body.contains(&format!("nonce=\"{nonce}\"")),
+        "{}",
+        page.body
+    );
+    assert_eq!(page.body.matches("<script").count(), 1, "{}", page.body);
+    nonce.to_owned()
+}
+
 /// The login form's hidden fields on `page`.
 fn login_fields(page: &Answer) -> Vec<(&'static str, String)> {
     vec![
@@ -71,12 +96,9 @@ async fn the_login_page_offers_a_passkey_and_only_its_own_script_may_run(backend
     ] {
         assert!(login.body.contains(text), "{text} in {}", login.body);
     }
-    let csp = login.csp.clone().unwrap();
-    assert!(
-        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
-        "{csp}"
-    );
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
+    let nonce = script_nonce(&login);
+    // A new one for every page.
+    assert_ne!(script_nonce(&browser.get("/account").await), nonce);
 
     // A page without a passkey runs no script at all.
     let confirm = browser.get("/oauth/logout").await;
@@ -179,6 +201,7 @@ async fn the_second_step_on_the_pages_takes_a_passkey(backend: Backend) {
     ] {
         assert!(step.body.contains(text), "{text} in {}", step.body);
     }
+    script_nonce(&step);
     let fields = vec![
         ("csrf", step.field("csrf")),
         ("return_to", step.field("return_to")),
@@ -260,7 +283,7 @@ async fn a_passkey_is_added_and_removed_on_the_account_page(backend: Backend) {
     assert_eq!(add.status, StatusCode::OK, "{}", add.body);
     assert!(add.body.contains("Create passkey"));
     assert!(add.body.contains("<strong>Laptop</strong>"), "{}", add.body);
-    assert!(add.csp.as_deref().unwrap().contains("script-src 'self'"));
+    script_nonce(&add);
     let options: Value = serde_json::from_str(&add.attribute("data-options")).unwrap();
     let challenge_id = add.field("challenge_id");
     let mut authenticator = Authenticator::new();

@@ -172,18 +172,25 @@ fn html_page(
         .and_then(|u| url::Url::parse(u).ok())
         .map(|u| format!(" {}", u.origin().ascii_serialization()))
         .unwrap_or_default();
-    // The passkey script, where a page has it, and the calls it makes: this
-    // origin's own, nothing inline.
-    let script = if page.has_script() {
-        "; script-src 'self'; connect-src 'self'"
-    } else {
-        ""
-    };
+    // The passkey script, where a page has it, and the calls it makes to
+    // this origin. Why a nonce and not 'self': no other script of this
+    // origin (Swagger UI's, say) may run on a page that holds a session's
+    // forms, and nothing inline.
+    let nonce = page.has_script().then(|| {
+        let mut bytes = [0u8; 16];
+        rand::fill(&mut bytes);
+        URL_SAFE_NO_PAD.encode(bytes)
+    });
+    let script = nonce
+        .as_deref()
+        .map(|n| format!("; script-src 'nonce-{n}'; connect-src 'self'"))
+        .unwrap_or_default();
     let policy = format!(
         "default-src 'none'; style-src 'self'; img-src 'self'{logo_origin}; \
          form-action 'self'{target}; frame-ancestors 'none'; base-uri 'none'{script}"
     );
-    let mut res = (status, Html(page.render(logo).into_string())).into_response();
+    let body = page.render(logo, nonce.as_deref()).into_string();
+    let mut res = (status, Html(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&policy) {
         res.headers_mut()
             .insert(header::CONTENT_SECURITY_POLICY, value);

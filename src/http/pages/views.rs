@@ -48,8 +48,9 @@ impl Page {
         self
     }
 
-    /// The whole document, with the deployment's logo above the title.
-    pub fn render(self, logo: Option<&str>) -> Markup {
+    /// The whole document, with the deployment's logo above the title; the
+    /// script, if the page has it, carries `nonce`, which its policy names.
+    pub fn render(self, logo: Option<&str>, nonce: Option<&str>) -> Markup {
         html! {
             (DOCTYPE)
             html lang="en" {
@@ -59,7 +60,7 @@ impl Page {
                     title { (self.title) " · authgate" }
                     link rel="stylesheet" href="/oauth/pages.css";
                     @if self.script {
-                        script src=(*SCRIPT_SRC) defer {}
+                        script src=(*SCRIPT_SRC) nonce=[nonce] defer {}
                     }
                 }
                 body {
