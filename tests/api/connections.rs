@@ -76,6 +76,20 @@ async fn read_to_close(stream: &mut TcpStream, within: Duration) -> Option<Vec<u
     }
 }
 
+/// Sends `request` on a new connection; the answer's status and text, once
+/// the server has answered and closed (within 5 s).
+async fn answer_to(app: &TestApp, request: &[u8]) -> (u16, String) {
+    let mut stream = connect_from("127.0.0.1", address(app)).await;
+    stream.write_all(request).await.unwrap();
+    let answer = read_to_close(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("answered and closed within 5 s");
+    (
+        status_of(&answer),
+        String::from_utf8_lossy(&answer).into_owned(),
+    )
+}
+
 fn status_of(response: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(response);
     text.split_whitespace()
@@ -151,19 +165,13 @@ async fn a_stalled_body_gets_408(backend: Backend) {
         .arg("--body-read-timeout", "1s")
         .spawn(backend)
         .await;
-    let mut stream = connect_from("127.0.0.1", address(&app)).await;
-    stream
-        .write_all(
-            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-              Content-Length: 100\r\n\r\n{\"username\":",
-        )
-        .await
-        .unwrap();
-    let answer = read_to_close(&mut stream, Duration::from_secs(5))
-        .await
-        .expect("answered and closed within 5 s");
-    assert_eq!(status_of(&answer), 408);
-    let text = String::from_utf8_lossy(&answer);
+    let (status, text) = answer_to(
+        &app,
+        b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"username\":",
+    )
+    .await;
+    assert_eq!(status, 408);
     assert!(text.contains("application/problem+json"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
 }
@@ -266,7 +274,6 @@ async fn a_page_form_past_the_limit_or_stalled_gets_a_page_saying_so(backend: Ba
         .await;
     // Sent in chunks, so no Content-Length announces the size: the limit is
     // met while reading.
-    let mut stream = connect_from("127.0.0.1", address(&app)).await;
     let mut request = b"POST /oauth/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
         Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
         .to_vec();
@@ -274,30 +281,22 @@ async fn a_page_form_past_the_limit_or_stalled_gets_a_page_saying_so(backend: Ba
         request.extend_from_slice(format!("2000\r\n{}\r\n", "a".repeat(0x2000)).as_bytes());
     }
     request.extend_from_slice(b"0\r\n\r\n");
-    stream.write_all(&request).await.unwrap();
-    let answer = read_to_close(&mut stream, Duration::from_secs(5))
-        .await
-        .expect("answered and closed within 5 s");
-    assert_eq!(status_of(&answer), 413);
-    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    let (status, text) = answer_to(&app, &request).await;
+    assert_eq!(status, 413);
+    let text = text.to_lowercase();
     assert!(text.contains("content-type: text/html"), "{text}");
     assert!(text.contains("the form is too large"), "{text}");
 
     // A form that stops arriving.
-    let mut stream = connect_from("127.0.0.1", address(&app)).await;
-    stream
-        .write_all(
-            b"POST /oauth/login HTTP/1.1\r\nHost: x\r\n\
-              Content-Type: application/x-www-form-urlencoded\r\n\
-              Content-Length: 100\r\n\r\nlogin=ada",
-        )
-        .await
-        .unwrap();
-    let answer = read_to_close(&mut stream, Duration::from_secs(5))
-        .await
-        .expect("answered and closed within 5 s");
-    assert_eq!(status_of(&answer), 408);
-    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    let (status, text) = answer_to(
+        &app,
+        b"POST /oauth/login HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\n\
+          Content-Length: 100\r\n\r\nlogin=ada",
+    )
+    .await;
+    assert_eq!(status, 408);
+    let text = text.to_lowercase();
     assert!(text.contains("content-type: text/html"), "{text}");
     assert!(text.contains("did not arrive in time"), "{text}");
 }
