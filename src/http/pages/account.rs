@@ -410,9 +410,6 @@ async fn confirm(
             StatusCode::BAD_REQUEST,
             "This setup expired. Start again from your account page.",
         ),
-        Err(AuthError::Throttled(t)) => {
-            refused_page(&state, StatusCode::TOO_MANY_REQUESTS, &wait_words(t))
-        }
         Err(e) => failure_page(&state, e),
     }
 }

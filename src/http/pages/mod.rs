@@ -821,9 +821,6 @@ async fn mfa(
             StatusCode::UNAUTHORIZED,
             "The sign-in took too long or had too many tries. Sign in again.",
         ),
-        Err(AuthError::Throttled(t)) => {
-            refused_page(&state, StatusCode::TOO_MANY_REQUESTS, &wait_words(t))
-        }
         Err(e) => failure_page(&state, e),
     }
 }
@@ -1005,8 +1002,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The passkey script: served from here, so that the pages' policy allows
-/// this origin's scripts and no others.
+/// The passkey script: served from here, where the pages' policy lets it
+/// run by its nonce.
 async fn script() -> Response {
     asset("text/javascript; charset=utf-8", views::SCRIPT)
 }
